@@ -1,0 +1,216 @@
+//! Configuration: one validated [`Config`], from flags or `RATATOSKR_*`
+//! environment variables. Every field's doc comment is its `--help` text,
+//! so `ratatoskr --help` is the reference.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::hub::LagPolicy;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Ratatoskr: a Server-Sent Events broadcast gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ratatoskr", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (HTTP/1.1 and h2c).
+    #[arg(long, env = "RATATOSKR_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "RATATOSKR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info,ratatoskr=debug`).
+    #[arg(long, env = "RATATOSKR_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Largest accepted request body (bytes; K/KiB/M/MiB suffixes allowed).
+    #[arg(long, env = "RATATOSKR_MAX_BODY", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_body: usize,
+
+    /// Most lines in one application/x-ndjson batch.
+    #[arg(long, env = "RATATOSKR_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+
+    /// Events kept for Last-Event-ID resume (0 disables replay).
+    #[arg(long, env = "RATATOSKR_REPLAY_CAPACITY", default_value_t = 10_000)]
+    pub replay_capacity: usize,
+
+    /// Oldest event kept for resume (e.g. `1h`, `90s`).
+    #[arg(long, env = "RATATOSKR_REPLAY_MAX_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub replay_max_age: Duration,
+
+    /// Comment sent on an idle SSE stream this often, to keep proxies from closing it.
+    #[arg(long, env = "RATATOSKR_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Reconnection delay advertised to SSE clients with `retry:`.
+    #[arg(long, env = "RATATOSKR_SSE_RETRY", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub sse_retry: Duration,
+
+    /// Events queued per subscriber before it is lagging and starts losing events.
+    #[arg(long, env = "RATATOSKR_SUBSCRIBER_BUFFER", default_value_t = 4096)]
+    pub subscriber_buffer: usize,
+
+    /// What a lagging subscriber's stream does after its `lagged` notice.
+    #[arg(long, env = "RATATOSKR_LAG_POLICY", value_enum, default_value_t = LagPolicy::Disconnect)]
+    pub lag_policy: LagPolicy,
+
+    /// Most concurrent SSE subscribers.
+    #[arg(long, env = "RATATOSKR_MAX_SUBSCRIBERS", default_value_t = 50_000)]
+    pub max_subscribers: usize,
+
+    /// Most concurrent TCP connections (further ones are closed at once).
+    #[arg(long, env = "RATATOSKR_MAX_CONNECTIONS", default_value_t = 60_000)]
+    pub max_connections: usize,
+
+    /// Time a client has to send its request headers.
+    #[arg(long, env = "RATATOSKR_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send a request body.
+    #[arg(long, env = "RATATOSKR_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// A connection that accepts no bytes for this long is closed (slow readers).
+    #[arg(long, env = "RATATOSKR_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Window in which a repeated Idempotency-Key returns the first event's id.
+    #[arg(long, env = "RATATOSKR_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+
+    /// Most Idempotency-Keys remembered (the oldest are forgotten first).
+    #[arg(long, env = "RATATOSKR_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
+    pub idempotency_max_keys: usize,
+
+    /// Origins allowed to read `GET /events` cross-origin (`*` for any), comma-separated.
+    #[arg(long, env = "RATATOSKR_CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Time given to open streams and requests to finish on shutdown.
+    #[arg(long, env = "RATATOSKR_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration that parsed but makes no sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Parses flags (and the environment), then validates.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args)
+    }
+
+    /// The defaults, listening on `listen` (for tests and embedding).
+    pub fn with_listen(listen: SocketAddr) -> Self {
+        // The defaults always parse; `parse_from` would only exit on a bad flag.
+        let mut config = Self::parse_from(["ratatoskr"]);
+        config.listen = listen;
+        config
+    }
+
+    /// Checks values that parse but would break the gateway.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: &str| Err(ConfigError(m.to_owned()));
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body) {
+            return err("--max-body must be between 1KiB and 64MiB");
+        }
+        if self.max_batch == 0 {
+            return err("--max-batch must be at least 1");
+        }
+        if self.replay_capacity > 1_000_000 {
+            return err("--replay-capacity must be at most 1000000");
+        }
+        if self.heartbeat < Duration::from_secs(1) {
+            return err("--heartbeat must be at least 1s");
+        }
+        if self.subscriber_buffer == 0 || self.subscriber_buffer > 1_000_000 {
+            return err("--subscriber-buffer must be between 1 and 1000000");
+        }
+        if self.max_subscribers == 0 || self.max_connections == 0 {
+            return err("--max-subscribers and --max-connections must be at least 1");
+        }
+        for (name, d) in [
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--write-timeout", self.write_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError(format!("{name} must be more than 0")));
+            }
+        }
+        if self.cors_origins.is_empty() || self.cors_origins.iter().any(|o| o != "*" && http::HeaderValue::from_str(o).is_err()) {
+            return err("--cors-origins must be `*` or a comma-separated list of origins");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1048576`, `512K`, `512KiB`, `1M`, `1MiB` (powers of 1024).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size such as 1048576, 512KiB or 1MiB"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(format!("unknown size unit {unit:?} (use B, KiB or MiB)")),
+    };
+    n.checked_mul(factor).ok_or_else(|| "size too large".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_args(["ratatoskr"]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.max_body, 1024 * 1024);
+        assert_eq!(c.replay_capacity, 10_000);
+        assert_eq!(c.replay_max_age, Duration::from_secs(3600));
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let c = Config::from_args(["ratatoskr", "--max-body", "64KiB", "--lag-policy", "resume", "--heartbeat", "2s"]).unwrap();
+        assert_eq!(c.max_body, 65_536);
+        assert_eq!(c.lag_policy, LagPolicy::Resume);
+        assert!(Config::from_args(["ratatoskr", "--heartbeat", "soon"]).is_err());
+        let c = Config::from_args(["ratatoskr", "--heartbeat", "10ms"]).unwrap();
+        assert_eq!(c.validate(), Err(ConfigError("--heartbeat must be at least 1s".into())));
+        let c = Config::from_args(["ratatoskr", "--max-body", "100"]).unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("77"), Ok(77));
+        assert!(parse_bytes("1GB").is_err());
+        assert!(parse_bytes("x").is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! `/health` (alive) and `/ready` (should receive traffic), kept apart so an
+//! orchestrator can tell a process that is draining from one that is dead.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::App;
+use crate::error::ApiError;
+use crate::shutdown::Phase;
+
+/// 200 while the process serves requests at all.
+pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "phase": app.readiness.phase(),
+        "subscribers": app.hub.subscriber_count(),
+    }))
+}
+
+/// 200 when ready; 503 while starting or shutting down.
+pub async fn ready(State(app): State<App>) -> Response {
+    match app.readiness.phase() {
+        Phase::Ready => Json(json!({"status": "ready"})).into_response(),
+        phase => ApiError::unavailable(format!("the gateway is {}", match phase {
+            Phase::Starting => "starting",
+            _ => "shutting down",
+        }))
+        .with_extra(json!({"phase": phase}))
+        .into_response(),
+    }
+}

@@ -1,0 +1,314 @@
+//! `POST /api/events`: read, decode, route and publish.
+//!
+//! Formats, chosen by `Content-Type`:
+//! - `application/json` (and any `+json` type but `wrp+json`): one JSON value;
+//! - `application/msgpack`, `application/wrp+msgpack`, `application/wrp`: one WRP message;
+//! - `application/wrp+json`: one WRP message in its JSON form;
+//! - `application/x-ndjson`: one JSON event per line, with a result per line.
+//!
+//! Routing (device, type, source), first found wins: query parameters
+//! `device`/`type`/`source`, then headers `X-Device-Id`/`X-Event-Type`/
+//! `X-Event-Source`, then the body (a JSON object's top-level string fields,
+//! or the WRP locators), then (source only) the peer address.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+
+use super::query::QueryPairs;
+use super::App;
+use crate::error::ApiError;
+use crate::event::{json as json_event, wrp, DeviceId, EventDraft, EventId};
+use crate::idempotency::{Claim, MAX_KEY_LEN};
+use crate::server::PeerAddr;
+use crate::telemetry::{IngestFormat, IngestResult};
+
+/// Longest event type, in bytes.
+const MAX_TYPE_LEN: usize = 256;
+
+/// Routing values given outside the body.
+#[derive(Debug, Default)]
+struct Overrides {
+    device: Option<DeviceId>,
+    event_type: Option<String>,
+    source: Option<String>,
+}
+
+/// Handles one ingest request.
+pub async fn post_events(
+    State(app): State<App>,
+    peer: Option<Extension<PeerAddr>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let format = format_of(&headers);
+    let result = ingest(&app, format, peer.map(|p| p.0), query.as_deref(), &headers, body).await;
+    app.metrics.ingest_took(started.elapsed());
+    match result {
+        Ok(response) => response,
+        Err(err) => {
+            app.metrics.ingested(format.unwrap_or(IngestFormat::Unsupported), IngestResult::Rejected, 1);
+            err.into_response()
+        }
+    }
+}
+
+async fn ingest(
+    app: &App,
+    format: Option<IngestFormat>,
+    peer: Option<PeerAddr>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format.ok_or_else(|| {
+        ApiError::unsupported_media_type(format!(
+            "Content-Type {:?} is not supported; use application/json, application/msgpack (WRP), application/wrp+json or application/x-ndjson",
+            headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+        ))
+    })?;
+    let overrides = overrides(query, headers)?;
+    let idempotency_key = idempotency_key(headers)?;
+    let body = read_body(app, headers, body).await?;
+    let received_at = chrono::Utc::now();
+    let fallback_source = peer.map_or_else(|| "http".to_owned(), |p| format!("http:{}", p.0.ip()));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let base = EventDraft {
+        received_at,
+        device: None,
+        event_type: None,
+        source: fallback_source,
+        content_type,
+        metadata: Default::default(),
+        data: Bytes::new(),
+        wrp: None,
+    };
+
+    if format == IngestFormat::Ndjson {
+        return ingest_batch(app, base, &overrides, idempotency_key.as_deref(), &body);
+    }
+    let draft = decode_one(format, base, &overrides, &body)?;
+    let (id, replayed) = publish(app, draft, idempotency_key.as_deref())?;
+    app.metrics.ingested(format, if replayed { IngestResult::Duplicate } else { IngestResult::Accepted }, 1);
+    let mut response = (StatusCode::ACCEPTED, Json(json!({ "id": id.to_string() }))).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Publishes unless the idempotency key was seen; returns the id and
+/// whether it is a replayed answer.
+fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<(EventId, bool), ApiError> {
+    let Some(key) = key else {
+        return Ok((app.hub.publish(draft).id, false));
+    };
+    match app.idempotency.claim(key, Instant::now()) {
+        Claim::Seen(id) => Ok((id, true)),
+        Claim::InProgress => Err(ApiError::conflict("a request with this Idempotency-Key is still being processed")),
+        Claim::New => {
+            let id = app.hub.publish(draft).id;
+            app.idempotency.complete(key, id);
+            Ok((id, false))
+        }
+    }
+}
+
+fn ingest_batch(app: &App, base: EventDraft, overrides: &Overrides, key: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
+    let lines: Vec<(usize, &[u8])> = body
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    if lines.is_empty() {
+        return Err(ApiError::bad_request("the batch has no events"));
+    }
+    if lines.len() > app.config.max_batch {
+        return Err(ApiError::payload_too_large(app.config.max_body)
+            .with_extra(json!({"max_lines": app.config.max_batch})));
+    }
+    let mut results = Vec::with_capacity(lines.len());
+    let (mut accepted, mut rejected) = (0u64, 0u64);
+    for (line, text) in lines {
+        let outcome = decode_one(IngestFormat::Json, base.clone(), overrides, text).and_then(|draft| {
+            let line_key = key.map(|k| format!("{k}#{line}"));
+            publish(app, draft, line_key.as_deref())
+        });
+        match outcome {
+            Ok((id, _)) => {
+                accepted += 1;
+                results.push(json!({"line": line, "id": id.to_string()}));
+            }
+            Err(e) => {
+                rejected += 1;
+                results.push(json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()}));
+            }
+        }
+    }
+    app.metrics.ingested(IngestFormat::Ndjson, IngestResult::Accepted, accepted);
+    app.metrics.ingested(IngestFormat::Ndjson, IngestResult::Rejected, rejected);
+    let summary = json!({"accepted": accepted, "rejected": rejected, "results": results});
+    if accepted == 0 {
+        return Err(ApiError::bad_request("no line of the batch was accepted").with_extra(summary));
+    }
+    Ok((StatusCode::ACCEPTED, Json(summary)).into_response())
+}
+
+/// Decodes one event body in `format` onto `base`.
+fn decode_one(format: IngestFormat, mut draft: EventDraft, overrides: &Overrides, body: &[u8]) -> Result<EventDraft, ApiError> {
+    match format {
+        IngestFormat::Json | IngestFormat::Ndjson => {
+            let hints = json_event::parse(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+            draft.device = hints
+                .device
+                .map(|d| DeviceId::parse(&d).map_err(|e| ApiError::unprocessable(format!("field \"device\": {e}"))))
+                .transpose()?;
+            draft.event_type = hints.event_type.map(|t| check_type(&t).map_err(ApiError::unprocessable)).transpose()?;
+            if let Some(s) = hints.source {
+                draft.source = s;
+            }
+            draft.data = Bytes::copy_from_slice(body);
+        }
+        IngestFormat::WrpMsgpack | IngestFormat::WrpJson => {
+            let message = if format == IngestFormat::WrpMsgpack {
+                wrp::Message::from_msgpack(body)
+            } else {
+                wrp::Message::from_json(body)
+            }
+            .map_err(|e| match e {
+                wrp::WrpError::Decode(d) => ApiError::bad_request(d),
+                wrp::WrpError::Invalid(d) => ApiError::unprocessable(format!("invalid WRP message: {d}")),
+            })?;
+            let routing = message.routing();
+            draft.device = routing.device;
+            draft.event_type = Some(routing.event_type);
+            if !message.source.is_empty() {
+                draft.source = message.source.clone();
+            }
+            draft.metadata = message.metadata.clone().unwrap_or_default();
+            draft.data = Bytes::from(message.to_json());
+            draft.wrp = Some(message);
+        }
+        IngestFormat::Unsupported => return Err(ApiError::unsupported_media_type("unsupported content type")),
+    }
+    if let Some(d) = &overrides.device {
+        draft.device = Some(d.clone());
+    }
+    if let Some(t) = &overrides.event_type {
+        draft.event_type = Some(t.clone());
+    }
+    if let Some(s) = &overrides.source {
+        draft.source = s.clone();
+    }
+    Ok(draft)
+}
+
+/// The ingest format named by `Content-Type` (parameters ignored).
+fn format_of(headers: &HeaderMap) -> Option<IngestFormat> {
+    let raw = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = raw.split(';').next()?.trim().to_ascii_lowercase();
+    Some(match essence.as_str() {
+        "application/wrp+json" => IngestFormat::WrpJson,
+        "application/msgpack" | "application/x-msgpack" | "application/wrp+msgpack" | "application/wrp" => IngestFormat::WrpMsgpack,
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => IngestFormat::Ndjson,
+        "application/json" => IngestFormat::Json,
+        s if s.starts_with("application/") && s.ends_with("+json") => IngestFormat::Json,
+        _ => return None,
+    })
+}
+
+fn overrides(query: Option<&str>, headers: &HeaderMap) -> Result<Overrides, ApiError> {
+    let q = QueryPairs::parse(query, &["device", "type", "source"])?;
+    let header = |name: &str| -> Result<Option<String>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(str::to_owned).map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII"))))
+            .transpose()
+    };
+    let device = match q.one("device")?.map(str::to_owned).or(header("x-device-id")?) {
+        Some(d) => Some(DeviceId::parse(&d).map_err(|e| ApiError::bad_request(format!("device {d:?}: {e}")))?),
+        None => None,
+    };
+    let event_type = match q.one("type")?.map(str::to_owned).or(header("x-event-type")?) {
+        Some(t) => Some(check_type(&t).map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    let source = q.one("source")?.map(str::to_owned).or(header("x-event-source")?);
+    if source.as_ref().is_some_and(|s| s.len() > 512 || s.chars().any(char::is_control)) {
+        return Err(ApiError::bad_request("source must be at most 512 characters, without control characters"));
+    }
+    Ok(Overrides { device, event_type, source })
+}
+
+fn check_type(t: &str) -> Result<String, String> {
+    if t.is_empty() || t.len() > MAX_TYPE_LEN || t.chars().any(char::is_control) {
+        return Err(format!("event type must be 1 to {MAX_TYPE_LEN} characters without control characters"));
+    }
+    Ok(t.to_owned())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?.trim();
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(ApiError::bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} characters")));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Reads the body within the size limit and the body timeout.
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = app.config.max_body;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let collected = tokio::time::timeout(app.config.body_timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::request_timeout("the request body was not received in time"))?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
+        Err(e) => Err(ApiError::bad_request(format!("the request body could not be read: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ct(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn content_types_map_to_formats() {
+        assert_eq!(format_of(&ct("application/json; charset=utf-8")), Some(IngestFormat::Json));
+        assert_eq!(format_of(&ct("Application/CloudEvents+JSON")), Some(IngestFormat::Json));
+        assert_eq!(format_of(&ct("application/wrp+json")), Some(IngestFormat::WrpJson));
+        assert_eq!(format_of(&ct("application/msgpack")), Some(IngestFormat::WrpMsgpack));
+        assert_eq!(format_of(&ct("application/wrp+msgpack")), Some(IngestFormat::WrpMsgpack));
+        assert_eq!(format_of(&ct("application/x-ndjson")), Some(IngestFormat::Ndjson));
+        assert_eq!(format_of(&ct("text/plain")), None);
+        assert_eq!(format_of(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,26 @@
+//! `GET /metrics` (Prometheus/OpenMetrics text) and `GET /api/stats` (the
+//! same headline figures as JSON, for the dashboard).
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::Json;
+use http::header;
+
+use super::App;
+
+/// The Prometheus scrape endpoint.
+pub async fn prometheus(State(app): State<App>) -> impl IntoResponse {
+    let body = app.metrics.encode(app.hub.replay_len());
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+}
+
+/// Headline figures as JSON.
+pub async fn stats(State(app): State<App>) -> impl IntoResponse {
+    let snapshot = app.metrics.snapshot();
+    Json(serde_json::json!({
+        "totals": snapshot,
+        "replay_events": app.hub.replay_len(),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "phase": app.readiness.phase(),
+    }))
+}

@@ -1,0 +1,73 @@
+//! The HTTP edge: one router, one module per resource, one error type.
+
+pub mod dashboard;
+pub mod health;
+pub mod ingest;
+pub mod metrics;
+pub mod query;
+pub mod sse;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::routing::{get, post};
+use axum::Router;
+use http::{header, HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::idempotency::IdempotencyCache;
+use crate::shutdown::Readiness;
+use crate::telemetry::Metrics;
+
+/// Everything a handler may need, shared by all requests.
+#[derive(Debug)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Config,
+    /// The fan-out hub.
+    pub hub: Arc<Hub>,
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
+    /// Idempotency-Key memory.
+    pub idempotency: IdempotencyCache,
+    /// Lifecycle phase for `/ready`.
+    pub readiness: Readiness,
+    /// When the process started.
+    pub started: Instant,
+}
+
+/// The shared state handle.
+pub type App = Arc<AppState>;
+
+/// The whole HTTP API.
+pub fn router(app: App) -> Router {
+    let events = Router::new().route("/events", get(sse::subscribe)).layer(cors(&app.config));
+    Router::new()
+        .route("/api/events", post(ingest::post_events))
+        .merge(events)
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(metrics::prometheus))
+        .route("/api/stats", get(metrics::stats))
+        .route("/", get(dashboard::index))
+        .route("/static/{*path}", get(dashboard::asset))
+        .fallback(|| async { ApiError::not_found("no such resource") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(app)
+}
+
+/// CORS for `GET /events`: browsers on other origins may subscribe.
+fn cors(config: &Config) -> CorsLayer {
+    let origins = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET])
+        .allow_headers([header::CACHE_CONTROL, HeaderName::from_static("last-event-id")])
+}

@@ -1,0 +1,215 @@
+//! `GET /events`: the SSE stream.
+//!
+//! Query: `device` (repeatable, OR), `type` (repeatable glob, OR), `format`
+//! (`data` or `envelope`), `lastEventId` (for clients that cannot set the
+//! `Last-Event-ID` header; the header wins). Invalid values are refused with
+//! 400 before the stream starts.
+//!
+//! The stream opens with `retry:`, then (when resuming) a `gap` event if
+//! events may be missing, the missed events, then live events. Live events
+//! waiting in the subscriber's queue are written together in one chunk, so
+//! a busy subscriber costs one socket write per batch, not per event.
+//! Named events (`gap`, `lagged`, `shutdown`) do not trigger a browser's
+//! `onmessage`; comments keep idle connections alive.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http_body::Frame;
+use serde_json::json;
+use tokio::time::Sleep;
+
+use super::query::QueryPairs;
+use super::App;
+use crate::error::ApiError;
+use crate::event::EventId;
+use crate::hub::{frame, CloseReason, EventFilter, Format, LagPolicy, Published, SubscribeError, Subscription};
+use crate::telemetry::{Metrics, StreamEnd};
+
+/// Most bytes written in one chunk (bounded so one very busy subscriber
+/// cannot build an unbounded buffer).
+const MAX_CHUNK_BYTES: usize = 64 * 1024;
+/// Most events drained from a queue per chunk.
+const MAX_BATCH_EVENTS: usize = 256;
+
+/// Opens a stream.
+pub async fn subscribe(State(app): State<App>, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+    let q = QueryPairs::parse(query.as_deref(), &["device", "type", "format", "lastEventId"])?;
+    let filter = EventFilter::new(q.all("device"), q.all("type")).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let format = match q.one("format")? {
+        None | Some("data") => Format::Data,
+        Some("envelope") => Format::Envelope,
+        Some(other) => return Err(ApiError::bad_request(format!("format {other:?} is not one of data, envelope"))),
+    };
+    let header_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID must be visible ASCII")))
+        .transpose()?
+        .filter(|v| !v.trim().is_empty());
+    let resume = header_id
+        .or(q.one("lastEventId")?)
+        .map(|raw| raw.parse::<EventId>().map_err(|e| ApiError::bad_request(format!("Last-Event-ID {raw:?}: {e}"))))
+        .transpose()?;
+
+    let subscription = app.hub.subscribe(filter, resume).map_err(|e| match e {
+        SubscribeError::ShuttingDown | SubscribeError::Full(_) => ApiError::unavailable(e.to_string()),
+    })?;
+    let body = SseBody::new(subscription, format, &app, resume);
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The response body of one subscriber.
+struct SseBody {
+    subscription: Subscription,
+    format: Format,
+    lag_policy: LagPolicy,
+    metrics: Arc<Metrics>,
+    /// Frames to write before anything else (retry, gap notice).
+    preamble: Option<Bytes>,
+    /// Missed events still to write, when resuming.
+    replay: std::vec::IntoIter<Arc<Published>>,
+    batch: Vec<Arc<Published>>,
+    heartbeat_every: Duration,
+    heartbeat: Pin<Box<Sleep>>,
+    wrote_since_heartbeat: bool,
+    last_id: Option<EventId>,
+    finished: bool,
+}
+
+impl SseBody {
+    fn new(mut subscription: Subscription, format: Format, app: &App, resume: Option<EventId>) -> Self {
+        let mut preamble = BytesMut::from(&frame::retry(app.config.sse_retry.as_millis() as u64)[..]);
+        let mut replay = Vec::new();
+        if let Some(r) = subscription.replay.take() {
+            if r.truncated {
+                let data = json!({
+                    "last_event_id": resume.map(|id| id.to_string()),
+                    "oldest_available": r.oldest.map(|id| id.to_string()),
+                    "detail": "events after last_event_id may be missing: they are older than the replay buffer or from before a restart",
+                });
+                preamble.extend_from_slice(&frame::event(None, Some("gap"), data.to_string().as_bytes()));
+            }
+            replay = r.events;
+        }
+        let every = app.config.heartbeat;
+        Self {
+            subscription,
+            format,
+            lag_policy: app.config.lag_policy,
+            metrics: app.metrics.clone(),
+            preamble: Some(preamble.freeze()),
+            replay: replay.into_iter(),
+            batch: Vec::new(),
+            heartbeat_every: every,
+            heartbeat: Box::pin(tokio::time::sleep(every)),
+            wrote_since_heartbeat: true,
+            last_id: resume,
+            finished: false,
+        }
+    }
+
+    /// Concatenates the next replayed events, up to the chunk limit.
+    fn next_replay_chunk(&mut self) -> Option<Bytes> {
+        let first = self.replay.next()?;
+        let mut out = BytesMut::from(&first.frame(self.format)[..]);
+        self.last_id = Some(first.event.id);
+        while out.len() < MAX_CHUNK_BYTES {
+            let Some(e) = self.replay.next() else { break };
+            out.extend_from_slice(e.frame(self.format));
+            self.last_id = Some(e.event.id);
+        }
+        Some(out.freeze())
+    }
+
+    /// Turns one drain of the live queue into one chunk.
+    fn live_chunk(&mut self, dropped: u64, closed: Option<CloseReason>) -> Bytes {
+        let format = self.format;
+        // The common case, one event and nothing to report: write the shared
+        // frame itself, with no copy.
+        if self.batch.len() == 1 && dropped == 0 && closed.is_none() {
+            let e = self.batch.pop().map(|e| {
+                self.last_id = Some(e.event.id);
+                e.frame(format).clone()
+            });
+            return e.unwrap_or_default();
+        }
+        let mut out = BytesMut::with_capacity(self.batch.iter().map(|e| e.frame(format).len()).sum::<usize>() + 128);
+        for e in self.batch.drain(..) {
+            out.extend_from_slice(e.frame(format));
+            self.last_id = Some(e.event.id);
+        }
+        if dropped > 0 {
+            self.metrics.lagged();
+            let data = json!({
+                "dropped": dropped,
+                "last_event_id": self.last_id.map(|id| id.to_string()),
+                "policy": match self.lag_policy { LagPolicy::Disconnect => "disconnect", LagPolicy::Resume => "resume" },
+            });
+            out.extend_from_slice(&frame::event(None, Some("lagged"), data.to_string().as_bytes()));
+            if self.lag_policy == LagPolicy::Disconnect {
+                self.metrics.stream_ended(StreamEnd::Lagged);
+                self.finished = true;
+            }
+        }
+        if let Some(CloseReason::Shutdown) = closed {
+            if !self.finished {
+                self.metrics.stream_ended(StreamEnd::Shutdown);
+                let data = json!({"reason": "the gateway is shutting down", "last_event_id": self.last_id.map(|id| id.to_string())});
+                out.extend_from_slice(&frame::event(None, Some("shutdown"), data.to_string().as_bytes()));
+            }
+            self.finished = true;
+        }
+        out.freeze()
+    }
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(p) = this.preamble.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        if let Some(chunk) = this.next_replay_chunk() {
+            this.wrote_since_heartbeat = true;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let queue = this.subscription.queue.clone();
+        if let Poll::Ready(drained) = queue.poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS) {
+            this.wrote_since_heartbeat = true;
+            let chunk = this.live_chunk(drained.dropped, drained.closed);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        // Idle: one timer per stream, re-armed once per interval rather than
+        // after every write (re-arming costs a timer-wheel update).
+        while this.heartbeat.as_mut().poll(cx).is_ready() {
+            let deadline = tokio::time::Instant::now() + this.heartbeat_every;
+            this.heartbeat.as_mut().reset(deadline);
+            if !std::mem::replace(&mut this.wrote_since_heartbeat, false) {
+                return Poll::Ready(Some(Ok(Frame::data(frame::comment("keep-alive")))));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+use std::future::Future as _;

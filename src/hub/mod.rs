@@ -1,0 +1,289 @@
+//! The hub: ids, the replay ring, and fan-out to subscribers.
+//!
+//! Data flows one way: ingest hands an [`EventDraft`] to [`Hub::publish`],
+//! which gives it an id, encodes its SSE frame once, keeps it in the
+//! [`ReplayRing`] and offers the shared frame to every subscriber whose
+//! filter matches. Subscribers are indexed by device, with a separate list
+//! for those without a device filter, so one event costs O(matching
+//! subscribers), not O(all subscribers).
+//!
+//! One short mutex covers id assignment, the ring and the index, and is
+//! never held across an `.await`; offering to a subscriber never waits (see
+//! [`subscriber`]). Holding it through the fan-out is what makes delivery
+//! order equal id order, and what lets a resuming subscriber join with no
+//! gap and no duplicate between its replay and its live events.
+
+pub mod filter;
+pub mod frame;
+pub mod replay;
+pub mod subscriber;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+
+pub use filter::EventFilter;
+pub use replay::{Replay, ReplayRing};
+pub use subscriber::{CloseReason, Drained, LagPolicy, Offer, SubscriberQueue};
+
+use crate::event::{DeviceId, Event, EventDraft, EventId};
+use crate::telemetry::Metrics;
+
+/// How a subscriber wants each event written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// `data:` is the payload (JSON as posted, or the WRP JSON form).
+    #[default]
+    Data,
+    /// `data:` is the full envelope with id, type, device, metadata...
+    Envelope,
+}
+
+/// An accepted event with its SSE frames, encoded at most once per format
+/// and shared by every subscriber.
+#[derive(Debug)]
+pub struct Published {
+    /// The event.
+    pub event: Event,
+    data_frame: OnceLock<Bytes>,
+    envelope_frame: OnceLock<Bytes>,
+}
+
+impl Published {
+    /// Wraps an event; frames are built on first use.
+    pub fn new(event: Event) -> Self {
+        Self { event, data_frame: OnceLock::new(), envelope_frame: OnceLock::new() }
+    }
+
+    /// The encoded SSE frame for `format`.
+    pub fn frame(&self, format: Format) -> &Bytes {
+        let id = self.event.id.to_string();
+        match format {
+            Format::Data => self.data_frame.get_or_init(|| frame::event(Some(&id), None, &self.event.draft.data)),
+            Format::Envelope => self
+                .envelope_frame
+                .get_or_init(|| frame::event(Some(&id), None, &self.event.envelope_json())),
+        }
+    }
+}
+
+/// Hub limits, from the configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Events kept for resume.
+    pub replay_capacity: usize,
+    /// Oldest event kept for resume.
+    pub replay_max_age: Duration,
+    /// Events queued per subscriber before it counts as lagging.
+    pub subscriber_buffer: usize,
+    /// Most concurrent subscribers.
+    pub max_subscribers: usize,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The hub is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// The subscriber limit is reached.
+    #[error("the gateway has reached its limit of {0} subscribers")]
+    Full(usize),
+}
+
+/// The fan-out point between ingest and subscribers.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    config: HubConfig,
+    metrics: Arc<Metrics>,
+    next_subscriber: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    ids: crate::event::id::IdGenerator,
+    ring: ReplayRing,
+    index: Index,
+    closed: bool,
+}
+
+type SubscriberId = u64;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    filter: Arc<EventFilter>,
+    queue: Arc<SubscriberQueue>,
+}
+
+/// Subscribers by device, plus those that take every device.
+#[derive(Debug, Default)]
+struct Index {
+    any_device: IndexMap<SubscriberId, Entry>,
+    by_device: HashMap<DeviceId, IndexMap<SubscriberId, Entry>>,
+    count: usize,
+}
+
+/// What one publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanOut {
+    /// The id given to the event.
+    pub id: EventId,
+    /// Subscribers it was queued for.
+    pub queued: usize,
+    /// Subscribers it was dropped for (their queue was full).
+    pub dropped: usize,
+}
+
+impl Hub {
+    /// A hub with an empty ring and no subscribers.
+    pub fn new(config: HubConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let horizon = EventId::from_u64(EventId::floor_at(unix_ms()).as_u64().saturating_sub(1));
+        let ring = ReplayRing::new(config.replay_capacity, config.replay_max_age, horizon);
+        Arc::new(Self {
+            state: Mutex::new(State { ids: Default::default(), ring, index: Index::default(), closed: false }),
+            config,
+            metrics,
+            next_subscriber: AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent before it can
+        // panic, so a poisoned lock is safe to keep using.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives the event an id, keeps it for replay and offers it to every
+    /// matching subscriber. Never waits on a subscriber.
+    pub fn publish(&self, draft: EventDraft) -> FanOut {
+        let started = Instant::now();
+        let device = draft.device.clone();
+        let (mut queued, mut dropped) = (0, 0);
+        let id;
+        {
+            let mut state = self.lock();
+            id = state.ids.next(unix_ms());
+            let published = Arc::new(Published::new(Event { id, draft }));
+            state.ring.push(started, published.clone());
+            let index = &state.index;
+            let device_entries = device.as_ref().and_then(|d| index.by_device.get(d));
+            for entry in index.any_device.values().chain(device_entries.into_iter().flat_map(|m| m.values())) {
+                if !entry.filter.matches_type(&published.event) {
+                    continue;
+                }
+                match entry.queue.offer(&published) {
+                    Offer::Queued => queued += 1,
+                    Offer::Dropped => dropped += 1,
+                }
+            }
+        }
+        self.metrics.fanout(queued as u64, dropped as u64, started.elapsed());
+        FanOut { id, queued, dropped }
+    }
+
+    /// Registers a subscriber. With `resume`, the events after that id that
+    /// match the filter come back as a [`Replay`], with no gap and no
+    /// duplicate between them and the live queue.
+    pub fn subscribe(self: &Arc<Self>, filter: EventFilter, resume: Option<EventId>) -> Result<Subscription, SubscribeError> {
+        let filter = Arc::new(filter);
+        let queue = SubscriberQueue::new(self.config.subscriber_buffer);
+        let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let replay = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(SubscribeError::ShuttingDown);
+            }
+            if state.index.count >= self.config.max_subscribers {
+                return Err(SubscribeError::Full(self.config.max_subscribers));
+            }
+            let entry = Entry { filter: filter.clone(), queue: queue.clone() };
+            if filter.devices().is_empty() {
+                state.index.any_device.insert(id, entry);
+            } else {
+                for d in filter.devices() {
+                    state.index.by_device.entry(d.clone()).or_default().insert(id, entry.clone());
+                }
+            }
+            state.index.count += 1;
+            resume.map(|last| state.ring.since(Instant::now(), last, &filter))
+        };
+        self.metrics.subscriber_joined();
+        Ok(Subscription { id, hub: self.clone(), filter, queue, replay })
+    }
+
+    fn unsubscribe(&self, id: SubscriberId, filter: &EventFilter) {
+        {
+            let mut state = self.lock();
+            let index = &mut state.index;
+            let removed = if filter.devices().is_empty() {
+                index.any_device.swap_remove(&id).is_some()
+            } else {
+                let mut any = false;
+                for d in filter.devices() {
+                    if let Some(m) = index.by_device.get_mut(d) {
+                        any |= m.swap_remove(&id).is_some();
+                        if m.is_empty() {
+                            index.by_device.remove(d);
+                        }
+                    }
+                }
+                any
+            };
+            if removed {
+                index.count -= 1;
+            }
+        }
+        self.metrics.subscriber_left();
+    }
+
+    /// Closes every subscription (each stream writes a final notice and
+    /// ends) and refuses new ones.
+    pub fn close(&self, reason: CloseReason) {
+        let state = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.index.any_device.values().chain(state.index.by_device.values().flat_map(|m| m.values())).map(|e| e.queue.clone()).collect::<Vec<_>>()
+        };
+        for q in state {
+            q.close(reason);
+        }
+    }
+
+    /// Subscribers connected now.
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().index.count
+    }
+
+    /// Events held for replay now.
+    pub fn replay_len(&self) -> usize {
+        self.lock().ring.len()
+    }
+}
+
+/// A live subscription; dropping it unregisters the subscriber.
+#[derive(Debug)]
+pub struct Subscription {
+    id: SubscriberId,
+    hub: Arc<Hub>,
+    filter: Arc<EventFilter>,
+    /// The subscriber's queue.
+    pub queue: Arc<SubscriberQueue>,
+    /// Missed events to send first, when resuming.
+    pub replay: Option<Replay>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.id, &self.filter);
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

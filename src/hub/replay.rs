@@ -1,0 +1,156 @@
+//! The replay ring: recent events kept for `Last-Event-ID` resume.
+//!
+//! Bounded by count and by age. Ids are strictly increasing, so a resume is
+//! a binary search. The ring also remembers its *horizon*, the newest id that
+//! may have been lost to this process (evicted, or issued before it
+//! started), so it can tell a resuming client that events may be missing
+//! instead of silently skipping them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{EventFilter, Published};
+use crate::event::EventId;
+
+/// Recent events, oldest first.
+#[derive(Debug)]
+pub struct ReplayRing {
+    events: VecDeque<(Instant, Arc<Published>)>,
+    capacity: usize,
+    max_age: Duration,
+    horizon: EventId,
+}
+
+/// What a resuming subscriber gets.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// The missed events that match the filter, oldest first.
+    pub events: Vec<Arc<Published>>,
+    /// Events after the client's last id may have been dropped from the ring.
+    pub truncated: bool,
+    /// The oldest id still in the ring, if any.
+    pub oldest: Option<EventId>,
+}
+
+impl ReplayRing {
+    /// An empty ring. `horizon` is the newest id this process cannot vouch
+    /// for (ids below the first it will issue).
+    pub fn new(capacity: usize, max_age: Duration, horizon: EventId) -> Self {
+        Self { events: VecDeque::with_capacity(capacity.min(65_536)), capacity, max_age, horizon }
+    }
+
+    /// Adds the newest event, evicting what no longer fits.
+    pub fn push(&mut self, now: Instant, event: Arc<Published>) {
+        if self.capacity == 0 {
+            self.horizon = event.event.id;
+            return;
+        }
+        while self.events.len() >= self.capacity {
+            self.evict_front();
+        }
+        self.events.push_back((now, event));
+        self.expire(now);
+    }
+
+    /// Drops events older than the maximum age.
+    pub fn expire(&mut self, now: Instant) {
+        while self.events.front().is_some_and(|(at, _)| now.duration_since(*at) > self.max_age) {
+            self.evict_front();
+        }
+    }
+
+    fn evict_front(&mut self) {
+        if let Some((_, e)) = self.events.pop_front() {
+            self.horizon = self.horizon.max(e.event.id);
+        }
+    }
+
+    /// Events after `last` that match `filter`.
+    pub fn since(&mut self, now: Instant, last: EventId, filter: &EventFilter) -> Replay {
+        self.expire(now);
+        let start = self.events.partition_point(|(_, e)| e.event.id <= last);
+        Replay {
+            events: self.events.range(start..).filter(|(_, e)| filter.matches(&e.event)).map(|(_, e)| e.clone()).collect(),
+            truncated: last < self.horizon,
+            oldest: self.events.front().map(|(_, e)| e.event.id),
+        }
+    }
+
+    /// Number of events held.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether the ring is empty.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventDraft};
+
+    fn published(id: u64, device: &str) -> Arc<Published> {
+        Arc::new(Published::new(Event {
+            id: EventId::from_u64(id),
+            draft: EventDraft {
+                received_at: chrono::Utc::now(),
+                device: Some(crate::event::DeviceId::parse(device).unwrap()),
+                event_type: None,
+                source: "t".into(),
+                content_type: "application/json".into(),
+                metadata: Default::default(),
+                data: bytes::Bytes::from_static(b"1"),
+                wrp: None,
+            },
+        }))
+    }
+
+    fn ids(r: &Replay) -> Vec<u64> {
+        r.events.iter().map(|e| e.event.id.as_u64()).collect()
+    }
+
+    #[test]
+    fn resumes_after_the_last_id_with_the_filter() {
+        let now = Instant::now();
+        let mut ring = ReplayRing::new(10, Duration::from_secs(60), EventId::from_u64(9));
+        for id in 10..15 {
+            ring.push(now, published(id, if id % 2 == 0 { "a" } else { "b" }));
+        }
+        let any = EventFilter::default();
+        let r = ring.since(now, EventId::from_u64(11), &any);
+        assert_eq!(ids(&r), [12, 13, 14]);
+        assert!(!r.truncated);
+        let only_a = EventFilter::new(["a"], Vec::<String>::new()).unwrap();
+        assert_eq!(ids(&ring.since(now, EventId::from_u64(9), &only_a)), [10, 12, 14]);
+        assert!(ring.since(now, EventId::from_u64(8), &any).truncated);
+    }
+
+    #[test]
+    fn count_bound_moves_the_horizon() {
+        let now = Instant::now();
+        let mut ring = ReplayRing::new(3, Duration::from_secs(60), EventId::from_u64(0));
+        for id in 1..=5 {
+            ring.push(now, published(id, "a"));
+        }
+        assert_eq!(ring.len(), 3);
+        let r = ring.since(now, EventId::from_u64(1), &EventFilter::default());
+        assert_eq!(ids(&r), [3, 4, 5]);
+        assert!(r.truncated, "event 2 was evicted");
+        assert!(!ring.since(now, EventId::from_u64(2), &EventFilter::default()).truncated);
+    }
+
+    #[test]
+    fn age_bound_expires_events() {
+        let t0 = Instant::now();
+        let mut ring = ReplayRing::new(10, Duration::from_secs(5), EventId::from_u64(0));
+        ring.push(t0, published(1, "a"));
+        ring.push(t0 + Duration::from_secs(4), published(2, "a"));
+        let r = ring.since(t0 + Duration::from_secs(6), EventId::from_u64(0), &EventFilter::default());
+        assert_eq!(ids(&r), [2]);
+        assert!(r.truncated);
+    }
+}

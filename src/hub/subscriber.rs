@@ -1,0 +1,204 @@
+//! One subscriber's bounded queue between the hub and its connection.
+//!
+//! The publisher only ever calls [`SubscriberQueue::offer`], which never
+//! waits: when the queue is full the event is dropped *for this subscriber
+//! only* and counted, so one slow client cannot slow the publisher or the
+//! others. The connection side drains everything pending in one go, which
+//! is what lets a busy subscriber get many events in one socket write.
+//!
+//! The queue holds `Arc`s of shared, already-encoded events: nothing is
+//! serialised per subscriber.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use super::Published;
+
+/// What a slow subscriber's stream does once it has lost events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LagPolicy {
+    /// Send a `lagged` notice and end the stream; the client reconnects with
+    /// `Last-Event-ID` and gets what it missed from the replay ring.
+    Disconnect,
+    /// Send a `lagged` notice and carry on with newer events.
+    Resume,
+}
+
+/// Why the hub ended a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+/// Result of offering an event to a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for delivery.
+    Queued,
+    /// The queue was full: dropped for this subscriber.
+    Dropped,
+}
+
+/// What one drain of the queue found.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Events dropped since the previous drain.
+    pub dropped: u64,
+    /// Set once the hub has closed the queue.
+    pub closed: Option<CloseReason>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Arc<Published>>,
+    waker: Option<Waker>,
+    dropped: u64,
+    closed: Option<CloseReason>,
+}
+
+/// A bounded, single-consumer queue of events for one subscriber.
+#[derive(Debug)]
+pub struct SubscriberQueue {
+    state: Mutex<State>,
+    capacity: usize,
+}
+
+impl SubscriberQueue {
+    /// A queue holding at most `capacity` events.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new(State::default()), capacity: capacity.max(1) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every update is a single push/pop), so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an event without waiting; drops it if the queue is full.
+    pub fn offer(&self, event: &Arc<Published>) -> Offer {
+        let waker = {
+            let mut s = self.lock();
+            if s.closed.is_some() {
+                return Offer::Dropped;
+            }
+            if s.items.len() >= self.capacity {
+                s.dropped += 1;
+                return Offer::Dropped;
+            }
+            s.items.push_back(event.clone());
+            // Only the first event after a drain needs a wake-up; later ones
+            // are picked up by the same poll.
+            if s.items.len() == 1 { s.waker.take() } else { None }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Offer::Queued
+    }
+
+    /// Ends the subscription; the consumer sees `reason` after what is queued.
+    pub fn close(&self, reason: CloseReason) {
+        let waker = {
+            let mut s = self.lock();
+            s.closed = Some(reason);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Moves up to `max` queued events into `out`. Pending (with the waker
+    /// registered) when there is nothing to report.
+    pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<Arc<Published>>, max: usize) -> Poll<Drained> {
+        let mut s = self.lock();
+        if s.items.is_empty() && s.dropped == 0 && s.closed.is_none() {
+            match &mut s.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        let n = s.items.len().min(max);
+        out.extend(s.items.drain(..n));
+        let closed = if s.items.is_empty() { s.closed } else { None };
+        Poll::Ready(Drained { dropped: std::mem::take(&mut s.dropped), closed })
+    }
+
+    /// Events waiting to be written.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventDraft, EventId};
+    use std::task::Wake;
+
+    fn published(id: u64) -> Arc<Published> {
+        Arc::new(Published::new(Event {
+            id: EventId::from_u64(id),
+            draft: EventDraft {
+                received_at: chrono::Utc::now(),
+                device: None,
+                event_type: None,
+                source: "t".into(),
+                content_type: "application/json".into(),
+                metadata: Default::default(),
+                data: bytes::Bytes::from_static(b"1"),
+                wrp: None,
+            },
+        }))
+    }
+
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts_without_blocking() {
+        let q = SubscriberQueue::new(2);
+        assert_eq!(q.offer(&published(1)), Offer::Queued);
+        assert_eq!(q.offer(&published(2)), Offer::Queued);
+        assert_eq!(q.offer(&published(3)), Offer::Dropped);
+        assert_eq!(q.offer(&published(4)), Offer::Dropped);
+        let counter = Arc::new(CountingWaker(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        let Poll::Ready(d) = q.poll_drain(&mut cx, &mut out, 100) else { panic!("expected ready") };
+        assert_eq!(d.dropped, 2);
+        assert_eq!(out.iter().map(|e| e.event.id.as_u64()).collect::<Vec<_>>(), [1, 2]);
+        assert!(q.poll_drain(&mut cx, &mut out, 100).is_pending());
+        q.offer(&published(5));
+        q.offer(&published(6));
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1, "one wake per batch");
+    }
+
+    #[test]
+    fn close_is_seen_after_queued_events() {
+        let q = SubscriberQueue::new(8);
+        q.offer(&published(1));
+        q.close(CloseReason::Shutdown);
+        assert_eq!(q.offer(&published(2)), Offer::Dropped);
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Vec::new();
+        let Poll::Ready(d) = q.poll_drain(&mut cx, &mut out, 100) else { panic!("expected ready") };
+        assert_eq!(out.len(), 1);
+        assert_eq!(d.closed, Some(CloseReason::Shutdown));
+    }
+}

@@ -1,0 +1,243 @@
+//! Logs and metrics. Every Prometheus series is declared here, with its
+//! help text, and updated through typed methods, so the rest of the code
+//! never spells a metric name.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global tracing subscriber. Fails if the filter is invalid.
+pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid --log filter: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// How an ingest request ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum IngestResult {
+    /// Accepted and published.
+    Accepted,
+    /// A repeated Idempotency-Key: not published again.
+    Duplicate,
+    /// Refused (any 4xx).
+    Rejected,
+}
+
+/// The ingest format.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum IngestFormat {
+    /// Plain JSON.
+    Json,
+    /// WRP, msgpack.
+    WrpMsgpack,
+    /// WRP, JSON.
+    WrpJson,
+    /// Newline-delimited JSON batch.
+    Ndjson,
+    /// Not a supported content type.
+    Unsupported,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IngestLabels {
+    format: IngestFormat,
+    result: IngestResult,
+}
+
+/// Why a stream was ended by the gateway.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum StreamEnd {
+    /// Lagged with the disconnect policy.
+    Lagged,
+    /// The gateway shut down.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamEndLabels {
+    reason: StreamEnd,
+}
+
+/// Every metric the gateway exposes.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    ingested: Family<IngestLabels, Counter>,
+    deliveries: Counter,
+    dropped: Counter,
+    lagged: Counter,
+    stream_ends: Family<StreamEndLabels, Counter>,
+    subscribers: Gauge,
+    connections: Gauge,
+    connections_rejected: Counter,
+    replay_events: Gauge,
+    ingest_seconds: Histogram,
+    fanout_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every series.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ratatoskr");
+        let m = Self {
+            ingested: Family::default(),
+            deliveries: Counter::default(),
+            dropped: Counter::default(),
+            lagged: Counter::default(),
+            stream_ends: Family::default(),
+            subscribers: Gauge::default(),
+            connections: Gauge::default(),
+            connections_rejected: Counter::default(),
+            replay_events: Gauge::default(),
+            ingest_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            fanout_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
+            registry: Registry::default(),
+        };
+        registry.register("events_ingested", "Events received on POST /api/events, by format and result", m.ingested.clone());
+        registry.register("deliveries", "Events queued for an SSE subscriber", m.deliveries.clone());
+        registry.register("deliveries_dropped", "Events dropped for an SSE subscriber whose buffer was full", m.dropped.clone());
+        registry.register("subscribers_lagged", "Lagged notices sent to slow SSE subscribers", m.lagged.clone());
+        registry.register("streams_ended", "SSE streams ended by the gateway, by reason", m.stream_ends.clone());
+        registry.register("subscribers", "SSE subscribers connected now", m.subscribers.clone());
+        registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register("connections_rejected", "Connections closed at once because the connection limit was reached", m.connections_rejected.clone());
+        registry.register("replay_events", "Events held for Last-Event-ID resume", m.replay_events.clone());
+        registry.register("ingest_duration_seconds", "Time to decode, validate and publish one ingest request", m.ingest_seconds.clone());
+        registry.register("fanout_duration_seconds", "Time to offer one event to every matching subscriber", m.fanout_seconds.clone());
+        Self { registry, ..m }
+    }
+
+    /// One ingest request (or batch line) ended.
+    pub fn ingested(&self, format: IngestFormat, result: IngestResult, count: u64) {
+        self.ingested.get_or_create(&IngestLabels { format, result }).inc_by(count);
+    }
+
+    /// Time spent on one ingest request.
+    pub fn ingest_took(&self, d: Duration) {
+        self.ingest_seconds.observe(d.as_secs_f64());
+    }
+
+    /// One event was fanned out.
+    pub fn fanout(&self, queued: u64, dropped: u64, took: Duration) {
+        self.deliveries.inc_by(queued);
+        if dropped > 0 {
+            self.dropped.inc_by(dropped);
+        }
+        self.fanout_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A lagged notice was sent.
+    pub fn lagged(&self) {
+        self.lagged.inc();
+    }
+
+    /// The gateway ended a stream.
+    pub fn stream_ended(&self, reason: StreamEnd) {
+        self.stream_ends.get_or_create(&StreamEndLabels { reason }).inc();
+    }
+
+    /// A subscriber joined.
+    pub fn subscriber_joined(&self) {
+        self.subscribers.inc();
+    }
+
+    /// A subscriber left.
+    pub fn subscriber_left(&self) {
+        self.subscribers.dec();
+    }
+
+    /// A connection opened.
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    /// A connection closed.
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    /// A connection was refused at the limit.
+    pub fn connection_rejected(&self) {
+        self.connections_rejected.inc();
+    }
+
+    /// Totals for the dashboard's JSON view.
+    pub fn snapshot(&self) -> Snapshot {
+        let ingested = [IngestFormat::Json, IngestFormat::WrpMsgpack, IngestFormat::WrpJson, IngestFormat::Ndjson]
+            .into_iter()
+            .map(|format| self.ingested.get_or_create(&IngestLabels { format, result: IngestResult::Accepted }).get())
+            .sum();
+        Snapshot {
+            events_ingested: ingested,
+            deliveries: self.deliveries.get(),
+            deliveries_dropped: self.dropped.get(),
+            subscribers_lagged: self.lagged.get(),
+            subscribers: self.subscribers.get(),
+            connections: self.connections.get(),
+        }
+    }
+
+    /// The Prometheus/OpenMetrics text, with sampled gauges refreshed.
+    pub fn encode(&self, replay_events: usize) -> String {
+        self.replay_events.set(replay_events as i64);
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Headline figures, as plain numbers.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Snapshot {
+    /// Events accepted.
+    pub events_ingested: u64,
+    /// Events queued to subscribers.
+    pub deliveries: u64,
+    /// Events dropped for slow subscribers.
+    pub deliveries_dropped: u64,
+    /// Lagged notices.
+    pub subscribers_lagged: u64,
+    /// Subscribers now.
+    pub subscribers: i64,
+    /// Connections now.
+    pub connections: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_named_series() {
+        let m = Metrics::new();
+        m.ingested(IngestFormat::Json, IngestResult::Accepted, 2);
+        m.fanout(5, 1, Duration::from_micros(20));
+        let text = m.encode(3);
+        assert!(text.contains("ratatoskr_events_ingested_total{format=\"Json\",result=\"Accepted\"} 2"), "{text}");
+        assert!(text.contains("ratatoskr_deliveries_total 5"));
+        assert!(text.contains("ratatoskr_deliveries_dropped_total 1"));
+        assert!(text.contains("ratatoskr_replay_events 3"));
+        assert!(text.contains("ratatoskr_fanout_duration_seconds_bucket"));
+        assert_eq!(m.snapshot().events_ingested, 2);
+    }
+}
