@@ -91,11 +91,20 @@ pub struct Config {
     pub idempotency_window: Duration,
 
     /// Most Idempotency-Keys remembered (the oldest are forgotten first).
-    #[arg(long, env = "RATATOSKR_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "RATATOSKR_IDEMPOTENCY_MAX_KEYS",
+        default_value_t = 100_000
+    )]
     pub idempotency_max_keys: usize,
 
     /// Origins allowed to read `GET /events` cross-origin (`*` for any), comma-separated.
-    #[arg(long, env = "RATATOSKR_CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "RATATOSKR_CORS_ORIGINS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 
     /// Time given to open streams and requests to finish on shutdown.
@@ -156,7 +165,12 @@ impl Config {
                 return Err(ConfigError(format!("{name} must be more than 0")));
             }
         }
-        if self.cors_origins.is_empty() || self.cors_origins.iter().any(|o| o != "*" && http::HeaderValue::from_str(o).is_err()) {
+        if self.cors_origins.is_empty()
+            || self
+                .cors_origins
+                .iter()
+                .any(|o| o != "*" && http::HeaderValue::from_str(o).is_err())
+        {
             return err("--cors-origins must be `*` or a comma-separated list of origins");
         }
         Ok(())
@@ -168,14 +182,17 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size such as 1048576, 512KiB or 1MiB"))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 1048576, 512KiB or 1MiB"))?;
     let factor = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
         _ => return Err(format!("unknown size unit {unit:?} (use B, KiB or MiB)")),
     };
-    n.checked_mul(factor).ok_or_else(|| "size too large".to_owned())
+    n.checked_mul(factor)
+        .ok_or_else(|| "size too large".to_owned())
 }
 
 #[cfg(test)]
@@ -195,12 +212,24 @@ mod tests {
 
     #[test]
     fn flags_parse_and_validate() {
-        let c = Config::from_args(["ratatoskr", "--max-body", "64KiB", "--lag-policy", "resume", "--heartbeat", "2s"]).unwrap();
+        let c = Config::from_args([
+            "ratatoskr",
+            "--max-body",
+            "64KiB",
+            "--lag-policy",
+            "resume",
+            "--heartbeat",
+            "2s",
+        ])
+        .unwrap();
         assert_eq!(c.max_body, 65_536);
         assert_eq!(c.lag_policy, LagPolicy::Resume);
         assert!(Config::from_args(["ratatoskr", "--heartbeat", "soon"]).is_err());
         let c = Config::from_args(["ratatoskr", "--heartbeat", "10ms"]).unwrap();
-        assert_eq!(c.validate(), Err(ConfigError("--heartbeat must be at least 1s".into())));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError("--heartbeat must be at least 1s".into()))
+        );
         let c = Config::from_args(["ratatoskr", "--max-body", "100"]).unwrap();
         assert!(c.validate().is_err());
     }

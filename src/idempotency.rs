@@ -43,7 +43,11 @@ pub struct IdempotencyCache {
 impl IdempotencyCache {
     /// An empty cache.
     pub fn new(window: Duration, max_keys: usize) -> Self {
-        Self { state: Mutex::new(State::default()), window, max_keys: max_keys.max(1) }
+        Self {
+            state: Mutex::new(State::default()),
+            window,
+            max_keys: max_keys.max(1),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -58,7 +62,9 @@ impl IdempotencyCache {
             return id.map_or(Claim::InProgress, Claim::Seen);
         }
         while s.keys.len() >= self.max_keys {
-            let Some((at, oldest)) = s.order.pop_front() else { break };
+            let Some((at, oldest)) = s.order.pop_front() else {
+                break;
+            };
             forget(&mut s, at, &oldest);
         }
         s.keys.insert(key.to_owned(), (now, None));
@@ -104,11 +110,17 @@ mod tests {
         assert_eq!(c.claim("k", t0), Claim::New);
         assert_eq!(c.claim("k", t0), Claim::InProgress);
         c.complete("k", EventId::from_u64(7));
-        assert_eq!(c.claim("k", t0 + Duration::from_secs(5)), Claim::Seen(EventId::from_u64(7)));
+        assert_eq!(
+            c.claim("k", t0 + Duration::from_secs(5)),
+            Claim::Seen(EventId::from_u64(7))
+        );
         assert_eq!(c.claim("k", t0 + Duration::from_secs(11)), Claim::New);
         c.complete("k", EventId::from_u64(8));
         // The stale first entry expiring must not forget the new claim.
-        assert_eq!(c.claim("k", t0 + Duration::from_secs(12)), Claim::Seen(EventId::from_u64(8)));
+        assert_eq!(
+            c.claim("k", t0 + Duration::from_secs(12)),
+            Claim::Seen(EventId::from_u64(8))
+        );
     }
 
     #[test]

@@ -33,7 +33,11 @@ use crate::telemetry::Metrics;
 /// Runs the gateway on `listener` until `shutdown` resolves, then stops in
 /// order (readiness, listener, streams, drain). Returns `true` if the drain
 /// finished within the grace period.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(
         HubConfig {
@@ -60,7 +64,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     });
     let router = http::router(app.clone());
     let stop_accepting = CancellationToken::new();
-    let server = tokio::spawn(server::serve(listener, router, limits, metrics, stop_accepting.clone()));
+    let server = tokio::spawn(server::serve(
+        listener,
+        router,
+        limits,
+        metrics,
+        stop_accepting.clone(),
+    ));
     app.readiness.set(Phase::Ready);
     tracing::info!("ready");
 

@@ -22,7 +22,10 @@ fn main() -> ExitCode {
         Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ratatoskr: cannot start the runtime: {e}");
@@ -37,7 +40,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(listen = %config.listen, "listening");
+        let bound = listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+        tracing::info!(listen = %bound, "listening");
         ratatoskr::run(config, listener, ratatoskr::shutdown::signal()).await;
         ExitCode::SUCCESS
     })

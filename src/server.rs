@@ -44,7 +44,13 @@ pub struct ServerLimits {
 
 /// Serves `router` on `listener` until `stop` is cancelled, then drains.
 /// Returns `false` if the grace period ran out with connections still open.
-pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, metrics: Arc<Metrics>, stop: CancellationToken) -> bool {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> bool {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -52,7 +58,10 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, 
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
 
     loop {
@@ -76,10 +85,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, 
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(StallGuard::new(stream, limits.write_timeout));
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            router.clone().oneshot(req.map(axum::body::Body::new))
-        });
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
         let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
         let metrics = metrics.clone();
         metrics.connection_opened();
@@ -111,7 +121,11 @@ struct StallGuard {
 
 impl StallGuard {
     fn new(inner: TcpStream, limit: Duration) -> Self {
-        Self { inner, limit, stalled: None }
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
     }
 
     /// Tracks how long writes have been pending; errors out past the limit.
@@ -121,9 +135,14 @@ impl StallGuard {
             return poll;
         }
         let limit = self.limit;
-        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "peer stopped reading",
+            )));
         }
         Poll::Pending
     }
@@ -132,18 +151,30 @@ impl StallGuard {
 use std::future::Future as _;
 
 impl AsyncRead for StallGuard {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for StallGuard {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.track(cx, poll)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.track(cx, poll)
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,7 +17,9 @@ use crate::config::LogFormat;
 /// Installs the global tracing subscriber. Fails if the filter is invalid.
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid --log filter: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -26,7 +28,7 @@ pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
 }
 
 /// How an ingest request ended.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum IngestResult {
     /// Accepted and published.
     Accepted,
@@ -37,7 +39,7 @@ pub enum IngestResult {
 }
 
 /// The ingest format.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum IngestFormat {
     /// Plain JSON.
     Json,
@@ -51,6 +53,28 @@ pub enum IngestFormat {
     Unsupported,
 }
 
+/// Label values are the snake_case names Prometheus users expect.
+macro_rules! label_values {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write as _;
+                encoder.write_str(match self { $(Self::$variant => $text),* })
+            }
+        }
+    };
+}
+
+label_values!(IngestResult { Accepted => "accepted", Duplicate => "duplicate", Rejected => "rejected" });
+label_values!(IngestFormat {
+    Json => "json",
+    WrpMsgpack => "wrp_msgpack",
+    WrpJson => "wrp_json",
+    Ndjson => "ndjson",
+    Unsupported => "unsupported",
+});
+label_values!(StreamEnd { Lagged => "lagged", Shutdown => "shutdown" });
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IngestLabels {
     format: IngestFormat,
@@ -58,7 +82,7 @@ struct IngestLabels {
 }
 
 /// Why a stream was ended by the gateway.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum StreamEnd {
     /// Lagged with the disconnect policy.
     Lagged,
@@ -112,23 +136,69 @@ impl Metrics {
             fanout_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
             registry: Registry::default(),
         };
-        registry.register("events_ingested", "Events received on POST /api/events, by format and result", m.ingested.clone());
-        registry.register("deliveries", "Events queued for an SSE subscriber", m.deliveries.clone());
-        registry.register("deliveries_dropped", "Events dropped for an SSE subscriber whose buffer was full", m.dropped.clone());
-        registry.register("subscribers_lagged", "Lagged notices sent to slow SSE subscribers", m.lagged.clone());
-        registry.register("streams_ended", "SSE streams ended by the gateway, by reason", m.stream_ends.clone());
-        registry.register("subscribers", "SSE subscribers connected now", m.subscribers.clone());
-        registry.register("connections", "Open client connections", m.connections.clone());
-        registry.register("connections_rejected", "Connections closed at once because the connection limit was reached", m.connections_rejected.clone());
-        registry.register("replay_events", "Events held for Last-Event-ID resume", m.replay_events.clone());
-        registry.register("ingest_duration_seconds", "Time to decode, validate and publish one ingest request", m.ingest_seconds.clone());
-        registry.register("fanout_duration_seconds", "Time to offer one event to every matching subscriber", m.fanout_seconds.clone());
+        registry.register(
+            "events_ingested",
+            "Events received on POST /api/events, by format and result",
+            m.ingested.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Events queued for an SSE subscriber",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "deliveries_dropped",
+            "Events dropped for an SSE subscriber whose buffer was full",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "subscribers_lagged",
+            "Lagged notices sent to slow SSE subscribers",
+            m.lagged.clone(),
+        );
+        registry.register(
+            "streams_ended",
+            "SSE streams ended by the gateway, by reason",
+            m.stream_ends.clone(),
+        );
+        registry.register(
+            "subscribers",
+            "SSE subscribers connected now",
+            m.subscribers.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections closed at once because the connection limit was reached",
+            m.connections_rejected.clone(),
+        );
+        registry.register(
+            "replay_events",
+            "Events held for Last-Event-ID resume",
+            m.replay_events.clone(),
+        );
+        registry.register(
+            "ingest_duration_seconds",
+            "Time to decode, validate and publish one ingest request",
+            m.ingest_seconds.clone(),
+        );
+        registry.register(
+            "fanout_duration_seconds",
+            "Time to offer one event to every matching subscriber",
+            m.fanout_seconds.clone(),
+        );
         Self { registry, ..m }
     }
 
     /// One ingest request (or batch line) ended.
     pub fn ingested(&self, format: IngestFormat, result: IngestResult, count: u64) {
-        self.ingested.get_or_create(&IngestLabels { format, result }).inc_by(count);
+        self.ingested
+            .get_or_create(&IngestLabels { format, result })
+            .inc_by(count);
     }
 
     /// Time spent on one ingest request.
@@ -152,7 +222,9 @@ impl Metrics {
 
     /// The gateway ended a stream.
     pub fn stream_ended(&self, reason: StreamEnd) {
-        self.stream_ends.get_or_create(&StreamEndLabels { reason }).inc();
+        self.stream_ends
+            .get_or_create(&StreamEndLabels { reason })
+            .inc();
     }
 
     /// A subscriber joined.
@@ -182,10 +254,22 @@ impl Metrics {
 
     /// Totals for the dashboard's JSON view.
     pub fn snapshot(&self) -> Snapshot {
-        let ingested = [IngestFormat::Json, IngestFormat::WrpMsgpack, IngestFormat::WrpJson, IngestFormat::Ndjson]
-            .into_iter()
-            .map(|format| self.ingested.get_or_create(&IngestLabels { format, result: IngestResult::Accepted }).get())
-            .sum();
+        let ingested = [
+            IngestFormat::Json,
+            IngestFormat::WrpMsgpack,
+            IngestFormat::WrpJson,
+            IngestFormat::Ndjson,
+        ]
+        .into_iter()
+        .map(|format| {
+            self.ingested
+                .get_or_create(&IngestLabels {
+                    format,
+                    result: IngestResult::Accepted,
+                })
+                .get()
+        })
+        .sum();
         Snapshot {
             events_ingested: ingested,
             deliveries: self.deliveries.get(),
@@ -233,7 +317,10 @@ mod tests {
         m.ingested(IngestFormat::Json, IngestResult::Accepted, 2);
         m.fanout(5, 1, Duration::from_micros(20));
         let text = m.encode(3);
-        assert!(text.contains("ratatoskr_events_ingested_total{format=\"Json\",result=\"Accepted\"} 2"), "{text}");
+        assert!(
+            text.contains("ratatoskr_events_ingested_total{format=\"json\",result=\"accepted\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("ratatoskr_deliveries_total 5"));
         assert!(text.contains("ratatoskr_deliveries_dropped_total 1"));
         assert!(text.contains("ratatoskr_replay_events 3"));

@@ -150,19 +150,32 @@ mod tests {
             "mac:1122.3344.5566/config",
             " mac:112233445566 ",
         ] {
-            assert_eq!(DeviceId::parse(raw).unwrap().as_str(), "mac:112233445566", "{raw}");
+            assert_eq!(
+                DeviceId::parse(raw).unwrap().as_str(),
+                "mac:112233445566",
+                "{raw}"
+            );
         }
-        assert_eq!(DeviceId::parse("mac:AABBCCDDEEFF").unwrap().as_str(), "mac:aabbccddeeff");
+        assert_eq!(
+            DeviceId::parse("mac:AABBCCDDEEFF").unwrap().as_str(),
+            "mac:aabbccddeeff"
+        );
         assert_eq!(DeviceId::parse("mac:1122"), Err(DeviceIdError::BadMac));
     }
 
     #[test]
     fn free_form_ids_are_kept() {
         assert_eq!(DeviceId::parse("Sensor-42").unwrap().as_str(), "Sensor-42");
-        assert_eq!(DeviceId::parse("room:kitchen").unwrap().as_str(), "room:kitchen");
+        assert_eq!(
+            DeviceId::parse("room:kitchen").unwrap().as_str(),
+            "room:kitchen"
+        );
         assert_eq!(DeviceId::parse("a b"), Err(DeviceIdError::BadCharacter));
         assert_eq!(DeviceId::parse("  "), Err(DeviceIdError::Empty));
-        assert_eq!(DeviceId::parse(&"x".repeat(300)), Err(DeviceIdError::TooLong));
+        assert_eq!(
+            DeviceId::parse(&"x".repeat(300)),
+            Err(DeviceIdError::TooLong)
+        );
     }
 
     #[test]
@@ -174,7 +187,13 @@ mod tests {
         assert_eq!(l.device_id(), None);
         let s = Locator::parse("Mac:112233445566/config").unwrap();
         assert_eq!(s.device_id().unwrap().as_str(), "mac:112233445566");
-        assert!(matches!(Locator::parse("foo:bar"), Err(DeviceIdError::UnknownScheme(_))));
-        assert!(matches!(Locator::parse("nocolon"), Err(DeviceIdError::NotALocator(_))));
+        assert!(matches!(
+            Locator::parse("foo:bar"),
+            Err(DeviceIdError::UnknownScheme(_))
+        ));
+        assert!(matches!(
+            Locator::parse("nocolon"),
+            Err(DeviceIdError::NotALocator(_))
+        ));
     }
 }

@@ -50,7 +50,9 @@ impl FromStr for EventId {
         if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ParseEventIdError);
         }
-        u64::from_str_radix(s, 16).map(EventId).map_err(|_| ParseEventIdError)
+        u64::from_str_radix(s, 16)
+            .map(EventId)
+            .map_err(|_| ParseEventIdError)
     }
 }
 

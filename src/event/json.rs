@@ -112,14 +112,24 @@ mod tests {
 
     #[test]
     fn any_value_is_accepted() {
-        for ok in [&b"1"[..], b"\"s\"", b"[1,2]", b"null", b"{}", b" {\"msg\":\"data\"} "] {
+        for ok in [
+            &b"1"[..],
+            b"\"s\"",
+            b"[1,2]",
+            b"null",
+            b"{}",
+            b" {\"msg\":\"data\"} ",
+        ] {
             assert_eq!(parse(ok).unwrap(), JsonHints::default());
         }
     }
 
     #[test]
     fn string_hints_are_read_and_others_ignored() {
-        let h = parse(br#"{"device":"mac:112233445566","type":"online","source":7,"x":{"device":"no"}}"#).unwrap();
+        let h = parse(
+            br#"{"device":"mac:112233445566","type":"online","source":7,"x":{"device":"no"}}"#,
+        )
+        .unwrap();
         assert_eq!(h.device.as_deref(), Some("mac:112233445566"));
         assert_eq!(h.event_type.as_deref(), Some("online"));
         assert_eq!(h.source, None);

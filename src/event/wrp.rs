@@ -80,7 +80,10 @@ impl MessageType {
     }
 
     fn is_crud(self) -> bool {
-        matches!(self, Self::Create | Self::Retrieve | Self::Update | Self::Delete)
+        matches!(
+            self,
+            Self::Create | Self::Retrieve | Self::Update | Self::Delete
+        )
     }
 }
 
@@ -154,8 +157,12 @@ impl Message {
         if bytes.is_empty() {
             return Err(WrpError::Decode("the body is empty".into()));
         }
-        let msg: Message = rmp_serde::from_slice(bytes)
-            .map_err(|e| WrpError::Decode(format!("malformed WRP msgpack: {}", explain(&e.to_string()))))?;
+        let msg: Message = rmp_serde::from_slice(bytes).map_err(|e| {
+            WrpError::Decode(format!(
+                "malformed WRP msgpack: {}",
+                explain(&e.to_string())
+            ))
+        })?;
         msg.validate()?;
         Ok(msg)
     }
@@ -177,26 +184,64 @@ impl Message {
     /// unsupported fields absent, locators and qos in range.
     pub fn validate(&self) -> Result<(), WrpError> {
         use MessageType::*;
-        let ty = self
-            .message_type()
-            .ok_or_else(|| WrpError::Invalid(format!("msg_type {} is not a WRP message type (2 to 11)", self.msg_type)))?;
+        let ty = self.message_type().ok_or_else(|| {
+            WrpError::Invalid(format!(
+                "msg_type {} is not a WRP message type (2 to 11)",
+                self.msg_type
+            ))
+        })?;
         if !(0..=99).contains(&self.qos) {
-            return Err(WrpError::Invalid(format!("qos {} is outside 0..99", self.qos)));
+            return Err(WrpError::Invalid(format!(
+                "qos {} is outside 0..99",
+                self.qos
+            )));
         }
         let present = self.present_fields();
         let allowed: &[&str] = match ty {
             Authorization => &["status"],
             SimpleRequestResponse => &[
-                "source", "dest", "transaction_uuid", "content_type", "accept", "status", "rdr", "headers",
-                "metadata", "payload", "partner_ids", "session_id", "qos",
+                "source",
+                "dest",
+                "transaction_uuid",
+                "content_type",
+                "accept",
+                "status",
+                "rdr",
+                "headers",
+                "metadata",
+                "payload",
+                "partner_ids",
+                "session_id",
+                "qos",
             ],
             SimpleEvent => &[
-                "source", "dest", "transaction_uuid", "content_type", "rdr", "headers", "metadata", "payload",
-                "partner_ids", "session_id", "qos",
+                "source",
+                "dest",
+                "transaction_uuid",
+                "content_type",
+                "rdr",
+                "headers",
+                "metadata",
+                "payload",
+                "partner_ids",
+                "session_id",
+                "qos",
             ],
             Create | Retrieve | Update | Delete => &[
-                "source", "dest", "transaction_uuid", "content_type", "accept", "status", "rdr", "headers",
-                "metadata", "path", "payload", "partner_ids", "session_id", "qos",
+                "source",
+                "dest",
+                "transaction_uuid",
+                "content_type",
+                "accept",
+                "status",
+                "rdr",
+                "headers",
+                "metadata",
+                "path",
+                "payload",
+                "partner_ids",
+                "session_id",
+                "qos",
             ],
             ServiceRegistration => &["service_name", "url"],
             ServiceAlive | Unknown => &[],
@@ -210,10 +255,16 @@ impl Message {
             _ => &[],
         };
         if let Some(missing) = required.iter().find(|f| !present.contains(f)) {
-            return Err(WrpError::Invalid(format!("{} messages require {missing}", ty.friendly_name())));
+            return Err(WrpError::Invalid(format!(
+                "{} messages require {missing}",
+                ty.friendly_name()
+            )));
         }
         if let Some(extra) = present.iter().find(|f| !allowed.contains(f)) {
-            return Err(WrpError::Invalid(format!("{} messages must not carry {extra}", ty.friendly_name())));
+            return Err(WrpError::Invalid(format!(
+                "{} messages must not carry {extra}",
+                ty.friendly_name()
+            )));
         }
         for (name, value) in [("source", &self.source), ("dest", &self.dest)] {
             if !value.is_empty() {
@@ -221,7 +272,9 @@ impl Message {
             }
         }
         if ty == ServiceRegistration && self.service_name.contains('/') {
-            return Err(WrpError::Invalid("service_name must not contain '/'".into()));
+            return Err(WrpError::Invalid(
+                "service_name must not contain '/'".into(),
+            ));
         }
         Ok(())
     }
@@ -240,7 +293,12 @@ impl Message {
             ("url", &self.url),
             ("session_id", &self.session_id),
         ];
-        out.extend(strings.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| *k));
+        out.extend(
+            strings
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, _)| *k),
+        );
         if self.status.is_some() {
             out.push("status");
         }
@@ -301,10 +359,7 @@ impl Message {
             ("content_type", &self.content_type),
             ("accept", &self.accept),
         ];
-        let strings_after = [
-            ("service_name", &self.service_name),
-            ("url", &self.url),
-        ];
+        let strings_after = [("service_name", &self.service_name), ("url", &self.url)];
         let count = 2 // msg_type, qos
             + strings_before.iter().chain(&strings_after).filter(|(_, v)| !v.is_empty()).count()
             + usize::from(!self.path.is_empty())
@@ -485,7 +540,10 @@ impl Serialize for JsonView<'_> {
             map.serialize_entry("path", &m.path)?;
         }
         if let Some(p) = m.payload.as_ref().filter(|p| !p.is_empty()) {
-            map.serialize_entry("payload", &base64::engine::general_purpose::STANDARD.encode(p))?;
+            map.serialize_entry(
+                "payload",
+                &base64::engine::general_purpose::STANDARD.encode(p),
+            )?;
         }
         for (k, v) in [("service_name", &m.service_name), ("url", &m.url)] {
             if !v.is_empty() {
@@ -509,7 +567,11 @@ impl Serialize for JsonView<'_> {
 struct GoJsonFormatter;
 
 impl serde_json::ser::Formatter for GoJsonFormatter {
-    fn write_string_fragment<W: ?Sized + std::io::Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             let escaped = match c {
@@ -605,7 +667,10 @@ mod tests {
             ..Default::default()
         };
         let json = String::from_utf8(m.to_json()).unwrap();
-        assert!(json.contains(r#""a\u003cb \u0026 c\u003ed\u2028""#), "{json}");
+        assert!(
+            json.contains(r#""a\u003cb \u0026 c\u003ed\u2028""#),
+            "{json}"
+        );
         assert_eq!(Message::from_json(json.as_bytes()).unwrap(), m);
     }
 }

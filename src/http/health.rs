@@ -25,10 +25,13 @@ pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
 pub async fn ready(State(app): State<App>) -> Response {
     match app.readiness.phase() {
         Phase::Ready => Json(json!({"status": "ready"})).into_response(),
-        phase => ApiError::unavailable(format!("the gateway is {}", match phase {
-            Phase::Starting => "starting",
-            _ => "shutting down",
-        }))
+        phase => ApiError::unavailable(format!(
+            "the gateway is {}",
+            match phase {
+                Phase::Starting => "starting",
+                _ => "shutting down",
+            }
+        ))
         .with_extra(json!({"phase": phase}))
         .into_response(),
     }

@@ -51,12 +51,24 @@ pub async fn post_events(
 ) -> Response {
     let started = Instant::now();
     let format = format_of(&headers);
-    let result = ingest(&app, format, peer.map(|p| p.0), query.as_deref(), &headers, body).await;
+    let result = ingest(
+        &app,
+        format,
+        peer.map(|p| p.0),
+        query.as_deref(),
+        &headers,
+        body,
+    )
+    .await;
     app.metrics.ingest_took(started.elapsed());
     match result {
         Ok(response) => response,
         Err(err) => {
-            app.metrics.ingested(format.unwrap_or(IngestFormat::Unsupported), IngestResult::Rejected, 1);
+            app.metrics.ingested(
+                format.unwrap_or(IngestFormat::Unsupported),
+                IngestResult::Rejected,
+                1,
+            );
             err.into_response()
         }
     }
@@ -102,10 +114,21 @@ async fn ingest(
     }
     let draft = decode_one(format, base, &overrides, &body)?;
     let (id, replayed) = publish(app, draft, idempotency_key.as_deref())?;
-    app.metrics.ingested(format, if replayed { IngestResult::Duplicate } else { IngestResult::Accepted }, 1);
-    let mut response = (StatusCode::ACCEPTED, Json(json!({ "id": id.to_string() }))).into_response();
+    app.metrics.ingested(
+        format,
+        if replayed {
+            IngestResult::Duplicate
+        } else {
+            IngestResult::Accepted
+        },
+        1,
+    );
+    let mut response =
+        (StatusCode::ACCEPTED, Json(json!({ "id": id.to_string() }))).into_response();
     if replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -118,7 +141,9 @@ fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<(EventId, 
     };
     match app.idempotency.claim(key, Instant::now()) {
         Claim::Seen(id) => Ok((id, true)),
-        Claim::InProgress => Err(ApiError::conflict("a request with this Idempotency-Key is still being processed")),
+        Claim::InProgress => Err(ApiError::conflict(
+            "a request with this Idempotency-Key is still being processed",
+        )),
         Claim::New => {
             let id = app.hub.publish(draft).id;
             app.idempotency.complete(key, id);
@@ -127,7 +152,13 @@ fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<(EventId, 
     }
 }
 
-fn ingest_batch(app: &App, base: EventDraft, overrides: &Overrides, key: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
+fn ingest_batch(
+    app: &App,
+    base: EventDraft,
+    overrides: &Overrides,
+    key: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let lines: Vec<(usize, &[u8])> = body
         .split(|&b| b == b'\n')
         .enumerate()
@@ -144,10 +175,11 @@ fn ingest_batch(app: &App, base: EventDraft, overrides: &Overrides, key: Option<
     let mut results = Vec::with_capacity(lines.len());
     let (mut accepted, mut rejected) = (0u64, 0u64);
     for (line, text) in lines {
-        let outcome = decode_one(IngestFormat::Json, base.clone(), overrides, text).and_then(|draft| {
-            let line_key = key.map(|k| format!("{k}#{line}"));
-            publish(app, draft, line_key.as_deref())
-        });
+        let outcome =
+            decode_one(IngestFormat::Json, base.clone(), overrides, text).and_then(|draft| {
+                let line_key = key.map(|k| format!("{k}#{line}"));
+                publish(app, draft, line_key.as_deref())
+            });
         match outcome {
             Ok((id, _)) => {
                 accepted += 1;
@@ -155,12 +187,16 @@ fn ingest_batch(app: &App, base: EventDraft, overrides: &Overrides, key: Option<
             }
             Err(e) => {
                 rejected += 1;
-                results.push(json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()}));
+                results.push(
+                    json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()}),
+                );
             }
         }
     }
-    app.metrics.ingested(IngestFormat::Ndjson, IngestResult::Accepted, accepted);
-    app.metrics.ingested(IngestFormat::Ndjson, IngestResult::Rejected, rejected);
+    app.metrics
+        .ingested(IngestFormat::Ndjson, IngestResult::Accepted, accepted);
+    app.metrics
+        .ingested(IngestFormat::Ndjson, IngestResult::Rejected, rejected);
     let summary = json!({"accepted": accepted, "rejected": rejected, "results": results});
     if accepted == 0 {
         return Err(ApiError::bad_request("no line of the batch was accepted").with_extra(summary));
@@ -169,15 +205,27 @@ fn ingest_batch(app: &App, base: EventDraft, overrides: &Overrides, key: Option<
 }
 
 /// Decodes one event body in `format` onto `base`.
-fn decode_one(format: IngestFormat, mut draft: EventDraft, overrides: &Overrides, body: &[u8]) -> Result<EventDraft, ApiError> {
+fn decode_one(
+    format: IngestFormat,
+    mut draft: EventDraft,
+    overrides: &Overrides,
+    body: &[u8],
+) -> Result<EventDraft, ApiError> {
     match format {
         IngestFormat::Json | IngestFormat::Ndjson => {
-            let hints = json_event::parse(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+            let hints = json_event::parse(body)
+                .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
             draft.device = hints
                 .device
-                .map(|d| DeviceId::parse(&d).map_err(|e| ApiError::unprocessable(format!("field \"device\": {e}"))))
+                .map(|d| {
+                    DeviceId::parse(&d)
+                        .map_err(|e| ApiError::unprocessable(format!("field \"device\": {e}")))
+                })
                 .transpose()?;
-            draft.event_type = hints.event_type.map(|t| check_type(&t).map_err(ApiError::unprocessable)).transpose()?;
+            draft.event_type = hints
+                .event_type
+                .map(|t| check_type(&t).map_err(ApiError::unprocessable))
+                .transpose()?;
             if let Some(s) = hints.source {
                 draft.source = s;
             }
@@ -191,7 +239,9 @@ fn decode_one(format: IngestFormat, mut draft: EventDraft, overrides: &Overrides
             }
             .map_err(|e| match e {
                 wrp::WrpError::Decode(d) => ApiError::bad_request(d),
-                wrp::WrpError::Invalid(d) => ApiError::unprocessable(format!("invalid WRP message: {d}")),
+                wrp::WrpError::Invalid(d) => {
+                    ApiError::unprocessable(format!("invalid WRP message: {d}"))
+                }
             })?;
             let routing = message.routing();
             draft.device = routing.device;
@@ -203,7 +253,9 @@ fn decode_one(format: IngestFormat, mut draft: EventDraft, overrides: &Overrides
             draft.data = Bytes::from(message.to_json());
             draft.wrp = Some(message);
         }
-        IngestFormat::Unsupported => return Err(ApiError::unsupported_media_type("unsupported content type")),
+        IngestFormat::Unsupported => {
+            return Err(ApiError::unsupported_media_type("unsupported content type"))
+        }
     }
     if let Some(d) = &overrides.device {
         draft.device = Some(d.clone());
@@ -223,7 +275,10 @@ fn format_of(headers: &HeaderMap) -> Option<IngestFormat> {
     let essence = raw.split(';').next()?.trim().to_ascii_lowercase();
     Some(match essence.as_str() {
         "application/wrp+json" => IngestFormat::WrpJson,
-        "application/msgpack" | "application/x-msgpack" | "application/wrp+msgpack" | "application/wrp" => IngestFormat::WrpMsgpack,
+        "application/msgpack"
+        | "application/x-msgpack"
+        | "application/wrp+msgpack"
+        | "application/wrp" => IngestFormat::WrpMsgpack,
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" => IngestFormat::Ndjson,
         "application/json" => IngestFormat::Json,
         s if s.starts_with("application/") && s.ends_with("+json") => IngestFormat::Json,
@@ -236,36 +291,71 @@ fn overrides(query: Option<&str>, headers: &HeaderMap) -> Result<Overrides, ApiE
     let header = |name: &str| -> Result<Option<String>, ApiError> {
         headers
             .get(name)
-            .map(|v| v.to_str().map(str::to_owned).map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII"))))
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    ApiError::bad_request(format!("header {name} is not visible ASCII"))
+                })
+            })
             .transpose()
     };
-    let device = match q.one("device")?.map(str::to_owned).or(header("x-device-id")?) {
-        Some(d) => Some(DeviceId::parse(&d).map_err(|e| ApiError::bad_request(format!("device {d:?}: {e}")))?),
+    let device = match q
+        .one("device")?
+        .map(str::to_owned)
+        .or(header("x-device-id")?)
+    {
+        Some(d) => Some(
+            DeviceId::parse(&d).map_err(|e| ApiError::bad_request(format!("device {d:?}: {e}")))?,
+        ),
         None => None,
     };
-    let event_type = match q.one("type")?.map(str::to_owned).or(header("x-event-type")?) {
+    let event_type = match q
+        .one("type")?
+        .map(str::to_owned)
+        .or(header("x-event-type")?)
+    {
         Some(t) => Some(check_type(&t).map_err(ApiError::bad_request)?),
         None => None,
     };
-    let source = q.one("source")?.map(str::to_owned).or(header("x-event-source")?);
-    if source.as_ref().is_some_and(|s| s.len() > 512 || s.chars().any(char::is_control)) {
-        return Err(ApiError::bad_request("source must be at most 512 characters, without control characters"));
+    let source = q
+        .one("source")?
+        .map(str::to_owned)
+        .or(header("x-event-source")?);
+    if source
+        .as_ref()
+        .is_some_and(|s| s.len() > 512 || s.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "source must be at most 512 characters, without control characters",
+        ));
     }
-    Ok(Overrides { device, event_type, source })
+    Ok(Overrides {
+        device,
+        event_type,
+        source,
+    })
 }
 
 fn check_type(t: &str) -> Result<String, String> {
     if t.is_empty() || t.len() > MAX_TYPE_LEN || t.chars().any(char::is_control) {
-        return Err(format!("event type must be 1 to {MAX_TYPE_LEN} characters without control characters"));
+        return Err(format!(
+            "event type must be 1 to {MAX_TYPE_LEN} characters without control characters"
+        ));
     }
     Ok(t.to_owned())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?.trim();
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
+        .trim();
     if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(ApiError::bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} characters")));
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} characters"
+        )));
     }
     Ok(Some(key.to_owned()))
 }
@@ -280,13 +370,18 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    let collected = tokio::time::timeout(app.config.body_timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| ApiError::request_timeout("the request body was not received in time"))?;
+    let collected =
+        tokio::time::timeout(app.config.body_timeout, Limited::new(body, limit).collect())
+            .await
+            .map_err(|_| ApiError::request_timeout("the request body was not received in time"))?;
     match collected {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(format!("the request body could not be read: {e}"))),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the request body could not be read: {e}"
+        ))),
     }
 }
 
@@ -302,12 +397,30 @@ mod tests {
 
     #[test]
     fn content_types_map_to_formats() {
-        assert_eq!(format_of(&ct("application/json; charset=utf-8")), Some(IngestFormat::Json));
-        assert_eq!(format_of(&ct("Application/CloudEvents+JSON")), Some(IngestFormat::Json));
-        assert_eq!(format_of(&ct("application/wrp+json")), Some(IngestFormat::WrpJson));
-        assert_eq!(format_of(&ct("application/msgpack")), Some(IngestFormat::WrpMsgpack));
-        assert_eq!(format_of(&ct("application/wrp+msgpack")), Some(IngestFormat::WrpMsgpack));
-        assert_eq!(format_of(&ct("application/x-ndjson")), Some(IngestFormat::Ndjson));
+        assert_eq!(
+            format_of(&ct("application/json; charset=utf-8")),
+            Some(IngestFormat::Json)
+        );
+        assert_eq!(
+            format_of(&ct("Application/CloudEvents+JSON")),
+            Some(IngestFormat::Json)
+        );
+        assert_eq!(
+            format_of(&ct("application/wrp+json")),
+            Some(IngestFormat::WrpJson)
+        );
+        assert_eq!(
+            format_of(&ct("application/msgpack")),
+            Some(IngestFormat::WrpMsgpack)
+        );
+        assert_eq!(
+            format_of(&ct("application/wrp+msgpack")),
+            Some(IngestFormat::WrpMsgpack)
+        );
+        assert_eq!(
+            format_of(&ct("application/x-ndjson")),
+            Some(IngestFormat::Ndjson)
+        );
         assert_eq!(format_of(&ct("text/plain")), None);
         assert_eq!(format_of(&HeaderMap::new()), None);
     }

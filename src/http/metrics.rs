@@ -11,7 +11,13 @@ use super::App;
 /// The Prometheus scrape endpoint.
 pub async fn prometheus(State(app): State<App>) -> impl IntoResponse {
     let body = app.metrics.encode(app.hub.replay_len());
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 /// Headline figures as JSON.

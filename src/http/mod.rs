@@ -44,7 +44,9 @@ pub type App = Arc<AppState>;
 
 /// The whole HTTP API.
 pub fn router(app: App) -> Router {
-    let events = Router::new().route("/events", get(sse::subscribe)).layer(cors(&app.config));
+    let events = Router::new()
+        .route("/events", get(sse::subscribe))
+        .layer(cors(&app.config));
     Router::new()
         .route("/api/events", post(ingest::post_events))
         .merge(events)
@@ -64,10 +66,18 @@ fn cors(config: &Config) -> CorsLayer {
     let origins = if config.cors_origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        AllowOrigin::list(
+            config
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
     };
     CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([Method::GET])
-        .allow_headers([header::CACHE_CONTROL, HeaderName::from_static("last-event-id")])
+        .allow_headers([
+            header::CACHE_CONTROL,
+            HeaderName::from_static("last-event-id"),
+        ])
 }

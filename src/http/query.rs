@@ -11,9 +11,10 @@ pub struct QueryPairs(Vec<(String, String)>);
 impl QueryPairs {
     /// Decodes a raw query string, refusing keys not in `known`.
     pub fn parse(raw: Option<&str>, known: &[&str]) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let pairs: Vec<(String, String)> =
+            form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
         if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
             return Err(ApiError::bad_request(format!(
                 "unknown query parameter {k:?}; known: {}",
@@ -25,7 +26,10 @@ impl QueryPairs {
 
     /// Every value of `key`.
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The value of a key that may appear once.
@@ -33,7 +37,9 @@ impl QueryPairs {
         let mut values = self.all(key);
         let first = values.next();
         if values.next().is_some() {
-            return Err(ApiError::bad_request(format!("query parameter {key:?} may appear only once")));
+            return Err(ApiError::bad_request(format!(
+                "query parameter {key:?} may appear only once"
+            )));
         }
         Ok(first)
     }

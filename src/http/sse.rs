@@ -31,7 +31,9 @@ use super::query::QueryPairs;
 use super::App;
 use crate::error::ApiError;
 use crate::event::EventId;
-use crate::hub::{frame, CloseReason, EventFilter, Format, LagPolicy, Published, SubscribeError, Subscription};
+use crate::hub::{
+    frame, CloseReason, EventFilter, Format, LagPolicy, Published, SubscribeError, Subscription,
+};
 use crate::telemetry::{Metrics, StreamEnd};
 
 /// Most bytes written in one chunk (bounded so one very busy subscriber
@@ -41,32 +43,55 @@ const MAX_CHUNK_BYTES: usize = 64 * 1024;
 const MAX_BATCH_EVENTS: usize = 256;
 
 /// Opens a stream.
-pub async fn subscribe(State(app): State<App>, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
-    let q = QueryPairs::parse(query.as_deref(), &["device", "type", "format", "lastEventId"])?;
-    let filter = EventFilter::new(q.all("device"), q.all("type")).map_err(|e| ApiError::bad_request(e.to_string()))?;
+pub async fn subscribe(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = QueryPairs::parse(
+        query.as_deref(),
+        &["device", "type", "format", "lastEventId"],
+    )?;
+    let filter = EventFilter::new(q.all("device"), q.all("type"))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let format = match q.one("format")? {
         None | Some("data") => Format::Data,
         Some("envelope") => Format::Envelope,
-        Some(other) => return Err(ApiError::bad_request(format!("format {other:?} is not one of data, envelope"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format {other:?} is not one of data, envelope"
+            )))
+        }
     };
     let header_id = headers
         .get("last-event-id")
-        .map(|v| v.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID must be visible ASCII")))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID must be visible ASCII"))
+        })
         .transpose()?
         .filter(|v| !v.trim().is_empty());
     let resume = header_id
         .or(q.one("lastEventId")?)
-        .map(|raw| raw.parse::<EventId>().map_err(|e| ApiError::bad_request(format!("Last-Event-ID {raw:?}: {e}"))))
+        .map(|raw| {
+            raw.parse::<EventId>()
+                .map_err(|e| ApiError::bad_request(format!("Last-Event-ID {raw:?}: {e}")))
+        })
         .transpose()?;
 
     let subscription = app.hub.subscribe(filter, resume).map_err(|e| match e {
-        SubscribeError::ShuttingDown | SubscribeError::Full(_) => ApiError::unavailable(e.to_string()),
+        SubscribeError::ShuttingDown | SubscribeError::Full(_) => {
+            ApiError::unavailable(e.to_string())
+        }
     })?;
     let body = SseBody::new(subscription, format, &app, resume);
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -91,8 +116,14 @@ struct SseBody {
 }
 
 impl SseBody {
-    fn new(mut subscription: Subscription, format: Format, app: &App, resume: Option<EventId>) -> Self {
-        let mut preamble = BytesMut::from(&frame::retry(app.config.sse_retry.as_millis() as u64)[..]);
+    fn new(
+        mut subscription: Subscription,
+        format: Format,
+        app: &App,
+        resume: Option<EventId>,
+    ) -> Self {
+        let mut preamble =
+            BytesMut::from(&frame::retry(app.config.sse_retry.as_millis() as u64)[..]);
         let mut replay = Vec::new();
         if let Some(r) = subscription.replay.take() {
             if r.truncated {
@@ -101,7 +132,11 @@ impl SseBody {
                     "oldest_available": r.oldest.map(|id| id.to_string()),
                     "detail": "events after last_event_id may be missing: they are older than the replay buffer or from before a restart",
                 });
-                preamble.extend_from_slice(&frame::event(None, Some("gap"), data.to_string().as_bytes()));
+                preamble.extend_from_slice(&frame::event(
+                    None,
+                    Some("gap"),
+                    data.to_string().as_bytes(),
+                ));
             }
             replay = r.events;
         }
@@ -147,7 +182,13 @@ impl SseBody {
             });
             return e.unwrap_or_default();
         }
-        let mut out = BytesMut::with_capacity(self.batch.iter().map(|e| e.frame(format).len()).sum::<usize>() + 128);
+        let mut out = BytesMut::with_capacity(
+            self.batch
+                .iter()
+                .map(|e| e.frame(format).len())
+                .sum::<usize>()
+                + 128,
+        );
         for e in self.batch.drain(..) {
             out.extend_from_slice(e.frame(format));
             self.last_id = Some(e.event.id);
@@ -159,7 +200,11 @@ impl SseBody {
                 "last_event_id": self.last_id.map(|id| id.to_string()),
                 "policy": match self.lag_policy { LagPolicy::Disconnect => "disconnect", LagPolicy::Resume => "resume" },
             });
-            out.extend_from_slice(&frame::event(None, Some("lagged"), data.to_string().as_bytes()));
+            out.extend_from_slice(&frame::event(
+                None,
+                Some("lagged"),
+                data.to_string().as_bytes(),
+            ));
             if self.lag_policy == LagPolicy::Disconnect {
                 self.metrics.stream_ended(StreamEnd::Lagged);
                 self.finished = true;
@@ -169,7 +214,11 @@ impl SseBody {
             if !self.finished {
                 self.metrics.stream_ended(StreamEnd::Shutdown);
                 let data = json!({"reason": "the gateway is shutting down", "last_event_id": self.last_id.map(|id| id.to_string())});
-                out.extend_from_slice(&frame::event(None, Some("shutdown"), data.to_string().as_bytes()));
+                out.extend_from_slice(&frame::event(
+                    None,
+                    Some("shutdown"),
+                    data.to_string().as_bytes(),
+                ));
             }
             self.finished = true;
         }
@@ -181,7 +230,10 @@ impl http_body::Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if this.finished {
             return Poll::Ready(None);

@@ -62,17 +62,26 @@ impl EventFilter {
         let mut ids = Vec::new();
         for raw in devices {
             let raw = raw.as_ref();
-            let id = DeviceId::parse(raw).map_err(|source| FilterError::Device { value: raw.to_owned(), source })?;
+            let id = DeviceId::parse(raw).map_err(|source| FilterError::Device {
+                value: raw.to_owned(),
+                source,
+            })?;
             if !ids.contains(&id) {
                 ids.push(id);
             }
             if ids.len() > MAX_DEVICES {
-                return Err(FilterError::TooMany { what: "device", max: MAX_DEVICES });
+                return Err(FilterError::TooMany {
+                    what: "device",
+                    max: MAX_DEVICES,
+                });
             }
         }
         let patterns: Vec<String> = types.into_iter().map(|t| t.as_ref().to_owned()).collect();
         if patterns.len() > MAX_TYPE_PATTERNS {
-            return Err(FilterError::TooMany { what: "type", max: MAX_TYPE_PATTERNS });
+            return Err(FilterError::TooMany {
+                what: "type",
+                max: MAX_TYPE_PATTERNS,
+            });
         }
         let types = if patterns.is_empty() {
             None
@@ -80,14 +89,27 @@ impl EventFilter {
             let mut set = GlobSetBuilder::new();
             for p in &patterns {
                 if p.is_empty() || p.len() > 256 {
-                    return Err(FilterError::Type { value: p.clone(), reason: "must be 1 to 256 characters".into() });
+                    return Err(FilterError::Type {
+                        value: p.clone(),
+                        reason: "must be 1 to 256 characters".into(),
+                    });
                 }
-                let glob = Glob::new(p).map_err(|e| FilterError::Type { value: p.clone(), reason: e.kind().to_string() })?;
+                let glob = Glob::new(p).map_err(|e| FilterError::Type {
+                    value: p.clone(),
+                    reason: e.kind().to_string(),
+                })?;
                 set.add(glob);
             }
-            Some(set.build().map_err(|e| FilterError::Type { value: patterns.join(","), reason: e.to_string() })?)
+            Some(set.build().map_err(|e| FilterError::Type {
+                value: patterns.join(","),
+                reason: e.to_string(),
+            })?)
         };
-        Ok(Self { devices: ids, types, type_patterns: patterns })
+        Ok(Self {
+            devices: ids,
+            types,
+            type_patterns: patterns,
+        })
     }
 
     /// The devices this filter is limited to (empty: any device).
@@ -112,7 +134,11 @@ impl EventFilter {
     /// Whether the event passes the whole filter.
     pub fn matches(&self, event: &Event) -> bool {
         let device_ok = self.devices.is_empty()
-            || event.draft.device.as_ref().is_some_and(|d| self.devices.contains(d));
+            || event
+                .draft
+                .device
+                .as_ref()
+                .is_some_and(|d| self.devices.contains(d));
         device_ok && self.matches_type(event)
     }
 }

@@ -39,7 +39,11 @@ pub fn retry(millis: u64) -> Bytes {
 /// Writes `prefix value\n` with any line ending in `value` replaced by a space.
 fn put_field(out: &mut BytesMut, prefix: &[u8], value: &[u8]) {
     out.put_slice(prefix);
-    out.extend(value.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+    out.extend(
+        value
+            .iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
     out.put_u8(b'\n');
 }
 
@@ -55,7 +59,11 @@ fn put_data(out: &mut BytesMut, data: &[u8]) {
         match end {
             None => return,
             Some(i) => {
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
                 rest = &rest[i + skip..];
             }
         }
@@ -86,7 +94,11 @@ pub(crate) mod tests {
                     if data.ends_with('\n') {
                         data.pop();
                     }
-                    events.push(Parsed { id: id.clone(), name: name.take(), data: std::mem::take(&mut data) });
+                    events.push(Parsed {
+                        id: id.clone(),
+                        name: name.take(),
+                        data: std::mem::take(&mut data),
+                    });
                 }
                 has_data = false;
                 data.clear();
@@ -121,7 +133,10 @@ pub(crate) mod tests {
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].id.as_deref(), Some("00000000000000a1"));
         assert_eq!(parsed[0].name, None);
-        assert_eq!(parsed[0].data, "{\"a\":1}\n\nid: 999\nevent: admin\ndata: forged\nretry: 1\n");
+        assert_eq!(
+            parsed[0].data,
+            "{\"a\":1}\n\nid: 999\nevent: admin\ndata: forged\nretry: 1\n"
+        );
     }
 
     #[test]

@@ -56,14 +56,20 @@ pub struct Published {
 impl Published {
     /// Wraps an event; frames are built on first use.
     pub fn new(event: Event) -> Self {
-        Self { event, data_frame: OnceLock::new(), envelope_frame: OnceLock::new() }
+        Self {
+            event,
+            data_frame: OnceLock::new(),
+            envelope_frame: OnceLock::new(),
+        }
     }
 
     /// The encoded SSE frame for `format`.
     pub fn frame(&self, format: Format) -> &Bytes {
         let id = self.event.id.to_string();
         match format {
-            Format::Data => self.data_frame.get_or_init(|| frame::event(Some(&id), None, &self.event.draft.data)),
+            Format::Data => self
+                .data_frame
+                .get_or_init(|| frame::event(Some(&id), None, &self.event.draft.data)),
             Format::Envelope => self
                 .envelope_frame
                 .get_or_init(|| frame::event(Some(&id), None, &self.event.envelope_json())),
@@ -145,7 +151,12 @@ impl Hub {
         let horizon = EventId::from_u64(EventId::floor_at(unix_ms()).as_u64().saturating_sub(1));
         let ring = ReplayRing::new(config.replay_capacity, config.replay_max_age, horizon);
         Arc::new(Self {
-            state: Mutex::new(State { ids: Default::default(), ring, index: Index::default(), closed: false }),
+            state: Mutex::new(State {
+                ids: Default::default(),
+                ring,
+                index: Index::default(),
+                closed: false,
+            }),
             config,
             metrics,
             next_subscriber: AtomicU64::new(1),
@@ -172,7 +183,11 @@ impl Hub {
             state.ring.push(started, published.clone());
             let index = &state.index;
             let device_entries = device.as_ref().and_then(|d| index.by_device.get(d));
-            for entry in index.any_device.values().chain(device_entries.into_iter().flat_map(|m| m.values())) {
+            for entry in index
+                .any_device
+                .values()
+                .chain(device_entries.into_iter().flat_map(|m| m.values()))
+            {
                 if !entry.filter.matches_type(&published.event) {
                     continue;
                 }
@@ -182,14 +197,23 @@ impl Hub {
                 }
             }
         }
-        self.metrics.fanout(queued as u64, dropped as u64, started.elapsed());
-        FanOut { id, queued, dropped }
+        self.metrics
+            .fanout(queued as u64, dropped as u64, started.elapsed());
+        FanOut {
+            id,
+            queued,
+            dropped,
+        }
     }
 
     /// Registers a subscriber. With `resume`, the events after that id that
     /// match the filter come back as a [`Replay`], with no gap and no
     /// duplicate between them and the live queue.
-    pub fn subscribe(self: &Arc<Self>, filter: EventFilter, resume: Option<EventId>) -> Result<Subscription, SubscribeError> {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        filter: EventFilter,
+        resume: Option<EventId>,
+    ) -> Result<Subscription, SubscribeError> {
         let filter = Arc::new(filter);
         let queue = SubscriberQueue::new(self.config.subscriber_buffer);
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
@@ -201,19 +225,33 @@ impl Hub {
             if state.index.count >= self.config.max_subscribers {
                 return Err(SubscribeError::Full(self.config.max_subscribers));
             }
-            let entry = Entry { filter: filter.clone(), queue: queue.clone() };
+            let entry = Entry {
+                filter: filter.clone(),
+                queue: queue.clone(),
+            };
             if filter.devices().is_empty() {
                 state.index.any_device.insert(id, entry);
             } else {
                 for d in filter.devices() {
-                    state.index.by_device.entry(d.clone()).or_default().insert(id, entry.clone());
+                    state
+                        .index
+                        .by_device
+                        .entry(d.clone())
+                        .or_default()
+                        .insert(id, entry.clone());
                 }
             }
             state.index.count += 1;
             resume.map(|last| state.ring.since(Instant::now(), last, &filter))
         };
         self.metrics.subscriber_joined();
-        Ok(Subscription { id, hub: self.clone(), filter, queue, replay })
+        Ok(Subscription {
+            id,
+            hub: self.clone(),
+            filter,
+            queue,
+            replay,
+        })
     }
 
     fn unsubscribe(&self, id: SubscriberId, filter: &EventFilter) {
@@ -247,7 +285,13 @@ impl Hub {
         let state = {
             let mut state = self.lock();
             state.closed = true;
-            state.index.any_device.values().chain(state.index.by_device.values().flat_map(|m| m.values())).map(|e| e.queue.clone()).collect::<Vec<_>>()
+            state
+                .index
+                .any_device
+                .values()
+                .chain(state.index.by_device.values().flat_map(|m| m.values()))
+                .map(|e| e.queue.clone())
+                .collect::<Vec<_>>()
         };
         for q in state {
             q.close(reason);
@@ -285,5 +329,7 @@ impl Drop for Subscription {
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -37,7 +37,12 @@ impl ReplayRing {
     /// An empty ring. `horizon` is the newest id this process cannot vouch
     /// for (ids below the first it will issue).
     pub fn new(capacity: usize, max_age: Duration, horizon: EventId) -> Self {
-        Self { events: VecDeque::with_capacity(capacity.min(65_536)), capacity, max_age, horizon }
+        Self {
+            events: VecDeque::with_capacity(capacity.min(65_536)),
+            capacity,
+            max_age,
+            horizon,
+        }
     }
 
     /// Adds the newest event, evicting what no longer fits.
@@ -55,7 +60,11 @@ impl ReplayRing {
 
     /// Drops events older than the maximum age.
     pub fn expire(&mut self, now: Instant) {
-        while self.events.front().is_some_and(|(at, _)| now.duration_since(*at) > self.max_age) {
+        while self
+            .events
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > self.max_age)
+        {
             self.evict_front();
         }
     }
@@ -71,7 +80,12 @@ impl ReplayRing {
         self.expire(now);
         let start = self.events.partition_point(|(_, e)| e.event.id <= last);
         Replay {
-            events: self.events.range(start..).filter(|(_, e)| filter.matches(&e.event)).map(|(_, e)| e.clone()).collect(),
+            events: self
+                .events
+                .range(start..)
+                .filter(|(_, e)| filter.matches(&e.event))
+                .map(|(_, e)| e.clone())
+                .collect(),
             truncated: last < self.horizon,
             oldest: self.events.front().map(|(_, e)| e.event.id),
         }
@@ -125,7 +139,10 @@ mod tests {
         assert_eq!(ids(&r), [12, 13, 14]);
         assert!(!r.truncated);
         let only_a = EventFilter::new(["a"], Vec::<String>::new()).unwrap();
-        assert_eq!(ids(&ring.since(now, EventId::from_u64(9), &only_a)), [10, 12, 14]);
+        assert_eq!(
+            ids(&ring.since(now, EventId::from_u64(9), &only_a)),
+            [10, 12, 14]
+        );
         assert!(ring.since(now, EventId::from_u64(8), &any).truncated);
     }
 
@@ -140,7 +157,11 @@ mod tests {
         let r = ring.since(now, EventId::from_u64(1), &EventFilter::default());
         assert_eq!(ids(&r), [3, 4, 5]);
         assert!(r.truncated, "event 2 was evicted");
-        assert!(!ring.since(now, EventId::from_u64(2), &EventFilter::default()).truncated);
+        assert!(
+            !ring
+                .since(now, EventId::from_u64(2), &EventFilter::default())
+                .truncated
+        );
     }
 
     #[test]
@@ -149,7 +170,11 @@ mod tests {
         let mut ring = ReplayRing::new(10, Duration::from_secs(5), EventId::from_u64(0));
         ring.push(t0, published(1, "a"));
         ring.push(t0 + Duration::from_secs(4), published(2, "a"));
-        let r = ring.since(t0 + Duration::from_secs(6), EventId::from_u64(0), &EventFilter::default());
+        let r = ring.since(
+            t0 + Duration::from_secs(6),
+            EventId::from_u64(0),
+            &EventFilter::default(),
+        );
         assert_eq!(ids(&r), [2]);
         assert!(r.truncated);
     }

@@ -68,7 +68,10 @@ pub struct SubscriberQueue {
 impl SubscriberQueue {
     /// A queue holding at most `capacity` events.
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(State::default()), capacity: capacity.max(1) })
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -91,7 +94,11 @@ impl SubscriberQueue {
             s.items.push_back(event.clone());
             // Only the first event after a drain needs a wake-up; later ones
             // are picked up by the same poll.
-            if s.items.len() == 1 { s.waker.take() } else { None }
+            if s.items.len() == 1 {
+                s.waker.take()
+            } else {
+                None
+            }
         };
         if let Some(w) = waker {
             w.wake();
@@ -113,7 +120,12 @@ impl SubscriberQueue {
 
     /// Moves up to `max` queued events into `out`. Pending (with the waker
     /// registered) when there is nothing to report.
-    pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<Arc<Published>>, max: usize) -> Poll<Drained> {
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Arc<Published>>,
+        max: usize,
+    ) -> Poll<Drained> {
         let mut s = self.lock();
         if s.items.is_empty() && s.dropped == 0 && s.closed.is_none() {
             match &mut s.waker {
@@ -125,7 +137,10 @@ impl SubscriberQueue {
         let n = s.items.len().min(max);
         out.extend(s.items.drain(..n));
         let closed = if s.items.is_empty() { s.closed } else { None };
-        Poll::Ready(Drained { dropped: std::mem::take(&mut s.dropped), closed })
+        Poll::Ready(Drained {
+            dropped: std::mem::take(&mut s.dropped),
+            closed,
+        })
     }
 
     /// Events waiting to be written.
@@ -179,13 +194,22 @@ mod tests {
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
         let mut out = Vec::new();
-        let Poll::Ready(d) = q.poll_drain(&mut cx, &mut out, 100) else { panic!("expected ready") };
+        let Poll::Ready(d) = q.poll_drain(&mut cx, &mut out, 100) else {
+            panic!("expected ready")
+        };
         assert_eq!(d.dropped, 2);
-        assert_eq!(out.iter().map(|e| e.event.id.as_u64()).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            out.iter().map(|e| e.event.id.as_u64()).collect::<Vec<_>>(),
+            [1, 2]
+        );
         assert!(q.poll_drain(&mut cx, &mut out, 100).is_pending());
         q.offer(&published(5));
         q.offer(&published(6));
-        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1, "one wake per batch");
+        assert_eq!(
+            counter.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one wake per batch"
+        );
     }
 
     #[test]
@@ -197,7 +221,9 @@ mod tests {
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut out = Vec::new();
-        let Poll::Ready(d) = q.poll_drain(&mut cx, &mut out, 100) else { panic!("expected ready") };
+        let Poll::Ready(d) = q.poll_drain(&mut cx, &mut out, 100) else {
+            panic!("expected ready")
+        };
         assert_eq!(out.len(), 1);
         assert_eq!(d.closed, Some(CloseReason::Shutdown));
     }

@@ -1,0 +1,107 @@
+//! Limits and timeouts: body size, connections, subscribers, slow clients.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::Gateway;
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_with_or_without_content_length() {
+    let gw = Gateway::start_with(|c| c.max_body = 4096).await;
+    let big = format!("\"{}\"", "x".repeat(5000));
+    gw.post("/api/events", "application/json", big.clone())
+        .await
+        .assert_problem(413);
+    let chunks =
+        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(big.clone().into_bytes())]);
+    let r = gw
+        .http
+        .post(gw.url("/api/events"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let ok = format!("\"{}\"", "x".repeat(4000));
+    assert_eq!(
+        gw.post("/api/events", "application/json", ok).await.status,
+        202
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed() {
+    let gw = Gateway::start_with(|c| c.max_connections = 2).await;
+    let _a = TcpStream::connect(gw.addr).await.unwrap();
+    let _b = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the third connection must be closed without a response"
+    );
+    drop((_a, _b));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(gw.metric("ratatoskr_connections_rejected_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn subscribers_over_the_limit_get_503() {
+    let gw = Gateway::start_with(|c| c.max_subscribers = 2).await;
+    let _a = gw.subscribe("/events").await;
+    let _b = gw.subscribe("/events?device=x").await;
+    gw.get("/events").await.assert_problem(503);
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let gw = Gateway::start_with(|c| c.header_timeout = Duration::from_millis(500)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server must close a connection whose headers never finish"
+    );
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+}
+
+#[tokio::test]
+async fn slow_bodies_get_408() {
+    let gw = Gateway::start_with(|c| c.body_timeout = Duration::from_millis(500)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("application/problem+json"));
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_problems() {
+    let gw = Gateway::start().await;
+    gw.get("/nope").await.assert_problem(404);
+    let r = gw.http.delete(gw.url("/api/events")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = gw.http.get(gw.url("/api/events")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+}

@@ -1,0 +1,180 @@
+//! Slow subscribers: they lose events (and are told), never the others.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::util::Gateway;
+
+/// An SSE subscriber that connects with a tiny receive buffer and does not read.
+async fn stalled_subscriber(gw: &Gateway, path: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gw.addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads from `stream` until `needle` has been seen after `after`, or EOF/timeout.
+async fn read_until(
+    stream: &mut TcpStream,
+    seen: &mut Vec<u8>,
+    needle: &str,
+    wait: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        if String::from_utf8_lossy(seen).contains(needle) {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+}
+
+fn big_event(n: usize) -> String {
+    json!({"n": n, "pad": "x".repeat(64 * 1024)}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_lags_is_disconnected_and_can_resume_without_loss() {
+    let gw = Gateway::start_with(|c| c.subscriber_buffer = 8).await;
+    let mut slow = stalled_subscriber(&gw, "/events").await;
+    let mut fast = gw.subscribe("/events").await;
+    gw.wait_subscribers(2).await;
+    let total = 200;
+    let fast_reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..total {
+            got.push(fast.expect_event().await.json()["n"].as_u64().unwrap());
+        }
+        got
+    });
+    for n in 0..total {
+        let r = gw
+            .post("/api/events", "application/json", big_event(n))
+            .await;
+        assert_eq!(r.status, 202);
+    }
+    let got = fast_reader.await.unwrap();
+    assert_eq!(
+        got,
+        (0..total as u64).collect::<Vec<_>>(),
+        "the fast subscriber lost nothing"
+    );
+    assert!(gw.metric("ratatoskr_deliveries_dropped_total").await > 0.0);
+
+    // Now the slow one reads: it gets what fitted, a lagged notice, and the end of the stream.
+    let mut seen = Vec::new();
+    assert!(
+        read_until(
+            &mut slow,
+            &mut seen,
+            "event: lagged",
+            Duration::from_secs(20)
+        )
+        .await,
+        "no lagged notice"
+    );
+    assert!(
+        read_until(
+            &mut slow,
+            &mut seen,
+            "\r\n0\r\n\r\n",
+            Duration::from_secs(5)
+        )
+        .await,
+        "stream did not end"
+    );
+    let text = String::from_utf8_lossy(&seen);
+    let notice = text
+        .split("event: lagged\ndata: ")
+        .nth(1)
+        .unwrap()
+        .split('\n')
+        .next()
+        .unwrap();
+    let notice: serde_json::Value = serde_json::from_str(notice).unwrap();
+    assert!(notice["dropped"].as_u64().unwrap() > 0);
+    assert_eq!(notice["policy"], "disconnect");
+    assert_eq!(gw.metric("ratatoskr_subscribers_lagged_total").await, 1.0);
+
+    // Resuming from the last id it got fills the hole from the replay ring.
+    let last = notice["last_event_id"].as_str().unwrap().to_owned();
+    let delivered_before =
+        text.matches("\ndata: {\"n\":").count() + usize::from(text.contains("\r\ndata: {\"n\":"));
+    let mut back = gw
+        .subscribe_with("/events", &[("last-event-id", &last)])
+        .await;
+    let first = back.expect_event().await.json()["n"].as_u64().unwrap();
+    assert!(
+        first as usize >= delivered_before.saturating_sub(1),
+        "resume starts after what was delivered"
+    );
+    let mut next = first;
+    while next + 1 < total as u64 {
+        next = back.expect_event().await.json()["n"].as_u64().unwrap();
+    }
+    assert_eq!(next, total as u64 - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_resume_policy_the_stream_goes_on_after_the_notice() {
+    let gw = Gateway::start_with(|c| {
+        c.subscriber_buffer = 4;
+        c.lag_policy = ratatoskr::hub::LagPolicy::Resume;
+    })
+    .await;
+    let mut slow = stalled_subscriber(&gw, "/events").await;
+    gw.wait_subscribers(1).await;
+    for n in 0..150 {
+        gw.post("/api/events", "application/json", big_event(n))
+            .await;
+    }
+    let mut seen = Vec::new();
+    assert!(
+        read_until(
+            &mut slow,
+            &mut seen,
+            "event: lagged",
+            Duration::from_secs(20)
+        )
+        .await
+    );
+    gw.post("/api/events", "application/json", r#"{"after":"lag"}"#)
+        .await;
+    assert!(
+        read_until(
+            &mut slow,
+            &mut seen,
+            r#"{"after":"lag"}"#,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    assert_eq!(gw.subscribers().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_after_the_write_timeout() {
+    let gw = Gateway::start_with(|c| {
+        c.subscriber_buffer = 100_000;
+        c.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let _slow = stalled_subscriber(&gw, "/events").await;
+    let mut fast = gw.subscribe("/events").await;
+    gw.wait_subscribers(2).await;
+    for n in 0..150 {
+        gw.post("/api/events", "application/json", big_event(n))
+            .await;
+        fast.expect_event().await;
+    }
+    gw.wait_subscribers(1).await;
+}

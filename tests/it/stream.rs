@@ -1,0 +1,238 @@
+//! GET /events: filters, framing, headers, heartbeats, protocols.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::{Gateway, SseItem};
+
+#[tokio::test]
+async fn stream_headers_and_retry() {
+    let gw = Gateway::start().await;
+    let mut sub = gw.subscribe("/events").await;
+    assert_eq!(sub.headers["content-type"], "text/event-stream");
+    assert_eq!(sub.headers["cache-control"], "no-cache");
+    assert_eq!(sub.headers["x-accel-buffering"], "no");
+    assert_eq!(
+        sub.next_item(Duration::from_secs(2)).await,
+        Some(SseItem::Retry(3000))
+    );
+}
+
+#[tokio::test]
+async fn device_filters_are_ored_and_unfiltered_subscribers_get_everything() {
+    let gw = Gateway::start().await;
+    let mut ab = gw.subscribe("/events?device=a&device=b").await;
+    let mut c = gw.subscribe("/events?device=c").await;
+    let mut all = gw.subscribe("/events").await;
+    for d in ["a", "b", "c", "d"] {
+        gw.post(
+            &format!("/api/events?device={d}"),
+            "application/json",
+            json!({"d": d}).to_string(),
+        )
+        .await;
+    }
+    gw.post(
+        "/api/events",
+        "application/json",
+        json!({"d": null}).to_string(),
+    )
+    .await;
+    assert_eq!(ab.expect_event().await.json()["d"], "a");
+    assert_eq!(ab.expect_event().await.json()["d"], "b");
+    assert_eq!(c.expect_event().await.json()["d"], "c");
+    for d in [json!("a"), json!("b"), json!("c"), json!("d"), json!(null)] {
+        assert_eq!(all.expect_event().await.json()["d"], d);
+    }
+    ab.expect_silence(Duration::from_millis(200)).await;
+    c.expect_silence(Duration::from_millis(1)).await;
+}
+
+#[tokio::test]
+async fn type_globs_combine_with_devices() {
+    let gw = Gateway::start().await;
+    let mut sub = gw
+        .subscribe("/events?type=device-*&type=online&device=x")
+        .await;
+    for (dev, ty) in [
+        ("x", "device-status"),
+        ("y", "device-status"),
+        ("x", "online"),
+        ("x", "offline"),
+        ("x", "device-x"),
+    ] {
+        gw.post(
+            &format!("/api/events?device={dev}&type={ty}"),
+            "application/json",
+            json!({"dev": dev, "ty": ty}).to_string(),
+        )
+        .await;
+    }
+    let got: Vec<String> = [
+        sub.expect_event().await,
+        sub.expect_event().await,
+        sub.expect_event().await,
+    ]
+    .iter()
+    .map(|e| e.json()["ty"].as_str().unwrap().to_owned())
+    .collect();
+    assert_eq!(got, ["device-status", "online", "device-x"]);
+    sub.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn invalid_filters_are_refused_before_the_stream_starts() {
+    let gw = Gateway::start().await;
+    for q in [
+        "device=mac:12",
+        "device=",
+        "type=a[b",
+        "type=",
+        "format=xml",
+        "lastEventId=zz",
+        "colour=red",
+        "format=data&format=envelope",
+    ] {
+        gw.get(&format!("/events?{q}")).await.assert_problem(400);
+    }
+    let r = gw
+        .http
+        .get(gw.url("/events"))
+        .header("last-event-id", "not-an-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(gw.subscribers().await, 0);
+}
+
+#[tokio::test]
+async fn hostile_payloads_cannot_forge_frames() {
+    let gw = Gateway::start().await;
+    let mut sub = gw.subscribe("/events").await;
+    // Raw newlines between JSON tokens are legal JSON whitespace; a client
+    // could try to use them to end the event and write fields of its own.
+    let hostile = "{\"a\":1,\n\n\"id: 999\":\r\n\"event: admin\",\r\"data: forged\":\n\n0}";
+    let r = gw.post("/api/events", "application/json", hostile).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let ev = sub.expect_event().await;
+    assert_eq!(ev.id.as_deref(), r.body["id"].as_str());
+    assert_eq!(ev.event, None);
+    assert_eq!(
+        ev.data,
+        "{\"a\":1,\n\n\"id: 999\":\n\"event: admin\",\n\"data: forged\":\n\n0}"
+    );
+    // Strings with escaped newlines and SSE-looking text stay one data line.
+    let id2 = gw.post_json(&json!({"x": "a\nid: 1\n\ndata: evil"})).await;
+    let ev = sub.expect_event().await;
+    assert_eq!(ev.id.as_deref(), Some(id2.as_str()));
+    assert_eq!(ev.json()["x"], "a\nid: 1\n\ndata: evil");
+    sub.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn idle_streams_get_heartbeat_comments() {
+    let gw = Gateway::start_with(|c| c.heartbeat = Duration::from_secs(1)).await;
+    let mut sub = gw.subscribe("/events").await;
+    let mut comments = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
+    while let Some(item) = sub
+        .next_item(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        if let SseItem::Comment(c) = item {
+            assert_eq!(c, "keep-alive");
+            comments += 1;
+        }
+    }
+    assert!(
+        (2..=4).contains(&comments),
+        "{comments} heartbeats in 3.5 s at 1 s"
+    );
+}
+
+#[tokio::test]
+async fn cors_allows_any_origin_by_default_and_can_be_restricted() {
+    let gw = Gateway::start().await;
+    let r = gw
+        .http
+        .get(gw.url("/events?lastEventId=0"))
+        .header("origin", "https://app.example")
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    drop(r);
+
+    let gw = Gateway::start_with(|c| c.cors_origins = vec!["https://ok.example".into()]).await;
+    let ok = gw
+        .http
+        .get(gw.url("/events"))
+        .header("origin", "https://ok.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://ok.example"
+    );
+    let other = gw
+        .http
+        .get(gw.url("/events"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_streams_too() {
+    let gw = Gateway::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.get(gw.url("/events")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    let mut seen = String::new();
+    let post = h2
+        .post(gw.url("/api/events"))
+        .header("content-type", "application/json")
+        .body("{\"h2\":true}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 202);
+    while !seen.contains("{\"h2\":true}") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn many_subscribers_each_get_every_event_once_in_order() {
+    let gw = Gateway::start().await;
+    let mut subs = Vec::new();
+    for _ in 0..50 {
+        subs.push(gw.subscribe("/events").await);
+    }
+    for n in 0..100 {
+        gw.post_json(&json!({"n": n})).await;
+    }
+    for sub in &mut subs {
+        for n in 0..100 {
+            assert_eq!(sub.expect_event().await.json()["n"], n);
+        }
+        sub.expect_silence(Duration::from_millis(10)).await;
+    }
+}
