@@ -1,0 +1,44 @@
+# Ratatoskr: run `make help` for the targets.
+CARGO ?= cargo
+TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
+
+.PHONY: help build run test test-rust test-js lint fmt bench release clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## debug build
+	$(CARGO) build
+
+run: ## run the gateway on its embedded defaults (0.0.0.0:8080)
+	$(CARGO) run --release --bin ratatoskr
+
+test: test-rust test-js ## every test: Rust unit + black-box suites, then the EventSource client test
+
+test-rust: ## cargo tests (unit, property, black-box over real sockets)
+	$(CARGO) test --all-targets
+
+test-js: build ## a real EventSource client (npm eventsource) against the binary
+	cd tests/js && npm ci --no-audit --no-fund --silent && node --test
+
+lint: ## formatting and clippy, warnings are errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+bench: ## load benchmark, side by side with the roofline and nginx+nchan (see README)
+	scripts/bench.sh
+
+release: ## release binaries in dist/ for each target the toolchain has
+	@mkdir -p dist
+	@for t in $(TARGETS); do \
+	  if rustup target list --installed 2>/dev/null | grep -qx $$t; then \
+	    $(CARGO) build --release --bin ratatoskr --target $$t && cp target/$$t/release/ratatoskr dist/ratatoskr-$$t; \
+	  else echo "skipping $$t (rustup target add $$t, plus a linker, to build it)"; fi; \
+	done
+
+clean: ## remove build output
+	$(CARGO) clean
+	rm -rf dist bench-results tests/js/node_modules

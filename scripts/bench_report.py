@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Turns bench-results/results.jsonl into a Markdown report with ratios
+against the baselines measured in the same run."""
+import json
+import sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {r["label"]: r for r in rows}
+
+
+def get(label, key):
+    r = by.get(label)
+    return None if r is None else r.get(key)
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        v = round(v, 1) if abs(v) < 100 else round(v)
+    return f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
+
+
+def ratio(a, b):
+    return "n/a" if not a or not b else f"{a / b:.2f}x"
+
+
+print("| scenario | server | deliveries/s | p50 ms | p99 ms | idle B/conn | missing | dup |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    if "deliveries_per_s" in r:
+        scen, server = r["label"].split(" ", 1)
+        print(f"| {scen} | {server} | {fmt(r['deliveries_per_s'])} | {fmt(r['latency_ms_p50'])} | {fmt(r['latency_ms_p99'])} "
+              f"| {fmt(r.get('idle_bytes_per_connection'))} | {r['missing']} | {r['duplicates']} |")
+print()
+print("| target | measured |")
+print("|---|---|")
+for n in (5000, 10000):
+    g, x, f = (get(f"broadcast-{n} {s}", "deliveries_per_s") for s in ("ratatoskr", "nchan", "roofline"))
+    print(f"| broadcast {n}: >= 2x nchan | {ratio(g, x)} of nchan, {ratio(g, f)} of roofline |")
+    idle = get(f"broadcast-{n} ratatoskr", "idle_bytes_per_connection")
+    print(f"| idle RSS <= 4 KB/conn at {n} | {fmt(idle, ' B')} (nchan {fmt(get(f'broadcast-{n} nchan', 'idle_bytes_per_connection'), ' B')}) |")
+c100, c10k = get("devices-100 ratatoskr", "server_cpu_us_per_event"), get("devices-10000 ratatoskr", "server_cpu_us_per_event")
+print(f"| device fan-out flat: CPU us/event at 100 vs 10,000 subscribers | {fmt(c100)} vs {fmt(c10k)} ({ratio(c10k, c100)}) |")
+pg, pr = get("paced-1000 ratatoskr", "latency_ms_p99"), get("paced-1000 roofline", "latency_ms_p99")
+print(f"| unsaturated p99 <= 1.2x roofline | {fmt(pg)} ms vs {fmt(pr)} ms ({ratio(pg, pr)}) |")
+ig, ix = get("ingest ratatoskr", "ingest_per_s"), get("ingest nchan", "ingest_per_s")
+print(f"| ingest >= 1.5x nchan | {fmt(ig)}/s vs {fmt(ix)}/s ({ratio(ig, ix)}) |")
+lost = sum(r.get("missing", 0) + r.get("duplicates", 0) for l, r in by.items() if l.endswith("ratatoskr") and "missing" in r)
+print(f"| no loss for subscribers that keep up | {lost} missing+duplicate deliveries across all Ratatoskr runs |")
