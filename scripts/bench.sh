@@ -12,7 +12,8 @@ RESULTS="$OUT/results.jsonl"
 SHARED=../shared/tools
 GW_PORT=18080 ROOF_PORT=18070 NCHAN_PORT=8090
 
-cargo build --release --bin ratatoskr -p ratatoskr-bench -q
+cargo build --release -q -p ratatoskr --bin ratatoskr
+cargo build --release -q -p ratatoskr-bench
 BENCH=target/release/ratatoskr-bench
 GATEWAY=target/release/ratatoskr
 SSEBENCH=""

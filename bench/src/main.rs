@@ -20,7 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Parser, Clone)]
-#[command(name = "ratatoskr-bench", about = "Load generator for SSE broadcast gateways")]
+#[command(
+    name = "ratatoskr-bench",
+    about = "Load generator for SSE broadcast gateways"
+)]
 struct Args {
     /// Subscriber URL (http only); `{i}` becomes the subscriber's device index.
     #[arg(long, default_value = "http://127.0.0.1:8080/events")]
@@ -58,7 +61,9 @@ struct Args {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn host_and_path(url: &str) -> (String, String) {
@@ -71,7 +76,12 @@ fn host_and_path(url: &str) -> (String, String) {
 
 fn proc_field(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn proc_cpu_s(pid: u32) -> Option<f64> {
@@ -112,7 +122,10 @@ struct Stats {
 fn number_after(hay: &[u8], key: &[u8]) -> Option<(u64, usize)> {
     let at = memchr::memmem::find(hay, key)? + key.len();
     let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    let n = std::str::from_utf8(&hay[at..at + digits]).ok()?.parse().ok()?;
+    let n = std::str::from_utf8(&hay[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()?;
     Some((n, at + digits))
 }
 
@@ -147,14 +160,22 @@ impl Dechunk {
                 self.header.extend_from_slice(&input[..nl]);
                 input = &input[nl + 1..];
                 let text = String::from_utf8_lossy(&self.header);
-                self.remaining = usize::from_str_radix(text.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                self.remaining =
+                    usize::from_str_radix(text.trim().split(';').next().unwrap_or("0"), 16)
+                        .unwrap_or(0);
                 self.header.clear();
             }
         }
     }
 }
 
-async fn subscriber(index: usize, args: Rc<Args>, totals: Arc<Totals>, stats: Rc<RefCell<Stats>>, stop: Rc<tokio::sync::Notify>) {
+async fn subscriber(
+    index: usize,
+    args: Rc<Args>,
+    totals: Arc<Totals>,
+    stats: Rc<RefCell<Stats>>,
+    stop: Rc<tokio::sync::Notify>,
+) {
     let device = index % args.devices.max(1);
     let (host, path) = host_and_path(&args.sub_url.replace("{i}", &device.to_string()));
     let Ok(mut s) = TcpStream::connect(&host).await else {
@@ -167,8 +188,20 @@ async fn subscriber(index: usize, args: Rc<Args>, totals: Arc<Totals>, stats: Rc
         totals.failed.fetch_add(1, Relaxed);
         return;
     }
-    let expected: Vec<u64> = (0..args.events).filter(|s| args.devices <= 1 || !args.pub_url.contains("{d}") || (*s as usize) % args.devices == device).collect();
-    let mut seen = Seen { bits: vec![0; (args.events as usize).div_ceil(64).max(1)], distinct: 0, duplicates: 0, out_of_order: 0, last: None };
+    let expected: Vec<u64> = (0..args.events)
+        .filter(|s| {
+            args.devices <= 1
+                || !args.pub_url.contains("{d}")
+                || (*s as usize) % args.devices == device
+        })
+        .collect();
+    let mut seen = Seen {
+        bits: vec![0; (args.events as usize).div_ceil(64).max(1)],
+        distinct: 0,
+        duplicates: 0,
+        out_of_order: 0,
+        last: None,
+    };
     let mut buf = vec![0u8; 32 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let mut body = Vec::new();
@@ -181,7 +214,9 @@ async fn subscriber(index: usize, args: Rc<Args>, totals: Arc<Totals>, stats: Rc
         };
         if !in_body {
             pending.extend_from_slice(&buf[..n]);
-            let Some(end) = memchr::memmem::find(&pending, b"\r\n\r\n") else { continue };
+            let Some(end) = memchr::memmem::find(&pending, b"\r\n\r\n") else {
+                continue;
+            };
             let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
             if !head.starts_with("http/1.1 200") && !head.starts_with("http/1.0 200") {
                 totals.failed.fetch_add(1, Relaxed);
@@ -199,7 +234,9 @@ async fn subscriber(index: usize, args: Rc<Args>, totals: Arc<Totals>, stats: Rc
             feed(&buf[..n], &mut chunked, &mut body);
         }
         // Handle complete lines only; keep a partial line for the next read.
-        let Some(cut) = body.iter().rposition(|&b| b == b'\n') else { continue };
+        let Some(cut) = body.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
         let now = now_ns();
         let mut st = stats.borrow_mut();
         let mut pos = 0;
@@ -223,7 +260,8 @@ async fn subscriber(index: usize, args: Rc<Args>, totals: Arc<Totals>, stats: Rc
             seen.last = Some(seq);
             totals.delivered.fetch_add(1, Relaxed);
             if let Some(ts) = ts {
-                st.latency.saturating_record(now.saturating_sub(ts).max(1) / 1000);
+                st.latency
+                    .saturating_record(now.saturating_sub(ts).max(1) / 1000);
             }
             if st.first_ns == 0 {
                 st.first_ns = now;
@@ -233,7 +271,10 @@ async fn subscriber(index: usize, args: Rc<Args>, totals: Arc<Totals>, stats: Rc
         drop(st);
         body.drain(..=cut);
     }
-    let missing = expected.iter().filter(|s| seen.bits[(**s / 64) as usize] & (1 << (**s % 64)) == 0).count() as u64;
+    let missing = expected
+        .iter()
+        .filter(|s| seen.bits[(**s / 64) as usize] & (1 << (**s % 64)) == 0)
+        .count() as u64;
     let mut st = stats.borrow_mut();
     st.duplicates += seen.duplicates;
     st.out_of_order += seen.out_of_order;
@@ -251,7 +292,9 @@ fn feed(raw: &[u8], chunked: &mut Option<Dechunk>, body: &mut Vec<u8>) {
 /// Publishes every event over one keep-alive connection; returns (ok, errors, seconds).
 fn publish(args: &Args) -> (u64, u64, f64) {
     let (host, path) = host_and_path(&args.pub_url);
-    let Ok(mut s) = std::net::TcpStream::connect(&host) else { return (0, args.events, 0.0) };
+    let Ok(mut s) = std::net::TcpStream::connect(&host) else {
+        return (0, args.events, 0.0);
+    };
     let _ = s.set_nodelay(true);
     let pad = "x".repeat(args.body_size.saturating_sub(60));
     let started = Instant::now();
@@ -275,14 +318,20 @@ fn publish(args: &Args) -> (u64, u64, f64) {
         // Read one response: head, then Content-Length bytes.
         let mut got = Vec::new();
         let complete = loop {
-            let Ok(n) = s.read(&mut resp) else { break false };
+            let Ok(n) = s.read(&mut resp) else {
+                break false;
+            };
             if n == 0 {
                 break false;
             }
             got.extend_from_slice(&resp[..n]);
             if let Some(end) = memchr::memmem::find(&got, b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
                 if got.len() >= end + 4 + len {
                     if head.starts_with("http/1.1 2") {
                         ok += 1;
@@ -313,7 +362,10 @@ fn main() {
     let sub_args = args.clone();
     let sub_totals = totals.clone();
     let subscribers = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
             let args = Rc::new(sub_args);
@@ -329,7 +381,13 @@ fn main() {
             let stop = Rc::new(tokio::sync::Notify::new());
             let mut tasks = Vec::new();
             for i in 0..args.subscribers {
-                tasks.push(tokio::task::spawn_local(subscriber(i, args.clone(), sub_totals.clone(), stats.clone(), stop.clone())));
+                tasks.push(tokio::task::spawn_local(subscriber(
+                    i,
+                    args.clone(),
+                    sub_totals.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                )));
                 if i % 200 == 199 {
                     tokio::task::yield_now().await;
                 }
@@ -343,26 +401,41 @@ fn main() {
         });
     });
 
-    while totals.connected.load(Relaxed) + totals.failed.load(Relaxed) < args.subscribers as u64 && Instant::now() < deadline {
+    while totals.connected.load(Relaxed) + totals.failed.load(Relaxed) < args.subscribers as u64
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(500));
     let connected = totals.connected.load(Relaxed);
     let rss_idle = args.pid.and_then(|p| proc_field(p, "VmRSS:"));
     let idle_per_conn = match (rss_before, rss_idle) {
-        (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) * 1024.0 / connected as f64),
+        (Some(b), Some(a)) if connected > 0 => {
+            Some((a as f64 - b as f64) * 1024.0 / connected as f64)
+        }
         _ => None,
     };
 
     let cpu_before = args.pid.and_then(proc_cpu_s);
-    let (posted, post_errors, publish_s) = if args.events > 0 { publish(&args) } else { (0, 0, 0.0) };
+    let (posted, post_errors, publish_s) = if args.events > 0 {
+        publish(&args)
+    } else {
+        (0, 0, 0.0)
+    };
     let expected: u64 = if args.devices > 1 && args.pub_url.contains("{d}") {
-        (0..args.subscribers).map(|i| (0..args.events).filter(|s| (*s as usize) % args.devices == i % args.devices).count() as u64).sum()
+        (0..args.subscribers)
+            .map(|i| {
+                (0..args.events)
+                    .filter(|s| (*s as usize) % args.devices == i % args.devices)
+                    .count() as u64
+            })
+            .sum()
     } else {
         connected * args.events
     };
     let mut progress = (totals.delivered.load(Relaxed), Instant::now());
-    while args.events > 0 && totals.delivered.load(Relaxed) < expected && Instant::now() < deadline {
+    while args.events > 0 && totals.delivered.load(Relaxed) < expected && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(5));
         let d = totals.delivered.load(Relaxed);
         if d != progress.0 {

@@ -673,4 +673,64 @@ mod tests {
         );
         assert_eq!(Message::from_json(json.as_bytes()).unwrap(), m);
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::collection::{btree_map, vec};
+        use proptest::option;
+        use proptest::prelude::*;
+
+        /// Valid SimpleEvents with every optional field either absent or non-empty.
+        fn simple_event() -> impl Strategy<Value = Message> {
+            (
+                "[0-9a-f]{12}",
+                "[a-z-]{1,20}",
+                "\\PC{0,40}",
+                option::of(vec("\\PC{1,20}", 1..4)),
+                option::of(btree_map("/[a-z]{1,8}", "\\PC{0,20}", 1..20)),
+                option::of(vec(any::<u8>(), 1..300)),
+                option::of(any::<i64>()),
+                0i64..=99,
+            )
+                .prop_map(|(mac, ty, tx, headers, metadata, payload, rdr, qos)| {
+                    Message {
+                        msg_type: 4,
+                        source: format!("mac:{mac}"),
+                        dest: format!("event:{ty}/mac:{mac}/x"),
+                        transaction_uuid: tx,
+                        headers,
+                        metadata,
+                        payload,
+                        rdr,
+                        qos,
+                        ..Default::default()
+                    }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn msgpack_round_trips(m in simple_event()) {
+                prop_assert_eq!(Message::from_msgpack(&m.to_msgpack()).unwrap(), m);
+            }
+
+            #[test]
+            fn json_round_trips(m in simple_event()) {
+                prop_assert_eq!(Message::from_json(&m.to_json()).unwrap(), m);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+                let _ = Message::from_msgpack(&bytes);
+                let _ = Message::from_json(&bytes);
+            }
+
+            #[test]
+            fn every_truncation_of_a_valid_message_is_an_error(m in simple_event(), cut in 0.0f64..1.0) {
+                let bytes = m.to_msgpack();
+                let at = ((bytes.len() as f64) * cut) as usize;
+                prop_assert!(Message::from_msgpack(&bytes[..at]).is_err());
+            }
+        }
+    }
 }
