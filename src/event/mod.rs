@@ -80,3 +80,21 @@ impl Event {
         serde_json::to_vec(&envelope).unwrap_or_default()
     }
 }
+
+/// An event for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn test_event(id: u64, device: Option<&str>, event_type: Option<&str>) -> Event {
+    Event {
+        id: EventId::from_u64(id),
+        draft: EventDraft {
+            received_at: Utc::now(),
+            device: device.map(|d| DeviceId::parse(d).expect("test device id")),
+            event_type: event_type.map(str::to_owned),
+            source: "test".into(),
+            content_type: "application/json".into(),
+            metadata: BTreeMap::new(),
+            data: Bytes::from_static(b"1"),
+            wrp: None,
+        },
+    }
+}

@@ -146,22 +146,10 @@ impl EventFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventDraft, EventId};
+    use crate::event::test_event;
 
     fn ev(device: Option<&str>, ty: Option<&str>) -> Event {
-        Event {
-            id: EventId::from_u64(1),
-            draft: EventDraft {
-                received_at: chrono::Utc::now(),
-                device: device.map(|d| DeviceId::parse(d).unwrap()),
-                event_type: ty.map(str::to_owned),
-                source: "t".into(),
-                content_type: "application/json".into(),
-                metadata: Default::default(),
-                data: bytes::Bytes::from_static(b"{}"),
-                wrp: None,
-            },
-        }
+        test_event(1, device, ty)
     }
 
     #[test]

@@ -105,22 +105,10 @@ impl ReplayRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventDraft};
+    use crate::event::test_event;
 
     fn published(id: u64, device: &str) -> Arc<Published> {
-        Arc::new(Published::new(Event {
-            id: EventId::from_u64(id),
-            draft: EventDraft {
-                received_at: chrono::Utc::now(),
-                device: Some(crate::event::DeviceId::parse(device).unwrap()),
-                event_type: None,
-                source: "t".into(),
-                content_type: "application/json".into(),
-                metadata: Default::default(),
-                data: bytes::Bytes::from_static(b"1"),
-                wrp: None,
-            },
-        }))
+        Arc::new(Published::new(test_event(id, Some(device), None)))
     }
 
     fn ids(r: &Replay) -> Vec<u64> {

@@ -157,23 +157,11 @@ impl SubscriberQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventDraft, EventId};
+    use crate::event::test_event;
     use std::task::Wake;
 
     fn published(id: u64) -> Arc<Published> {
-        Arc::new(Published::new(Event {
-            id: EventId::from_u64(id),
-            draft: EventDraft {
-                received_at: chrono::Utc::now(),
-                device: None,
-                event_type: None,
-                source: "t".into(),
-                content_type: "application/json".into(),
-                metadata: Default::default(),
-                data: bytes::Bytes::from_static(b"1"),
-                wrp: None,
-            },
-        }))
+        Arc::new(Published::new(test_event(id, None, None)))
     }
 
     struct CountingWaker(std::sync::atomic::AtomicUsize);
