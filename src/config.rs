@@ -3,6 +3,7 @@
 //! so `ratatoskr --help` is the reference.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -110,7 +111,76 @@ pub struct Config {
     /// Time given to open streams and requests to finish on shutdown.
     #[arg(long, env = "RATATOSKR_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Where registrations and event types are kept.
+    #[arg(long, env = "RATATOSKR_STORE", value_enum, default_value_t = StoreKind::Redb)]
+    pub store: StoreKind,
+
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "RATATOSKR_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Longest registration a consumer may ask for (at most 1h).
+    #[arg(long, env = "RATATOSKR_REGISTRATION_MAX_DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub registration_max_duration: Duration,
+
+    /// Most live registrations.
+    #[arg(long, env = "RATATOSKR_MAX_REGISTRATIONS", default_value_t = 100_000)]
+    pub max_registrations: usize,
+
+    /// Events queued per destination; further events are dropped and the destination notified.
+    #[arg(long, env = "RATATOSKR_DESTINATION_BUFFER", default_value_t = 10_000)]
+    pub destination_buffer: usize,
+
+    /// Deliveries in flight per destination.
+    #[arg(long, env = "RATATOSKR_DESTINATION_CONCURRENCY", default_value_t = 4)]
+    pub destination_concurrency: usize,
+
+    /// Time one delivery attempt may take.
+    #[arg(long, env = "RATATOSKR_DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// Retries after a failed attempt (5xx, 408, 429, timeout, connection error; never other 4xx).
+    #[arg(long, env = "RATATOSKR_DELIVERY_RETRIES", default_value_t = 2)]
+    pub delivery_retries: u32,
+
+    /// First retry delay; doubled each retry, with full jitter.
+    #[arg(long, env = "RATATOSKR_RETRY_BACKOFF", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Consecutive failed deliveries that open a destination's circuit.
+    #[arg(long, env = "RATATOSKR_CIRCUIT_FAILURES", default_value_t = 10)]
+    pub circuit_failures: u32,
+
+    /// How long an open circuit pauses a destination.
+    #[arg(long, env = "RATATOSKR_CIRCUIT_PAUSE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub circuit_pause: Duration,
+
+    /// Least time between two drop notices to one destination.
+    #[arg(long, env = "RATATOSKR_NOTICE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub notice_interval: Duration,
+
+    /// Networks destinations may reach even though they are loopback, private
+    /// or link-local (comma-separated CIDRs, e.g. `127.0.0.1/32`). Empty: none.
+    #[arg(long, env = "RATATOSKR_ALLOW_DESTINATION_NETS", value_delimiter = ',')]
+    pub allow_destination_nets: Vec<ipnet::IpNet>,
+
+    /// Refuse events whose type has no definition in /api/event-types.
+    #[arg(long, env = "RATATOSKR_STRICT_EVENT_TYPES")]
+    pub strict_event_types: bool,
 }
+
+/// Which store keeps registrations and event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// redb, in `--data-dir`: survives restarts.
+    Redb,
+    /// Process memory: lost on exit (tests, throwaway runs).
+    Memory,
+}
+
+/// The hard ceiling on a registration's duration, as in xmidt Mimisbrunnr.
+pub const MAX_REGISTRATION_DURATION: Duration = Duration::from_secs(3600);
 
 /// A configuration that parsed but makes no sense.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,6 +234,23 @@ impl Config {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name} must be more than 0")));
             }
+        }
+        if self.registration_max_duration.is_zero()
+            || self.registration_max_duration > MAX_REGISTRATION_DURATION
+        {
+            return err("--registration-max-duration must be more than 0 and at most 1h");
+        }
+        if self.destination_buffer == 0 || self.destination_buffer > 1_000_000 {
+            return err("--destination-buffer must be between 1 and 1000000");
+        }
+        if self.destination_concurrency == 0 || self.destination_concurrency > 256 {
+            return err("--destination-concurrency must be between 1 and 256");
+        }
+        if self.delivery_timeout.is_zero() || self.delivery_retries > 10 {
+            return err("--delivery-timeout must be more than 0 and --delivery-retries at most 10");
+        }
+        if self.circuit_failures == 0 {
+            return err("--circuit-failures must be at least 1");
         }
         if self.cors_origins.is_empty()
             || self

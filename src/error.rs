@@ -65,6 +65,15 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", detail)
     }
 
+    /// 412: `If-Match` named a version that is no longer current.
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            detail,
+        )
+    }
+
     /// 413: body over the limit.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
@@ -86,6 +95,11 @@ impl ApiError {
     /// 422: well-formed, but breaks a rule.
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", detail)
+    }
+
+    /// 500: a bug or a broken dependency; the detail stays vague.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
     }
 
     /// 503: temporarily unable (shutting down, at capacity).

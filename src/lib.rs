@@ -5,39 +5,65 @@
 //! replay and fans it out to matching subscribers, whose `http::sse` streams
 //! write it. [`run`] wires the parts together and owns their lifecycle.
 
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod forward;
 pub mod http;
 pub mod hub;
 pub mod idempotency;
+pub mod registry;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::forward::ssrf::AddressPolicy;
+use crate::forward::{DeliveryContext, DeliverySettings, Destinations, Forwarding};
 use crate::http::AppState;
 use crate::hub::{CloseReason, Hub, HubConfig};
 use crate::idempotency::IdempotencyCache;
+use crate::registry::{Registry, RegistryLimits};
 use crate::server::ServerLimits;
 use crate::shutdown::Phase;
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Registrations could not be loaded.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    /// The outbound HTTP client could not be built.
+    #[error("{0}")]
+    Client(String),
+}
+
+/// How often expired registrations are swept and sampled gauges refreshed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Runs the gateway on `listener` until `shutdown` resolves, then stops in
-/// order (readiness, listener, streams, drain). Returns `true` if the drain
+/// order (readiness, listener, streams, drain). Returns whether the drain
 /// finished within the grace period.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> bool {
+) -> Result<bool, StartError> {
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(
         HubConfig {
@@ -48,6 +74,38 @@ pub async fn run(
         },
         metrics.clone(),
     );
+    let store = Arc::new(Store::open(config.store, &config.data_dir)?);
+    let catalog = Arc::new(Catalog::open(store.clone(), config.strict_event_types)?);
+    let delivery = DeliveryContext::new(
+        DeliverySettings {
+            buffer: config.destination_buffer,
+            concurrency: config.destination_concurrency,
+            timeout: config.delivery_timeout,
+            retries: config.delivery_retries,
+            backoff: config.retry_backoff,
+            circuit_failures: config.circuit_failures,
+            circuit_pause: config.circuit_pause,
+            notice_interval: config.notice_interval,
+        },
+        Arc::new(AddressPolicy::new(config.allow_destination_nets.clone())),
+        metrics.clone(),
+    )
+    .map_err(StartError::Client)?;
+    let registry = Registry::open(
+        store,
+        Destinations::new(delivery.clone()),
+        metrics.clone(),
+        RegistryLimits {
+            max_duration: config.registration_max_duration,
+            max_registrations: config.max_registrations,
+        },
+    )?;
+    hub.set_tap(Forwarding::start(
+        registry.clone(),
+        metrics.clone(),
+        FORWARD_INBOX,
+    ));
+    let sweeper = tokio::spawn(sweep(registry.clone()));
     let limits = ServerLimits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
@@ -59,6 +117,9 @@ pub async fn run(
         config,
         hub: hub.clone(),
         metrics: metrics.clone(),
+        registry,
+        catalog,
+        delivery,
         readiness: Default::default(),
         started: Instant::now(),
     });
@@ -80,6 +141,20 @@ pub async fn run(
     stop_accepting.cancel();
     hub.close(CloseReason::Shutdown);
     let drained = server.await.unwrap_or(false);
+    sweeper.abort();
     tracing::info!(drained, "stopped");
-    drained
+    Ok(drained)
+}
+
+/// Events waiting between the hub and the forwarding router.
+const FORWARD_INBOX: usize = 65_536;
+
+async fn sweep(registry: Arc<Registry>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        registry.sweep(chrono::Utc::now());
+        registry.destinations().refresh_gauges();
+    }
 }

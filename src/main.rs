@@ -44,7 +44,12 @@ fn main() -> ExitCode {
             .local_addr()
             .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
         tracing::info!(listen = %bound, "listening");
-        ratatoskr::run(config, listener, ratatoskr::shutdown::signal()).await;
-        ExitCode::SUCCESS
+        match ratatoskr::run(config, listener, ratatoskr::shutdown::signal()).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                ExitCode::FAILURE
+            }
+        }
     })
 }

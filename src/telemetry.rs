@@ -95,6 +95,34 @@ struct StreamEndLabels {
     reason: StreamEnd,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// One destination's series, cloned out of their families: each handle
+/// shares its value with the exported series, so updating it is one
+/// atomic operation with no label lookup.
+#[derive(Debug, Clone)]
+pub struct DestinationMetrics {
+    /// Events delivered.
+    pub delivered: Counter,
+    /// Events given up on (after retries, or refused with a 4xx).
+    pub failed: Counter,
+    /// Retried attempts.
+    pub retried: Counter,
+    /// Events dropped because the destination's buffer was full.
+    pub dropped: Counter,
+    /// Events waiting now.
+    pub queue_depth: Gauge,
+    /// Age of the oldest waiting event, in seconds.
+    pub oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Time from dequeue to a final answer (including retries).
+    pub latency: Histogram,
+}
+
 /// Every metric the gateway exposes.
 #[derive(Debug)]
 pub struct Metrics {
@@ -110,6 +138,20 @@ pub struct Metrics {
     replay_events: Gauge,
     ingest_seconds: Histogram,
     fanout_seconds: Histogram,
+    registrations: Gauge,
+    forward_inbox_full: Counter,
+    notices: Counter,
+    dest_delivered: Family<DestinationLabels, Counter>,
+    dest_failed: Family<DestinationLabels, Counter>,
+    dest_retried: Family<DestinationLabels, Counter>,
+    dest_dropped: Family<DestinationLabels, Counter>,
+    dest_depth: Family<DestinationLabels, Gauge>,
+    dest_oldest_age: Family<DestinationLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    dest_latency: HistogramFamily<DestinationLabels>,
+}
+
+fn delivery_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -134,6 +176,16 @@ impl Metrics {
             replay_events: Gauge::default(),
             ingest_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             fanout_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
+            registrations: Gauge::default(),
+            forward_inbox_full: Counter::default(),
+            notices: Counter::default(),
+            dest_delivered: Family::default(),
+            dest_failed: Family::default(),
+            dest_retried: Family::default(),
+            dest_dropped: Family::default(),
+            dest_depth: Family::default(),
+            dest_oldest_age: Family::default(),
+            dest_latency: Family::new_with_constructor(delivery_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -191,7 +243,102 @@ impl Metrics {
             "Time to offer one event to every matching subscriber",
             m.fanout_seconds.clone(),
         );
+        registry.register(
+            "registrations",
+            "Live forwarding registrations",
+            m.registrations.clone(),
+        );
+        registry.register(
+            "forward_inbox_dropped",
+            "Events not forwarded because the forwarding inbox was full",
+            m.forward_inbox_full.clone(),
+        );
+        registry.register(
+            "destination_notices",
+            "Drop notices sent to destinations",
+            m.notices.clone(),
+        );
+        registry.register(
+            "destination_delivered",
+            "Events delivered to a destination",
+            m.dest_delivered.clone(),
+        );
+        registry.register(
+            "destination_failed",
+            "Events a destination did not accept after retries",
+            m.dest_failed.clone(),
+        );
+        registry.register(
+            "destination_retried",
+            "Delivery attempts retried, by destination",
+            m.dest_retried.clone(),
+        );
+        registry.register(
+            "destination_dropped",
+            "Events dropped because a destination's buffer was full",
+            m.dest_dropped.clone(),
+        );
+        registry.register(
+            "destination_queue_depth",
+            "Events waiting for a destination",
+            m.dest_depth.clone(),
+        );
+        registry.register(
+            "destination_oldest_age_seconds",
+            "Age of the oldest event waiting for a destination",
+            m.dest_oldest_age.clone(),
+        );
+        registry.register(
+            "destination_delivery_duration_seconds",
+            "Time to deliver one event or batch, retries included",
+            m.dest_latency.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The series of one destination (created on first use).
+    pub fn destination(&self, label: &str) -> DestinationMetrics {
+        let l = DestinationLabels {
+            destination: label.to_owned(),
+        };
+        DestinationMetrics {
+            delivered: self.dest_delivered.get_or_create(&l).clone(),
+            failed: self.dest_failed.get_or_create(&l).clone(),
+            retried: self.dest_retried.get_or_create(&l).clone(),
+            dropped: self.dest_dropped.get_or_create(&l).clone(),
+            queue_depth: self.dest_depth.get_or_create(&l).clone(),
+            oldest_age: self.dest_oldest_age.get_or_create(&l).clone(),
+            latency: self.dest_latency.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Stops exporting a destination that is gone.
+    pub fn destination_removed(&self, label: &str) {
+        let l = DestinationLabels {
+            destination: label.to_owned(),
+        };
+        self.dest_delivered.remove(&l);
+        self.dest_failed.remove(&l);
+        self.dest_retried.remove(&l);
+        self.dest_dropped.remove(&l);
+        self.dest_depth.remove(&l);
+        self.dest_oldest_age.remove(&l);
+        self.dest_latency.remove(&l);
+    }
+
+    /// Live registrations now.
+    pub fn set_registrations(&self, n: usize) {
+        self.registrations.set(n as i64);
+    }
+
+    /// The forwarding inbox was full; an event was not forwarded.
+    pub fn forward_inbox_full(&self) {
+        self.forward_inbox_full.inc();
+    }
+
+    /// A drop notice went out.
+    pub fn notice_sent(&self) {
+        self.notices.inc();
     }
 
     /// One ingest request (or batch line) ended.

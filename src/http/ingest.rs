@@ -19,11 +19,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
+use super::body::read_body;
 use super::query::QueryPairs;
 use super::App;
+use crate::catalog::Rejection;
 use crate::error::ApiError;
 use crate::event::{json as json_event, wrp, DeviceId, EventDraft, EventId};
 use crate::idempotency::{Claim, MAX_KEY_LEN};
@@ -136,6 +137,7 @@ async fn ingest(
 /// Publishes unless the idempotency key was seen; returns the id and
 /// whether it is a replayed answer.
 fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<(EventId, bool), ApiError> {
+    conform(app, &draft)?;
     let Some(key) = key else {
         return Ok((app.hub.publish(draft).id, false));
     };
@@ -150,6 +152,19 @@ fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<(EventId, 
             Ok((id, false))
         }
     }
+}
+
+/// Checks the event against its type's definition (schema, strict mode).
+fn conform(app: &App, draft: &EventDraft) -> Result<(), ApiError> {
+    app.catalog.check(draft).map_err(|rejection| {
+        let detail = rejection.to_string();
+        match rejection {
+            Rejection::Undefined(_) => ApiError::unprocessable(detail),
+            Rejection::Schema(_, violations) => {
+                ApiError::unprocessable(detail).with_extra(json!({ "errors": violations }))
+            }
+        }
+    })
 }
 
 fn ingest_batch(
@@ -358,31 +373,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         )));
     }
     Ok(Some(key.to_owned()))
-}
-
-/// Reads the body within the size limit and the body timeout.
-async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = app.config.max_body;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    let collected =
-        tokio::time::timeout(app.config.body_timeout, Limited::new(body, limit).collect())
-            .await
-            .map_err(|_| ApiError::request_timeout("the request body was not received in time"))?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(limit))
-        }
-        Err(e) => Err(ApiError::bad_request(format!(
-            "the request body could not be read: {e}"
-        ))),
-    }
 }
 
 #[cfg(test)]

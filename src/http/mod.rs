@@ -1,10 +1,14 @@
 //! The HTTP edge: one router, one module per resource, one error type.
 
+pub mod body;
 pub mod dashboard;
+pub mod event_types;
 pub mod health;
+pub mod hooks;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod registrations;
 pub mod sse;
 
 use std::sync::Arc;
@@ -15,10 +19,13 @@ use axum::Router;
 use http::{header, HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::forward::DeliveryContext;
 use crate::hub::Hub;
 use crate::idempotency::IdempotencyCache;
+use crate::registry::Registry;
 use crate::shutdown::Readiness;
 use crate::telemetry::Metrics;
 
@@ -31,6 +38,12 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Every metric.
     pub metrics: Arc<Metrics>,
+    /// Forwarding registrations.
+    pub registry: Arc<Registry>,
+    /// Event type definitions.
+    pub catalog: Arc<Catalog>,
+    /// Delivery settings and the address policy.
+    pub delivery: Arc<DeliveryContext>,
     /// Idempotency-Key memory.
     pub idempotency: IdempotencyCache,
     /// Lifecycle phase for `/ready`.
@@ -54,6 +67,30 @@ pub fn router(app: App) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::prometheus))
         .route("/api/stats", get(metrics::stats))
+        .route(
+            "/api/registrations",
+            get(registrations::list).post(registrations::create),
+        )
+        .route(
+            "/api/registrations/{id}",
+            get(registrations::get_one)
+                .put(registrations::replace)
+                .delete(registrations::delete),
+        )
+        .route("/hook", post(hooks::register))
+        .route("/api/v2/hook", post(hooks::register))
+        .route("/hooks", get(hooks::list))
+        .route("/api/v2/hooks", get(hooks::list))
+        .route(
+            "/api/event-types",
+            get(event_types::list).post(event_types::create),
+        )
+        .route(
+            "/api/event-types/{name}",
+            get(event_types::get_one)
+                .put(event_types::put)
+                .delete(event_types::delete),
+        )
         .route("/", get(dashboard::index))
         .route("/static/{*path}", get(dashboard::asset))
         .fallback(|| async { ApiError::not_found("no such resource") })

@@ -101,10 +101,19 @@ pub enum SubscribeError {
     Full(usize),
 }
 
+/// Something else that sees every published event, in id order: the
+/// forwarders. `offer` runs inside the hub's publish lock, so it must only
+/// hand the event over (a `try_send`), never wait or do real work.
+pub trait Tap: Send + Sync + std::fmt::Debug {
+    /// Takes a reference to a new event.
+    fn offer(&self, event: &Arc<Published>);
+}
+
 /// The fan-out point between ingest and subscribers.
 #[derive(Debug)]
 pub struct Hub {
     state: Mutex<State>,
+    tap: OnceLock<Arc<dyn Tap>>,
     config: HubConfig,
     metrics: Arc<Metrics>,
     next_subscriber: AtomicU64,
@@ -157,10 +166,16 @@ impl Hub {
                 index: Index::default(),
                 closed: false,
             }),
+            tap: OnceLock::new(),
             config,
             metrics,
             next_subscriber: AtomicU64::new(1),
         })
+    }
+
+    /// Installs the tap (once; later calls are ignored).
+    pub fn set_tap(&self, tap: Arc<dyn Tap>) {
+        let _ = self.tap.set(tap);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -195,6 +210,9 @@ impl Hub {
                     Offer::Queued => queued += 1,
                     Offer::Dropped => dropped += 1,
                 }
+            }
+            if let Some(tap) = self.tap.get() {
+                tap.offer(&published);
             }
         }
         self.metrics

@@ -1,0 +1,345 @@
+//! Event type definitions (the Dispatch seed's event gateway): a type by
+//! name with an optional JSON Schema for its payload and one for its
+//! metadata. Ingest checks events of a defined type against them; types
+//! without a definition pass, unless strict mode is on.
+//!
+//! Schemas are compiled once, when defined. Remote `$ref`s are not
+//! fetched (the validator is built without network or file resolvers), so
+//! a schema cannot make the gateway reach anywhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::EventDraft;
+use crate::registry::spec::FieldError;
+use crate::store::{Collection, Store, StoreError};
+
+/// Longest type name.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// A definition as stored and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventType {
+    /// The type name events carry.
+    pub name: String,
+    /// What the type means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema for the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    /// JSON Schema for the metadata object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_schema: Option<Value>,
+    /// First defined.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Bumped on every change.
+    pub version: u64,
+}
+
+/// The body of `POST`/`PUT /api/event-types`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTypeRequest {
+    /// The name (`POST` only; `PUT` takes it from the path).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the type means.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON Schema for the payload.
+    #[serde(default)]
+    pub schema: Option<Value>,
+    /// JSON Schema for the metadata object.
+    #[serde(default)]
+    pub metadata_schema: Option<Value>,
+}
+
+/// One way an event broke its type's schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// JSON Pointer into the payload (`/battery`) or metadata (`metadata/fw`).
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+/// Why an event was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Rejection {
+    /// Strict mode and no definition.
+    #[error("event type {0:?} is not defined (strict mode)")]
+    Undefined(String),
+    /// The payload or metadata broke the schema.
+    #[error("the event does not match the schema of type {0:?}")]
+    Schema(String, Vec<Violation>),
+}
+
+/// Why a definition operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The definition is invalid (422).
+    #[error("the event type definition is invalid")]
+    Invalid(Vec<FieldError>),
+    /// No such type (404).
+    #[error("no event type {0:?}")]
+    NotFound(String),
+    /// `POST` of a name that exists (409).
+    #[error("event type {0:?} already exists; PUT replaces it")]
+    Exists(String),
+    /// The store failed (503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+struct Compiled {
+    def: EventType,
+    payload: Option<jsonschema::Validator>,
+    metadata: Option<jsonschema::Validator>,
+}
+
+/// The defined event types.
+#[derive(Debug)]
+pub struct Catalog {
+    store: Arc<Store>,
+    strict: bool,
+    types: RwLock<HashMap<String, Arc<Compiled>>>,
+}
+
+impl Catalog {
+    /// Loads stored definitions.
+    pub fn open(store: Arc<Store>, strict: bool) -> Result<Self, StoreError> {
+        let mut types = HashMap::new();
+        for (name, doc) in store.load(Collection::EventTypes)? {
+            match serde_json::from_slice::<EventType>(&doc)
+                .map_err(|e| vec![FieldError::new("", e.to_string())])
+                .and_then(compile)
+            {
+                Ok(c) => {
+                    types.insert(name, Arc::new(c));
+                }
+                Err(e) => tracing::error!(%name, errors = ?e, "stored event type skipped"),
+            }
+        }
+        Ok(Self {
+            store,
+            strict,
+            types: RwLock::new(types),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Compiled>>> {
+        self.types.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Defines or replaces `name`. `create_only` refuses an existing name.
+    /// Returns the definition and whether it is new.
+    pub fn put(
+        &self,
+        name: &str,
+        req: EventTypeRequest,
+        create_only: bool,
+    ) -> Result<(EventType, bool), CatalogError> {
+        check_name(name).map_err(|m| CatalogError::Invalid(vec![FieldError::new("name", m)]))?;
+        let mut types = self.types.write().unwrap_or_else(|p| p.into_inner());
+        let previous = types.get(name).map(|c| c.def.clone());
+        if create_only && previous.is_some() {
+            return Err(CatalogError::Exists(name.into()));
+        }
+        let now = Utc::now();
+        let def = EventType {
+            name: name.into(),
+            description: req.description,
+            schema: req.schema,
+            metadata_schema: req.metadata_schema,
+            created_at: previous.as_ref().map_or(now, |p| p.created_at),
+            updated_at: now,
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+        };
+        let compiled = compile(def.clone()).map_err(CatalogError::Invalid)?;
+        let doc = serde_json::to_vec(&def).expect("definitions serialise");
+        self.store.put(Collection::EventTypes, name, &doc)?;
+        types.insert(name.into(), Arc::new(compiled));
+        Ok((def, previous.is_none()))
+    }
+
+    /// One definition.
+    pub fn get(&self, name: &str) -> Option<EventType> {
+        self.read().get(name).map(|c| c.def.clone())
+    }
+
+    /// Every definition, by name.
+    pub fn list(&self) -> Vec<EventType> {
+        let mut all: Vec<EventType> = self.read().values().map(|c| c.def.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Removes a definition.
+    pub fn delete(&self, name: &str) -> Result<(), CatalogError> {
+        let mut types = self.types.write().unwrap_or_else(|p| p.into_inner());
+        if !types.contains_key(name) {
+            return Err(CatalogError::NotFound(name.into()));
+        }
+        self.store.delete(Collection::EventTypes, &[name])?;
+        types.remove(name);
+        Ok(())
+    }
+
+    /// Checks an event against its type's definition.
+    pub fn check(&self, draft: &EventDraft) -> Result<(), Rejection> {
+        let name = draft.event_type.as_deref().unwrap_or("");
+        let compiled = self.read().get(name).cloned();
+        let Some(c) = compiled else {
+            return if self.strict {
+                Err(Rejection::Undefined(name.into()))
+            } else {
+                Ok(())
+            };
+        };
+        let mut violations = Vec::new();
+        if let Some(v) = &c.payload {
+            let payload: Value = serde_json::from_slice(&draft.data).unwrap_or(Value::Null);
+            collect(v, &payload, "", &mut violations);
+        }
+        if let Some(v) = &c.metadata {
+            let meta = serde_json::to_value(&draft.metadata).unwrap_or_default();
+            collect(v, &meta, "metadata", &mut violations);
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejection::Schema(name.into(), violations))
+        }
+    }
+}
+
+fn collect(v: &jsonschema::Validator, instance: &Value, prefix: &str, out: &mut Vec<Violation>) {
+    for e in v.iter_errors(instance).take(32) {
+        out.push(Violation {
+            path: format!("{prefix}{}", e.instance_path),
+            message: e.to_string(),
+        });
+    }
+}
+
+fn compile(def: EventType) -> Result<Compiled, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut build = |field: &str, schema: &Option<Value>| {
+        let schema = schema.as_ref()?;
+        match jsonschema::validator_for(schema) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(FieldError::new(
+                    field,
+                    format!("not a valid JSON Schema: {e}"),
+                ));
+                None
+            }
+        }
+    };
+    let payload = build("schema", &def.schema);
+    let metadata = build("metadata_schema", &def.metadata_schema);
+    if errors.is_empty() {
+        Ok(Compiled {
+            def,
+            payload,
+            metadata,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1 to {MAX_NAME_LEN} characters of letters, digits, `.`, `_`, `:` and `-`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreKind;
+    use serde_json::json;
+
+    fn catalog(strict: bool) -> Catalog {
+        let store = Arc::new(Store::open(StoreKind::Memory, std::path::Path::new("")).unwrap());
+        Catalog::open(store, strict).unwrap()
+    }
+
+    fn draft(ty: &str, payload: &str) -> EventDraft {
+        let mut e = crate::event::test_event(1, None, Some(ty)).draft;
+        e.data = bytes::Bytes::copy_from_slice(payload.as_bytes());
+        e
+    }
+
+    fn req(schema: Value) -> EventTypeRequest {
+        EventTypeRequest {
+            name: None,
+            description: None,
+            schema: Some(schema),
+            metadata_schema: None,
+        }
+    }
+
+    #[test]
+    fn schema_mismatch_lists_failing_paths() {
+        let c = catalog(false);
+        let schema = json!({"type":"object","required":["battery"],
+            "properties":{"battery":{"type":"integer","minimum":0,"maximum":100}}});
+        c.put("online", req(schema), true).unwrap();
+        assert!(c.check(&draft("online", r#"{"battery":50}"#)).is_ok());
+        let Err(Rejection::Schema(_, v)) = c.check(&draft("online", r#"{"battery":500}"#)) else {
+            panic!("expected a schema rejection");
+        };
+        assert_eq!(v[0].path, "/battery");
+        assert!(
+            c.check(&draft("other", "{}")).is_ok(),
+            "undefined types pass"
+        );
+    }
+
+    #[test]
+    fn strict_mode_refuses_undefined_types() {
+        let c = catalog(true);
+        assert_eq!(
+            c.check(&draft("x", "1")),
+            Err(Rejection::Undefined("x".into()))
+        );
+    }
+
+    #[test]
+    fn invalid_schemas_and_names_are_refused() {
+        let c = catalog(false);
+        assert!(matches!(
+            c.put("t", req(json!({"type": 12})), false),
+            Err(CatalogError::Invalid(_))
+        ));
+        assert!(matches!(
+            c.put("bad name", req(json!({})), false),
+            Err(CatalogError::Invalid(_))
+        ));
+        c.put("t", req(json!({})), true).unwrap();
+        assert!(matches!(
+            c.put("t", req(json!({})), true),
+            Err(CatalogError::Exists(_))
+        ));
+    }
+}

@@ -1,0 +1,365 @@
+//! Forwarding: events to registrations' destinations, best effort.
+//!
+//! ```text
+//! hub ──offer (never waits)──▶ inbox ──router task──▶ Registry::route
+//!        ──push (never waits)──▶ Outbox per destination ──worker──▶ webhook / SQS
+//! ```
+//!
+//! The hub offers each event to a bounded inbox (in id order, inside its
+//! publish), so forwarding adds one `try_send` to the SSE fan-out path. The
+//! router task matches events against registrations and pushes them to one
+//! bounded [`Outbox`] per destination; a full outbox drops the event for
+//! that destination and, at most once per notice interval, tells it so.
+//! Each destination's worker delivers with a concurrency limit, retries
+//! with backoff and jitter, and a circuit that pauses a failing destination.
+
+pub mod outbox;
+pub mod payload;
+pub mod sqs;
+pub mod ssrf;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+
+pub use outbox::{Outbox, Pushed, Queued};
+use ssrf::{AddressPolicy, GuardedResolver};
+
+use crate::hub::{Published, Tap};
+use crate::registry::spec::Destination;
+use crate::registry::Registry;
+use crate::telemetry::Metrics;
+
+/// Why a delivery attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// May succeed later (5xx, 408, 429, timeout, connection error).
+    Retryable(String),
+    /// Will not succeed by retrying (other 4xx, refused address).
+    Permanent(String),
+}
+
+/// Delivery settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Events per destination buffer.
+    pub buffer: usize,
+    /// Deliveries in flight per destination.
+    pub concurrency: usize,
+    /// Time per attempt.
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// First backoff; doubles per retry, full jitter.
+    pub backoff: Duration,
+    /// Consecutive failures that open the circuit.
+    pub circuit_failures: u32,
+    /// How long the circuit stays open.
+    pub circuit_pause: Duration,
+    /// Least time between drop notices.
+    pub notice_interval: Duration,
+}
+
+/// What every destination worker shares.
+#[derive(Debug)]
+pub struct DeliveryContext {
+    settings: DeliverySettings,
+    http: reqwest::Client,
+    policy: Arc<AddressPolicy>,
+    metrics: Arc<Metrics>,
+}
+
+impl DeliveryContext {
+    /// One HTTP client (one connection pool) for every webhook, resolving
+    /// only to addresses `policy` permits, never following redirects.
+    pub fn new(
+        settings: DeliverySettings,
+        policy: Arc<AddressPolicy>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, String> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ratatoskr/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(settings.concurrency.max(1) * 2)
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Arc::new(Self {
+            settings,
+            http,
+            policy,
+            metrics,
+        }))
+    }
+
+    /// The address policy (for registration-time checks).
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.policy
+    }
+}
+
+/// Every live destination, shared by the registrations that name it.
+#[derive(Debug)]
+pub struct Destinations {
+    ctx: Arc<DeliveryContext>,
+    map: Mutex<HashMap<Destination, (Arc<Outbox>, usize)>>,
+}
+
+impl Destinations {
+    /// No destinations yet.
+    pub fn new(ctx: Arc<DeliveryContext>) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            map: Mutex::default(),
+        })
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<Destination, (Arc<Outbox>, usize)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The outbox for `d`, starting its worker if it is new.
+    pub fn acquire(&self, d: &Destination) -> Arc<Outbox> {
+        let mut map = self.map();
+        if let Some((o, refs)) = map.get_mut(d) {
+            *refs += 1;
+            return o.clone();
+        }
+        let s = &self.ctx.settings;
+        let outbox = Arc::new(Outbox::new(
+            d.clone(),
+            s.buffer,
+            s.notice_interval,
+            self.ctx.metrics.destination(&d.label()),
+        ));
+        map.insert(d.clone(), (outbox.clone(), 1));
+        tokio::spawn(work(outbox.clone(), self.ctx.clone()));
+        outbox
+    }
+
+    /// One registration stopped using `d`; the last one closes it.
+    pub fn release(&self, d: &Destination) {
+        let mut map = self.map();
+        let gone = match map.get_mut(d) {
+            Some((_, refs)) if *refs > 1 => {
+                *refs -= 1;
+                None
+            }
+            Some(_) => map.remove(d).map(|(o, _)| o),
+            None => None,
+        };
+        drop(map);
+        if let Some(o) = gone {
+            o.close();
+            self.ctx.metrics.destination_removed(&o.label);
+        }
+    }
+
+    /// The live outbox for `d`, if any (for statistics).
+    pub fn get(&self, d: &Destination) -> Option<Arc<Outbox>> {
+        self.map().get(d).map(|(o, _)| o.clone())
+    }
+
+    /// Refreshes every destination's sampled gauges.
+    pub fn refresh_gauges(&self) {
+        let all: Vec<Arc<Outbox>> = self.map().values().map(|(o, _)| o.clone()).collect();
+        for o in all {
+            o.refresh_gauges();
+        }
+    }
+
+    /// Sends a drop notice to the outbox's destination, in the background.
+    pub fn notify_dropped(&self, outbox: &Arc<Outbox>) {
+        let (outbox, ctx) = (outbox.clone(), self.ctx.clone());
+        tokio::spawn(async move {
+            let dropped = outbox.take_dropped_since_notice();
+            let notice = serde_json::json!({
+                "type": "ratatoskr.dropped",
+                "text": "This destination is not keeping up: its buffer is full and events for it are being dropped. Add capacity or ask for fewer events.",
+                "destination": outbox.label,
+                "dropped": dropped,
+                "dropped_total": outbox.metrics.dropped.get(),
+                "queue_size": ctx.settings.buffer,
+                "at": chrono::Utc::now().to_rfc3339(),
+            });
+            let text = notice.to_string();
+            let result = match Transport::open(&outbox.destination, &ctx).await {
+                Transport::Http(t) => {
+                    let id = format!("notice_{}", uuid::Uuid::new_v4().simple());
+                    t.notice(&id, Bytes::from(text)).await
+                }
+                Transport::Sqs(t) => t.notice(text).await,
+            };
+            match result {
+                Ok(()) => ctx.metrics.notice_sent(),
+                Err(e) => {
+                    tracing::warn!(destination = %outbox.label, error = ?e, "drop notice not delivered")
+                }
+            }
+        });
+    }
+}
+
+enum Transport {
+    Http(webhook::WebhookTransport),
+    Sqs(sqs::SqsTransport),
+}
+
+impl Transport {
+    async fn open(d: &Destination, ctx: &DeliveryContext) -> Self {
+        match d {
+            Destination::Http(h) => Self::Http(webhook::WebhookTransport {
+                destination: h.clone(),
+                client: ctx.http.clone(),
+                policy: ctx.policy.clone(),
+                timeout: ctx.settings.timeout,
+            }),
+            Destination::Sqs(s) => Self::Sqs(
+                sqs::SqsTransport::new(s, ctx.settings.timeout, ctx.settings.retries).await,
+            ),
+        }
+    }
+
+    fn batch_max(&self) -> usize {
+        match self {
+            Self::Http(_) => 1,
+            Self::Sqs(_) => sqs::BATCH_MAX,
+        }
+    }
+
+    /// One attempt. `Ok(n)`: sent, with `n` entries refused individually.
+    async fn attempt(&self, batch: &[Queued]) -> Result<usize, Failure> {
+        match self {
+            Self::Http(t) => t.send(&batch[0].event.event).await.map(|()| 0),
+            Self::Sqs(t) => t.send(batch).await,
+        }
+    }
+}
+
+/// A destination's worker: takes batches and delivers them, at most
+/// `concurrency` at a time, pausing while the circuit is open.
+async fn work(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>) {
+    let transport = Arc::new(Transport::open(&outbox.destination, &ctx).await);
+    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    loop {
+        if let Some(pause) = outbox.paused_for() {
+            tokio::time::sleep(pause).await;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(batch) = outbox.take(transport.batch_max()).await else {
+            return;
+        };
+        let (outbox, ctx, transport) = (outbox.clone(), ctx.clone(), transport.clone());
+        tokio::spawn(async move {
+            deliver(&outbox, &ctx, &transport, &batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn deliver(outbox: &Outbox, ctx: &DeliveryContext, transport: &Transport, batch: &[Queued]) {
+    let s = &ctx.settings;
+    let started = Instant::now();
+    let n = batch.len() as u64;
+    let mut attempt = 0;
+    let result = loop {
+        match transport.attempt(batch).await {
+            Err(Failure::Retryable(why)) if attempt < s.retries && !outbox.is_closed() => {
+                outbox.metrics.retried.inc();
+                tracing::debug!(destination = %outbox.label, attempt, %why, "retrying");
+                tokio::time::sleep(backoff(s.backoff, attempt)).await;
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    outbox
+        .metrics
+        .latency
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(refused) => {
+            outbox.metrics.delivered.inc_by(n - refused as u64);
+            outbox.metrics.failed.inc_by(refused as u64);
+            outbox.record_success();
+        }
+        Err(Failure::Retryable(why) | Failure::Permanent(why)) => {
+            outbox.metrics.failed.inc_by(n);
+            tracing::info!(destination = %outbox.label, %why, events = n, "delivery failed");
+            if outbox.record_failure(s.circuit_failures, s.circuit_pause) {
+                tracing::warn!(destination = %outbox.label, pause = ?s.circuit_pause, "circuit open: destination paused");
+            }
+        }
+    }
+}
+
+/// Full jitter: a random delay up to `base * 2^attempt` (at least 1 ms),
+/// so that many failing deliveries do not retry in step.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let cap = base.saturating_mul(1 << attempt.min(16));
+    let ms = cap.as_millis().max(1) as u64;
+    Duration::from_millis(fastrand::u64(1..=ms))
+}
+
+/// The hub's tap: offers every event to the router, in id order.
+#[derive(Debug)]
+pub struct Forwarding {
+    inbox: mpsc::Sender<Arc<Published>>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Forwarding {
+    /// Starts the router task.
+    pub fn start(registry: Arc<Registry>, metrics: Arc<Metrics>, capacity: usize) -> Arc<Self> {
+        let (tx, mut rx) = mpsc::channel::<Arc<Published>>(capacity);
+        let router = registry.clone();
+        tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                router.route(&p);
+            }
+        });
+        Arc::new(Self {
+            inbox: tx,
+            registry,
+            metrics,
+        })
+    }
+}
+
+impl Tap for Forwarding {
+    fn offer(&self, event: &Arc<Published>) {
+        if self.registry.is_empty() {
+            return;
+        }
+        if self.inbox.try_send(event.clone()).is_err() {
+            self.metrics.forward_inbox_full();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_in_bounds() {
+        let base = Duration::from_millis(100);
+        for attempt in 0..5 {
+            for _ in 0..50 {
+                let d = backoff(base, attempt);
+                assert!(d >= Duration::from_millis(1));
+                assert!(d <= base * (1 << attempt), "{d:?} at {attempt}");
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! AWS SQS delivery: `SendMessageBatch` of up to 10 waiting events, with
+//! the event's device, type and id as message attributes.
+//!
+//! SQS bodies are text, so binary formats (WRP msgpack) are base64-encoded
+//! and marked with a `content-transfer-encoding: base64` attribute. The
+//! SDK retries throttling and transient errors itself (standard mode); a
+//! batch it gives up on comes back here as a retryable failure.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::config::{Credentials, Region};
+use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use base64::Engine as _;
+
+use super::outbox::Queued;
+use super::payload;
+use super::Failure;
+use crate::event::Event;
+use crate::registry::spec::{BodyFormat, SqsDestination};
+
+/// Most messages in one SendMessageBatch (the SQS limit).
+pub const BATCH_MAX: usize = 10;
+
+/// Sends to one queue.
+#[derive(Debug)]
+pub struct SqsTransport {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    format: BodyFormat,
+}
+
+impl SqsTransport {
+    /// Builds the SDK client for this destination.
+    pub async fn new(d: &SqsDestination, timeout: Duration, retries: u32) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(d.region.clone()))
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(retries + 1))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(timeout)
+                    .build(),
+            );
+        if let (Some(key), Some(secret)) = (&d.access_key_id, &d.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                key,
+                secret,
+                d.session_token.clone(),
+                None,
+                "ratatoskr-registration",
+            ));
+        }
+        if let Some(endpoint) = &d.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        Self {
+            client: aws_sdk_sqs::Client::new(&config),
+            queue_url: d.queue_url.clone(),
+            format: d.content_type,
+        }
+    }
+
+    /// Sends a batch. `Ok(n)`: the batch went, and `n` of its entries were
+    /// refused by SQS (they are not retried; a retry would duplicate the
+    /// others).
+    pub async fn send(&self, batch: &[Queued]) -> Result<usize, Failure> {
+        let entries = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| entry(i, &q.event.event, self.format))
+            .collect::<Vec<_>>();
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.failed().len())
+    }
+
+    /// Sends a drop notice as one message with a `notice` attribute.
+    pub async fn notice(&self, json: String) -> Result<(), Failure> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(json)
+            .message_attributes("notice", string_attr("dropped"))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}
+
+fn string_attr(v: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(v)
+        .build()
+        .expect("data_type is set")
+}
+
+fn entry(i: usize, event: &Event, format: BodyFormat) -> Option<SendMessageBatchRequestEntry> {
+    let body = payload::encode(format, event);
+    let mut attrs = HashMap::new();
+    let text = match std::str::from_utf8(&body.bytes) {
+        Ok(t) if format != BodyFormat::WrpMsgpack => t.to_owned(),
+        _ => {
+            attrs.insert("content-transfer-encoding".into(), string_attr("base64"));
+            base64::engine::general_purpose::STANDARD.encode(&body.bytes)
+        }
+    };
+    let d = &event.draft;
+    attrs.insert("event_id".into(), string_attr(&event.id.to_string()));
+    attrs.insert("content_type".into(), string_attr(&body.content_type));
+    // SQS refuses empty attribute values, so absent ones are left out.
+    if let Some(t) = d.event_type.as_deref().filter(|t| !t.is_empty()) {
+        attrs.insert("event_type".into(), string_attr(t));
+    }
+    if let Some(dev) = &d.device {
+        attrs.insert("device_id".into(), string_attr(dev.as_str()));
+    }
+    SendMessageBatchRequestEntry::builder()
+        .id(i.to_string())
+        .message_body(text)
+        .set_message_attributes(Some(attrs))
+        .build()
+        .ok()
+}
+
+fn classify<E, R>(e: SdkError<E, R>) -> Failure
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let text = DisplayErrorContext(&e).to_string();
+    match e {
+        SdkError::ServiceError(_) | SdkError::ConstructionFailure(_) => {
+            Failure::Permanent(format!("SQS refused: {text}"))
+        }
+        _ => Failure::Retryable(format!("SQS unreachable: {text}")),
+    }
+}

@@ -1,0 +1,242 @@
+//! SSRF protection: which addresses a destination may reach.
+//!
+//! A consumer chooses where the gateway sends requests, so without a guard
+//! a registration could aim it at the cloud metadata service, the admin
+//! port of a neighbour, or the gateway itself. Every address that is not
+//! globally routable is refused unless the operator allowed its network
+//! (`--allow-destination-nets`). The check runs twice: when a registration
+//! is made (so the consumer hears about it) and on every connection (so a
+//! name that later resolves elsewhere — DNS rebinding — is still refused).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::registry::spec::FieldError;
+
+/// Which addresses destinations may reach.
+#[derive(Debug, Clone, Default)]
+pub struct AddressPolicy {
+    allowed: Vec<IpNet>,
+}
+
+/// Why a destination address was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    /// The address is internal and not allowed.
+    #[error(
+        "{0} is a loopback, private, link-local or reserved address; destinations must be public"
+    )]
+    Internal(IpAddr),
+    /// The host name did not resolve.
+    #[error("{0} does not resolve: {1}")]
+    Unresolved(String, String),
+}
+
+impl AddressPolicy {
+    /// A policy that also allows `allowed` networks.
+    pub fn new(allowed: Vec<IpNet>) -> Self {
+        Self { allowed }
+    }
+
+    /// Whether the gateway may connect to `ip`.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        is_public(ip) || self.allowed.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Checks an address.
+    pub fn check(&self, ip: IpAddr) -> Result<(), AddressError> {
+        if self.permits(ip) {
+            Ok(())
+        } else {
+            Err(AddressError::Internal(ip))
+        }
+    }
+
+    /// Resolves `host` and returns the permitted addresses; an error if none is.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, AddressError> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            self.check(ip)?;
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let lookup = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::lookup_host((bare, port)),
+        )
+        .await
+        .map_err(|_| AddressError::Unresolved(host.into(), "timed out".into()))?
+        .map_err(|e| AddressError::Unresolved(host.into(), e.to_string()))?;
+        let all: Vec<SocketAddr> = lookup.collect();
+        let permitted: Vec<SocketAddr> = all
+            .iter()
+            .copied()
+            .filter(|a| self.permits(a.ip()))
+            .collect();
+        match (permitted.is_empty(), all.first()) {
+            (false, _) => Ok(permitted),
+            (true, Some(first)) => Err(AddressError::Internal(first.ip())),
+            (true, None) => Err(AddressError::Unresolved(host.into(), "no addresses".into())),
+        }
+    }
+
+    /// Checks every URL of a destination, for the registration's 422.
+    pub async fn check_urls(&self, urls: &[(&str, &str)]) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (field, raw) in urls {
+            let Ok(u) = url::Url::parse(raw) else {
+                continue;
+            };
+            let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+                continue;
+            };
+            if let Err(e) = self.resolve(host, port).await {
+                errors.push(FieldError::new(*field, e.to_string()));
+            }
+        }
+        errors
+    }
+}
+
+/// Whether `ip` is globally routable: not loopback, private, link-local
+/// (cloud metadata lives there), shared, documentation, multicast or
+/// otherwise reserved. IPv4 embedded in IPv6 is judged as IPv4.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_v4(v6) {
+                return is_public_v4(v4);
+            }
+            let s = v6.segments();
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x2001 && s[1] < 0x0200) // IETF protocol assignments, Teredo
+                || s[0] == 0x0100) // discard-only
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || o[0] == 0 // "this network"
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space (CGNAT)
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking
+        || o[0] >= 240) // reserved
+}
+
+/// The IPv4 address inside an IPv4-mapped, IPv4-compatible or NAT64 address.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let tail = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1) {
+        return Some(tail()); // IPv4-compatible (deprecated)
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(tail()); // NAT64
+    }
+    None
+}
+
+/// The HTTP client's resolver: every connection goes only to permitted
+/// addresses, whatever the name resolves to at that moment.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    policy: Arc<AddressPolicy>,
+}
+
+impl GuardedResolver {
+    /// A resolver enforcing `policy`.
+    pub fn new(policy: Arc<AddressPolicy>) -> Self {
+        Self { policy }
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let addrs = policy.resolve(name.as_str(), 0).await?;
+            let iter: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(iter)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn internal_addresses_are_refused() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+        ] {
+            assert!(!is_public(ip(a)), "{a} should be internal");
+        }
+        for a in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(ip(a)), "{a} should be public");
+        }
+    }
+
+    #[test]
+    fn allowed_networks_open_exceptions() {
+        let p = AddressPolicy::new(vec!["127.0.0.1/32".parse().unwrap()]);
+        assert!(p.permits(ip("127.0.0.1")));
+        assert!(!p.permits(ip("127.0.0.2")));
+        assert!(!p.permits(ip("169.254.169.254")));
+    }
+
+    #[tokio::test]
+    async fn names_resolving_inward_are_refused() {
+        let p = AddressPolicy::default();
+        let err = p.resolve("localhost", 80).await.unwrap_err();
+        assert!(matches!(err, AddressError::Internal(_)), "{err}");
+        let err = p.resolve("[::1]", 80).await.unwrap_err();
+        assert!(matches!(err, AddressError::Internal(_)), "{err}");
+    }
+}

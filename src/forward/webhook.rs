@@ -1,0 +1,183 @@
+//! HTTP webhook delivery: one POST per event, signed, with the xmidt
+//! headers; and the drop notice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, StatusCode};
+
+use super::payload::{self, Body};
+use super::ssrf::AddressPolicy;
+use super::Failure;
+use crate::event::Event;
+use crate::registry::spec::HttpDestination;
+
+/// Most response body bytes read (then discarded) per delivery.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Sends to one webhook.
+#[derive(Debug)]
+pub struct WebhookTransport {
+    pub(super) destination: HttpDestination,
+    pub(super) client: reqwest::Client,
+    pub(super) policy: Arc<AddressPolicy>,
+    pub(super) timeout: Duration,
+}
+
+impl WebhookTransport {
+    /// Delivers one event.
+    pub async fn send(&self, event: &Event) -> Result<(), Failure> {
+        let body = payload::encode(self.destination.content_type, event);
+        let mut headers = payload::event_headers(event);
+        let id = event.id.to_string();
+        self.sign_and_post(&self.destination.url, &id, body, &mut headers)
+            .await
+    }
+
+    /// Posts a drop notice (JSON) to the failure URL, or else the webhook.
+    /// Sent once, never retried: a notice must not add load to a
+    /// destination that is already behind.
+    pub async fn notice(&self, notice_id: &str, json: Bytes) -> Result<(), Failure> {
+        let url = self
+            .destination
+            .failure_url
+            .as_deref()
+            .unwrap_or(&self.destination.url);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("x-ratatoskr-notice"),
+            HeaderValue::from_static("dropped"),
+        );
+        let body = Body {
+            bytes: json,
+            content_type: "application/json".into(),
+        };
+        self.sign_and_post(url, notice_id, body, &mut headers).await
+    }
+
+    async fn sign_and_post(
+        &self,
+        url: &str,
+        id: &str,
+        body: Body,
+        headers: &mut http::HeaderMap,
+    ) -> Result<(), Failure> {
+        check_literal_host(&self.policy, url)?;
+        let timestamp = chrono::Utc::now().timestamp();
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        };
+        put("webhook-id", id.to_owned());
+        put("webhook-timestamp", timestamp.to_string());
+        if let Some(secret) = &self.destination.secret {
+            put(
+                "x-webpa-signature",
+                payload::xmidt_signature(secret, &body.bytes),
+            );
+            put(
+                "webhook-signature",
+                payload::standard_signature(secret, id, timestamp, &body.bytes),
+            );
+        }
+        if let Ok(ct) = HeaderValue::from_str(&body.content_type) {
+            headers.insert(header::CONTENT_TYPE, ct);
+        }
+        for (k, v) in &self.destination.headers {
+            // Validated at registration; a bad one is skipped, never sent.
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+        let response = self
+            .client
+            .post(url)
+            .headers(std::mem::take(headers))
+            .timeout(self.timeout)
+            .body(body.bytes)
+            .send()
+            .await
+            // The URL may carry a token in its query: keep it out of errors and logs.
+            .map_err(|e| Failure::Retryable(describe(&e.without_url())))?;
+        let status = response.status();
+        drain(response).await;
+        classify(status)
+    }
+}
+
+/// 2xx is delivered; 408, 429 and 5xx are worth retrying; any other
+/// status is the receiver's final answer.
+pub fn classify(status: StatusCode) -> Result<(), Failure> {
+    if status.is_success() {
+        Ok(())
+    } else if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+    {
+        Err(Failure::Retryable(format!("status {status}")))
+    } else {
+        Err(Failure::Permanent(format!("status {status}")))
+    }
+}
+
+/// The resolver guards names; an IP literal never reaches it, so it is
+/// checked here, before every request.
+fn check_literal_host(policy: &AddressPolicy, url: &str) -> Result<(), Failure> {
+    let parsed = url::Url::parse(url).map_err(|e| Failure::Permanent(e.to_string()))?;
+    let ip = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    };
+    match ip {
+        Some(ip) => policy
+            .check(ip)
+            .map_err(|e| Failure::Permanent(e.to_string())),
+        None => Ok(()),
+    }
+}
+
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while read < MAX_RESPONSE_BYTES {
+        match response.chunk().await {
+            Ok(Some(c)) => read += c.len(),
+            _ => break,
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_only_what_may_succeed_later() {
+        for s in [500, 502, 503, 504, 408, 429] {
+            let s = StatusCode::from_u16(s).unwrap();
+            assert!(matches!(classify(s), Err(Failure::Retryable(_))), "{s}");
+        }
+        for s in [400, 401, 403, 404, 410, 413, 301] {
+            let s = StatusCode::from_u16(s).unwrap();
+            assert!(matches!(classify(s), Err(Failure::Permanent(_))), "{s}");
+        }
+        assert!(classify(StatusCode::NO_CONTENT).is_ok());
+    }
+}

@@ -1,0 +1,92 @@
+//! `/api/event-types`: event type definitions with optional JSON Schemas.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
+
+use super::body::read_json;
+use super::registrations::invalid;
+use super::App;
+use crate::catalog::{CatalogError, EventTypeRequest};
+use crate::error::ApiError;
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        let detail = e.to_string();
+        match e {
+            CatalogError::Invalid(errors) => invalid(errors),
+            CatalogError::NotFound(_) => ApiError::not_found(detail),
+            CatalogError::Exists(_) => ApiError::conflict(detail),
+            CatalogError::Store(cause) => {
+                tracing::error!(error = %cause, "event type store failed");
+                ApiError::unavailable("the store is unavailable; try again")
+            }
+        }
+    }
+}
+
+/// `GET /api/event-types`.
+pub async fn list(State(app): State<App>) -> Response {
+    Json(json!({ "items": app.catalog.list() })).into_response()
+}
+
+/// `POST /api/event-types`: defines a new type (409 if it exists).
+pub async fn create(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let req: EventTypeRequest = read_json(&app, &headers, body).await?;
+        let name = req.name.clone().unwrap_or_default();
+        let (def, _) = app.catalog.put(&name, req, true)?;
+        let mut response = (StatusCode::CREATED, Json(&def)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("/api/event-types/{}", def.name)) {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+        Ok(response)
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /api/event-types/{name}`.
+pub async fn get_one(State(app): State<App>, Path(name): Path<String>) -> Response {
+    match app.catalog.get(&name) {
+        Some(def) => Json(def).into_response(),
+        None => ApiError::from(CatalogError::NotFound(name)).into_response(),
+    }
+}
+
+/// `PUT /api/event-types/{name}`: defines or replaces.
+pub async fn put(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let req: EventTypeRequest = read_json(&app, &headers, body).await?;
+        if req.name.as_deref().is_some_and(|n| n != name) {
+            return Err(ApiError::unprocessable(
+                "the body's name differs from the path's",
+            ));
+        }
+        let (def, created) = app.catalog.put(&name, req, false)?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, Json(def)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE /api/event-types/{name}`.
+pub async fn delete(State(app): State<App>, Path(name): Path<String>) -> Response {
+    match app.catalog.delete(&name) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

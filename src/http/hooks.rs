@@ -1,0 +1,233 @@
+//! xmidt compatibility: Caduceus/ancla webhook registration (`POST /hook`,
+//! `POST /api/v2/hook`) and listing (`GET /hooks`, `GET /api/v2/hooks`),
+//! mapped onto registrations so existing xmidt clients work unchanged.
+//!
+//! As in Caduceus, the webhook's id is the sha256 of its URL, so posting
+//! the same URL again replaces and renews it; `events` are unanchored
+//! regexes (matched against the event type and the WRP event path);
+//! `matcher.device_id` regexes match the source or event path, `.*` or none
+//! meaning every device; `duration` is seconds or a Go duration, `until` an
+//! RFC 3339 time that wins over it. Answers are `{"message": ...}` with 200,
+//! and errors 400 as Caduceus gives them (in a problem document that also
+//! has `message`). `config.alt_urls` is accepted and ignored.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use super::body::read_json;
+use super::registrations::check_addresses;
+use super::App;
+use crate::error::ApiError;
+use crate::event::DeviceId;
+use crate::registry::filter::{bounded_regex, FilterSpec};
+use crate::registry::spec::{
+    BodyFormat, Destination, HttpDestination, Origin, Registration, RegistrationRequest,
+};
+use crate::registry::RegistryError;
+use crate::server::PeerAddr;
+
+/// The ancla v1 webhook registration.
+#[derive(Debug, Deserialize)]
+struct Hook {
+    config: HookConfig,
+    #[serde(default)]
+    failure_url: Option<String>,
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    matcher: Matcher,
+    #[serde(default)]
+    duration: Option<Value>,
+    #[serde(default)]
+    until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HookConfig {
+    url: String,
+    #[serde(default)]
+    content_type: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default, rename = "alt_urls")]
+    _alt_urls: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Matcher {
+    #[serde(default)]
+    device_id: Vec<String>,
+}
+
+fn refused(detail: impl Into<String>) -> ApiError {
+    let detail = detail.into();
+    ApiError::bad_request(detail.clone()).with_extra(json!({ "message": detail }))
+}
+
+/// `POST /hook`: registers or renews an xmidt webhook.
+pub async fn register(
+    State(app): State<App>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let hook: Hook = read_json(&app, &headers, body)
+            .await
+            .map_err(|e| refused(format!("invalid webhook registration: {e}")))?;
+        let id = hex::encode(sha2::Sha256::digest(hook.config.url.as_bytes()));
+        let (devices, patterns) = devices_of(&hook.matcher.device_id)?;
+        if hook.events.is_empty() {
+            return Err(refused("events must name at least one regex"));
+        }
+        let duration = duration_of(&hook, app.config.registration_max_duration)?;
+        let mut metadata = std::collections::BTreeMap::new();
+        if let Some(p) = peer {
+            metadata.insert("registered_from_address".to_owned(), p.0 .0.to_string());
+        }
+        let req = RegistrationRequest {
+            device: None,
+            devices,
+            destination: Destination::Http(HttpDestination {
+                url: hook.config.url,
+                secret: hook.config.secret.filter(|s| !s.is_empty()),
+                headers: Default::default(),
+                content_type: match BodyFormat::from_media_type(&hook.config.content_type) {
+                    Some(BodyFormat::WrpMsgpack) => BodyFormat::WrpMsgpack,
+                    Some(BodyFormat::WrpJson) => BodyFormat::WrpJson,
+                    _ => BodyFormat::Payload,
+                },
+                failure_url: hook.failure_url.filter(|u| !u.is_empty()),
+            }),
+            duration: json!(duration.as_secs()),
+            filter: FilterSpec {
+                types: hook.events.iter().map(|e| format!("re:{e}")).collect(),
+                ..Default::default()
+            },
+            metadata,
+        };
+        check_addresses(&app, &req.destination)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let make = |previous: Option<&Registration>| {
+            app.registry
+                .build(req.clone(), id.clone(), Origin::XmidtHook, previous)
+                .map(|mut r| {
+                    r.device_patterns.clone_from(&patterns);
+                    r
+                })
+        };
+        let result = if app.registry.get(&id).is_some() {
+            app.registry.replace(&id, None, |current| make(Some(current)))
+        } else {
+            make(None).and_then(|r| app.registry.insert(r))
+        };
+        match result {
+            Ok(r) => {
+                tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
+                Ok(Json(json!({ "message": "Success" })).into_response())
+            }
+            Err(RegistryError::Invalid(errors)) => Err(refused(
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Literal device ids go to the device index; anything else is a regex.
+/// An empty list or a `.*` entry means every device.
+fn devices_of(entries: &[String]) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    if entries.is_empty() || entries.iter().any(|e| e == ".*") {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let literal = entries
+        .iter()
+        .all(|e| regex::escape(e) == *e && DeviceId::parse(e).is_ok());
+    if literal {
+        return Ok((entries.to_vec(), Vec::new()));
+    }
+    for e in entries {
+        bounded_regex(e).map_err(|err| refused(format!("matcher.device_id {e:?}: {err}")))?;
+    }
+    Ok((Vec::new(), entries.to_vec()))
+}
+
+/// `until` wins over `duration`, as in ancla; one must be set, and
+/// neither may reach past the maximum (`until` gets ancla's 10 s of slack
+/// for clock skew).
+fn duration_of(hook: &Hook, max: Duration) -> Result<Duration, ApiError> {
+    if let Some(until) = hook.until.as_deref().filter(|u| !u.is_empty()) {
+        let until = chrono::DateTime::parse_from_rfc3339(until)
+            .map_err(|e| refused(format!("until {until:?}: {e}")))?;
+        let d = (until.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .map_err(|_| refused("until is in the past"))?;
+        if d > max + Duration::from_secs(10) {
+            return Err(refused(format!(
+                "until is more than {} away",
+                humantime::format_duration(max)
+            )));
+        }
+        return Ok(d.clamp(Duration::from_secs(1), max));
+    }
+    let value = hook
+        .duration
+        .as_ref()
+        .ok_or_else(|| refused("duration or until is required"))?;
+    crate::registry::duration::parse(value, max).map_err(|m| refused(format!("duration: {m}")))
+}
+
+/// `GET /hooks`: the xmidt webhooks, in ancla's listed form (secret
+/// obfuscated, duration in nanoseconds).
+pub async fn list(State(app): State<App>) -> Response {
+    let (all, _) = app.registry.list(None, None, usize::MAX);
+    let hooks: Vec<Value> = all
+        .iter()
+        .filter(|r| r.origin == Origin::XmidtHook)
+        .filter_map(|r| {
+            let Destination::Http(h) = &r.destination else {
+                return None;
+            };
+            let content_type = match h.content_type {
+                BodyFormat::Payload => "application/json",
+                other => other.media_type(),
+            };
+            let mut config = json!({ "url": h.url, "content_type": content_type });
+            if h.secret.is_some() {
+                config["secret"] = json!("<obfuscated>");
+            }
+            let device_id = if r.device_patterns.is_empty() && r.devices.is_empty() {
+                vec![".*".to_owned()]
+            } else if r.device_patterns.is_empty() {
+                r.devices.clone()
+            } else {
+                r.device_patterns.clone()
+            };
+            Some(json!({
+                "registered_from_address": r.metadata.get("registered_from_address").cloned().unwrap_or_default(),
+                "config": config,
+                "failure_url": h.failure_url.clone().unwrap_or_default(),
+                "events": r.filter.types.iter().map(|t| t.trim_start_matches("re:")).collect::<Vec<_>>(),
+                "matcher": { "device_id": device_id },
+                "duration": r.duration_secs.saturating_mul(1_000_000_000),
+                "until": r.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }))
+        })
+        .collect();
+    (StatusCode::OK, Json(hooks)).into_response()
+}

@@ -1,0 +1,195 @@
+//! `/api/registrations`: create, list, read, replace or renew, delete.
+//!
+//! Responses carry the registration without its secrets, its `ETag`, and
+//! its destination's delivery figures. `PUT` and `DELETE` honour
+//! `If-Match` (412 when the registration changed meanwhile).
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
+
+use super::body::read_json;
+use super::query::QueryPairs;
+use super::App;
+use crate::error::ApiError;
+use crate::event::DeviceId;
+use crate::registry::spec::{Destination, FieldError, Origin, Registration, RegistrationRequest};
+use crate::registry::RegistryError;
+
+/// Default and largest page for `GET /api/registrations`.
+const PAGE: (usize, usize) = (100, 1000);
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let detail = e.to_string();
+        match e {
+            RegistryError::Invalid(errors) => invalid(errors),
+            RegistryError::NotFound(_) => ApiError::not_found(detail),
+            RegistryError::PreconditionFailed(_) => ApiError::precondition_failed(detail),
+            RegistryError::Full(_) => ApiError::unavailable(detail),
+            RegistryError::Store(cause) => {
+                tracing::error!(error = %cause, "registration store failed");
+                ApiError::unavailable("the registration store is unavailable; try again")
+            }
+        }
+    }
+}
+
+/// 422 listing every field error.
+pub fn invalid(errors: Vec<FieldError>) -> ApiError {
+    let detail = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ApiError::unprocessable(detail).with_extra(json!({ "errors": errors }))
+}
+
+/// Refuses destinations whose addresses are internal (SSRF), naming the field.
+pub async fn check_addresses(app: &App, destination: &Destination) -> Result<(), ApiError> {
+    let fields: Vec<(&str, &str)> = match destination {
+        Destination::Http(h) => std::iter::once(("destination.url", h.url.as_str()))
+            .chain(
+                h.failure_url
+                    .as_deref()
+                    .map(|u| ("destination.failure_url", u)),
+            )
+            .collect(),
+        Destination::Sqs(s) => std::iter::once(("destination.queue_url", s.queue_url.as_str()))
+            .chain(
+                s.endpoint_url
+                    .as_deref()
+                    .map(|u| ("destination.endpoint_url", u)),
+            )
+            .collect(),
+    };
+    let errors = app.delivery.policy().check_urls(&fields).await;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(errors))
+    }
+}
+
+/// The response body for one registration.
+pub fn body(app: &App, r: &Registration) -> serde_json::Value {
+    let mut v = r.view(chrono::Utc::now());
+    v["delivery"] = app.registry.destination_stats(r);
+    v
+}
+
+fn with_etag(status: StatusCode, app: &App, r: &Registration) -> Response {
+    let mut response = (status, Json(body(app, r))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&r.etag()) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get(header::IF_MATCH)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("If-Match is not valid text"))
+        })
+        .transpose()
+}
+
+/// `POST /api/registrations`.
+pub async fn create(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let req: RegistrationRequest = read_json(&app, &headers, body).await?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let registration = app.registry.build(req, id, Origin::Api, None)?;
+        check_addresses(&app, &registration.destination).await?;
+        let registration = app.registry.insert(registration)?;
+        tracing::info!(id = %registration.id, destination = %registration.destination.label(),
+            expires_at = %registration.expires_at, "registration created");
+        let mut response = with_etag(StatusCode::CREATED, &app, &registration);
+        if let Ok(v) = HeaderValue::from_str(&format!("/api/registrations/{}", registration.id)) {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+        Ok(response)
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /api/registrations?device=&limit=&cursor=`.
+pub async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Response {
+    let result: Result<Response, ApiError> = (|| {
+        let q = QueryPairs::parse(query.as_deref(), &["device", "limit", "cursor"])?;
+        let device = q
+            .one("device")?
+            .map(|d| DeviceId::parse(d).map_err(|e| ApiError::bad_request(format!("device: {e}"))))
+            .transpose()?;
+        let limit = match q.one("limit")? {
+            None => PAGE.0,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=PAGE.1).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("limit must be between 1 and {}", PAGE.1))
+                })?,
+        };
+        let (items, more) = app.registry.list(device.as_ref(), q.one("cursor")?, limit);
+        let next = more.then(|| items.last().map(|r| r.id.clone())).flatten();
+        let items: Vec<_> = items.iter().map(|r| body(&app, r)).collect();
+        Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
+    })();
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /api/registrations/{id}`.
+pub async fn get_one(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.registry.get(&id) {
+        Some(r) => with_etag(StatusCode::OK, &app, &r),
+        None => ApiError::from(RegistryError::NotFound(id)).into_response(),
+    }
+}
+
+/// `PUT /api/registrations/{id}`: replace, or renew with the same body.
+pub async fn replace(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let condition = if_match(&headers)?.map(str::to_owned);
+        let mut req: RegistrationRequest = read_json(&app, &headers, body).await?;
+        if let Some(current) = app.registry.get(&id) {
+            req.destination.inherit_secrets(&current.destination);
+        }
+        check_addresses(&app, &req.destination).await?;
+        let registry = app.registry.clone();
+        let updated = registry.replace(&id, condition.as_deref(), |current| {
+            registry.build(req, id.clone(), current.origin, Some(current))
+        })?;
+        tracing::info!(id = %updated.id, expires_at = %updated.expires_at, "registration replaced");
+        Ok(with_etag(StatusCode::OK, &app, &updated))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE /api/registrations/{id}`.
+pub async fn delete(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = if_match(&headers).and_then(|c| Ok(app.registry.delete(&id, c)?));
+    match result {
+        Ok(()) => {
+            tracing::info!(%id, "registration deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
