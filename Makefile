@@ -15,8 +15,14 @@ run: ## run the gateway on its embedded defaults (0.0.0.0:8080)
 
 test: test-rust test-js ## every test: Rust unit + black-box suites, then the EventSource client test
 
-test-rust: ## cargo tests (unit, property, black-box over real sockets)
+test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto)
 	$(CARGO) test --all-targets
+
+# moto's SQS-API server for the SQS tests, in a local virtualenv.
+.venv/bin/moto_server: tests/requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
 
 test-js: build ## a real EventSource client (npm eventsource) against the binary
 	cd tests/js && npm ci --no-audit --no-fund --silent && node --test
@@ -41,4 +47,4 @@ release: ## release binaries in dist/ for each target the toolchain has
 
 clean: ## remove build output
 	$(CARGO) clean
-	rm -rf dist bench-results tests/js/node_modules
+	rm -rf dist bench-results tests/js/node_modules .venv

@@ -2,12 +2,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod binary;
+mod event_types;
+mod forward;
 mod health;
 mod ingest;
 mod limits;
+mod persistence;
+mod receiver;
 mod resume;
 mod shutdown;
 mod slow;
+mod sqs;
 mod stream;
 mod util;
 mod wrp;
+mod xmidt_hooks;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use ratatoskr::config::Config;
+use ratatoskr::config::{Config, StoreKind};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 pub struct Gateway {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<bool>>,
+    task: Option<JoinHandle<Result<bool, ratatoskr::StartError>>>,
     pub http: reqwest::Client,
 }
 
@@ -31,6 +31,9 @@ impl Gateway {
         let addr = listener.local_addr().expect("addr");
         let mut config = Config::with_listen(addr);
         config.shutdown_grace = Duration::from_secs(5);
+        config.store = StoreKind::Memory;
+        // Test receivers listen on loopback; everything else stays refused.
+        config.allow_destination_nets = vec!["127.0.0.1/32".parse().expect("cidr")];
         tune(&mut config);
         config.validate().expect("valid test config");
         let (tx, rx) = oneshot::channel::<()>();
@@ -156,7 +159,12 @@ impl Gateway {
     /// Stops the gateway; returns whether it drained in time.
     pub async fn shutdown(mut self) -> bool {
         self.stop.take().expect("running").send(()).ok();
-        self.task.take().expect("running").await.expect("run task")
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("run task")
+            .expect("gateway started")
     }
 }
 

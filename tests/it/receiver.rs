@@ -1,0 +1,138 @@
+//! A real webhook receiver on 127.0.0.1: records every request, and can be
+//! told to answer a path slowly or with scripted statuses.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use tokio::sync::Notify;
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no header {name} in {:?}", self.headers))
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: Mutex<Vec<Received>>,
+    arrived: Notify,
+    statuses: Mutex<HashMap<String, VecDeque<u16>>>,
+    delays: Mutex<HashMap<String, Duration>>,
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn record(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let path = uri.path().to_owned();
+    let delay = inner.delays.lock().unwrap().get(&path).copied();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let status = inner
+        .statuses
+        .lock()
+        .unwrap()
+        .get_mut(&path)
+        .and_then(VecDeque::pop_front)
+        .unwrap_or(200);
+    inner.requests.lock().unwrap().push(Received {
+        path,
+        headers,
+        body,
+    });
+    inner.arrived.notify_waiters();
+    StatusCode::from_u16(status).unwrap()
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, inner, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Answers the next requests to `path` with these statuses, then 200.
+    pub fn script(&self, path: &str, statuses: &[u16]) {
+        self.inner
+            .statuses
+            .lock()
+            .unwrap()
+            .insert(path.into(), statuses.iter().copied().collect());
+    }
+
+    /// Waits this long before answering requests to `path`.
+    pub fn delay(&self, path: &str, d: Duration) {
+        self.inner.delays.lock().unwrap().insert(path.into(), d);
+    }
+
+    /// Requests to `path` so far.
+    pub fn received(&self, path: &str) -> Vec<Received> {
+        self.inner
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `path` got at least `n` requests (or panics after `within`).
+    pub async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let arrived = self.inner.arrived.notified();
+            let got = self.received(path);
+            if got.len() >= n {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("{path}: {} of {n} requests within {within:?}", got.len());
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), arrived).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

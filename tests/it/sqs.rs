@@ -1,0 +1,196 @@
+//! SQS forwarding against a real SQS-API server: moto's `moto_server`,
+//! started on a free port (installed into .venv by `make test`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::forward::register_ok;
+use crate::util::{vector, Gateway};
+
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_binary() -> String {
+    std::env::var("MOTO_SERVER").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/moto_server");
+        assert!(
+            std::path::Path::new(venv).exists(),
+            "moto_server not found: run `make test` (it installs moto into .venv) or set MOTO_SERVER"
+        );
+        venv.to_owned()
+    })
+}
+
+async fn start_moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(moto_binary())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let moto = Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    moto
+}
+
+async fn client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+async fn receive_all(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    n: usize,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut all = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all.len() < n && Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive_message");
+        all.extend(out.messages.unwrap_or_default());
+    }
+    all
+}
+
+fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> String {
+    m.message_attributes()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value())
+        .unwrap_or_else(|| panic!("no attribute {name} on {m:?}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn events_reach_an_sqs_queue_in_batches_with_attributes() {
+    let moto = start_moto().await;
+    let sqs = client(&moto.endpoint).await;
+    let queue = sqs
+        .create_queue()
+        .queue_name("ratatoskr-events")
+        .send()
+        .await
+        .expect("create_queue")
+        .queue_url
+        .expect("queue url");
+    let gw = Gateway::start().await;
+    let created = register_ok(
+        &gw,
+        &json!({"device": "mac:112233445566", "duration": "5m",
+                "destination": {"type": "sqs", "queue_url": queue, "region": "us-east-1",
+                                "endpoint_url": moto.endpoint,
+                                "access_key_id": "testing", "secret_access_key": "testing"}}),
+    )
+    .await;
+    assert_eq!(created["destination"]["type"], "sqs");
+    let mut ids = Vec::new();
+    for i in 0..15 {
+        let r = gw
+            .post(
+                "/api/events?device=mac:112233445566&type=reading",
+                "application/json",
+                json!({"n": i}).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 202);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let got = receive_all(&sqs, &queue, 15).await;
+    assert_eq!(got.len(), 15);
+    let mut seen: Vec<(String, i64)> = got
+        .iter()
+        .map(|m| {
+            assert_eq!(attr(m, "device_id"), "mac:112233445566");
+            assert_eq!(attr(m, "event_type"), "reading");
+            let body: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            (attr(m, "event_id"), body["n"].as_i64().unwrap())
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, i64)> = ids.into_iter().zip(0..).collect();
+    assert_eq!(seen, expected);
+    let stats = gw
+        .get(&format!(
+            "/api/registrations/{}",
+            created["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(stats.body["delivery"]["delivered"], 15, "{}", stats.text);
+}
+
+#[tokio::test]
+async fn msgpack_bodies_are_base64_on_sqs() {
+    let moto = start_moto().await;
+    let sqs = client(&moto.endpoint).await;
+    let queue = sqs
+        .create_queue()
+        .queue_name("wrp")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let gw = Gateway::start().await;
+    register_ok(
+        &gw,
+        &json!({"device": "mac:112233445566", "duration": 60,
+                "destination": {"type": "sqs", "queue_url": queue, "region": "us-east-1",
+                                "endpoint_url": moto.endpoint, "content_type": "application/msgpack",
+                                "access_key_id": "testing", "secret_access_key": "testing"}}),
+    )
+    .await;
+    let wrp = vector("simple-event-online.msgpack");
+    assert_eq!(
+        gw.post("/api/events", "application/msgpack", wrp.clone())
+            .await
+            .status,
+        202
+    );
+    let got = receive_all(&sqs, &queue, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(attr(&got[0], "content-transfer-encoding"), "base64");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(got[0].body().unwrap())
+        .unwrap();
+    assert_eq!(bytes, wrp);
+}
