@@ -249,12 +249,17 @@ async fn work(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>) {
     let transport = Arc::new(Transport::open(&outbox.destination, &ctx).await);
     let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
     loop {
-        if let Some(pause) = outbox.paused_for() {
-            tokio::time::sleep(pause).await;
-        }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
+        // Checked with the permit held: a delivery records its failure
+        // before releasing its permit, so the circuit is seen at once.
+        while let Some(pause) = outbox.paused_for() {
+            if outbox.is_closed() {
+                return;
+            }
+            tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
+        }
         let Some(batch) = outbox.take(transport.batch_max()).await else {
             return;
         };

@@ -29,8 +29,12 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
 
 #[tokio::test]
 async fn sigterm_tells_subscribers_and_exits_0() {
+    // The default store (redb), in a directory of its own.
+    let data = std::env::temp_dir().join(format!("ratatoskr-bin-{}", uuid::Uuid::new_v4()));
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -67,4 +71,95 @@ async fn sigterm_tells_subscribers_and_exits_0() {
         .unwrap()
         .unwrap();
     assert_eq!(exit.code(), Some(0));
+    assert!(
+        data.join("ratatoskr.redb").exists(),
+        "the store was created"
+    );
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    // A receiver that refuses everything, so deliveries fail and get logged.
+    let rx = crate::receiver::Receiver::start().await;
+    rx.script("/x", &[500; 16]);
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log",
+            "debug",
+        ])
+        .args([
+            "--store",
+            "memory",
+            "--allow-destination-nets",
+            "127.0.0.1/32",
+        ])
+        .args(["--retry-backoff", "1ms", "--notice-interval", "0s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        log.push_str(&line);
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON logs");
+        if v["message"] == "listening" {
+            break v["listen"].as_str().unwrap().to_owned();
+        }
+    };
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({
+        "device": "mac:112233445566", "duration": 60,
+        "destination": {"type": "http", "url": format!("{}?token=TOPSECRET-Q", rx.url("/x")),
+                        "secret": "TOPSECRET-S", "headers": {"Authorization": "Bearer TOPSECRET-H"}}});
+    let r = http
+        .post(format!("http://{addr}/api/registrations"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for i in 0..3 {
+        let r = http
+            .post(format!("http://{addr}/api/events?device=mac:112233445566"))
+            .json(&i)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    rx.wait_for("/x", 9, Duration::from_secs(10)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        for line in lines {
+            text.push_str(&line.unwrap());
+            text.push('\n');
+        }
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        child.wait().unwrap();
+        text + &err
+    })
+    .await
+    .unwrap();
+    log.push_str(&rest);
+    assert!(
+        log.contains("delivery failed"),
+        "the failures were logged: {log}"
+    );
+    assert!(
+        !log.contains("TOPSECRET"),
+        "a secret reached the logs:\n{log}"
+    );
 }

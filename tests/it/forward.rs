@@ -504,3 +504,31 @@ async fn bad_registrations_get_clear_errors() {
         .assert_problem(422);
     }
 }
+
+#[tokio::test]
+async fn a_failing_destination_is_paused_by_its_circuit() {
+    let rx = Receiver::start().await;
+    rx.script("/down", &[500; 100]);
+    let gw = Gateway::start_with(|c| {
+        c.delivery_retries = 0;
+        c.circuit_failures = 3;
+        c.circuit_pause = Duration::from_secs(60);
+        c.destination_concurrency = 1;
+    })
+    .await;
+    register_ok(
+        &gw,
+        &json!({"device": DEVICE, "duration": 60, "destination": {"type": "http", "url": rx.url("/down")}}),
+    )
+    .await;
+    for i in 0..8 {
+        publish(&gw, DEVICE, "t", &json!(i)).await;
+    }
+    rx.wait_for("/down", 3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rx.received("/down").len(),
+        3,
+        "paused after 3 failures in a row"
+    );
+}

@@ -24,7 +24,7 @@ function freePort() {
 
 /** Starts the binary on `port`; resolves once it logs that it listens. */
 function startGateway(port, extra = []) {
-  const child = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--log-format", "json", "--sse-retry", "200ms", ...extra], {
+  const child = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--log-format", "json", "--sse-retry", "200ms", "--store", "memory", ...extra], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   running.add(child);
