@@ -30,18 +30,23 @@ if [ -x "$SHARED/peers/nchan.sh" ]; then
   [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] && HAVE_NCHAN=1
 fi
 
+# BENCH_SCENARIOS="5 6" make bench runs only those sections.
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6} "
+want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
+
 SERVER_PID=""
 stop_server() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi; SERVER_PID=""; }
 cleanup() { stop_server || true; [ "$HAVE_NCHAN" = 1 ] && "$SHARED/peers/nchan.sh" stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server on $1 did not start" >&2; exit 1; }
-start_gateway() { taskset -c 0 "$GATEWAY" --listen 127.0.0.1:$GW_PORT --log warn "$@" & SERVER_PID=$!; wait_port $GW_PORT; }
+start_gateway() { taskset -c 0 "$GATEWAY" --listen 127.0.0.1:$GW_PORT --log warn --store memory "$@" & SERVER_PID=$!; wait_port $GW_PORT; }
 start_roofline() { taskset -c 0 "$SSEBENCH" roofline --listen 127.0.0.1:$ROOF_PORT >/dev/null 2>&1 & SERVER_PID=$!; sleep 0.3; }
 run() { # label, then ratatoskr-bench arguments
   local label=$1; shift
   timeout 180 taskset -c 1 "$BENCH" --label "$label" --max-time 120 "$@" >> "$RESULTS"
 }
 
+if want 1; then
 echo "== 1. broadcast, 200-byte events as fast as accepted; idle RSS"
 for n in 5000 10000; do
   start_gateway
@@ -59,6 +64,8 @@ for n in 5000 10000; do
   fi
 done
 
+fi
+if want 2; then
 echo "== 2. device fan-out: each subscriber on its own device, events to every device in turn"
 for n in 100 10000; do
   start_gateway
@@ -67,6 +74,8 @@ for n in 100 10000; do
   stop_server
 done
 
+fi
+if want 3; then
 echo "== 3. 1,000 subscribers at 20 events/s (unsaturated latency)"
 start_gateway
 run "paced-1000 ratatoskr" -n 1000 -m 200 --rate 20 --pid "$SERVER_PID" --sub-url "http://127.0.0.1:$GW_PORT/events" --pub-url "http://127.0.0.1:$GW_PORT/api/events"
@@ -77,6 +86,8 @@ if [ -n "$SSEBENCH" ]; then
   stop_server
 fi
 
+fi
+if want 4; then
 echo "== 4. ingest with no subscribers (wrk -t1 -c8 -d5s, 200-byte POST)"
 if command -v wrk >/dev/null; then
   BODY='{"seq":1,"ts":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
@@ -94,4 +105,51 @@ else
   echo "wrk not installed: ingest scenario skipped" >&2
 fi
 
+fi
+if want 5; then
+echo "== 5. forwarding: 1,000 registrations over 100 webhook destinations (webhook-sink on 100 ports)"
+# Registration r takes device dev-(r % 10) to destination port SINK_PORT + (r % 100):
+# an event for one device matches 100 registrations over 10 destinations.
+SINK=target/release/webhook-sink SINK_PORT=19000
+register_all() {
+  python3 - "$GW_PORT" "$SINK_PORT" <<'PY'
+import json, sys, urllib.request
+gw, base = sys.argv[1], int(sys.argv[2])
+for r in range(1000):
+    body = json.dumps({"device": f"dev-{r % 10}", "duration": "1h",
+                       "destination": {"type": "http", "url": f"http://127.0.0.1:{base + r % 100}/hook"}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{gw}/api/registrations", body,
+                                 {"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
+PY
+}
+start_sink() { # label, expected deliveries
+  timeout 150 taskset -c 1 "$SINK" --base-port $SINK_PORT --ports 100 --expect "$2" --label "$1" --max-time 120 >> "$RESULTS" &
+  SINK_PID=$!
+  sleep 0.3
+}
+FWD_EVENTS=5000
+start_gateway --allow-destination-nets 127.0.0.1/32
+register_all
+start_sink "forward-1000x100 ratatoskr" $((FWD_EVENTS * 10))
+run "forward-publisher ratatoskr" -n 1 --devices 10 -m $FWD_EVENTS --pid "$SERVER_PID" \
+  --sub-url "http://127.0.0.1:$GW_PORT/events?device=dev-{i}" --pub-url "http://127.0.0.1:$GW_PORT/api/events?device=dev-{d}"
+wait "$SINK_PID" || true
+stop_server
+
+fi
+if want 6; then
+echo "== 6. SSE fan-out (5,000 subscribers) with and without those forwarders busy, alternated"
+for round in 1 2 3; do
+  for mode in plain forwarding; do
+    start_gateway --allow-destination-nets 127.0.0.1/32
+    if [ $mode = forwarding ]; then register_all; start_sink "sse-$mode-$round sink" 3000; fi
+    run "sse-$mode-$round ratatoskr" -n 5000 --devices 10 -m 300 --pid "$SERVER_PID" \
+      --sub-url "http://127.0.0.1:$GW_PORT/events" --pub-url "http://127.0.0.1:$GW_PORT/api/events?device=dev-{d}"
+    if [ $mode = forwarding ]; then wait "$SINK_PID" || true; fi
+    stop_server
+  done
+done
+
+fi
 python3 scripts/bench_report.py "$RESULTS" | tee "$OUT/report.md"

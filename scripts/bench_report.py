@@ -48,3 +48,17 @@ ig, ix = get("ingest ratatoskr", "ingest_per_s"), get("ingest nchan", "ingest_pe
 print(f"| ingest >= 1.5x nchan | {fmt(ig)}/s vs {fmt(ix)}/s ({ratio(ig, ix)}) |")
 lost = sum(r.get("missing", 0) + r.get("duplicates", 0) for l, r in by.items() if l.endswith("ratatoskr") and "missing" in r)
 print(f"| no loss for subscribers that keep up | {lost} missing+duplicate deliveries across all Ratatoskr runs |")
+fw = by.get("forward-1000x100 ratatoskr")
+if fw:
+    print(f"| forwarding, 1,000 registrations over 100 webhook destinations | {fmt(fw['webhook_per_s'])} webhook deliveries/s "
+          f"({fmt(fw['webhook_deliveries'])} delivered of {fmt(get('forward-publisher ratatoskr', 'posted') or 0)} events x 10), "
+          f"latency p50 {fmt(fw['webhook_latency_ms_p50'])} ms, p99 {fmt(fw['webhook_latency_ms_p99'])} ms |")
+rounds = (1, 2, 3)
+plain = [get(f"sse-plain-{i} ratatoskr", "deliveries_per_s") for i in rounds]
+fwd = [get(f"sse-forwarding-{i} ratatoskr", "deliveries_per_s") for i in rounds]
+if all(plain) and all(fwd):
+    med_p, med_f = sorted(plain)[1], sorted(fwd)[1]
+    sinks = [get(f"sse-forwarding-{i} sink", "webhook_deliveries") for i in rounds]
+    print(f"| SSE fan-out with forwarders busy >= 0.9x without | median {fmt(med_f)} vs {fmt(med_p)} deliveries/s ({ratio(med_f, med_p)}), "
+          f"best {ratio(max(fwd), max(plain))}; runs {', '.join(fmt(v) for v in fwd)} vs {', '.join(fmt(v) for v in plain)}; "
+          f"webhooks delivered {', '.join(fmt(v) for v in sinks)} |")

@@ -165,6 +165,11 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_ALLOW_DESTINATION_NETS", value_delimiter = ',')]
     pub allow_destination_nets: Vec<ipnet::IpNet>,
 
+    /// CPU niceness (0-19) of the forwarding thread: forwarding gets the CPU
+    /// the SSE fan-out leaves. 0 gives both the same priority.
+    #[arg(long, env = "RATATOSKR_FORWARD_NICE", default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub forward_nice: i32,
+
     /// Refuse events whose type has no definition in /api/event-types.
     #[arg(long, env = "RATATOSKR_STRICT_EVENT_TYPES")]
     pub strict_event_types: bool,

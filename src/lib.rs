@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::forward::runtime::ForwardRuntime;
 use crate::forward::ssrf::AddressPolicy;
 use crate::forward::{DeliveryContext, DeliverySettings, Destinations, Forwarding};
 use crate::http::AppState;
@@ -48,7 +49,7 @@ pub enum StartError {
     /// Registrations could not be loaded.
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
-    /// The outbound HTTP client could not be built.
+    /// The outbound HTTP client or the forwarding thread could not start.
     #[error("{0}")]
     Client(String),
 }
@@ -76,6 +77,8 @@ pub async fn run(
     );
     let store = Arc::new(Store::open(config.store, &config.data_dir)?);
     let catalog = Arc::new(Catalog::open(store.clone(), config.strict_event_types)?);
+    let forward_runtime = ForwardRuntime::start(config.forward_nice)
+        .map_err(|e| StartError::Client(e.to_string()))?;
     let delivery = DeliveryContext::new(
         DeliverySettings {
             buffer: config.destination_buffer,
@@ -89,6 +92,7 @@ pub async fn run(
         },
         Arc::new(AddressPolicy::new(config.allow_destination_nets.clone())),
         metrics.clone(),
+        forward_runtime.handle().clone(),
     )
     .map_err(StartError::Client)?;
     let registry = Registry::open(
@@ -104,6 +108,7 @@ pub async fn run(
         registry.clone(),
         metrics.clone(),
         FORWARD_INBOX,
+        forward_runtime.handle(),
     ));
     let sweeper = tokio::spawn(sweep(registry.clone()));
     let limits = ServerLimits {
@@ -142,6 +147,7 @@ pub async fn run(
     hub.close(CloseReason::Shutdown);
     let drained = server.await.unwrap_or(false);
     sweeper.abort();
+    drop(forward_runtime);
     tracing::info!(drained, "stopped");
     Ok(drained)
 }

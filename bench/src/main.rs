@@ -192,6 +192,7 @@ async fn subscriber(
         .filter(|s| {
             args.devices <= 1
                 || !args.pub_url.contains("{d}")
+                || !args.sub_url.contains("{i}")
                 || (*s as usize) % args.devices == device
         })
         .collect();
@@ -422,17 +423,19 @@ fn main() {
     } else {
         (0, 0, 0.0)
     };
-    let expected: u64 = if args.devices > 1 && args.pub_url.contains("{d}") {
-        (0..args.subscribers)
-            .map(|i| {
-                (0..args.events)
-                    .filter(|s| (*s as usize) % args.devices == i % args.devices)
-                    .count() as u64
-            })
-            .sum()
-    } else {
-        connected * args.events
-    };
+    // Subscribers without a device in their URL take every event.
+    let expected: u64 =
+        if args.devices > 1 && args.pub_url.contains("{d}") && args.sub_url.contains("{i}") {
+            (0..args.subscribers)
+                .map(|i| {
+                    (0..args.events)
+                        .filter(|s| (*s as usize) % args.devices == i % args.devices)
+                        .count() as u64
+                })
+                .sum()
+        } else {
+            connected * args.events
+        };
     let mut progress = (totals.delivered.load(Relaxed), Instant::now());
     while args.events > 0 && totals.delivered.load(Relaxed) < expected && Instant::now() < deadline
     {

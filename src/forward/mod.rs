@@ -15,6 +15,7 @@
 
 pub mod outbox;
 pub mod payload;
+pub mod runtime;
 pub mod sqs;
 pub mod ssrf;
 pub mod webhook;
@@ -68,6 +69,7 @@ pub struct DeliverySettings {
 #[derive(Debug)]
 pub struct DeliveryContext {
     settings: DeliverySettings,
+    runtime: tokio::runtime::Handle,
     http: reqwest::Client,
     policy: Arc<AddressPolicy>,
     metrics: Arc<Metrics>,
@@ -76,10 +78,12 @@ pub struct DeliveryContext {
 impl DeliveryContext {
     /// One HTTP client (one connection pool) for every webhook, resolving
     /// only to addresses `policy` permits, never following redirects.
+    /// Forwarding tasks run on `runtime` (see [`runtime::ForwardRuntime`]).
     pub fn new(
         settings: DeliverySettings,
         policy: Arc<AddressPolicy>,
         metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
     ) -> Result<Arc<Self>, String> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("ratatoskr/", env!("CARGO_PKG_VERSION")))
@@ -93,6 +97,7 @@ impl DeliveryContext {
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Arc::new(Self {
             settings,
+            runtime,
             http,
             policy,
             metrics,
@@ -105,11 +110,29 @@ impl DeliveryContext {
     }
 }
 
+/// Forwarding figures for the dashboard.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ForwardTotals {
+    /// Live destinations.
+    pub destinations: usize,
+    /// Events delivered.
+    pub delivered: u64,
+    /// Events given up on.
+    pub failed: u64,
+    /// Events dropped on full buffers.
+    pub dropped: u64,
+    /// Events waiting now.
+    pub queued: u64,
+}
+
 /// Every live destination, shared by the registrations that name it.
 #[derive(Debug)]
 pub struct Destinations {
     ctx: Arc<DeliveryContext>,
     map: Mutex<HashMap<Destination, (Arc<Outbox>, usize)>>,
+    /// Destinations per metrics label: two destinations may share a label
+    /// (same URL, different secret), and share its series until both go.
+    labels: Mutex<HashMap<String, usize>>,
 }
 
 impl Destinations {
@@ -118,11 +141,12 @@ impl Destinations {
         Arc::new(Self {
             ctx,
             map: Mutex::default(),
+            labels: Mutex::default(),
         })
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<Destination, (Arc<Outbox>, usize)>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.map)
     }
 
     /// The outbox for `d`, starting its worker if it is new.
@@ -133,6 +157,7 @@ impl Destinations {
             return o.clone();
         }
         let s = &self.ctx.settings;
+        *lock(&self.labels).entry(d.label()).or_default() += 1;
         let outbox = Arc::new(Outbox::new(
             d.clone(),
             s.buffer,
@@ -140,7 +165,9 @@ impl Destinations {
             self.ctx.metrics.destination(&d.label()),
         ));
         map.insert(d.clone(), (outbox.clone(), 1));
-        tokio::spawn(work(outbox.clone(), self.ctx.clone()));
+        self.ctx
+            .runtime
+            .spawn(work(outbox.clone(), self.ctx.clone()));
         outbox
     }
 
@@ -158,13 +185,40 @@ impl Destinations {
         drop(map);
         if let Some(o) = gone {
             o.close();
-            self.ctx.metrics.destination_removed(&o.label);
+            let mut labels = lock(&self.labels);
+            let last = match labels.get_mut(&o.label) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => true,
+            };
+            if last {
+                labels.remove(&o.label);
+                self.ctx.metrics.destination_removed(&o.label);
+            }
         }
     }
 
     /// The live outbox for `d`, if any (for statistics).
     pub fn get(&self, d: &Destination) -> Option<Arc<Outbox>> {
         self.map().get(d).map(|(o, _)| o.clone())
+    }
+
+    /// Delivered, failed and dropped events, summed over live destinations.
+    pub fn totals(&self) -> ForwardTotals {
+        let map = self.map();
+        let mut t = ForwardTotals {
+            destinations: map.len(),
+            ..Default::default()
+        };
+        for (o, _) in map.values() {
+            t.delivered += o.metrics.delivered.get();
+            t.failed += o.metrics.failed.get();
+            t.dropped += o.metrics.dropped.get();
+            t.queued += o.depth() as u64;
+        }
+        t
     }
 
     /// Refreshes every destination's sampled gauges.
@@ -178,7 +232,7 @@ impl Destinations {
     /// Sends a drop notice to the outbox's destination, in the background.
     pub fn notify_dropped(&self, outbox: &Arc<Outbox>) {
         let (outbox, ctx) = (outbox.clone(), self.ctx.clone());
-        tokio::spawn(async move {
+        self.ctx.runtime.clone().spawn(async move {
             let dropped = outbox.take_dropped_since_notice();
             let notice = serde_json::json!({
                 "type": "ratatoskr.dropped",
@@ -207,20 +261,25 @@ impl Destinations {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section is a single map update, so poison is harmless.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 enum Transport {
-    Http(webhook::WebhookTransport),
+    Http(Box<webhook::WebhookTransport>),
     Sqs(sqs::SqsTransport),
 }
 
 impl Transport {
     async fn open(d: &Destination, ctx: &DeliveryContext) -> Self {
         match d {
-            Destination::Http(h) => Self::Http(webhook::WebhookTransport {
-                destination: h.clone(),
-                client: ctx.http.clone(),
-                policy: ctx.policy.clone(),
-                timeout: ctx.settings.timeout,
-            }),
+            Destination::Http(h) => Self::Http(Box::new(webhook::WebhookTransport::new(
+                h.clone(),
+                ctx.http.clone(),
+                &ctx.policy,
+                ctx.settings.timeout,
+            ))),
             Destination::Sqs(s) => Self::Sqs(
                 sqs::SqsTransport::new(s, ctx.settings.timeout, ctx.settings.retries).await,
             ),
@@ -324,11 +383,16 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    /// Starts the router task.
-    pub fn start(registry: Arc<Registry>, metrics: Arc<Metrics>, capacity: usize) -> Arc<Self> {
+    /// Starts the router task on `runtime`.
+    pub fn start(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        capacity: usize,
+        runtime: &tokio::runtime::Handle,
+    ) -> Arc<Self> {
         let (tx, mut rx) = mpsc::channel::<Arc<Published>>(capacity);
         let router = registry.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             while let Some(p) = rx.recv().await {
                 router.route(&p);
             }

@@ -1,7 +1,6 @@
 //! HTTP webhook delivery: one POST per event, signed, with the xmidt
 //! headers; and the drop notice.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,31 +18,50 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Sends to one webhook.
 #[derive(Debug)]
 pub struct WebhookTransport {
-    pub(super) destination: HttpDestination,
-    pub(super) client: reqwest::Client,
-    pub(super) policy: Arc<AddressPolicy>,
-    pub(super) timeout: Duration,
+    destination: HttpDestination,
+    /// Parsed once: every delivery reuses it.
+    url: Result<url::Url, Failure>,
+    notice_url: Result<url::Url, Failure>,
+    client: reqwest::Client,
+    timeout: Duration,
 }
 
 impl WebhookTransport {
+    /// A transport for `destination`. Its URLs are parsed, and any IP
+    /// literal in them checked against `policy`, once: an IP literal never
+    /// reaches the resolver, which guards host names on every connection.
+    pub fn new(
+        destination: HttpDestination,
+        client: reqwest::Client,
+        policy: &AddressPolicy,
+        timeout: Duration,
+    ) -> Self {
+        let url = checked_url(policy, &destination.url);
+        let notice_url = match &destination.failure_url {
+            Some(f) => checked_url(policy, f),
+            None => url.clone(),
+        };
+        Self {
+            destination,
+            url,
+            notice_url,
+            client,
+            timeout,
+        }
+    }
+
     /// Delivers one event.
     pub async fn send(&self, event: &Event) -> Result<(), Failure> {
         let body = payload::encode(self.destination.content_type, event);
         let mut headers = payload::event_headers(event);
         let id = event.id.to_string();
-        self.sign_and_post(&self.destination.url, &id, body, &mut headers)
-            .await
+        self.sign_and_post(&self.url, &id, body, &mut headers).await
     }
 
     /// Posts a drop notice (JSON) to the failure URL, or else the webhook.
     /// Sent once, never retried: a notice must not add load to a
     /// destination that is already behind.
     pub async fn notice(&self, notice_id: &str, json: Bytes) -> Result<(), Failure> {
-        let url = self
-            .destination
-            .failure_url
-            .as_deref()
-            .unwrap_or(&self.destination.url);
         let mut headers = http::HeaderMap::new();
         headers.insert(
             HeaderName::from_static("x-ratatoskr-notice"),
@@ -53,17 +71,18 @@ impl WebhookTransport {
             bytes: json,
             content_type: "application/json".into(),
         };
-        self.sign_and_post(url, notice_id, body, &mut headers).await
+        self.sign_and_post(&self.notice_url, notice_id, body, &mut headers)
+            .await
     }
 
     async fn sign_and_post(
         &self,
-        url: &str,
+        url: &Result<url::Url, Failure>,
         id: &str,
         body: Body,
         headers: &mut http::HeaderMap,
     ) -> Result<(), Failure> {
-        check_literal_host(&self.policy, url)?;
+        let url = url.clone()?;
         let timestamp = chrono::Utc::now().timestamp();
         let mut put = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -125,21 +144,20 @@ pub fn classify(status: StatusCode) -> Result<(), Failure> {
     }
 }
 
-/// The resolver guards names; an IP literal never reaches it, so it is
-/// checked here, before every request.
-fn check_literal_host(policy: &AddressPolicy, url: &str) -> Result<(), Failure> {
-    let parsed = url::Url::parse(url).map_err(|e| Failure::Permanent(e.to_string()))?;
+/// Parses `raw`; an IP-literal host must be one `policy` permits.
+fn checked_url(policy: &AddressPolicy, raw: &str) -> Result<url::Url, Failure> {
+    let parsed = url::Url::parse(raw).map_err(|e| Failure::Permanent(e.to_string()))?;
     let ip = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
         Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
         _ => None,
     };
-    match ip {
-        Some(ip) => policy
+    if let Some(ip) = ip {
+        policy
             .check(ip)
-            .map_err(|e| Failure::Permanent(e.to_string())),
-        None => Ok(()),
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
     }
+    Ok(parsed)
 }
 
 async fn drain(mut response: reqwest::Response) {
