@@ -170,6 +170,11 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_FORWARD_NICE", default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub forward_nice: i32,
 
+    /// Require this bearer token (16+ characters) on the API, the stream and
+    /// the hook endpoints. Unset: open (for a trusted network only).
+    #[arg(long, env = "RATATOSKR_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<crate::http::auth::Secret>,
+
     /// Refuse events whose type has no definition in /api/event-types.
     #[arg(long, env = "RATATOSKR_STRICT_EVENT_TYPES")]
     pub strict_event_types: bool,

@@ -1,5 +1,6 @@
 //! The HTTP edge: one router, one module per resource, one error type.
 
+pub mod auth;
 pub mod body;
 pub mod dashboard;
 pub mod event_types;
@@ -14,6 +15,7 @@ pub mod sse;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use http::{header, HeaderName, HeaderValue, Method};
@@ -60,12 +62,9 @@ pub fn router(app: App) -> Router {
     let events = Router::new()
         .route("/events", get(sse::subscribe))
         .layer(cors(&app.config));
-    Router::new()
+    let protected = Router::new()
         .route("/api/events", post(ingest::post_events))
         .merge(events)
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(metrics::prometheus))
         .route("/api/stats", get(metrics::stats))
         .route(
             "/api/registrations",
@@ -91,6 +90,15 @@ pub fn router(app: App) -> Router {
                 .put(event_types::put)
                 .delete(event_types::delete),
         )
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(metrics::prometheus))
         .route("/", get(dashboard::index))
         .route("/static/{*path}", get(dashboard::asset))
         .fallback(|| async { ApiError::not_found("no such resource") })
@@ -115,6 +123,7 @@ fn cors(config: &Config) -> CorsLayer {
         .allow_methods([Method::GET])
         .allow_headers([
             header::CACHE_CONTROL,
+            header::AUTHORIZATION,
             HeaderName::from_static("last-event-id"),
         ])
 }

@@ -10,9 +10,11 @@ pub struct QueryPairs(Vec<(String, String)>);
 
 impl QueryPairs {
     /// Decodes a raw query string, refusing keys not in `known`.
+    /// `access_token` is always allowed (and dropped): the auth layer reads it.
     pub fn parse(raw: Option<&str>, known: &[&str]) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> =
             form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+                .filter(|(k, _)| k != "access_token")
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
         if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
