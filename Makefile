@@ -2,7 +2,7 @@
 CARGO ?= cargo
 TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
 
-.PHONY: help build run test test-rust test-js lint fmt bench release clean
+.PHONY: help build run test test-rust test-js test-browser lint fmt bench release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ build: ## debug build
 run: ## run the gateway on its embedded defaults (0.0.0.0:8080)
 	$(CARGO) run --release --bin ratatoskr
 
-test: test-rust test-js ## every test: Rust unit + black-box suites, then the EventSource client test
+test: test-rust test-js test-browser ## every test: Rust suites, the EventSource client, the dashboard in Chromium
 
 test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto)
 	$(CARGO) test --all-targets
@@ -26,6 +26,9 @@ test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over 
 
 test-js: build ## a real EventSource client (npm eventsource) against the binary
 	cd tests/js && npm ci --no-audit --no-fund --silent && node --test
+
+test-browser: build ## the dashboard in Debian's headless Chromium via playwright-core (screenshots in artifacts/)
+	cd tests/browser && npm ci --no-audit --no-fund --silent && node --test
 
 lint: ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all --check
@@ -47,4 +50,4 @@ release: ## release binaries in dist/ for each target the toolchain has
 
 clean: ## remove build output
 	$(CARGO) clean
-	rm -rf dist bench-results tests/js/node_modules .venv
+	rm -rf dist bench-results artifacts tests/js/node_modules tests/browser/node_modules .venv

@@ -1,5 +1,6 @@
 //! `GET /metrics` (Prometheus/OpenMetrics text) and `GET /api/stats` (the
-//! same headline figures as JSON, for the dashboard).
+//! headline figures as JSON, for the dashboard, which turns the counters
+//! into rates itself).
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -28,5 +29,7 @@ pub async fn stats(State(app): State<App>) -> impl IntoResponse {
         "replay_events": app.hub.replay_len(),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "phase": app.readiness.phase(),
+        "registrations": app.registry.len(),
+        "forwarding": app.registry.destinations().totals(),
     }))
 }
