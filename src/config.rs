@@ -165,6 +165,12 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_ALLOW_DESTINATION_NETS", value_delimiter = ',')]
     pub allow_destination_nets: Vec<ipnet::IpNet>,
 
+    /// Let SQS registrations without credentials use the gateway's own AWS
+    /// identity (the default credential chain). Off: they must bring keys,
+    /// so no consumer can send with the operator's permissions.
+    #[arg(long, env = "RATATOSKR_SQS_DEFAULT_CREDENTIALS")]
+    pub sqs_default_credentials: bool,
+
     /// CPU niceness (0-19) of the forwarding thread: forwarding gets the CPU
     /// the SSE fan-out leaves. 0 gives both the same priority.
     #[arg(long, env = "RATATOSKR_FORWARD_NICE", default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]

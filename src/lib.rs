@@ -102,6 +102,7 @@ pub async fn run(
         RegistryLimits {
             max_duration: config.registration_max_duration,
             max_registrations: config.max_registrations,
+            sqs_default_credentials: config.sqs_default_credentials,
         },
     )?;
     hub.set_tap(Forwarding::start(

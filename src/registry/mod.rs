@@ -26,7 +26,7 @@ use crate::hub::Published;
 use crate::store::{Collection, Store, StoreError};
 use crate::telemetry::Metrics;
 use filter::{cel_value, event_path, CompiledFilter};
-use spec::{FieldError, Origin, Registration, RegistrationRequest};
+use spec::{Destination, FieldError, Origin, Registration, RegistrationRequest};
 
 /// Most devices one registration may name.
 pub const MAX_DEVICES: usize = 100;
@@ -58,6 +58,9 @@ pub struct RegistryLimits {
     pub max_duration: Duration,
     /// Most live registrations.
     pub max_registrations: usize,
+    /// Whether SQS destinations without credentials may use the gateway's
+    /// own AWS identity (the default chain).
+    pub sqs_default_credentials: bool,
 }
 
 /// A registration ready to route to.
@@ -276,6 +279,14 @@ impl Registry {
             }
         };
         req.destination.validate(&mut errors);
+        if let Destination::Sqs(sqs) = &req.destination {
+            if sqs.access_key_id.is_none() && !self.limits.sqs_default_credentials {
+                errors.push(FieldError::new(
+                    "destination.access_key_id",
+                    "credentials are required: this gateway does not lend its own AWS identity (--sqs-default-credentials)",
+                ));
+            }
+        }
         if let Err(mut e) = req.filter.compile() {
             errors.append(&mut e);
         }

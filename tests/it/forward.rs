@@ -97,11 +97,7 @@ async fn msgpack_destinations_get_whole_wrp_messages() {
                 "destination": {"type": "http", "url": rx.url("/m"), "content_type": "application/msgpack"}}),
     )
     .await;
-    let wrp = crate::util::vector("simple-event-online.msgpack");
-    let r = gw
-        .post("/api/events", "application/msgpack", wrp.clone())
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
+    let wrp = gw.publish_vector("simple-event-online.msgpack").await;
     let got = rx.wait_for("/m", 1, WAIT).await;
     assert_eq!(got[0].header("content-type"), "application/msgpack");
     assert_eq!(&got[0].body[..], &wrp[..], "the WRP message, byte for byte");
@@ -311,10 +307,16 @@ async fn internal_destinations_are_refused() {
     let r = register(
         &gw,
         &json!({"device": DEVICE, "duration": 60,
-                "destination": {"type": "sqs", "queue_url": "http://127.0.0.1:9/1/q", "region": "us-east-1"}}),
+                "destination": {"type": "sqs", "queue_url": "http://127.0.0.1:9/1/q", "region": "us-east-1",
+                                "access_key_id": "k", "secret_access_key": "s"}}),
     )
     .await;
     r.assert_problem(422);
+    assert_eq!(
+        r.body["errors"][0]["field"], "destination.queue_url",
+        "{}",
+        r.text
+    );
     // An allowance is exact: 127.0.0.1/32 does not open 127.0.0.2.
     let gw = Gateway::start().await;
     register(

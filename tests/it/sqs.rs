@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use crate::forward::register_ok;
-use crate::util::{vector, Gateway};
+use crate::util::Gateway;
 
 struct Moto {
     child: Child,
@@ -179,13 +179,7 @@ async fn msgpack_bodies_are_base64_on_sqs() {
                                 "access_key_id": "testing", "secret_access_key": "testing"}}),
     )
     .await;
-    let wrp = vector("simple-event-online.msgpack");
-    assert_eq!(
-        gw.post("/api/events", "application/msgpack", wrp.clone())
-            .await
-            .status,
-        202
-    );
+    let wrp = gw.publish_vector("simple-event-online.msgpack").await;
     let got = receive_all(&sqs, &queue, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(attr(&got[0], "content-transfer-encoding"), "base64");
@@ -193,4 +187,20 @@ async fn msgpack_bodies_are_base64_on_sqs() {
         .decode(got[0].body().unwrap())
         .unwrap();
     assert_eq!(bytes, wrp);
+}
+
+#[tokio::test]
+async fn the_gateways_own_aws_identity_is_not_lent_by_default() {
+    let body = json!({"device": "mac:112233445566", "duration": 60,
+        "destination": {"type": "sqs", "queue_url": "http://127.0.0.1:9/1/q", "region": "us-east-1"}});
+    let gw = Gateway::start().await;
+    let r = crate::forward::register(&gw, &body).await;
+    r.assert_problem(422);
+    assert_eq!(
+        r.body["errors"][0]["field"], "destination.access_key_id",
+        "{}",
+        r.text
+    );
+    let gw = Gateway::start_with(|c| c.sqs_default_credentials = true).await;
+    assert_eq!(crate::forward::register(&gw, &body).await.status, 201);
 }
