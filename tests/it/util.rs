@@ -92,6 +92,16 @@ impl Gateway {
         r.body["id"].as_str().expect("id").to_owned()
     }
 
+    /// Publishes a WRP test vector (msgpack) and returns its bytes.
+    pub async fn publish_vector(&self, name: &str) -> Vec<u8> {
+        let wrp = vector(name);
+        let r = self
+            .post("/api/events", "application/msgpack", wrp.clone())
+            .await;
+        assert_eq!(r.status, 202, "{name}: {}", r.text);
+        wrp
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         Reply::from(self.http.get(self.url(path)).send().await.expect("get")).await
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::receiver::Receiver;
-use crate::util::{vector, Gateway};
+use crate::util::Gateway;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -40,13 +40,7 @@ async fn caduceus_hook_receives_signed_payloads_as_caduceus_sends_them() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body, json!({"message": "Success"}));
 
-    let wrp = vector("simple-event-online.msgpack");
-    assert_eq!(
-        gw.post("/api/events", "application/msgpack", wrp)
-            .await
-            .status,
-        202
-    );
+    gw.publish_vector("simple-event-online.msgpack").await;
     let got = rx.wait_for("/events", 1, WAIT).await;
     let d = &got[0];
     // Body = the WRP payload alone, with the message's content type, and
@@ -85,13 +79,7 @@ async fn events_and_device_regexes_filter_as_in_caduceus() {
         200
     );
     // device-status from mac:112233445566: neither the event nor the device matches.
-    let wrp = vector("simple-event-online.msgpack");
-    assert_eq!(
-        gw.post("/api/events", "application/msgpack", wrp)
-            .await
-            .status,
-        202
-    );
+    gw.publish_vector("simple-event-online.msgpack").await;
     // A JSON event of type node-change from a matching device.
     let r = gw
         .post(
