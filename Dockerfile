@@ -14,10 +14,13 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home ratatoskr
+    && useradd --system --uid 10001 --no-create-home ratatoskr \
+    && install -d -o 10001 -g 10001 /var/lib/ratatoskr
 COPY --from=build /src/target/release/ratatoskr /usr/local/bin/ratatoskr
 USER 10001
-ENV RATATOSKR_LISTEN=0.0.0.0:8080
+ENV RATATOSKR_LISTEN=0.0.0.0:8080 RATATOSKR_DATA_DIR=/var/lib/ratatoskr
+# Registrations and event types (redb); mount a volume to keep them.
+VOLUME /var/lib/ratatoskr
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s CMD curl -fsS http://127.0.0.1:8080/health || exit 1
 STOPSIGNAL SIGTERM
