@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::event::EventDraft;
 use crate::registry::spec::FieldError;
 use crate::store::{Collection, Store, StoreError};
+use crate::sync::{read, write};
 
 /// Longest type name.
 pub const MAX_NAME_LEN: usize = 256;
@@ -136,7 +137,7 @@ impl Catalog {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Compiled>>> {
-        self.types.read().unwrap_or_else(|p| p.into_inner())
+        read(&self.types)
     }
 
     /// Defines or replaces `name`. `create_only` refuses an existing name.
@@ -148,7 +149,7 @@ impl Catalog {
         create_only: bool,
     ) -> Result<(EventType, bool), CatalogError> {
         check_name(name).map_err(|m| CatalogError::Invalid(vec![FieldError::new("name", m)]))?;
-        let mut types = self.types.write().unwrap_or_else(|p| p.into_inner());
+        let mut types = write(&self.types);
         let previous = types.get(name).map(|c| c.def.clone());
         if create_only && previous.is_some() {
             return Err(CatalogError::Exists(name.into()));
@@ -184,7 +185,7 @@ impl Catalog {
 
     /// Removes a definition.
     pub fn delete(&self, name: &str) -> Result<(), CatalogError> {
-        let mut types = self.types.write().unwrap_or_else(|p| p.into_inner());
+        let mut types = write(&self.types);
         if !types.contains_key(name) {
             return Err(CatalogError::NotFound(name.into()));
         }

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 
 use std::future::Future;

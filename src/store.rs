@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::config::StoreKind;
+use crate::sync::lock;
 
 /// The collections the store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -145,11 +146,6 @@ impl Store {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each operation leaves the map consistent, so a poisoned lock is usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use ssrf::{AddressPolicy, GuardedResolver};
 use crate::hub::{Published, Tap};
 use crate::registry::spec::Destination;
 use crate::registry::Registry;
+use crate::sync::lock;
 use crate::telemetry::Metrics;
 
 /// Why a delivery attempt failed.
@@ -259,11 +260,6 @@ impl Destinations {
             }
         });
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each critical section is a single map update, so poison is harmless.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum Transport {

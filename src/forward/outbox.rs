@@ -7,13 +7,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use crate::hub::Published;
 use crate::registry::spec::Destination;
+use crate::sync::lock;
 use crate::telemetry::DestinationMetrics;
 
 /// An event waiting for a destination.
@@ -56,11 +57,6 @@ pub struct Outbox {
     dropped_since_notice: AtomicU64,
     failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a single push/pop or assignment.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Outbox {

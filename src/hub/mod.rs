@@ -179,9 +179,7 @@ impl Hub {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the state consistent before it can
-        // panic, so a poisoned lock is safe to keep using.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Gives the event an id, keeps it for replay and offers it to every

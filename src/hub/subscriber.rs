@@ -75,9 +75,8 @@ impl SubscriberQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the queue inconsistent
-        // (every update is a single push/pop), so a poisoned lock is usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        // Every update is a single push/pop: a poisoned lock is usable.
+        crate::sync::lock(&self.state)
     }
 
     /// Queues an event without waiting; drops it if the queue is full.

@@ -24,6 +24,7 @@ use crate::event::{DeviceId, Event};
 use crate::forward::{Destinations, Outbox, Pushed};
 use crate::hub::Published;
 use crate::store::{Collection, Store, StoreError};
+use crate::sync::{lock, read, write};
 use crate::telemetry::Metrics;
 use filter::{cel_value, event_path, CompiledFilter};
 use spec::{Destination, FieldError, Origin, Registration, RegistrationRequest};
@@ -190,11 +191,11 @@ impl Registry {
     }
 
     fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+        read(&self.index)
     }
 
     fn index_write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        write(&self.index)
     }
 
     fn recount(&self) {
@@ -325,7 +326,7 @@ impl Registry {
 
     /// Stores and activates a new registration.
     pub fn insert(&self, registration: Registration) -> Result<Registration, RegistryError> {
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = lock(&self.writes);
         let replacing = self.index_read().by_id.contains_key(&registration.id);
         if !replacing && self.len() >= self.limits.max_registrations {
             return Err(RegistryError::Full(self.limits.max_registrations));
@@ -341,7 +342,7 @@ impl Registry {
         if_match: Option<&str>,
         make: impl FnOnce(&Registration) -> Result<Registration, RegistryError>,
     ) -> Result<Registration, RegistryError> {
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = lock(&self.writes);
         let current = self
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
@@ -378,7 +379,7 @@ impl Registry {
 
     /// Deletes a registration; with `if_match`, only if its ETag is that.
     pub fn delete(&self, id: &str, if_match: Option<&str>) -> Result<(), RegistryError> {
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = lock(&self.writes);
         let current = self
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
@@ -449,7 +450,7 @@ impl Registry {
 
     /// Removes expired registrations from the index and the store.
     pub fn sweep(&self, now: DateTime<Utc>) {
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = lock(&self.writes);
         let expired: Vec<String> = self
             .index_read()
             .by_id

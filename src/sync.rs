@@ -1,0 +1,23 @@
+//! Lock helpers shared by every module that keeps state behind a std lock.
+//!
+//! Every critical section in the gateway leaves its data consistent before
+//! anything in it can panic, so a poisoned lock is safe to keep using:
+//! these helpers take the guard either way instead of spreading the same
+//! `unwrap_or_else(PoisonError::into_inner)` over the code.
+
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Locks `m`, poisoned or not.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Read-locks `l`, poisoned or not.
+pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Write-locks `l`, poisoned or not.
+pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
