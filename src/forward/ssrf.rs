@@ -83,7 +83,7 @@ impl AddressPolicy {
     }
 
     /// Checks every URL of a destination, for the registration's 422.
-    pub async fn check_urls(&self, urls: &[(&str, &str)]) -> Vec<FieldError> {
+    pub async fn check_urls(&self, urls: &[(&'static str, &str)]) -> Vec<FieldError> {
         let mut errors = Vec::new();
         for (field, raw) in urls {
             let Ok(u) = url::Url::parse(raw) else {

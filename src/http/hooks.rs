@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::event::DeviceId;
 use crate::registry::filter::{bounded_regex, FilterSpec};
 use crate::registry::spec::{
-    BodyFormat, Destination, HttpDestination, Origin, Registration, RegistrationRequest,
+    describe, BodyFormat, Destination, HttpDestination, Origin, Registration, RegistrationRequest,
 };
 use crate::registry::RegistryError;
 use crate::server::PeerAddr;
@@ -135,13 +135,7 @@ pub async fn register(
                 tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
                 Ok(Json(json!({ "message": "Success" })).into_response())
             }
-            Err(RegistryError::Invalid(errors)) => Err(refused(
-                errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )),
+            Err(RegistryError::Invalid(errors)) => Err(refused(describe(&errors))),
             Err(e) => Err(e.into()),
         }
     }

@@ -16,7 +16,9 @@ use super::query::QueryPairs;
 use super::App;
 use crate::error::ApiError;
 use crate::event::DeviceId;
-use crate::registry::spec::{Destination, FieldError, Origin, Registration, RegistrationRequest};
+use crate::registry::spec::{
+    describe, Destination, FieldError, Origin, Registration, RegistrationRequest,
+};
 use crate::registry::RegistryError;
 
 /// Default and largest page for `GET /api/registrations`.
@@ -40,33 +42,12 @@ impl From<RegistryError> for ApiError {
 
 /// 422 listing every field error.
 pub fn invalid(errors: Vec<FieldError>) -> ApiError {
-    let detail = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    ApiError::unprocessable(detail).with_extra(json!({ "errors": errors }))
+    ApiError::unprocessable(describe(&errors)).with_extra(json!({ "errors": errors }))
 }
 
 /// Refuses destinations whose addresses are internal (SSRF), naming the field.
 pub async fn check_addresses(app: &App, destination: &Destination) -> Result<(), ApiError> {
-    let fields: Vec<(&str, &str)> = match destination {
-        Destination::Http(h) => std::iter::once(("destination.url", h.url.as_str()))
-            .chain(
-                h.failure_url
-                    .as_deref()
-                    .map(|u| ("destination.failure_url", u)),
-            )
-            .collect(),
-        Destination::Sqs(s) => std::iter::once(("destination.queue_url", s.queue_url.as_str()))
-            .chain(
-                s.endpoint_url
-                    .as_deref()
-                    .map(|u| ("destination.endpoint_url", u)),
-            )
-            .collect(),
-    };
-    let errors = app.delivery.policy().check_urls(&fields).await;
+    let errors = app.delivery.policy().check_urls(&destination.urls()).await;
     if errors.is_empty() {
         Ok(())
     } else {

@@ -152,14 +152,23 @@ impl Destination {
         }
     }
 
-    /// Every URL this destination makes the gateway contact.
-    pub fn urls(&self) -> Vec<&str> {
+    /// Every URL this destination makes the gateway contact, with the
+    /// request field that names it (for errors).
+    pub fn urls(&self) -> Vec<(&'static str, &str)> {
         match self {
-            Self::Http(h) => std::iter::once(h.url.as_str())
-                .chain(h.failure_url.as_deref())
+            Self::Http(h) => std::iter::once(("destination.url", h.url.as_str()))
+                .chain(
+                    h.failure_url
+                        .as_deref()
+                        .map(|u| ("destination.failure_url", u)),
+                )
                 .collect(),
-            Self::Sqs(s) => std::iter::once(s.queue_url.as_str())
-                .chain(s.endpoint_url.as_deref())
+            Self::Sqs(s) => std::iter::once(("destination.queue_url", s.queue_url.as_str()))
+                .chain(
+                    s.endpoint_url
+                        .as_deref()
+                        .map(|u| ("destination.endpoint_url", u)),
+                )
                 .collect(),
         }
     }
@@ -167,12 +176,11 @@ impl Destination {
     /// Checks everything that needs no network: URL shapes, header names
     /// and values, credential pairs. Address checks come later (SSRF).
     pub fn validate(&self, errors: &mut Vec<FieldError>) {
+        for (field, url) in self.urls() {
+            check_url(field, url, errors);
+        }
         match self {
             Self::Http(h) => {
-                check_url("destination.url", &h.url, errors);
-                if let Some(f) = &h.failure_url {
-                    check_url("destination.failure_url", f, errors);
-                }
                 if h.secret.as_deref() == Some("") {
                     errors.push(FieldError::new("destination.secret", "must not be empty"));
                 }
@@ -197,10 +205,6 @@ impl Destination {
                 }
             }
             Self::Sqs(s) => {
-                check_url("destination.queue_url", &s.queue_url, errors);
-                if let Some(e) = &s.endpoint_url {
-                    check_url("destination.endpoint_url", e, errors);
-                }
                 let region_ok = !s.region.is_empty()
                     && s.region.len() <= 32
                     && s.region
@@ -396,6 +400,15 @@ pub struct RegistrationRequest {
     /// The consumer's own labels.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// The errors as one line: `field: message; field: message`.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One thing wrong with a request, for the 422 problem's `errors` list.
