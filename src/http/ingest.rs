@@ -313,28 +313,21 @@ fn overrides(query: Option<&str>, headers: &HeaderMap) -> Result<Overrides, ApiE
             })
             .transpose()
     };
-    let device = match q
-        .one("device")?
-        .map(str::to_owned)
-        .or(header("x-device-id")?)
-    {
+    // The query parameter wins over the header (both are checked).
+    let given = |key: &str, name: &str| -> Result<Option<String>, ApiError> {
+        Ok(q.one(key)?.map(str::to_owned).or(header(name)?))
+    };
+    let device = match given("device", "x-device-id")? {
         Some(d) => Some(
             DeviceId::parse(&d).map_err(|e| ApiError::bad_request(format!("device {d:?}: {e}")))?,
         ),
         None => None,
     };
-    let event_type = match q
-        .one("type")?
-        .map(str::to_owned)
-        .or(header("x-event-type")?)
-    {
+    let event_type = match given("type", "x-event-type")? {
         Some(t) => Some(check_type(&t).map_err(ApiError::bad_request)?),
         None => None,
     };
-    let source = q
-        .one("source")?
-        .map(str::to_owned)
-        .or(header("x-event-source")?);
+    let source = given("source", "x-event-source")?;
     if source
         .as_ref()
         .is_some_and(|s| s.len() > 512 || s.chars().any(char::is_control))
