@@ -123,6 +123,12 @@ pub struct DestinationMetrics {
     pub latency: Histogram,
 }
 
+/// Which kind of stored object.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct StoredKindLabels {
+    kind: &'static str,
+}
+
 /// Every metric the gateway exposes.
 #[derive(Debug)]
 pub struct Metrics {
@@ -139,6 +145,7 @@ pub struct Metrics {
     ingest_seconds: Histogram,
     fanout_seconds: Histogram,
     registrations: Gauge,
+    stored_disabled: Family<StoredKindLabels, Counter>,
     forward_inbox_full: Counter,
     notices: Counter,
     dest_delivered: Family<DestinationLabels, Counter>,
@@ -177,6 +184,7 @@ impl Metrics {
             ingest_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             fanout_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
             registrations: Gauge::default(),
+            stored_disabled: Family::default(),
             forward_inbox_full: Counter::default(),
             notices: Counter::default(),
             dest_delivered: Family::default(),
@@ -247,6 +255,11 @@ impl Metrics {
             "registrations",
             "Live forwarding registrations",
             m.registrations.clone(),
+        );
+        registry.register(
+            "stored_disabled",
+            "Stored registrations or event types loaded disabled because they break a limit",
+            m.stored_disabled.clone(),
         );
         registry.register(
             "forward_inbox_dropped",
@@ -329,6 +342,22 @@ impl Metrics {
     /// Live registrations now.
     pub fn set_registrations(&self, n: usize) {
         self.registrations.set(n as i64);
+    }
+
+    /// A stored registration was loaded disabled.
+    pub fn registration_disabled(&self) {
+        self.stored_disabled
+            .get_or_create(&StoredKindLabels {
+                kind: "registration",
+            })
+            .inc();
+    }
+
+    /// A stored event type was loaded disabled.
+    pub fn event_type_disabled(&self) {
+        self.stored_disabled
+            .get_or_create(&StoredKindLabels { kind: "event_type" })
+            .inc();
     }
 
     /// The forwarding inbox was full; an event was not forwarded.

@@ -26,6 +26,9 @@ impl ForwardRuntime {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("ratatoskr-forward".into())
+            // Filters (CEL) are evaluated here; their depth is bounded so
+            // that they fit this stack with room to spare.
+            .stack_size(crate::registry::expression::EVAL_STACK)
             .spawn(move || {
                 if nice > 0 {
                     // On Linux the "process" of setpriority(2) given a thread

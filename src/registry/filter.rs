@@ -16,11 +16,10 @@ use globset::{Glob, GlobMatcher};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use super::expression::Expression;
 use super::spec::{FieldError, Position};
 use crate::event::Event;
 
-/// Longest CEL expression, in bytes.
-pub const MAX_EXPRESSION_LEN: usize = 4096;
 /// Most type patterns or metadata matchers.
 pub const MAX_PATTERNS: usize = 64;
 
@@ -44,7 +43,7 @@ pub struct FilterSpec {
 pub struct CompiledFilter {
     types: Vec<TypePattern>,
     metadata: Vec<(String, GlobMatcher)>,
-    expression: Option<cel::Program>,
+    expression: Option<Expression>,
 }
 
 #[derive(Debug)]
@@ -132,51 +131,28 @@ impl FilterSpec {
     }
 }
 
-fn compile_expression(src: &str) -> Result<cel::Program, Vec<FieldError>> {
-    const FIELD: &str = "filter.expression";
-    if src.trim().is_empty() || src.len() > MAX_EXPRESSION_LEN {
-        return Err(vec![FieldError::new(
-            FIELD,
-            format!("must be between 1 and {MAX_EXPRESSION_LEN} bytes"),
-        )]);
-    }
-    // The parser is generated code; a panic inside it must not take the
-    // request (or the gateway) down.
-    let parsed = std::panic::catch_unwind(|| cel::Program::compile(src))
-        .map_err(|_| vec![FieldError::new(FIELD, "the expression could not be parsed")])?;
-    let program = parsed.map_err(|errs| {
-        errs.errors
-            .iter()
+fn compile_expression(src: &str) -> Result<Expression, Vec<FieldError>> {
+    Expression::compile(src, &["event"]).map_err(|errs| {
+        errs.into_iter()
             .map(|e| FieldError {
-                field: FIELD.into(),
-                message: e.msg.clone(),
-                position: Some(Position {
-                    line: e.pos.0.max(1) as usize,
-                    column: e.pos.1.max(0) as usize + 1,
-                }),
+                field: "filter.expression".into(),
+                message: e.message,
+                position: e.position.map(|(line, column)| Position { line, column }),
             })
-            .collect::<Vec<_>>()
-    })?;
-    let unknown: Vec<_> = program
-        .references()
-        .variables()
-        .into_iter()
-        .filter(|v| *v != "event")
-        .map(str::to_owned)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(vec![FieldError::new(
-            FIELD,
-            format!(
-                "unknown variable(s) {}: the only variable is `event`",
-                unknown.join(", ")
-            ),
-        )]);
-    }
-    Ok(program)
+            .collect()
+    })
 }
 
 impl CompiledFilter {
+    /// A filter no event passes (for disabled registrations).
+    pub fn nothing() -> Self {
+        Self {
+            types: vec![TypePattern::Regex(Regex::new("$^").expect("a valid regex"))],
+            metadata: Vec::new(),
+            expression: None,
+        }
+    }
+
     /// Whether the filter has a CEL expression (so the event must be
     /// converted for it).
     pub fn needs_cel(&self) -> bool {
@@ -221,18 +197,11 @@ pub fn event_path(event: &Event) -> Option<&str> {
         .and_then(|m| m.dest.strip_prefix("event:"))
 }
 
-thread_local! {
-    // A root context (with CEL's built-in functions) per thread: building
-    // one per evaluation would cost more than most expressions.
-    static ROOT: cel::Context<'static> = cel::Context::default();
-}
-
-fn evaluate(program: &cel::Program, event: &cel::Value) -> bool {
-    ROOT.with(|root| {
-        let mut ctx = root.new_inner_scope();
-        ctx.add_variable_from_value("event", event.clone());
-        matches!(program.execute(&ctx), Ok(cel::Value::Bool(true)))
-    })
+fn evaluate(expression: &Expression, event: &cel::Value) -> bool {
+    matches!(
+        expression.evaluate("event", event),
+        Ok(cel::Value::Bool(true))
+    )
 }
 
 /// The event as CEL sees it.
@@ -249,7 +218,32 @@ pub fn cel_value(event: &Event) -> cel::Value {
         "payload": payload,
         "received_at": d.received_at.to_rfc3339(),
     });
-    cel::to_value(doc).unwrap_or(cel::Value::Null)
+    json_to_cel(&doc)
+}
+
+/// JSON as CEL values. Integers become `int` where they fit (so
+/// `event.payload.n * 2` works as a user expects), else `uint`; other
+/// numbers `double`. Depth is bounded by the ingest nesting limit.
+pub(crate) fn json_to_cel(v: &serde_json::Value) -> cel::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => cel::Value::Null,
+        J::Bool(b) => cel::Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => cel::Value::String(s.clone().into()),
+        J::Array(a) => cel::Value::List(a.iter().map(json_to_cel).collect::<Vec<_>>().into()),
+        J::Object(o) => {
+            let map: std::collections::HashMap<cel::objects::Key, cel::Value> = o
+                .iter()
+                .map(|(k, v)| (cel::objects::Key::from(k.clone()), json_to_cel(v)))
+                .collect();
+            cel::Value::Map(cel::objects::Map { map: map.into() })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! restart.
 
 pub mod duration;
+pub mod expression;
 pub mod filter;
 pub mod spec;
 
@@ -70,10 +71,23 @@ struct Live {
     registration: Registration,
     filter: CompiledFilter,
     device_patterns: Vec<Regex>,
-    outbox: Arc<Outbox>,
+    /// `None` for a disabled registration, which is listed but not routed.
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl Live {
+    /// A registration that cannot run: kept so the API shows it (with the
+    /// reason) and can replace or delete it; never routed to.
+    fn disabled(mut registration: Registration, reason: String) -> Self {
+        registration.disabled = Some(reason);
+        Self {
+            registration,
+            filter: CompiledFilter::nothing(),
+            device_patterns: Vec::new(),
+            outbox: None,
+        }
+    }
+
     fn wants_device(&self, event: &Event) -> bool {
         if self.device_patterns.is_empty() {
             return true;
@@ -100,6 +114,10 @@ struct Index {
 
 impl Index {
     fn insert(&mut self, live: Arc<Live>) {
+        if live.outbox.is_none() {
+            self.by_id.insert(live.registration.id.clone(), live);
+            return;
+        }
         let devices = &live.registration.devices;
         if devices.is_empty() {
             self.any_device.push(live.clone());
@@ -174,9 +192,16 @@ impl Registry {
                 expired.push(id);
                 continue;
             }
-            match registry.make_live(reg) {
+            match registry.make_live(reg.clone()) {
                 Ok(live) => registry.index_write().insert(live),
-                Err(e) => tracing::error!(%id, errors = ?e, "stored registration no longer valid"),
+                Err(errors) => {
+                    let reason = spec::describe(&errors);
+                    tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
+                    registry.metrics.registration_disabled();
+                    registry
+                        .index_write()
+                        .insert(Arc::new(Live::disabled(reg, reason)));
+                }
             }
         }
         let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
@@ -235,7 +260,7 @@ impl Registry {
             registration,
             filter,
             device_patterns,
-            outbox,
+            outbox: Some(outbox),
         }))
     }
 
@@ -321,6 +346,7 @@ impl Registry {
             expires_at: expires,
             version: previous.map_or(1, |p| p.version + 1),
             origin,
+            disabled: None,
         })
     }
 
@@ -370,7 +396,7 @@ impl Registry {
             index.insert(live);
             old
         };
-        if let Some(old) = old {
+        if let Some(old) = old.filter(|o| o.outbox.is_some()) {
             self.destinations.release(&old.registration.destination);
         }
         self.recount();
@@ -394,7 +420,7 @@ impl Registry {
             let mut index = self.index_write();
             ids.iter().filter_map(|id| index.remove(id)).collect()
         };
-        for live in removed {
+        for live in removed.iter().filter(|l| l.outbox.is_some()) {
             self.destinations.release(&live.registration.destination);
         }
         self.recount();
@@ -496,13 +522,16 @@ impl Registry {
             if !live.filter.matches(event, cel.as_ref()) {
                 continue;
             }
-            let ptr = Arc::as_ptr(&live.outbox);
+            let Some(outbox) = &live.outbox else {
+                continue;
+            };
+            let ptr = Arc::as_ptr(outbox);
             if sent.contains(&ptr) {
                 continue;
             }
             sent.push(ptr);
-            if let Pushed::Dropped { notice_due: true } = live.outbox.push(p.clone()) {
-                self.destinations.notify_dropped(&live.outbox);
+            if let Pushed::Dropped { notice_due: true } = outbox.push(p.clone()) {
+                self.destinations.notify_dropped(outbox);
             }
         }
     }

@@ -351,6 +351,10 @@ pub struct Registration {
     /// Where it came from.
     #[serde(default)]
     pub origin: Origin,
+    /// Why it was loaded disabled (it breaks a limit added since it was
+    /// stored); it then receives nothing until replaced. Never stored.
+    #[serde(skip)]
+    pub disabled: Option<String>,
 }
 
 impl Registration {
@@ -376,6 +380,8 @@ impl Registration {
             "expires_in": (self.expires_at - now).num_seconds().max(0),
             "origin": self.origin,
             "etag": self.etag(),
+            "status": if self.disabled.is_some() { "disabled" } else { "active" },
+            "disabled_reason": self.disabled,
         })
     }
 }

@@ -81,7 +81,7 @@ impl Gateway {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        Reply::from(req.send().await.expect("post")).await
+        Reply::read(req.send().await.expect("post")).await
     }
 
     pub async fn post_json(&self, body: &Value) -> String {
@@ -103,7 +103,7 @@ impl Gateway {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        Reply::from(self.http.get(self.url(path)).send().await.expect("get")).await
+        Reply::read(self.http.get(self.url(path)).send().await.expect("get")).await
     }
 
     /// Opens `GET path` as an SSE stream and waits for the response head.
@@ -196,7 +196,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(resp: reqwest::Response) -> Self {
+    pub async fn read(resp: reqwest::Response) -> Self {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.expect("body");

@@ -1,0 +1,140 @@
+//! Hostile and mistaken input against the real binary: refused with a
+//! clear 4xx, never a crash; a stored object that breaks a limit loads
+//! disabled and the gateway still starts on the same data dir.
+
+use std::time::Duration;
+
+use ratatoskr::config::StoreKind;
+use ratatoskr::store::{Collection, Store};
+use serde_json::{json, Value};
+
+use crate::process::{temp_dir, Process};
+use crate::receiver::Receiver;
+
+/// The expressions that used to abort the process with a stack overflow.
+pub fn stack_killers() -> Vec<String> {
+    vec![
+        vec!["1"; 2000].join("+"),
+        format!("event.payload{}", ".a".repeat(1990)),
+        format!("{}1{}", "(".repeat(1500), ")".repeat(1500)),
+        "!".repeat(3000) + "true",
+        format!("{}1{}", "[".repeat(1000), "]".repeat(1000)),
+    ]
+}
+
+fn registration(url: &str, expression: &str) -> Value {
+    json!({"device": "mac:112233445566", "duration": "10m",
+           "destination": {"type": "http", "url": url},
+           "filter": {"expression": expression}})
+}
+
+/// Rewrites the stored registration `id`'s expression, as an older
+/// version of the gateway (with fewer limits) could have stored it.
+fn plant_expression(dir: &std::path::Path, id: &str, expression: &str) {
+    let store = Store::open(StoreKind::Redb, dir).unwrap();
+    let (_, doc) = store
+        .load(Collection::Registrations)
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == id)
+        .expect("stored registration");
+    let mut doc: Value = serde_json::from_slice(&doc).unwrap();
+    doc["filter"]["expression"] = json!(expression);
+    store
+        .put(
+            Collection::Registrations,
+            id,
+            &serde_json::to_vec(&doc).unwrap(),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn hostile_cel_is_refused_and_a_stored_one_loads_disabled() {
+    let dir = temp_dir("hostile-cel");
+    let rx = Receiver::start().await;
+    let mut gw = Process::start(&dir, &[]);
+    for src in stack_killers() {
+        assert!(src.len() <= 4096);
+        let r = gw
+            .post_json("/api/registrations", &registration(&rx.url("/x"), &src))
+            .await;
+        r.assert_problem(422);
+        assert_eq!(
+            r.body["errors"][0]["field"], "filter.expression",
+            "{}",
+            r.text
+        );
+        assert!(gw.alive(), "the gateway died on {}", &src[..40]);
+    }
+    // Macros bind their own variables, and run end to end.
+    let created = gw
+        .post_json(
+            "/api/registrations",
+            &registration(&rx.url("/ok"), "event.payload.readings.exists(r, r > 30)"),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    for readings in [json!([10, 20]), json!([10, 40])] {
+        let r = gw
+            .post_json(
+                "/api/events?device=mac:112233445566&type=t",
+                &json!({ "readings": readings }),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let got = rx.wait_for("/ok", 1, Duration::from_secs(10)).await;
+    assert!(std::str::from_utf8(&got[0].body).unwrap().contains("40"));
+    assert_eq!(gw.stop().await, Some(0));
+
+    // A registration stored before the limits existed: the start survives.
+    plant_expression(&dir, &id, &stack_killers()[0]);
+    let mut gw = Process::start(&dir, &[]);
+    let r = gw.get(&format!("/api/registrations/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "disabled");
+    let reason = r.body["disabled_reason"].as_str().unwrap();
+    assert!(reason.contains("filter.expression"), "{reason}");
+    let listed = gw.get("/api/registrations").await;
+    assert_eq!(listed.body["items"][0]["status"], "disabled");
+    let metrics = gw.get("/metrics").await.text;
+    assert!(
+        metrics.contains("ratatoskr_stored_disabled_total{kind=\"registration\"} 1"),
+        "{metrics}"
+    );
+    assert!(gw
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("loaded disabled")));
+    let r = gw
+        .post_json(
+            "/api/events?device=mac:112233445566&type=t",
+            &json!({"readings": [99]}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gw.alive());
+    assert_eq!(
+        rx.received("/ok").len(),
+        1,
+        "a disabled registration receives nothing"
+    );
+    // Replacing it with a valid filter brings it back.
+    let r = gw
+        .http
+        .put(gw.url(&format!("/api/registrations/{id}")))
+        .json(&registration(&rx.url("/ok"), "true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = gw.get(&format!("/api/registrations/{id}")).await;
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(gw.stop().await, Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
