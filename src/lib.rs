@@ -77,7 +77,11 @@ pub async fn run(
         metrics.clone(),
     );
     let store = Arc::new(Store::open(config.store, &config.data_dir)?);
-    let catalog = Arc::new(Catalog::open(store.clone(), config.strict_event_types)?);
+    let catalog = Arc::new(Catalog::open(
+        store.clone(),
+        config.strict_event_types,
+        &metrics,
+    )?);
     let forward_runtime = ForwardRuntime::start(config.forward_nice)
         .map_err(|e| StartError::Client(e.to_string()))?;
     let delivery = DeliveryContext::new(

@@ -159,7 +159,9 @@ fn conform(app: &App, draft: &EventDraft) -> Result<(), ApiError> {
     app.catalog.check(draft).map_err(|rejection| {
         let detail = rejection.to_string();
         match rejection {
-            Rejection::Undefined(_) => ApiError::unprocessable(detail),
+            Rejection::Undefined(_) | Rejection::TooCostly(_) | Rejection::Disabled(..) => {
+                ApiError::unprocessable(detail)
+            }
             Rejection::Schema(_, violations) => {
                 ApiError::unprocessable(detail).with_extra(json!({ "errors": violations }))
             }

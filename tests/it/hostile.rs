@@ -138,3 +138,68 @@ async fn hostile_cel_is_refused_and_a_stored_one_loads_disabled() {
     assert_eq!(gw.stop().await, Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn cyclic_schemas_are_refused_and_a_stored_one_loads_disabled() {
+    let dir = temp_dir("hostile-schema");
+    let gw = Process::start(&dir, &[]);
+    for (schema, cycle) in [
+        (json!({"allOf": [{"$ref": "#"}]}), "# → #/allOf/0 → #"),
+        (
+            json!({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}),
+            "#/$defs/a → #/$defs/b → #/$defs/a",
+        ),
+        (
+            json!({"$dynamicAnchor": "n", "anyOf": [{"$dynamicRef": "#n"}]}),
+            "# → #/anyOf/0 → #",
+        ),
+    ] {
+        let r = gw
+            .post_json(
+                "/api/event-types",
+                &json!({"name": "loop", "schema": schema}),
+            )
+            .await;
+        r.assert_problem(422);
+        assert!(r.text.contains(cycle), "{cycle} in {}", r.text);
+    }
+    let ok = gw
+        .post_json(
+            "/api/event-types",
+            &json!({"name": "tree", "schema": {"type": "object"}}),
+        )
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.text);
+    assert_eq!(gw.stop().await, Some(0));
+
+    // Stored by an older version: loads disabled, and the start survives.
+    {
+        let store = Store::open(StoreKind::Redb, &dir).unwrap();
+        let (_, doc) = store.load(Collection::EventTypes).unwrap().remove(0);
+        let mut doc: Value = serde_json::from_slice(&doc).unwrap();
+        doc["schema"] = json!({"allOf": [{"$ref": "#"}]});
+        let doc = serde_json::to_vec(&doc).unwrap();
+        store.put(Collection::EventTypes, "tree", &doc).unwrap();
+    }
+    let mut gw = Process::start(&dir, &[]);
+    let r = gw.get("/api/event-types/tree").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body["disabled"]
+            .as_str()
+            .unwrap()
+            .contains("# → #/allOf/0 → #"),
+        "{}",
+        r.text
+    );
+    let metrics = gw.get("/metrics").await.text;
+    assert!(metrics.contains("ratatoskr_stored_disabled_total{kind=\"event_type\"} 1"));
+    let r = gw
+        .post_json("/api/events?type=tree", &json!({"a": [1, 2, 3]}))
+        .await;
+    r.assert_problem(422);
+    assert!(r.text.contains("disabled"), "{}", r.text);
+    assert!(gw.alive());
+    assert_eq!(gw.stop().await, Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,7 +5,13 @@
 //!
 //! Schemas are compiled once, when defined. Remote `$ref`s are not
 //! fetched (the validator is built without network or file resolvers), so
-//! a schema cannot make the gateway reach anywhere.
+//! a schema cannot make the gateway reach anywhere. [`bounds`] refuses
+//! schemas that recurse without consuming input, and bounds each
+//! validation's work before it runs. A stored definition that breaks these
+//! rules loads disabled: it is listed with its reason, and events of its
+//! type are refused until it is replaced.
+
+pub mod bounds;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -42,6 +48,9 @@ pub struct EventType {
     pub updated_at: DateTime<Utc>,
     /// Bumped on every change.
     pub version: u64,
+    /// Why it was loaded disabled. Never stored.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<String>,
 }
 
 /// The body of `POST`/`PUT /api/event-types`.
@@ -80,6 +89,12 @@ pub enum Rejection {
     /// The payload or metadata broke the schema.
     #[error("the event does not match the schema of type {0:?}")]
     Schema(String, Vec<Violation>),
+    /// Validating would take more steps than allowed.
+    #[error("validating this event against the schema of type {0:?} would take more than {max} steps", max = bounds::MAX_VISITS)]
+    TooCostly(String),
+    /// The stored definition breaks a limit and is disabled.
+    #[error("event type {0:?} is disabled ({1}); replace its definition")]
+    Disabled(String, String),
 }
 
 /// Why a definition operation failed.
@@ -102,8 +117,27 @@ pub enum CatalogError {
 #[derive(Debug)]
 struct Compiled {
     def: EventType,
-    payload: Option<jsonschema::Validator>,
-    metadata: Option<jsonschema::Validator>,
+    payload: Option<Schema>,
+    metadata: Option<Schema>,
+}
+
+/// A compiled schema and the bound on its work.
+#[derive(Debug)]
+struct Schema {
+    validator: jsonschema::Validator,
+    bounds: bounds::SchemaBounds,
+}
+
+impl Compiled {
+    /// A definition that failed its checks: shown, never used.
+    fn disabled(mut def: EventType, errors: &[FieldError]) -> Self {
+        def.disabled = Some(crate::registry::spec::describe(errors));
+        Self {
+            def,
+            payload: None,
+            metadata: None,
+        }
+    }
 }
 
 /// The defined event types.
@@ -116,18 +150,28 @@ pub struct Catalog {
 
 impl Catalog {
     /// Loads stored definitions.
-    pub fn open(store: Arc<Store>, strict: bool) -> Result<Self, StoreError> {
+    pub fn open(
+        store: Arc<Store>,
+        strict: bool,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Result<Self, StoreError> {
         let mut types = HashMap::new();
         for (name, doc) in store.load(Collection::EventTypes)? {
-            match serde_json::from_slice::<EventType>(&doc)
-                .map_err(|e| vec![FieldError::new("", e.to_string())])
-                .and_then(compile)
-            {
-                Ok(c) => {
-                    types.insert(name, Arc::new(c));
+            let def = match serde_json::from_slice::<EventType>(&doc) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(%name, error = %e, "unreadable stored event type skipped");
+                    continue;
                 }
-                Err(e) => tracing::error!(%name, errors = ?e, "stored event type skipped"),
-            }
+            };
+            let compiled = compile(def.clone()).unwrap_or_else(|errors| {
+                let c = Compiled::disabled(def, &errors);
+                tracing::error!(%name, reason = c.def.disabled.as_deref().unwrap_or(""),
+                    "stored event type breaks a limit: loaded disabled; replace or delete it");
+                metrics.event_type_disabled();
+                c
+            });
+            types.insert(name, Arc::new(compiled));
         }
         Ok(Self {
             store,
@@ -163,6 +207,7 @@ impl Catalog {
             created_at: previous.as_ref().map_or(now, |p| p.created_at),
             updated_at: now,
             version: previous.as_ref().map_or(1, |p| p.version + 1),
+            disabled: None,
         };
         let compiled = compile(def.clone()).map_err(CatalogError::Invalid)?;
         let doc = serde_json::to_vec(&def).expect("definitions serialise");
@@ -205,14 +250,20 @@ impl Catalog {
                 Ok(())
             };
         };
-        let mut violations = Vec::new();
-        if let Some(v) = &c.payload {
-            let payload: Value = serde_json::from_slice(&draft.data).unwrap_or(Value::Null);
-            collect(v, &payload, "", &mut violations);
+        if let Some(reason) = &c.def.disabled {
+            return Err(Rejection::Disabled(name.into(), reason.clone()));
         }
-        if let Some(v) = &c.metadata {
+        let mut violations = Vec::new();
+        if let Some(s) = &c.payload {
+            // Ingest refuses payloads that are not representable JSON, so
+            // this parse succeeds for every JSON payload; a WRP payload
+            // that is not JSON is checked as what it is: not JSON (null).
+            let payload: Value = serde_json::from_slice(&draft.data).unwrap_or(Value::Null);
+            s.collect(name, &payload, "", &mut violations)?;
+        }
+        if let Some(s) = &c.metadata {
             let meta = serde_json::to_value(&draft.metadata).unwrap_or_default();
-            collect(v, &meta, "metadata", &mut violations);
+            s.collect(name, &meta, "metadata", &mut violations)?;
         }
         if violations.is_empty() {
             Ok(())
@@ -222,12 +273,28 @@ impl Catalog {
     }
 }
 
-fn collect(v: &jsonschema::Validator, instance: &Value, prefix: &str, out: &mut Vec<Violation>) {
-    for e in v.iter_errors(instance).take(32) {
-        out.push(Violation {
-            path: format!("{prefix}{}", e.instance_path),
-            message: e.to_string(),
-        });
+impl Schema {
+    /// Validates within the bound; violations (at most 32) go to `out`.
+    fn collect(
+        &self,
+        name: &str,
+        instance: &Value,
+        prefix: &str,
+        out: &mut Vec<Violation>,
+    ) -> Result<(), Rejection> {
+        if self.bounds.cost(instance).is_err() {
+            return Err(Rejection::TooCostly(name.into()));
+        }
+        if self.validator.is_valid(instance) {
+            return Ok(());
+        }
+        for e in self.validator.iter_errors(instance).take(32) {
+            out.push(Violation {
+                path: format!("{prefix}{}", e.instance_path),
+                message: e.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -235,8 +302,15 @@ fn compile(def: EventType) -> Result<Compiled, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut build = |field: &str, schema: &Option<Value>| {
         let schema = schema.as_ref()?;
+        let bounds = match bounds::SchemaBounds::analyse(schema) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(FieldError::new(field, e.to_string()));
+                return None;
+            }
+        };
         match jsonschema::validator_for(schema) {
-            Ok(v) => Some(v),
+            Ok(validator) => Some(Schema { validator, bounds }),
             Err(e) => {
                 errors.push(FieldError::new(
                     field,
@@ -282,7 +356,7 @@ mod tests {
 
     fn catalog(strict: bool) -> Catalog {
         let store = Arc::new(Store::open(StoreKind::Memory, std::path::Path::new("")).unwrap());
-        Catalog::open(store, strict).unwrap()
+        Catalog::open(store, strict, &crate::telemetry::Metrics::new()).unwrap()
     }
 
     fn draft(ty: &str, payload: &str) -> EventDraft {
