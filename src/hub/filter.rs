@@ -3,6 +3,20 @@
 //! Devices are OR-ed and matched exactly on canonical ids (the hub indexes
 //! subscribers by device, so a device-filtered subscriber costs nothing for
 //! other devices' events). Type patterns are globs (`device-*`), OR-ed.
+//!
+//! Type matching runs inside the hub's publish lock, once per subscriber,
+//! so a client must not be able to make it costly:
+//! - each pattern has at most [`MAX_WILDCARDS`] wildcards (`*`, `?`,
+//!   `[…]`, each `{…}` alternative), and a filter at most
+//!   [`MAX_FILTER_WILDCARDS`] in all;
+//! - identical pattern sets share one compiled [`TypeMatcher`]
+//!   process-wide (a compiled glob is a pure function of its text), so a
+//!   thousand subscribers with the same filter cost one matcher;
+//! - a matcher with real wildcards remembers its answer for the last
+//!   [`MEMO_SIZE`] event types (event types are few, subscribers many).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
@@ -12,13 +26,107 @@ use crate::event::{DeviceId, Event};
 pub const MAX_DEVICES: usize = 1_000;
 /// Most type patterns one subscriber may name.
 pub const MAX_TYPE_PATTERNS: usize = 32;
+/// Most wildcards in one type pattern.
+pub const MAX_WILDCARDS: usize = 8;
+/// Most wildcards in all of one subscriber's type patterns.
+pub const MAX_FILTER_WILDCARDS: usize = 32;
+/// Event types a matcher remembers its answer for.
+const MEMO_SIZE: usize = 256;
 
 /// What a subscriber wants to receive.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     devices: Vec<DeviceId>,
-    types: Option<GlobSet>,
+    types: Option<Arc<TypeMatcher>>,
     type_patterns: Vec<String>,
+}
+
+/// Compiled type globs, shared by every filter with the same set.
+#[derive(Debug)]
+pub struct TypeMatcher {
+    set: GlobSet,
+    /// `Some` when the patterns have real wildcards (a literal or a
+    /// `prefix*` is cheaper to match than to look up).
+    memo: Option<Mutex<HashMap<Box<str>, bool>>>,
+}
+
+impl TypeMatcher {
+    fn is_match(&self, ty: &str) -> bool {
+        let Some(memo) = &self.memo else {
+            return self.set.is_match(ty);
+        };
+        let mut memo = crate::sync::lock(memo);
+        if let Some(&hit) = memo.get(ty) {
+            return hit;
+        }
+        let hit = self.set.is_match(ty);
+        if memo.len() >= MEMO_SIZE {
+            memo.clear();
+        }
+        memo.insert(ty.into(), hit);
+        hit
+    }
+
+    /// The shared matcher for `patterns` (sorted, deduplicated), compiling
+    /// it if no live filter has it.
+    fn shared(patterns: Vec<String>) -> Result<Arc<Self>, FilterError> {
+        static SHARED: OnceLock<Mutex<HashMap<Vec<String>, Weak<TypeMatcher>>>> = OnceLock::new();
+        let shared = SHARED.get_or_init(Default::default);
+        if let Some(m) = crate::sync::lock(shared)
+            .get(&patterns)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(m);
+        }
+        // Compiled outside the lock: other subscribers never wait on it.
+        let mut set = GlobSetBuilder::new();
+        let mut complex = false;
+        for p in &patterns {
+            let glob = Glob::new(p).map_err(|e| FilterError::Type {
+                value: p.clone(),
+                reason: e.kind().to_string(),
+            })?;
+            complex |= wildcards(p) > 1 || !(p.ends_with('*') || wildcards(p) == 0);
+            set.add(glob);
+        }
+        let set = set.build().map_err(|e| FilterError::Type {
+            value: patterns.join(","),
+            reason: e.to_string(),
+        })?;
+        let matcher = Arc::new(Self {
+            set,
+            memo: complex.then(Mutex::default),
+        });
+        let mut shared = crate::sync::lock(shared);
+        if shared.len() >= 1024 {
+            shared.retain(|_, w| w.strong_count() > 0);
+        }
+        shared.insert(patterns, Arc::downgrade(&matcher));
+        Ok(matcher)
+    }
+}
+
+/// Wildcards in a glob: `*` runs, `?`, `[…]` classes, and each `{…}`
+/// alternative.
+pub fn wildcards(pattern: &str) -> usize {
+    let mut n = 0;
+    let mut prev = '\0';
+    let mut escaped = false;
+    for c in pattern.chars() {
+        if escaped {
+            escaped = false;
+            prev = c;
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '*' if prev != '*' => n += 1,
+            '?' | '[' | '{' | ',' => n += 1,
+            _ => {}
+        }
+        prev = c;
+    }
+    n
 }
 
 /// Why a filter was refused.
@@ -83,27 +191,40 @@ impl EventFilter {
                 max: MAX_TYPE_PATTERNS,
             });
         }
+        let mut total = 0;
+        for p in &patterns {
+            if p.is_empty() || p.len() > 256 {
+                return Err(FilterError::Type {
+                    value: p.clone(),
+                    reason: "must be 1 to 256 characters".into(),
+                });
+            }
+            let n = wildcards(p);
+            if n > MAX_WILDCARDS {
+                return Err(FilterError::Type {
+                    value: p.clone(),
+                    reason: format!(
+                        "has {n} wildcards; at most {MAX_WILDCARDS} per pattern (*, ?, [..], each {{..}} alternative)"
+                    ),
+                });
+            }
+            total += n;
+        }
+        if total > MAX_FILTER_WILDCARDS {
+            return Err(FilterError::Type {
+                value: patterns.join(","),
+                reason: format!(
+                    "{total} wildcards in all; at most {MAX_FILTER_WILDCARDS} per subscription"
+                ),
+            });
+        }
         let types = if patterns.is_empty() {
             None
         } else {
-            let mut set = GlobSetBuilder::new();
-            for p in &patterns {
-                if p.is_empty() || p.len() > 256 {
-                    return Err(FilterError::Type {
-                        value: p.clone(),
-                        reason: "must be 1 to 256 characters".into(),
-                    });
-                }
-                let glob = Glob::new(p).map_err(|e| FilterError::Type {
-                    value: p.clone(),
-                    reason: e.kind().to_string(),
-                })?;
-                set.add(glob);
-            }
-            Some(set.build().map_err(|e| FilterError::Type {
-                value: patterns.join(","),
-                reason: e.to_string(),
-            })?)
+            let mut key = patterns.clone();
+            key.sort();
+            key.dedup();
+            Some(TypeMatcher::shared(key)?)
         };
         Ok(Self {
             devices: ids,
@@ -126,7 +247,7 @@ impl EventFilter {
     pub fn matches_type(&self, event: &Event) -> bool {
         match (&self.types, &event.draft.event_type) {
             (None, _) => true,
-            (Some(set), Some(t)) => set.is_match(t),
+            (Some(m), Some(t)) => m.is_match(t),
             (Some(_), None) => false,
         }
     }
@@ -177,5 +298,38 @@ mod tests {
         assert!(!f.matches(&ev(None, None)));
         assert!(EventFilter::new(Vec::<String>::new(), ["a[b"]).is_err());
         assert!(EventFilter::new(["mac:12"], Vec::<String>::new()).is_err());
+    }
+
+    #[test]
+    fn wildcards_are_capped_per_pattern_and_per_filter() {
+        let none = Vec::<String>::new();
+        let hostile = "*a".repeat(120);
+        let e = EventFilter::new(none.clone(), [hostile.as_str()]).unwrap_err();
+        assert!(e.to_string().contains("at most 8 per pattern"), "{e}");
+        assert!(EventFilter::new(none.clone(), ["*a".repeat(8)]).is_ok());
+        let five: Vec<String> = (0..5).map(|i| format!("{i}*a*b*c*d*e*f*")).collect();
+        let e = EventFilter::new(none.clone(), &five).unwrap_err();
+        assert!(e.to_string().contains("per subscription"), "{e}");
+        assert_eq!(wildcards("a{b,c}[xy]?**z\\*"), 5);
+    }
+
+    #[test]
+    fn identical_type_sets_share_one_matcher_and_remember_answers() {
+        let none = Vec::<String>::new();
+        let a = EventFilter::new(none.clone(), ["*x*y", "z*"]).unwrap();
+        let b = EventFilter::new(none.clone(), ["z*", "*x*y", "z*"]).unwrap();
+        assert!(Arc::ptr_eq(
+            a.types.as_ref().unwrap(),
+            b.types.as_ref().unwrap()
+        ));
+        for _ in 0..2 {
+            assert!(a.matches(&ev(None, Some("1x2y"))));
+            assert!(!b.matches(&ev(None, Some("1x2"))));
+        }
+        let memo = a.types.as_ref().unwrap().memo.as_ref().unwrap();
+        assert_eq!(crate::sync::lock(memo).len(), 2);
+        // A lone prefix glob is matched directly.
+        let p = EventFilter::new(none, ["device-*"]).unwrap();
+        assert!(p.types.as_ref().unwrap().memo.is_none());
     }
 }

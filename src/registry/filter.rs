@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::expression::Expression;
 use super::spec::{FieldError, Position};
 use crate::event::Event;
+use crate::hub::filter::{wildcards, MAX_WILDCARDS};
 
 /// Most type patterns or metadata matchers.
 pub const MAX_PATTERNS: usize = 64;
@@ -90,6 +91,9 @@ impl FilterSpec {
                     .map(TypePattern::Regex)
                     .map_err(|e| format!("invalid regex: {e}")),
                 None if p.is_empty() => Err("must not be empty".to_owned()),
+                None if wildcards(p) > MAX_WILDCARDS => Err(format!(
+                    "at most {MAX_WILDCARDS} wildcards per pattern (*, ?, [..], each {{..}} alternative)"
+                )),
                 None => Glob::new(p)
                     .map(|g| TypePattern::Glob(g.compile_matcher()))
                     .map_err(|e| format!("invalid glob: {e}")),
@@ -101,6 +105,13 @@ impl FilterSpec {
         }
         let mut metadata = Vec::new();
         for (k, v) in &self.metadata {
+            if wildcards(v) > MAX_WILDCARDS {
+                errors.push(FieldError::new(
+                    format!("filter.metadata.{k}"),
+                    format!("at most {MAX_WILDCARDS} wildcards per pattern"),
+                ));
+                continue;
+            }
             match Glob::new(v) {
                 Ok(g) => metadata.push((k.clone(), g.compile_matcher())),
                 Err(e) => errors.push(FieldError::new(

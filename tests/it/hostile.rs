@@ -203,3 +203,35 @@ async fn cyclic_schemas_are_refused_and_a_stored_one_loads_disabled() {
     assert_eq!(gw.stop().await, Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn costly_type_globs_are_refused_with_the_limit() {
+    let dir = temp_dir("hostile-globs");
+    let mut gw = Process::start(&dir, &["--store", "memory"]);
+    let hostile = "*a".repeat(120);
+    let query: Vec<String> = (0..32).map(|_| format!("type={hostile}")).collect();
+    let path = format!("/events?{}", query.join("&"));
+    for _ in 0..50 {
+        let r = gw.get(&path).await;
+        r.assert_problem(400);
+        assert!(r.text.contains("at most 8 per pattern"), "{}", r.text);
+    }
+    // Within the caps, in total too.
+    let five: Vec<String> = (0..5).map(|i| format!("type={i}*a*b*c*d*e*f*")).collect();
+    let r = gw.get(&format!("/events?{}", five.join("&"))).await;
+    r.assert_problem(400);
+    assert!(r.text.contains("per subscription"), "{}", r.text);
+    // Registrations have the same cap.
+    let r = gw
+        .post_json(
+            "/api/registrations",
+            &json!({"device": "mac:112233445566", "duration": 60,
+                    "destination": {"type": "http", "url": "http://127.0.0.1:9/x"},
+                    "filter": {"types": [hostile]}}),
+        )
+        .await;
+    r.assert_problem(422);
+    assert!(gw.alive());
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
