@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_MAX_BODY", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_body: usize,
 
+    /// Deepest nesting of arrays and objects in a JSON payload or a WRP
+    /// message (msgpack or JSON); deeper bodies get a 400.
+    #[arg(long, env = "RATATOSKR_MAX_JSON_DEPTH", default_value_t = crate::event::json::DEFAULT_MAX_DEPTH)]
+    pub max_json_depth: usize,
+
     /// Most lines in one application/x-ndjson batch.
     #[arg(long, env = "RATATOSKR_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
@@ -226,6 +231,9 @@ impl Config {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
         if !(1024..=64 * 1024 * 1024).contains(&self.max_body) {
             return err("--max-body must be between 1KiB and 64MiB");
+        }
+        if !(1..=128).contains(&self.max_json_depth) {
+            return err("--max-json-depth must be between 1 and 128");
         }
         if self.max_batch == 0 {
             return err("--max-batch must be at least 1");

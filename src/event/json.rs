@@ -4,11 +4,187 @@
 //! value is an object, its top-level string fields `device`, `type` and
 //! `source` are routing hints (a client that cannot set query parameters or
 //! headers can still route its events); fields of other types are ignored.
+//!
+//! A payload is checked whole before it is accepted: nesting at most the
+//! configured depth (a scan without recursion, so 100,000 `[` cost a
+//! pass, not a stack), and every value representable (a number past f64
+//! range, or a lone UTF-16 surrogate, is refused: a schema or CEL filter
+//! must never see it as something else). It is then kept minified,
+//! without insignificant whitespace but with key order and number text as
+//! posted, so a megabyte of newlines costs nothing and every event is one
+//! `data:` line.
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use bytes::Bytes;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+
+/// Default deepest nesting of arrays and objects.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// Why a JSON payload was refused (all 400s).
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON, or more than one value.
+    #[error("malformed JSON: {0}")]
+    Malformed(serde_json::Error),
+    /// JSON, but with a value no consumer can represent.
+    #[error("the payload cannot be represented: {0}")]
+    Unrepresentable(serde_json::Error),
+    /// Nested deeper than allowed.
+    #[error("JSON nested {depth} levels deep; at most {max} are allowed (--max-json-depth)")]
+    TooDeep {
+        /// How deep it got before the scan stopped.
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// A checked JSON payload.
+#[derive(Debug)]
+pub struct Parsed {
+    /// Routing hints from a top-level object.
+    pub hints: JsonHints,
+    /// The payload without insignificant whitespace.
+    pub data: Bytes,
+}
+
+/// Checks `body` (one JSON value, nesting at most `max_depth`), reads its
+/// routing hints and minifies it.
+pub fn parse_payload(body: &Bytes, max_depth: usize) -> Result<Parsed, JsonError> {
+    let shape = scan(body, max_depth)?;
+    let hints = parse(body).map_err(|e| {
+        let text = e.to_string();
+        if e.is_syntax()
+            && ["out of range", "surrogate", "hex escape"]
+                .iter()
+                .any(|w| text.contains(w))
+        {
+            JsonError::Unrepresentable(e)
+        } else {
+            JsonError::Malformed(e)
+        }
+    })?;
+    let data = if shape.spaces == 0 {
+        body.clone()
+    } else {
+        Bytes::from(minify(body, shape.spaces))
+    };
+    Ok(Parsed { hints, data })
+}
+
+/// Refuses text nested deeper than `max_depth` (one pass, no recursion).
+pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), JsonError> {
+    scan(body, max_depth).map(|_| ())
+}
+
+/// What one pass over the text found.
+struct Shape {
+    /// Insignificant whitespace bytes.
+    spaces: usize,
+}
+
+/// Depth and insignificant whitespace, in one pass without recursion.
+fn scan(body: &[u8], max_depth: usize) -> Result<Shape, JsonError> {
+    let (mut depth, mut spaces) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(JsonError::TooDeep {
+                        depth,
+                        max: max_depth,
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b' ' | b'\t' | b'\n' | b'\r' => spaces += 1,
+            _ => {}
+        }
+    }
+    Ok(Shape { spaces })
+}
+
+/// `body` without whitespace outside strings (it was checked to be JSON).
+fn minify(body: &[u8], spaces: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() - spaces);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        } else if b == b'"' {
+            in_string = true;
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Any JSON value, read in full (every number and string decoded, so
+/// unrepresentable ones fail) and kept as nothing.
+struct Valid;
+
+impl<'de> Deserialize<'de> for Valid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Valid;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Valid, A::Error> {
+                while a.next_element::<Valid>()?.is_some() {}
+                Ok(Valid)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Valid, A::Error> {
+                while a.next_entry::<Valid, Valid>()?.is_some() {}
+                Ok(Valid)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 /// Routing hints found in a JSON object's top-level fields.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -21,14 +197,15 @@ pub struct JsonHints {
     pub source: Option<String>,
 }
 
-/// Checks that `body` is one JSON value and reads its routing hints.
+/// Checks that `body` is one representable JSON value and reads its
+/// routing hints, without building a tree. Callers bound its depth first
+/// (serde_json's own limit, 128, is the backstop).
 pub fn parse(body: &[u8]) -> Result<JsonHints, serde_json::Error> {
-    // One pass validates the whole text (including UTF-8) without building a tree.
-    let raw: &serde_json::value::RawValue = serde_json::from_slice(body)?;
-    if raw.get().starts_with('{') {
-        return serde_json::from_str::<Hints>(raw.get()).map(|h| h.0);
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        return serde_json::from_slice::<Hints>(body).map(|h| h.0);
     }
-    Ok(JsonHints::default())
+    serde_json::from_slice::<Valid>(body).map(|_| JsonHints::default())
 }
 
 struct Hints(JsonHints);
@@ -71,11 +248,11 @@ impl<'de> Deserialize<'de> for MaybeString {
                 Ok(MaybeString(None))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<MaybeString, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
+                while a.next_element::<Valid>()?.is_some() {}
                 Ok(MaybeString(None))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<MaybeString, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                while a.next_entry::<Valid, Valid>()?.is_some() {}
                 Ok(MaybeString(None))
             }
         }
@@ -96,7 +273,7 @@ impl<'de> Visitor<'de> for HintsVisitor {
                 "type" => &mut hints.event_type,
                 "source" => &mut hints.source,
                 _ => {
-                    a.next_value::<IgnoredAny>()?;
+                    a.next_value::<Valid>()?;
                     continue;
                 }
             };
@@ -133,6 +310,55 @@ mod tests {
         assert_eq!(h.device.as_deref(), Some("mac:112233445566"));
         assert_eq!(h.event_type.as_deref(), Some("online"));
         assert_eq!(h.source, None);
+    }
+
+    fn payload(body: &[u8]) -> Result<Parsed, JsonError> {
+        parse_payload(&Bytes::copy_from_slice(body), DEFAULT_MAX_DEPTH)
+    }
+
+    #[test]
+    fn depth_is_limited_without_recursion() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        let e = payload(deep.as_bytes()).unwrap_err();
+        assert!(
+            matches!(e, JsonError::TooDeep { depth: 65, max: 64 }),
+            "{e}"
+        );
+        let ok = "[".repeat(64) + &"]".repeat(64);
+        assert!(payload(ok.as_bytes()).is_ok());
+        // Brackets inside strings do not count.
+        let s = format!("\"{}\"", "[".repeat(100));
+        assert!(payload(s.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn unrepresentable_values_are_refused() {
+        for bad in [
+            &br#"{"a":1e400}"#[..],
+            br#"["\ud800"]"#,
+            br#"{"device":"\udc00x"}"#,
+            b"-1e309",
+        ] {
+            let e = payload(bad).unwrap_err();
+            assert!(matches!(e, JsonError::Unrepresentable(_)), "{bad:?}: {e}");
+        }
+        assert!(payload(br#"["\ud83d\ude00", 1e308]"#).is_ok());
+    }
+
+    #[test]
+    fn whitespace_is_dropped_but_strings_keys_and_numbers_are_kept() {
+        let body = "1".to_owned() + &"\n".repeat(1 << 20);
+        let p = payload(body.as_bytes()).unwrap();
+        assert_eq!(&p.data[..], b"1");
+        let p = payload(b" { \"z\" : [ 1.50 , \"a b\\\" \\n\" ] ,\r\n \"a\":1E2 }\n").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&p.data).unwrap(),
+            r#"{"z":[1.50,"a b\" \n"],"a":1E2}"#
+        );
+        // Already minified: the same bytes, not a copy.
+        let body = Bytes::from_static(br#"{"a":1}"#);
+        let p = parse_payload(&body, 64).unwrap();
+        assert_eq!(p.data.as_ptr(), body.as_ptr());
     }
 
     #[test]

@@ -152,23 +152,52 @@ pub struct Routing {
 }
 
 impl Message {
-    /// Decodes and validates a msgpack-encoded message.
+    /// Decodes and validates a msgpack-encoded message (default depth).
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, WrpError> {
+        Self::from_msgpack_within(bytes, crate::event::json::DEFAULT_MAX_DEPTH)
+    }
+
+    /// Decodes and validates a msgpack-encoded message nested at most
+    /// `max_depth` deep. Bytes after the message are an error, as
+    /// trailing text after a JSON value is.
+    pub fn from_msgpack_within(bytes: &[u8], max_depth: usize) -> Result<Self, WrpError> {
         if bytes.is_empty() {
             return Err(WrpError::Decode("the body is empty".into()));
         }
-        let msg: Message = rmp_serde::from_slice(bytes).map_err(|e| {
-            WrpError::Decode(format!(
-                "malformed WRP msgpack: {}",
-                explain(&e.to_string())
-            ))
+        let mut rest = bytes;
+        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        de.set_max_depth(max_depth);
+        let msg = Message::deserialize(&mut de).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("depth") {
+                WrpError::Decode(format!(
+                    "WRP msgpack nested deeper than {max_depth} levels (--max-json-depth)"
+                ))
+            } else {
+                WrpError::Decode(format!("malformed WRP msgpack: {}", explain(&text)))
+            }
         })?;
+        drop(de);
+        if !rest.is_empty() {
+            return Err(WrpError::Decode(format!(
+                "{} bytes follow the WRP message; send one message per request",
+                rest.len()
+            )));
+        }
         msg.validate()?;
         Ok(msg)
     }
 
-    /// Decodes and validates a JSON-encoded message.
+    /// Decodes and validates a JSON-encoded message (default depth).
     pub fn from_json(bytes: &[u8]) -> Result<Self, WrpError> {
+        Self::from_json_within(bytes, crate::event::json::DEFAULT_MAX_DEPTH)
+    }
+
+    /// Decodes and validates a JSON-encoded message nested at most
+    /// `max_depth` deep.
+    pub fn from_json_within(bytes: &[u8], max_depth: usize) -> Result<Self, WrpError> {
+        crate::event::json::check_depth(bytes, max_depth)
+            .map_err(|e| WrpError::Decode(e.to_string()))?;
         let msg: Message = serde_json::from_slice(bytes)
             .map_err(|e| WrpError::Decode(format!("malformed WRP JSON: {e}")))?;
         msg.validate()?;
@@ -592,6 +621,26 @@ impl serde_json::ser::Formatter for GoJsonFormatter {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn trailing_bytes_and_deep_nesting_are_refused() {
+        let ok = serde_json::json!({"msg_type": 4, "source": "dns:a", "dest": "event:x"});
+        let mut bytes = rmp_serde::to_vec_named(&ok).unwrap();
+        assert!(Message::from_msgpack(&bytes).is_ok());
+        bytes.push(0xc0);
+        let e = Message::from_msgpack(&bytes).unwrap_err();
+        assert!(e.to_string().contains("1 bytes follow"), "{e}");
+        let mut deep = serde_json::json!(1);
+        for _ in 0..100 {
+            deep = serde_json::json!([deep]);
+        }
+        let nested = serde_json::json!({"msg_type": 4, "source": "dns:a", "dest": "event:x",
+                                        "metadata": {"k": "v"}, "x": deep});
+        let e = Message::from_msgpack(&rmp_serde::to_vec_named(&nested).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("deeper than 64"), "{e}");
+        let e = Message::from_json(nested.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+    }
     use super::*;
 
     /// wrp-go v5's `Example_encode` bytes.

@@ -111,10 +111,10 @@ async fn ingest(
     };
 
     if format == IngestFormat::Ndjson {
-        return ingest_batch(app, base, &overrides, idempotency_key.as_deref(), &body);
+        return ingest_batch(app, base, &overrides, idempotency_key.as_deref(), &body).await;
     }
-    let draft = decode_one(format, base, &overrides, &body)?;
-    let (id, replayed) = publish(app, draft, idempotency_key.as_deref())?;
+    let draft = decode_one(app, format, base, &overrides, &body)?;
+    let Outcome { id, replayed, .. } = publish(app, draft, idempotency_key.as_deref())?;
     app.metrics.ingested(
         format,
         if replayed {
@@ -134,22 +134,39 @@ async fn ingest(
     Ok(response)
 }
 
-/// Publishes unless the idempotency key was seen; returns the id and
-/// whether it is a replayed answer.
-fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<(EventId, bool), ApiError> {
+/// What publishing one event did.
+struct Outcome {
+    id: EventId,
+    /// The answer to an earlier request with the same idempotency key.
+    replayed: bool,
+    /// The fullest subscriber queue it went into (see `FanOut::deepest`).
+    deepest: usize,
+}
+
+/// Publishes unless the idempotency key was seen.
+fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<Outcome, ApiError> {
     conform(app, &draft)?;
+    let fresh = |f: crate::hub::FanOut| Outcome {
+        id: f.id,
+        replayed: false,
+        deepest: f.deepest,
+    };
     let Some(key) = key else {
-        return Ok((app.hub.publish(draft).id, false));
+        return Ok(fresh(app.hub.publish(draft)));
     };
     match app.idempotency.claim(key, Instant::now()) {
-        Claim::Seen(id) => Ok((id, true)),
+        Claim::Seen(id) => Ok(Outcome {
+            id,
+            replayed: true,
+            deepest: 0,
+        }),
         Claim::InProgress => Err(ApiError::conflict(
             "a request with this Idempotency-Key is still being processed",
         )),
         Claim::New => {
-            let id = app.hub.publish(draft).id;
-            app.idempotency.complete(key, id);
-            Ok((id, false))
+            let outcome = fresh(app.hub.publish(draft));
+            app.idempotency.complete(key, outcome.id);
+            Ok(outcome)
         }
     }
 }
@@ -169,18 +186,27 @@ fn conform(app: &App, draft: &EventDraft) -> Result<(), ApiError> {
     })
 }
 
-fn ingest_batch(
+/// Longest a batch waits, in all, for slow readers before it publishes
+/// regardless (those readers then lag, as their policy says).
+const BATCH_PACING_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Publishes a batch line by line. When a reader's queue passes half full,
+/// the batch pauses (a millisecond at a time, at most
+/// [`BATCH_PACING_BUDGET`] per request) so that a reader that keeps up is
+/// never made to lag by one large batch.
+async fn ingest_batch(
     app: &App,
     base: EventDraft,
     overrides: &Overrides,
     key: Option<&str>,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let lines: Vec<(usize, &[u8])> = body
+    let lines: Vec<(usize, Bytes)> = body
         .split(|&b| b == b'\n')
         .enumerate()
         .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
         .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, l)| (i, body.slice_ref(l)))
         .collect();
     if lines.is_empty() {
         return Err(ApiError::bad_request("the batch has no events"));
@@ -191,16 +217,25 @@ fn ingest_batch(
     }
     let mut results = Vec::with_capacity(lines.len());
     let (mut accepted, mut rejected) = (0u64, 0u64);
+    let half_full = (app.config.subscriber_buffer / 2).max(1);
+    let mut paced = std::time::Duration::ZERO;
     for (line, text) in lines {
         let outcome =
-            decode_one(IngestFormat::Json, base.clone(), overrides, text).and_then(|draft| {
+            decode_one(app, IngestFormat::Json, base.clone(), overrides, &text).and_then(|draft| {
                 let line_key = key.map(|k| format!("{k}#{line}"));
                 publish(app, draft, line_key.as_deref())
             });
         match outcome {
-            Ok((id, _)) => {
+            Ok(o) => {
                 accepted += 1;
-                results.push(json!({"line": line, "id": id.to_string()}));
+                results.push(json!({"line": line, "id": o.id.to_string()}));
+                if o.deepest >= half_full && paced < BATCH_PACING_BUDGET {
+                    let pause = std::time::Duration::from_millis(1);
+                    tokio::time::sleep(pause).await;
+                    paced += pause;
+                } else if line % 256 == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
             Err(e) => {
                 rejected += 1;
@@ -223,15 +258,18 @@ fn ingest_batch(
 
 /// Decodes one event body in `format` onto `base`.
 fn decode_one(
+    app: &App,
     format: IngestFormat,
     mut draft: EventDraft,
     overrides: &Overrides,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<EventDraft, ApiError> {
+    let max_depth = app.config.max_json_depth;
     match format {
         IngestFormat::Json | IngestFormat::Ndjson => {
-            let hints = json_event::parse(body)
-                .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+            let parsed = json_event::parse_payload(body, max_depth)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let hints = parsed.hints;
             draft.device = hints
                 .device
                 .map(|d| {
@@ -246,13 +284,13 @@ fn decode_one(
             if let Some(s) = hints.source {
                 draft.source = s;
             }
-            draft.data = Bytes::copy_from_slice(body);
+            draft.data = parsed.data;
         }
         IngestFormat::WrpMsgpack | IngestFormat::WrpJson => {
             let message = if format == IngestFormat::WrpMsgpack {
-                wrp::Message::from_msgpack(body)
+                wrp::Message::from_msgpack_within(body, max_depth)
             } else {
-                wrp::Message::from_json(body)
+                wrp::Message::from_json_within(body, max_depth)
             }
             .map_err(|e| match e {
                 wrp::WrpError::Decode(d) => ApiError::bad_request(d),

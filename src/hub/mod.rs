@@ -152,6 +152,9 @@ pub struct FanOut {
     pub queued: usize,
     /// Subscribers it was dropped for (their queue was full).
     pub dropped: usize,
+    /// The fullest queue it was added to, after adding it: how far the
+    /// slowest live reader is behind (a batch publisher paces on it).
+    pub deepest: usize,
 }
 
 impl Hub {
@@ -187,7 +190,7 @@ impl Hub {
     pub fn publish(&self, draft: EventDraft) -> FanOut {
         let started = Instant::now();
         let device = draft.device.clone();
-        let (mut queued, mut dropped) = (0, 0);
+        let (mut queued, mut dropped, mut deepest) = (0, 0, 0);
         let id;
         {
             let mut state = self.lock();
@@ -205,7 +208,10 @@ impl Hub {
                     continue;
                 }
                 match entry.queue.offer(&published) {
-                    Offer::Queued => queued += 1,
+                    Offer::Queued(depth) => {
+                        queued += 1;
+                        deepest = deepest.max(depth);
+                    }
                     Offer::Dropped => dropped += 1,
                 }
             }
@@ -219,6 +225,7 @@ impl Hub {
             id,
             queued,
             dropped,
+            deepest,
         }
     }
 

@@ -35,8 +35,8 @@ pub enum CloseReason {
 /// Result of offering an event to a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    /// Queued for delivery.
-    Queued,
+    /// Queued for delivery; the queue now holds this many events.
+    Queued(usize),
     /// The queue was full: dropped for this subscriber.
     Dropped,
 }
@@ -93,16 +93,14 @@ impl SubscriberQueue {
             s.items.push_back(event.clone());
             // Only the first event after a drain needs a wake-up; later ones
             // are picked up by the same poll.
-            if s.items.len() == 1 {
-                s.waker.take()
-            } else {
-                None
-            }
+            let depth = s.items.len();
+            (depth, if depth == 1 { s.waker.take() } else { None })
         };
+        let (depth, waker) = waker;
         if let Some(w) = waker {
             w.wake();
         }
-        Offer::Queued
+        Offer::Queued(depth)
     }
 
     /// Ends the subscription; the consumer sees `reason` after what is queued.
@@ -173,8 +171,8 @@ mod tests {
     #[test]
     fn full_queue_drops_and_counts_without_blocking() {
         let q = SubscriberQueue::new(2);
-        assert_eq!(q.offer(&published(1)), Offer::Queued);
-        assert_eq!(q.offer(&published(2)), Offer::Queued);
+        assert_eq!(q.offer(&published(1)), Offer::Queued(1));
+        assert_eq!(q.offer(&published(2)), Offer::Queued(2));
         assert_eq!(q.offer(&published(3)), Offer::Dropped);
         assert_eq!(q.offer(&published(4)), Offer::Dropped);
         let counter = Arc::new(CountingWaker(Default::default()));

@@ -189,8 +189,18 @@ async fn full_buffer_drops_and_notifies_the_destination() {
     );
     // 1 in flight + 2 buffered (+1 if the worker had not yet taken the
     // first when the third arrived); the rest dropped, with one notice.
-    let text = gw.get("/metrics").await.text;
-    let dropped = series(&text, "ratatoskr_destination_dropped_total");
+    // The notice leaves at the first drop, maybe before the router has
+    // routed the last events: wait until it has.
+    let mut text = String::new();
+    let mut dropped = 0.0;
+    for _ in 0..100 {
+        text = gw.get("/metrics").await.text;
+        dropped = series(&text, "ratatoskr_destination_dropped_total");
+        if dropped >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!((6.0..=7.0).contains(&dropped), "{dropped}: {text}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.received("/notice").len(), 1, "rate-limited");

@@ -235,3 +235,96 @@ async fn costly_type_globs_are_refused_with_the_limit() {
     drop(gw);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn hostile_payloads_are_refused_or_kept_small() {
+    let dir = temp_dir("hostile-payloads");
+    let mut gw = Process::start(&dir, &["--store", "memory"]);
+    let mut sub = gw.subscribe("/events?device=mac:112233445566").await;
+    let at = "/api/events?device=mac:112233445566&type=t";
+    // 100,000 levels of nesting, under the body limit.
+    let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+    let r = gw.post(at, "application/json", deep.clone()).await;
+    r.assert_problem(400);
+    assert!(r.text.contains("at most 64"), "{}", r.text);
+    let r = gw.post(at, "application/x-ndjson", deep).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    // Values no consumer can represent.
+    for bad in [r#"{"t":1e400}"#, r#"["\ud800"]"#, r#"{"s":"\udc00"}"#] {
+        let r = gw.post(at, "application/json", bad).await;
+        r.assert_problem(400);
+        assert!(
+            r.text.contains("cannot be represented"),
+            "{bad}: {}",
+            r.text
+        );
+    }
+    // A msgpack message with bytes after it.
+    let mut wrp = crate::util::vector("simple-event-online.msgpack");
+    wrp.extend_from_slice(&[0xc0, 0xc0]);
+    let r = gw.post("/api/events", "application/msgpack", wrp).await;
+    r.assert_problem(400);
+    assert!(r.text.contains("2 bytes follow"), "{}", r.text);
+    // Whitespace is not kept: one `data:` line, the value as posted.
+    let padded = "1".to_owned() + &"\n".repeat(1 << 20) + "";
+    let r = gw.post(at, "application/json", padded).await;
+    assert_eq!(r.status, 413, "1 MiB + 1 byte is over the body limit");
+    let padded = "{ \"a\" :\n 1.50 ,\t\"b\":\"x  y\" }".to_owned() + &"\n".repeat(1_000_000);
+    let r = gw.post(at, "application/json", padded).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let ev = sub.expect_event().await;
+    assert_eq!(ev.data, r#"{"a":1.50,"b":"x  y"}"#);
+    assert!(gw.alive());
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_fast_reader_takes_a_large_batch_without_lagging() {
+    use futures_util::StreamExt;
+    let dir = temp_dir("hostile-batch");
+    let gw = Process::start(&dir, &["--store", "memory"]);
+    let resp = gw
+        .http
+        .get(gw.url("/events"))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let lines: Vec<String> = (0..10_000).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    let body = lines.join("\n");
+    let post = gw.post(
+        "/api/events?device=mac:112233445566&type=t",
+        "application/x-ndjson",
+        body,
+    );
+    let read = async {
+        let (mut ids, mut text_tail, mut lagged) = (0usize, String::new(), false);
+        while ids < 10_000 {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .expect("events keep coming")
+                .expect("the stream stays open")
+                .unwrap();
+            text_tail.push_str(std::str::from_utf8(&chunk).unwrap());
+            let cut = text_tail.rfind('\n').map_or(0, |i| i + 1);
+            for line in text_tail[..cut].lines() {
+                ids += usize::from(line.starts_with("id:"));
+                lagged |= line == "event: lagged";
+            }
+            text_tail.drain(..cut);
+            assert!(
+                !lagged,
+                "a fast reader was told it lagged after {ids} events"
+            );
+        }
+        ids
+    };
+    let (r, ids) = tokio::join!(post, read);
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["accepted"], 10_000);
+    assert_eq!(ids, 10_000);
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -111,6 +111,39 @@ impl Process {
         .await
     }
 
+    /// Opens `GET path` as an SSE stream.
+    pub async fn subscribe(&self, path: &str) -> crate::util::SseClient {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .header("accept", "text/event-stream")
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "subscribe {path}");
+        crate::util::SseClient::new(resp)
+    }
+
+    /// Posts `body` as `content_type`.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        Reply::read(
+            self.http
+                .post(self.url(path))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

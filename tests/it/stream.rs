@@ -113,6 +113,7 @@ async fn hostile_payloads_cannot_forge_frames() {
     let mut sub = gw.subscribe("/events").await;
     // Raw newlines between JSON tokens are legal JSON whitespace; a client
     // could try to use them to end the event and write fields of its own.
+    // They are insignificant, so the gateway drops them: one data line.
     let hostile = "{\"a\":1,\n\n\"id: 999\":\r\n\"event: admin\",\r\"data: forged\":\n\n0}";
     let r = gw.post("/api/events", "application/json", hostile).await;
     assert_eq!(r.status, 202, "{}", r.text);
@@ -121,7 +122,7 @@ async fn hostile_payloads_cannot_forge_frames() {
     assert_eq!(ev.event, None);
     assert_eq!(
         ev.data,
-        "{\"a\":1,\n\n\"id: 999\":\n\"event: admin\",\n\"data: forged\":\n\n0}"
+        "{\"a\":1,\"id: 999\":\"event: admin\",\"data: forged\":0}"
     );
     // Strings with escaped newlines and SSE-looking text stay one data line.
     let id2 = gw.post_json(&json!({"x": "a\nid: 1\n\ndata: evil"})).await;

@@ -268,7 +268,7 @@ pub struct SseClient {
 }
 
 impl SseClient {
-    fn new(resp: reqwest::Response) -> Self {
+    pub fn new(resp: reqwest::Response) -> Self {
         Self {
             headers: resp.headers().clone(),
             stream: resp.bytes_stream().boxed(),
