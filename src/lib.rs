@@ -118,7 +118,7 @@ pub async fn run(
     ));
     let sweeper = tokio::spawn(sweep(registry.clone()));
     let limits = ServerLimits {
-        max_connections: config.max_connections,
+        max_connections: server::connection_cap(config.max_connections),
         header_timeout: config.header_timeout,
         write_timeout: config.write_timeout,
         grace: config.shutdown_grace,

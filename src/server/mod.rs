@@ -46,6 +46,49 @@ pub struct ServerLimits {
     pub grace: Duration,
 }
 
+/// Descriptors kept back from client connections: the store, outbound
+/// webhook and SQS connections, DNS, logs.
+pub const FD_RESERVE: u64 = 512;
+
+/// The connection cap that fits the process's descriptor limit: at most
+/// `configured`, and at most the soft `RLIMIT_NOFILE` less
+/// [`FD_RESERVE`]. Past the descriptor limit `accept` fails, and the
+/// connections waiting in the backlog are neither served nor refused.
+pub fn connection_cap(configured: usize) -> usize {
+    let Ok((soft, _)) = rlimit::Resource::NOFILE.get() else {
+        return configured;
+    };
+    let fits = soft.saturating_sub(FD_RESERVE).max(1);
+    let cap = configured.min(usize::try_from(fits).unwrap_or(usize::MAX));
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            nofile = soft,
+            reserve = FD_RESERVE,
+            "connection cap lowered to fit the file descriptor limit (raise `ulimit -n` for more)"
+        );
+    } else {
+        tracing::info!(cap, nofile = soft, "connection cap");
+    }
+    cap
+}
+
+/// Waits after a failed `accept`: 5 ms, doubling to 1 s while failures
+/// go on, so a full descriptor table neither spins nor floods the log.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    fn delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_millis(5u64 << self.failures.min(9).saturating_sub(1))
+            .min(Duration::from_secs(1))
+    }
+}
+
 /// What every connection task shares.
 struct Shared {
     router: Router,
@@ -83,17 +126,26 @@ pub async fn serve(
         stop: stop.clone(),
     });
     let tracker = TaskTracker::new();
+    let mut backoff = AcceptBackoff::default();
 
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff = AcceptBackoff::default();
+                    a
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // EMFILE and friends: keep the listener, back off.
+                    let delay = backoff.delay();
+                    if backoff.failures == 1 || delay == Duration::from_secs(1) {
+                        tracing::warn!(error = %e, retry_in = ?delay, "accept failed");
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
                 }
             },
         };
@@ -181,5 +233,17 @@ async fn hyper_connection(stream: TcpStream, read: BytesMut, peer: PeerAddr, sha
     };
     if let Err(e) = result {
         tracing::debug!(peer = %peer.0, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_one_second() {
+        let mut b = AcceptBackoff::default();
+        let delays: Vec<u128> = (0..10).map(|_| b.delay().as_millis()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
     }
 }

@@ -328,3 +328,45 @@ async fn a_fast_reader_takes_a_large_batch_without_lagging() {
     drop(gw);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn the_connection_cap_fits_the_descriptor_limit() {
+    let dir = temp_dir("hostile-fds");
+    let gw = Process::start_under(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        &dir,
+        &["--store", "memory", "--max-connections", "60000"],
+    );
+    let said = |what: &str| gw.log.lock().unwrap().iter().any(|l| l.contains(what));
+    assert!(said("connection cap lowered"), "{:?}", gw.log.lock().unwrap());
+    assert!(said("\"cap\":512"));
+    // More idle connections than the cap: the extra ones are closed at
+    // once, the process never runs out of descriptors.
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        held.push(tokio::net::TcpStream::connect(&gw.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(held);
+    let mut health = None;
+    for _ in 0..50 {
+        let r = gw.get("/health").await;
+        if r.status == 200 {
+            health = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(health.is_some(), "the gateway serves again once they close");
+    let metrics = gw.get("/metrics").await.text;
+    let rejected: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ratatoskr_connections_rejected_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rejected >= 88.0, "{rejected}");
+    assert!(!said("accept failed"), "the descriptor table never filled");
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

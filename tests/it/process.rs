@@ -36,7 +36,20 @@ impl Process {
     /// Starts the binary on `data_dir` (redb store) with `args`, and waits
     /// until it logs that it listens.
     pub fn start(data_dir: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::start_under(&[], data_dir, args)
+    }
+
+    /// As [`Process::start`], run through `wrapper` (e.g. `prlimit …`).
+    pub fn start_under(wrapper: &[&str], data_dir: &Path, args: &[&str]) -> Self {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
@@ -79,6 +92,20 @@ impl Process {
                 );
             }
         };
+        // Listening comes first; wait until start-up is over too.
+        let started = std::time::Instant::now();
+        while !log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("\"message\":\"ready\""))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the gateway never got ready"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Self {
             child,
             addr,
