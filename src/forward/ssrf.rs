@@ -102,15 +102,23 @@ impl AddressPolicy {
 
 /// Whether `ip` is globally routable: not loopback, private, link-local
 /// (cloud metadata lives there), shared, documentation, multicast or
-/// otherwise reserved. IPv4 embedded in IPv6 is judged as IPv4.
+/// otherwise reserved. IPv4 embedded in IPv6 (mapped, compatible,
+/// translated, NAT64, 6to4, Teredo) is judged as that IPv4 address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = embedded_v4(v6) {
-                return is_public_v4(v4);
-            }
             let s = v6.segments();
+            // Local-use NAT64 (RFC 8215): the IPv4 part's place depends on
+            // a prefix length only the local network knows. Never public.
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+                return false;
+            }
+            // An internal IPv4 inside is internal; a public one still has
+            // to pass the IPv6 ranges (Teredo stays refused as a whole).
+            if embedded_v4(v6).is_some_and(|v4| !is_public_v4(v4)) {
+                return false;
+            }
             !(v6.is_unspecified()
                 || v6.is_loopback()
                 || v6.is_multicast()
@@ -136,22 +144,36 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || o[0] == 0 // "this network"
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space (CGNAT)
         || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 6to4 relay anycast
         || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking
         || o[0] >= 240) // reserved
 }
 
-/// The IPv4 address inside an IPv4-mapped, IPv4-compatible or NAT64 address.
+/// The IPv4 address inside an IPv6 address that carries one: mapped
+/// (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`), translated
+/// (`::ffff:0:a.b.c.d`), well-known NAT64 (`64:ff9b::a.b.c.d`), 6to4
+/// (`2002:AABB:CCDD::`) and Teredo (`2001:0:…`, the client's address,
+/// inverted, in the last 32 bits).
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
-    let tail = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
     if s[..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1) {
-        return Some(tail()); // IPv4-compatible (deprecated)
+        return Some(v4(s[6], s[7])); // IPv4-compatible (deprecated)
+    }
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return Some(v4(s[6], s[7])); // IPv4-translated (SIIT)
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return Some(tail()); // NAT64
+        return Some(v4(s[6], s[7])); // NAT64, well-known prefix
+    }
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2])); // 6to4
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        return Some(v4(!s[6], !s[7])); // Teredo client
     }
     None
 }
@@ -210,6 +232,16 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "::127.0.0.1",
+            "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1::808:808",
+            "2002:a9fe:a9fe::",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "::ffff:0:a9fe:a9fe",
+            "::ffff:0:7f00:1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo, client 127.0.0.1
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7", // Teredo, client 8.8.8.8
+            "192.88.99.1",
         ] {
             assert!(!is_public(ip(a)), "{a} should be internal");
         }
@@ -218,9 +250,15 @@ mod tests {
             "8.8.8.8",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "2002:808:808::1",
+            "64:ff9b::808:808",
         ] {
             assert!(is_public(ip(a)), "{a} should be public");
         }
+        assert_eq!(
+            embedded_v4("2001:0:4136:e378:8000:63bf:80ff:fffe".parse().unwrap()),
+            Some(Ipv4Addr::new(127, 0, 0, 1))
+        );
     }
 
     #[test]
@@ -238,5 +276,15 @@ mod tests {
         assert!(matches!(err, AddressError::Internal(_)), "{err}");
         let err = p.resolve("[::1]", 80).await.unwrap_err();
         assert!(matches!(err, AddressError::Internal(_)), "{err}");
+        // What the HTTP client's resolver sees on every connection.
+        for literal in [
+            "[64:ff9b:1::a9fe:a9fe]",
+            "[2002:a9fe:a9fe::]",
+            "[2002:7f00:1::]",
+            "[::ffff:0:a9fe:a9fe]",
+        ] {
+            let err = p.resolve(literal, 80).await.unwrap_err();
+            assert!(matches!(err, AddressError::Internal(_)), "{literal}: {err}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! When a token is configured, the API, the stream and the xmidt hook
 //! endpoints need it, as `Authorization: Bearer <token>` or, for clients
-//! that cannot set headers (a browser's `EventSource`), `?access_token=`.
+//! that cannot set headers (a browser's `EventSource`), `?access_token=` on
+//! `GET /events` only (a query string ends up in logs and histories, so it
+//! is not accepted where a header can be set).
 //! The dashboard page, its assets, `/health`, `/ready` and `/metrics` stay
 //! open, so that the page can load and ask for the token, and probes and
 //! scrapers need no secret. Tokens are compared in constant time.
@@ -52,13 +54,23 @@ pub async fn require_token(State(app): State<App>, request: Request, next: Next)
     if request.method() == Method::OPTIONS {
         return next.run(request).await;
     }
-    let given = bearer(&request).or_else(|| from_query(&request));
+    // A query token only where a header cannot be set: EventSource.
+    let query_allowed = request.method() == Method::GET && request.uri().path() == "/events";
+    let given = bearer(&request).or_else(|| {
+        if query_allowed {
+            from_query(&request)
+        } else {
+            None
+        }
+    });
     if given.is_some_and(|t| same(&t, expected.expose())) {
         return next.run(request).await;
     }
-    let mut response = ApiError::unauthorized(
-        "this gateway requires a token: Authorization: Bearer <token>, or ?access_token=",
-    )
+    let mut response = ApiError::unauthorized(if query_allowed {
+        "this gateway requires a token: Authorization: Bearer <token>, or ?access_token="
+    } else {
+        "this gateway requires a token: Authorization: Bearer <token> (?access_token= is accepted only on GET /events)"
+    })
     .into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,

@@ -96,6 +96,7 @@ pub async fn register(
         let req = RegistrationRequest {
             device: None,
             devices,
+            device_patterns: Some(patterns),
             destination: Destination::Http(HttpDestination {
                 url: hook.config.url,
                 secret: hook.config.secret.filter(|s| !s.is_empty()),
@@ -120,10 +121,6 @@ pub async fn register(
         let make = |previous: Option<&Registration>| {
             app.registry
                 .build(req.clone(), id.clone(), Origin::XmidtHook, previous)
-                .map(|mut r| {
-                    r.device_patterns.clone_from(&patterns);
-                    r
-                })
         };
         let result = if app.registry.get(&id).is_some() {
             app.registry.replace(&id, None, |current| make(Some(current)))

@@ -59,8 +59,10 @@ pub type App = Arc<AppState>;
 
 /// The whole HTTP API.
 pub fn router(app: App) -> Router {
+    // OPTIONS has a route of its own so that the CORS layer sees the
+    // preflight (the router's 405 fallback is not layered).
     let events = Router::new()
-        .route("/events", get(sse::subscribe))
+        .route("/events", get(sse::subscribe).options(preflight))
         .layer(cors(&app.config));
     let protected = Router::new()
         .route("/api/events", post(ingest::post_events))
@@ -104,6 +106,15 @@ pub fn router(app: App) -> Router {
         .fallback(|| async { ApiError::not_found("no such resource") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(app)
+}
+
+/// `OPTIONS /events` that is not a CORS preflight (the layer answers
+/// those): say what the resource allows.
+async fn preflight() -> impl axum::response::IntoResponse {
+    (
+        http::StatusCode::NO_CONTENT,
+        [(header::ALLOW, "GET, HEAD, OPTIONS")],
+    )
 }
 
 /// CORS for `GET /events`: browsers on other origins may subscribe.

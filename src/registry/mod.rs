@@ -285,10 +285,29 @@ impl Registry {
                 Err(e) => errors.push(FieldError::new(format!("devices[{i}]"), e.to_string())),
             }
         }
-        if raw.is_empty() && origin == Origin::Api {
+        let device_patterns = req.device_patterns.clone().unwrap_or_else(|| {
+            previous
+                .map(|p| p.device_patterns.clone())
+                .unwrap_or_default()
+        });
+        if device_patterns.len() > MAX_DEVICES {
+            errors.push(FieldError::new(
+                "device_patterns",
+                format!("at most {MAX_DEVICES} patterns"),
+            ));
+        }
+        for (i, p) in device_patterns.iter().enumerate() {
+            if let Err(e) = filter::bounded_regex(p) {
+                errors.push(FieldError::new(
+                    format!("device_patterns[{i}]"),
+                    format!("invalid regex: {e}"),
+                ));
+            }
+        }
+        if raw.is_empty() && device_patterns.is_empty() && origin == Origin::Api {
             errors.push(FieldError::new(
                 "device",
-                "a device id is required (`device` or `devices`)",
+                "a device id is required (`device`, `devices` or `device_patterns`)",
             ));
         }
         if raw.len() > MAX_DEVICES {
@@ -336,7 +355,7 @@ impl Registry {
         Ok(Registration {
             id,
             devices,
-            device_patterns: Vec::new(),
+            device_patterns,
             destination: req.destination,
             filter: req.filter,
             metadata: req.metadata,

@@ -396,6 +396,11 @@ pub struct RegistrationRequest {
     /// Several device ids.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// xmidt-style device regexes (matched against the source, the event
+    /// path and the device). On `PUT`, leaving it out keeps the current
+    /// ones (as with secrets); `[]` clears them.
+    #[serde(default)]
+    pub device_patterns: Option<Vec<String>>,
     /// Where events go.
     pub destination: Destination,
     /// Seconds, or a duration such as `"30m"`.

@@ -266,9 +266,6 @@ async fn hostile_payloads_are_refused_or_kept_small() {
     r.assert_problem(400);
     assert!(r.text.contains("2 bytes follow"), "{}", r.text);
     // Whitespace is not kept: one `data:` line, the value as posted.
-    let padded = "1".to_owned() + &"\n".repeat(1 << 20) + "";
-    let r = gw.post(at, "application/json", padded).await;
-    assert_eq!(r.status, 413, "1 MiB + 1 byte is over the body limit");
     let padded = "{ \"a\" :\n 1.50 ,\t\"b\":\"x  y\" }".to_owned() + &"\n".repeat(1_000_000);
     let r = gw.post(at, "application/json", padded).await;
     assert_eq!(r.status, 202, "{}", r.text);
@@ -338,7 +335,11 @@ async fn the_connection_cap_fits_the_descriptor_limit() {
         &["--store", "memory", "--max-connections", "60000"],
     );
     let said = |what: &str| gw.log.lock().unwrap().iter().any(|l| l.contains(what));
-    assert!(said("connection cap lowered"), "{:?}", gw.log.lock().unwrap());
+    assert!(
+        said("connection cap lowered"),
+        "{:?}",
+        gw.log.lock().unwrap()
+    );
     assert!(said("\"cap\":512"));
     // More idle connections than the cap: the extra ones are closed at
     // once, the process never runs out of descriptors.
@@ -367,6 +368,149 @@ async fn the_connection_cap_fits_the_descriptor_limit() {
         .unwrap();
     assert!(rejected >= 88.0, "{rejected}");
     assert!(!said("accept failed"), "the descriptor table never filled");
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn checks_cannot_be_bypassed() {
+    let dir = temp_dir("hostile-bypass");
+    let token = "a-test-token-of-some-length";
+    let gw = Process::start(&dir, &["--store", "memory", "--api-token", token]);
+    let auth = format!("Bearer {token}");
+    let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = gw.http.request(method, gw.url(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req
+    };
+    // IPv6 forms that embed an internal IPv4 address, at registration.
+    for host in [
+        "[64:ff9b:1::a9fe:a9fe]",
+        "[2002:a9fe:a9fe::]",
+        "[2002:7f00:1::]",
+        "[::ffff:0:a9fe:a9fe]",
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
+        "192.88.99.1",
+    ] {
+        let body = json!({"device": "mac:112233445566", "duration": 60,
+                          "destination": {"type": "http", "url": format!("http://{host}/x")}});
+        let r = send(reqwest::Method::POST, "/api/registrations", Some(body))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        let r = crate::util::Reply::read(r).await;
+        r.assert_problem(422);
+        assert!(r.text.contains("must be public"), "{host}: {}", r.text);
+    }
+    // ?access_token= only where a header cannot be set.
+    let q = format!("?access_token={token}");
+    let r = send(
+        reqwest::Method::POST,
+        &format!("/api/events{q}"),
+        Some(json!(1)),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = send(
+        reqwest::Method::GET,
+        &format!("/api/registrations{q}"),
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = send(
+        reqwest::Method::DELETE,
+        &format!("/api/registrations/x{q}"),
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = send(reqwest::Method::GET, &format!("/events{q}"), None)
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    // A CORS preflight from another origin, for a header-carrying
+    // EventSource polyfill.
+    let r = gw
+        .http
+        .request(reqwest::Method::OPTIONS, gw.url("/events"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header(
+            "access-control-request-headers",
+            "authorization, last-event-id",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("authorization") && allowed.contains("last-event-id"));
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("GET"));
+
+    // A /hook registration keeps its device patterns through a PUT of
+    // what GET shows.
+    let hook = json!({"config": {"url": "http://127.0.0.1:9/h", "content_type": "application/json"},
+                      "events": [".*"], "matcher": {"device_id": ["mac:1122.*"]}, "duration": "1m"});
+    let r = send(reqwest::Method::POST, "/hook", Some(hook))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Value = send(reqwest::Method::GET, "/api/registrations", None)
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown = list["items"][0].clone();
+    assert_eq!(shown["device_patterns"], json!(["mac:1122.*"]));
+    let id = shown["id"].as_str().unwrap();
+    let dest = &shown["destination"];
+    for body in [
+        // The same fields, as GET shows them.
+        json!({"devices": shown["devices"], "device_patterns": shown["device_patterns"],
+               "destination": {"type": "http", "url": dest["url"], "content_type": dest["content_type"]},
+               "filter": shown["filter"], "metadata": shown["metadata"], "duration": shown["duration"]}),
+        // Left out: kept, as secrets are.
+        json!({"destination": {"type": "http", "url": dest["url"]},
+               "filter": shown["filter"], "duration": shown["duration"]}),
+    ] {
+        let r = send(
+            reqwest::Method::PUT,
+            &format!("/api/registrations/{id}"),
+            Some(body),
+        )
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let after: Value = r.json().await.unwrap();
+        assert_eq!(after["device_patterns"], json!(["mac:1122.*"]), "{after}");
+        assert_eq!(after["devices"], shown["devices"]);
+        assert_eq!(after["filter"], shown["filter"]);
+    }
     drop(gw);
     std::fs::remove_dir_all(&dir).unwrap();
 }
