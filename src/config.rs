@@ -35,7 +35,8 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_LOG", default_value = "info")]
     pub log: String,
 
-    /// Largest accepted request body (bytes; K/KiB/M/MiB suffixes allowed).
+    /// Largest accepted request body: bytes, or with a suffix K, KB, KiB,
+    /// M, MB or MiB (all powers of 1024).
     #[arg(long, env = "RATATOSKR_MAX_BODY", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_body: usize,
 
@@ -53,15 +54,15 @@ pub struct Config {
     pub replay_capacity: usize,
 
     /// Oldest event kept for resume (e.g. `1h`, `90s`).
-    #[arg(long, env = "RATATOSKR_REPLAY_MAX_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_REPLAY_MAX_AGE", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
     pub replay_max_age: Duration,
 
     /// Comment sent on an idle SSE stream this often, to keep proxies from closing it.
-    #[arg(long, env = "RATATOSKR_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_HEARTBEAT", default_value = "15s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub heartbeat: Duration,
 
     /// Reconnection delay advertised to SSE clients with `retry:`.
-    #[arg(long, env = "RATATOSKR_SSE_RETRY", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_SSE_RETRY", default_value = "3s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub sse_retry: Duration,
 
     /// Events queued per subscriber before it is lagging and starts losing events.
@@ -81,19 +82,19 @@ pub struct Config {
     pub max_connections: usize,
 
     /// Time a client has to send its request headers.
-    #[arg(long, env = "RATATOSKR_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub header_timeout: Duration,
 
     /// Time a client has to send a request body.
-    #[arg(long, env = "RATATOSKR_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub body_timeout: Duration,
 
     /// A connection that accepts no bytes for this long is closed (slow readers).
-    #[arg(long, env = "RATATOSKR_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub write_timeout: Duration,
 
     /// Window in which a repeated Idempotency-Key returns the first event's id.
-    #[arg(long, env = "RATATOSKR_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = parse_duration, allow_hyphen_values = true)]
     pub idempotency_window: Duration,
 
     /// Most Idempotency-Keys remembered (the oldest are forgotten first).
@@ -114,7 +115,7 @@ pub struct Config {
     pub cors_origins: Vec<String>,
 
     /// Time given to open streams and requests to finish on shutdown.
-    #[arg(long, env = "RATATOSKR_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub shutdown_grace: Duration,
 
     /// Where registrations and event types are kept.
@@ -126,7 +127,7 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Longest registration a consumer may ask for (at most 1h).
-    #[arg(long, env = "RATATOSKR_REGISTRATION_MAX_DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_REGISTRATION_MAX_DURATION", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
     pub registration_max_duration: Duration,
 
     /// Most live registrations.
@@ -142,7 +143,7 @@ pub struct Config {
     pub destination_concurrency: usize,
 
     /// Time one delivery attempt may take.
-    #[arg(long, env = "RATATOSKR_DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub delivery_timeout: Duration,
 
     /// Retries after a failed attempt (5xx, 408, 429, timeout, connection error; never other 4xx).
@@ -150,7 +151,7 @@ pub struct Config {
     pub delivery_retries: u32,
 
     /// First retry delay; doubled each retry, with full jitter.
-    #[arg(long, env = "RATATOSKR_RETRY_BACKOFF", default_value = "200ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_RETRY_BACKOFF", default_value = "200ms", value_parser = parse_duration, allow_hyphen_values = true)]
     pub retry_backoff: Duration,
 
     /// Consecutive failed deliveries that open a destination's circuit.
@@ -158,11 +159,11 @@ pub struct Config {
     pub circuit_failures: u32,
 
     /// How long an open circuit pauses a destination.
-    #[arg(long, env = "RATATOSKR_CIRCUIT_PAUSE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_CIRCUIT_PAUSE", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub circuit_pause: Duration,
 
     /// Least time between two drop notices to one destination.
-    #[arg(long, env = "RATATOSKR_NOTICE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RATATOSKR_NOTICE_INTERVAL", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub notice_interval: Duration,
 
     /// Networks destinations may reach even though they are loopback, private
@@ -288,6 +289,65 @@ impl Config {
     }
 }
 
+/// Parses a duration such as `500ms`, `15s`, `2m`, `1h` or `1m30s`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{s:?} is negative: give a duration such as 500ms, 15s, 2m or 1h"
+        ));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("{s:?} is not a duration ({e}): give a number with a unit, such as 500ms, 15s, 2m or 1h")
+    })
+}
+
+/// Says which value, from which flag or environment variable, was
+/// refused and why (clap names the flag even when the value came from
+/// the variable). `None` for errors that are not about one value.
+pub fn explain_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let ContextValue::String(arg) = e.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let flag = arg.split([' ', '=']).next()?.to_owned();
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let reason = std::error::Error::source(e)
+        .map(ToString::to_string)
+        .or_else(|| match e.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(v)) => Some(format!("accepted values: {}", v.join(", "))),
+            _ => None,
+        })
+        .unwrap_or_else(|| "not accepted".into());
+    let long = flag.trim_start_matches('-');
+    let command = Config::command();
+    let env = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned());
+    let on_command_line = args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&format!("{flag}="))
+    });
+    Some(match env {
+        Some(var) if !on_command_line => {
+            format!("invalid value {value:?} in {var} (which sets {flag}): {reason}")
+        }
+        _ => format!("invalid value {value:?} for {flag}: {reason}"),
+    })
+}
+
 /// Parses `1048576`, `512K`, `512KiB`, `1M`, `1MiB` (powers of 1024).
 fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
@@ -295,12 +355,18 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
     let (num, unit) = s.split_at(split);
     let n: usize = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 1048576, 512KiB or 1MiB"))?;
+        .map_err(|_| {
+            format!("{s:?} is not a size: give bytes, or a number with a suffix B, K, KB, KiB, M, MB or MiB, such as 1048576, 512KiB or 1MiB")
+        })?;
     let factor = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
-        _ => return Err(format!("unknown size unit {unit:?} (use B, KiB or MiB)")),
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?}: use B, K, KB, KiB, M, MB or MiB (all powers of 1024)"
+            ))
+        }
     };
     n.checked_mul(factor)
         .ok_or_else(|| "size too large".to_owned())
@@ -309,6 +375,29 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_errors_name_their_source_and_what_is_accepted() {
+        let args = |v: &[&str]| -> Vec<std::ffi::OsString> { v.iter().map(Into::into).collect() };
+        let a = args(&["ratatoskr", "--heartbeat", "-5s"]);
+        let e = Config::from_args(&a).unwrap_err();
+        let m = explain_error(&e, &a).unwrap();
+        assert!(
+            m.contains("\"-5s\" for --heartbeat") && m.contains("negative"),
+            "{m}"
+        );
+        let a = args(&["ratatoskr", "--max-body=lots"]);
+        let m = explain_error(&Config::from_args(&a).unwrap_err(), &a).unwrap();
+        for suffix in ["K,", "KB", "KiB", "M,", "MB", "MiB"] {
+            assert!(m.contains(suffix), "{suffix} in {m}");
+        }
+        let a = args(&["ratatoskr", "--lag-policy", "sometimes"]);
+        let m = explain_error(&Config::from_args(&a).unwrap_err(), &a).unwrap();
+        assert!(
+            m.contains("accepted values") || m.contains("possible"),
+            "{m}"
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

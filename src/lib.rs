@@ -66,6 +66,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<bool, StartError> {
+    let store = Arc::new(Store::open(config.store, &config.data_dir)?);
+    run_with_store(config, store, listener, shutdown).await
+}
+
+/// As [`run`], with the store already open (the binary opens it before
+/// binding, so a damaged store never gets as far as "listening").
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<bool, StartError> {
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(
         HubConfig {
@@ -76,7 +88,6 @@ pub async fn run(
         },
         metrics.clone(),
     );
-    let store = Arc::new(Store::open(config.store, &config.data_dir)?);
     let catalog = Arc::new(Catalog::open(
         store.clone(),
         config.strict_event_types,

@@ -1,55 +1,64 @@
-//! The `ratatoskr` binary: parse configuration, install logging, run.
+//! The `ratatoskr` binary: parse configuration, install logging, open the
+//! store, bind, run. A fatal start-up error is one plain line on stderr
+//! and a non-zero exit: 2 for configuration, 1 for everything else.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use ratatoskr::config::Config;
+use ratatoskr::store::Store;
+
+fn fatal(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ratatoskr: {message}");
+    ExitCode::from(code)
+}
 
 fn main() -> ExitCode {
-    let config = match Config::from_args(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match Config::from_args(&args) {
         Ok(c) => c,
-        Err(e) => e.exit(),
+        Err(e) => match ratatoskr::config::explain_error(&e, &args) {
+            Some(message) => return fatal(2, message),
+            None => e.exit(),
+        },
     };
     if let Err(e) = config.validate() {
-        eprintln!("ratatoskr: {e}");
-        return ExitCode::from(2);
+        return fatal(2, e);
     }
     if let Err(e) = ratatoskr::telemetry::init_tracing(config.log_format, &config.log) {
-        eprintln!("ratatoskr: {e}");
-        return ExitCode::from(2);
+        return fatal(2, e);
     }
     // Every subscriber is a socket: lift the soft file limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
+    // The store first: a damaged one must stop the start before it binds.
+    let store = match Store::open(config.store, &config.data_dir) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fatal(1, e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("ratatoskr: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fatal(1, format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
-            Err(e) => {
-                tracing::error!(listen = %config.listen, error = %e, "cannot listen");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return fatal(1, format!("cannot listen on {}: {e}", config.listen)),
         };
         let bound = listener
             .local_addr()
             .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
         tracing::info!(listen = %bound, "listening");
-        match ratatoskr::run(config, listener, ratatoskr::shutdown::signal()).await {
+        match ratatoskr::run_with_store(config, store, listener, ratatoskr::shutdown::signal())
+            .await
+        {
             Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start");
-                ExitCode::FAILURE
-            }
+            Err(e) => fatal(1, format!("cannot start: {e}")),
         }
     })
 }

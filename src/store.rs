@@ -7,7 +7,7 @@
 //! throwaway runs. Every write is committed before the API answers.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -33,14 +33,84 @@ impl Collection {
     }
 }
 
-/// A store failure. The API answers 503 and logs the cause.
+/// A store failure. At start it is fatal and said in one line (the file,
+/// what is wrong, what to do); later the API answers 503 and logs it.
 #[derive(Debug, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    /// `--data-dir` is not a directory.
+    #[error("--data-dir {0} is a file, not a directory: point --data-dir at a directory (it is created if missing)")]
+    NotADirectory(PathBuf),
+    /// The directory cannot be created.
+    #[error("cannot create the data directory {0}: {1}")]
+    CreateDir(PathBuf, String),
+    /// The store file is there but holds nothing.
+    #[error("store file {0} is empty (0 bytes): it was emptied or truncated, and every registration and event type in it is gone; restore it from a backup, or delete it to start with an empty store")]
+    Emptied(PathBuf),
+    /// The store file cannot be read as a store.
+    #[error("store file {0} is damaged or is not a Ratatoskr store ({1}): restore it from a backup, or move it aside to start with an empty store")]
+    Damaged(PathBuf, String),
+    /// Another process has the store open.
+    #[error(
+        "store file {0} is in use by another process: stop it, or give this one another --data-dir"
+    )]
+    InUse(PathBuf),
+    /// The file cannot be opened (permissions, I/O).
+    #[error("cannot open store file {0}: {1}")]
+    Open(PathBuf, String),
+    /// A read or write failed on an open store.
+    #[error("store: {0}")]
+    Io(String),
+}
 
 impl StoreError {
     fn from<E: std::fmt::Display>(e: E) -> Self {
-        Self(e.to_string())
+        Self::Io(e.to_string())
+    }
+}
+
+/// The store's file name inside `--data-dir`.
+pub const FILE_NAME: &str = "ratatoskr.redb";
+
+/// Opens the redb file at `path`, or says exactly why it cannot.
+fn open_redb(dir: &Path) -> Result<Database, StoreError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(StoreError::NotADirectory(dir.to_owned()));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::CreateDir(dir.to_owned(), e.to_string()))?;
+    let path = dir.join(FILE_NAME);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => {
+            return Err(StoreError::Open(path, "it is a directory".into()));
+        }
+        Ok(m) if m.len() == 0 => return Err(StoreError::Emptied(path)),
+        _ => {}
+    }
+    // redb asserts on some truncated files instead of returning an error.
+    // Catch that, and keep the panic message off stderr: the caller says
+    // what is wrong in one line. (The hook is process-wide; this runs once,
+    // at start.)
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| Database::create(&path));
+    std::panic::set_hook(previous);
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::InUse(path)),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Err(StoreError::Open(path, e.to_string()))
+        }
+        Ok(Err(e)) => Err(StoreError::Damaged(path, e.to_string())),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the file is shorter than its header says".into());
+            Err(StoreError::Damaged(path, why))
+        }
     }
 }
 
@@ -70,9 +140,7 @@ impl Store {
         let backend = match kind {
             StoreKind::Memory => Backend::Memory(Mutex::default()),
             StoreKind::Redb => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
-                let db = Database::create(dir.join("ratatoskr.redb")).map_err(StoreError::from)?;
+                let db = open_redb(dir)?;
                 // Create the tables so that reads before the first write succeed.
                 let tx = db.begin_write().map_err(StoreError::from)?;
                 for c in [Collection::Registrations, Collection::EventTypes] {
@@ -172,6 +240,29 @@ mod tests {
     #[test]
     fn memory_store_keeps_collections_apart() {
         round_trip(&Store::open(StoreKind::Memory, Path::new("")).unwrap());
+    }
+
+    #[test]
+    fn damaged_stores_are_named_and_explained() {
+        let dir = std::env::temp_dir().join(format!("ratatoskr-store-{}", uuid::Uuid::new_v4()));
+        {
+            let store = Store::open(StoreKind::Redb, &dir).unwrap();
+            round_trip(&store);
+        }
+        let file = dir.join(FILE_NAME);
+        let full = std::fs::read(&file).unwrap();
+        for keep in [10, 4096, full.len() / 2] {
+            std::fs::write(&file, &full[..keep]).unwrap();
+            let e = Store::open(StoreKind::Redb, &dir).unwrap_err();
+            assert!(matches!(e, StoreError::Damaged(..)), "{keep}: {e}");
+            assert!(e.to_string().contains(&*file.to_string_lossy()), "{e}");
+        }
+        std::fs::write(&file, b"").unwrap();
+        let e = Store::open(StoreKind::Redb, &dir).unwrap_err();
+        assert!(matches!(e, StoreError::Emptied(_)), "{e}");
+        let e = Store::open(StoreKind::Redb, &file).unwrap_err();
+        assert!(matches!(e, StoreError::NotADirectory(_)), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -15,10 +15,18 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global tracing subscriber. Fails if the filter is invalid.
+///
+/// The log goes to stderr (stdout stays free for a program's own output),
+/// coloured only when stderr is a terminal and `NO_COLOR` is unset.
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid --log filter: {e}"))?;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(true);
     let result = match format {
         LogFormat::Text => builder.try_init(),

@@ -110,7 +110,8 @@ struct SseBody {
     batch: Vec<Arc<Published>>,
     heartbeat_every: Duration,
     heartbeat: Pin<Box<Sleep>>,
-    wrote_since_heartbeat: bool,
+    /// When bytes last went out: a heartbeat is due one interval later.
+    last_write: tokio::time::Instant,
     last_id: Option<EventId>,
     finished: bool,
 }
@@ -151,7 +152,7 @@ impl SseBody {
             batch: Vec::new(),
             heartbeat_every: every,
             heartbeat: Box::pin(tokio::time::sleep(every)),
-            wrote_since_heartbeat: true,
+            last_write: tokio::time::Instant::now(),
             last_id: resume,
             finished: false,
         }
@@ -242,23 +243,28 @@ impl http_body::Body for SseBody {
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
         if let Some(chunk) = this.next_replay_chunk() {
-            this.wrote_since_heartbeat = true;
+            this.last_write = tokio::time::Instant::now();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let queue = this.subscription.queue.clone();
         if let Poll::Ready(drained) = queue.poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS) {
-            this.wrote_since_heartbeat = true;
+            this.last_write = tokio::time::Instant::now();
             let chunk = this.live_chunk(drained.dropped, drained.closed);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        // Idle: one timer per stream, re-armed once per interval rather than
-        // after every write (re-arming costs a timer-wheel update).
+        // Idle: one timer per stream, re-armed when it fires rather than
+        // after every write (re-arming costs a timer-wheel update). It is
+        // re-armed for one interval after the last write, so the stream is
+        // never silent for longer than the interval.
         while this.heartbeat.as_mut().poll(cx).is_ready() {
-            let deadline = tokio::time::Instant::now() + this.heartbeat_every;
-            this.heartbeat.as_mut().reset(deadline);
-            if !std::mem::replace(&mut this.wrote_since_heartbeat, false) {
+            let now = tokio::time::Instant::now();
+            let due = this.last_write + this.heartbeat_every;
+            if due <= now {
+                this.last_write = now;
+                this.heartbeat.as_mut().reset(now + this.heartbeat_every);
                 return Poll::Ready(Some(Ok(Frame::data(frame::comment("keep-alive")))));
             }
+            this.heartbeat.as_mut().reset(due);
         }
         Poll::Pending
     }

@@ -35,11 +35,11 @@ async fn sigterm_tells_subscribers_and_exits_0() {
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .arg("--data-dir")
         .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("a log line").unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON logs");
@@ -103,7 +103,7 @@ async fn secrets_never_reach_the_logs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = String::new();
     let addr = loop {
         let line = lines.next().expect("a log line").unwrap();
@@ -161,10 +161,10 @@ async fn secrets_never_reach_the_logs() {
             text.push_str(&line.unwrap());
             text.push('\n');
         }
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
         child.wait().unwrap();
-        text + &err
+        text + &out
     })
     .await
     .unwrap();

@@ -13,6 +13,7 @@ mod persistence;
 mod process;
 mod receiver;
 mod resume;
+mod setup;
 mod shutdown;
 mod slow;
 mod sqs;

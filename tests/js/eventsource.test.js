@@ -25,12 +25,12 @@ function freePort() {
 /** Starts the binary on `port`; resolves once it logs that it listens. */
 function startGateway(port, extra = []) {
   const child = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--log-format", "json", "--sse-retry", "200ms", "--store", "memory", ...extra], {
-    stdio: ["ignore", "pipe", "inherit"],
+    stdio: ["ignore", "inherit", "pipe"],
   });
   running.add(child);
   child.on("exit", () => running.delete(child));
   return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout }).on("line", (line) => {
+    createInterface({ input: child.stderr }).on("line", (line) => {
       if (JSON.parse(line).message === "listening") resolve(child);
     });
     child.on("exit", (code) => reject(new Error(`gateway exited with ${code}`)));
