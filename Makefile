@@ -2,7 +2,7 @@
 CARGO ?= cargo
 TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
 
-.PHONY: help build run test test-rust test-js test-browser lint fmt bench release clean
+.PHONY: help build run test test-rust test-js test-browser lint fmt bench fuzz release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ fmt: ## format the code
 bench: ## load benchmark, side by side with the roofline and nginx+nchan (see README)
 	scripts/bench.sh
 
+fuzz: ## every cargo-fuzz target for FUZZ_SECONDS each (default 60; nightly toolchain)
+	scripts/fuzz.sh
+
 release: ## release binaries in dist/ for each target the toolchain has
 	@mkdir -p dist
 	@for t in $(TARGETS); do \
@@ -50,4 +53,4 @@ release: ## release binaries in dist/ for each target the toolchain has
 
 clean: ## remove build output
 	$(CARGO) clean
-	rm -rf dist bench-results artifacts tests/js/node_modules tests/browser/node_modules .venv
+	rm -rf dist bench-results artifacts tests/js/node_modules tests/browser/node_modules .venv fuzz/target fuzz/corpus fuzz/artifacts fuzz/logs

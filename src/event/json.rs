@@ -75,6 +75,17 @@ pub fn parse_payload(body: &Bytes, max_depth: usize) -> Result<Parsed, JsonError
     Ok(Parsed { hints, data })
 }
 
+/// The non-blank lines of an NDJSON body, numbered from 1, each without
+/// its `\n` or `\r\n`, as slices of `body` (no copy).
+pub fn split_lines(body: &Bytes) -> Vec<(usize, Bytes)> {
+    body.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, l)| (i, body.slice_ref(l)))
+        .collect()
+}
+
 /// Refuses text nested deeper than `max_depth` (one pass, no recursion).
 pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), JsonError> {
     scan(body, max_depth).map(|_| ())

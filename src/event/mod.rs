@@ -81,9 +81,9 @@ impl Event {
     }
 }
 
-/// An event for unit tests elsewhere in the crate.
-#[cfg(test)]
-pub(crate) fn test_event(id: u64, device: Option<&str>, event_type: Option<&str>) -> Event {
+/// An event for unit tests elsewhere in the crate, and for fuzzing.
+#[cfg(any(test, fuzzing))]
+pub fn test_event(id: u64, device: Option<&str>, event_type: Option<&str>) -> Event {
     Event {
         id: EventId::from_u64(id),
         draft: EventDraft {

@@ -140,6 +140,15 @@ pub async fn register(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Runs every check `POST /hook` makes on a body before it touches the
+/// registry (parse, matcher, duration); for fuzzing and tests.
+pub fn check_body(body: &[u8], max: Duration) -> Result<Duration, ApiError> {
+    let hook: Hook = serde_json::from_slice(body)
+        .map_err(|e| refused(format!("invalid webhook registration: {e}")))?;
+    devices_of(&hook.matcher.device_id)?;
+    duration_of(&hook, max)
+}
+
 /// Literal device ids go to the device index; anything else is a regex.
 /// An empty list or a `.*` entry means every device.
 fn devices_of(entries: &[String]) -> Result<(Vec<String>, Vec<String>), ApiError> {

@@ -201,13 +201,7 @@ async fn ingest_batch(
     key: Option<&str>,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let lines: Vec<(usize, Bytes)> = body
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-        .map(|(i, l)| (i, body.slice_ref(l)))
-        .collect();
+    let lines = json_event::split_lines(body);
     if lines.is_empty() {
         return Err(ApiError::bad_request("the batch has no events"));
     }

@@ -70,21 +70,23 @@ fn put_data(out: &mut BytesMut, data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
+/// How a browser reads a stream: the checker for this module's
+/// guarantee, in tests and fuzzing.
+#[cfg(any(test, fuzzing))]
+pub mod interpret {
     /// One dispatched SSE event, as a browser's EventSource would see it.
     #[derive(Debug, Default, PartialEq, Eq)]
-    pub(crate) struct Parsed {
+    pub struct Parsed {
+        /// The last event id set.
         pub id: Option<String>,
+        /// The `event:` name.
         pub name: Option<String>,
+        /// The `data:` lines, joined with `\n`.
         pub data: String,
     }
 
     /// A parser written from the WHATWG "event stream interpretation" rules.
-    pub(crate) fn parse_stream(text: &str) -> Vec<Parsed> {
+    pub fn parse_stream(text: &str) -> Vec<Parsed> {
         let mut events = Vec::new();
         let (mut data, mut name, mut id, mut has_data) = (String::new(), None, None, false);
         let normalised = text.replace("\r\n", "\n").replace('\r', "\n");
@@ -124,6 +126,13 @@ pub(crate) mod tests {
         }
         events
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::interpret::parse_stream;
+    use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn hostile_payload_cannot_forge_fields() {

@@ -69,7 +69,7 @@ pub async fn serve(
     drop(head);
     let request = match request {
         Ok(r) => r,
-        Err(()) => {
+        Err(BadHead) => {
             let _ = write_all(
                 &stream,
                 b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -109,11 +109,18 @@ pub async fn serve(
     }
 }
 
-fn build_request(head: &[u8], peer: PeerAddr) -> Result<Request<Body>, ()> {
+/// A request head this path does not take (the client gets a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a malformed request head, or a GET with a body")]
+pub struct BadHead;
+
+/// Turns a complete request head (as [`sniff`] found it) into a request
+/// for the router.
+pub fn build_request(head: &[u8], peer: PeerAddr) -> Result<Request<Body>, BadHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
-        return Err(());
+        return Err(BadHead);
     }
     let version = if parsed.version == Some(0) {
         Version::HTTP_10
@@ -121,19 +128,19 @@ fn build_request(head: &[u8], peer: PeerAddr) -> Result<Request<Body>, ()> {
         Version::HTTP_11
     };
     let mut builder = Request::builder()
-        .method(parsed.method.ok_or(())?)
-        .uri(parsed.path.ok_or(())?)
+        .method(parsed.method.ok_or(BadHead)?)
+        .uri(parsed.path.ok_or(BadHead)?)
         .version(version);
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| BadHead)?;
         if name == http::header::CONTENT_LENGTH && h.value != b"0"
             || name == http::header::TRANSFER_ENCODING
         {
-            return Err(()); // a GET with a body is not for this path
+            return Err(BadHead); // a GET with a body is not for this path
         }
-        builder = builder.header(name, HeaderValue::from_bytes(h.value).map_err(|_| ())?);
+        builder = builder.header(name, HeaderValue::from_bytes(h.value).map_err(|_| BadHead)?);
     }
-    let mut request = builder.body(Body::empty()).map_err(|_| ())?;
+    let mut request = builder.body(Body::empty()).map_err(|_| BadHead)?;
     request.extensions_mut().insert(peer);
     Ok(request)
 }
