@@ -47,7 +47,7 @@ pub const MAX_COMPREHENSION_NESTING: usize = 3;
 /// Most input-sized values one expression may join with `+`.
 pub const MAX_AMPLIFICATION: u64 = 16;
 /// Evaluation units per evaluation (see the module docs).
-pub const EVAL_BUDGET: u64 = 100_000;
+pub const EVAL_BUDGET: u64 = 20_000;
 /// Stack of the thread that parses and checks an expression.
 pub const COMPILE_STACK: usize = 64 << 20;
 /// Stack that evaluating any accepted expression fits in, with room to

@@ -514,3 +514,41 @@ async fn checks_cannot_be_bypassed() {
     drop(gw);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_costly_expression_cannot_hold_the_forwarding_thread() {
+    let dir = temp_dir("hostile-budget");
+    let rx = Receiver::start().await;
+    let gw = Process::start(&dir, &["--store", "memory"]);
+    let quadratic = "event.payload.l.all(x, event.payload.l.all(y, y >= 0))";
+    for (path, expression) in [("/costly", quadratic), ("/plain", "true")] {
+        let r = gw
+            .post_json(
+                "/api/registrations",
+                &registration(&rx.url(path), expression),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // 20,000 elements: 400 million steps without a budget.
+    let list: Vec<u32> = (0..20_000).collect();
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let r = gw
+            .post_json(
+                "/api/events?device=mac:112233445566&type=t",
+                &json!({ "l": list }),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    rx.wait_for("/plain", 5, Duration::from_secs(20)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "forwarding kept up: {:?}",
+        started.elapsed()
+    );
+    assert!(rx.received("/costly").is_empty(), "out of budget: no match");
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
