@@ -2,8 +2,9 @@
 # Runs every cargo-fuzz target for FUZZ_SECONDS seconds each (default 60)
 # and prints the executions each made. Corpora live in fuzz/corpus/
 # (not committed), seeded from fuzz/seeds/, the WRP test vectors and the
-# shared WRP vectors. A crash, a panic, an allocation over 64 MiB or an
-# RSS over 2 GiB fails the run; the input is kept in fuzz/artifacts/.
+# shared WRP vectors. A crash, a panic, one allocation over 1 MiB (the
+# default body limit; FUZZ_MALLOC_MB) or an RSS over 2 GiB fails the run;
+# the input is kept in fuzz/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${FUZZ_SECONDS:-60}
@@ -37,7 +38,7 @@ printf '%-20s %12s %10s\n' target execs exec/s
 for t in $TARGETS; do
   mkdir -p "fuzz/corpus/$t" fuzz/logs
   if ! cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" -- \
-      -max_total_time="$SECS" -malloc_limit_mb=64 -rss_limit_mb=2048 \
+      -max_total_time="$SECS" -malloc_limit_mb=${FUZZ_MALLOC_MB:-1} -rss_limit_mb=2048 \
       -max_len=65536 -print_final_stats=1 >"fuzz/logs/$t.log" 2>&1; then
     echo "fuzz target $t failed:"; tail -40 "fuzz/logs/$t.log"; exit 1
   fi
