@@ -276,9 +276,7 @@ impl Transport {
                 &ctx.policy,
                 ctx.settings.timeout,
             ))),
-            Destination::Sqs(s) => Self::Sqs(
-                sqs::SqsTransport::new(s, ctx.settings.timeout, ctx.settings.retries).await,
-            ),
+            Destination::Sqs(s) => Self::Sqs(sqs::SqsTransport::new(s, ctx.settings.timeout).await),
         }
     }
 

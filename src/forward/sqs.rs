@@ -32,11 +32,13 @@ pub struct SqsTransport {
 }
 
 impl SqsTransport {
-    /// Builds the SDK client for this destination.
-    pub async fn new(d: &SqsDestination, timeout: Duration, retries: u32) -> Self {
+    /// Builds the SDK client for this destination. The SDK does not retry:
+    /// the delivery worker does, in one place for every sink, so that
+    /// attempts do not multiply and the `retried` metric counts them all.
+    pub async fn new(d: &SqsDestination, timeout: Duration) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(Region::new(d.region.clone()))
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(retries + 1))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .operation_attempt_timeout(timeout)
@@ -132,13 +134,30 @@ fn entry(i: usize, event: &Event, format: BodyFormat) -> Option<SendMessageBatch
         .ok()
 }
 
-fn classify<E, R>(e: SdkError<E, R>) -> Failure
+/// Throttling and server-side failures are worth another attempt; other
+/// refusals (a missing queue, bad credentials) are not.
+fn classify<E>(e: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>) -> Failure
 where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + 'static,
 {
     let text = DisplayErrorContext(&e).to_string();
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let transient_code = match &e {
+        SdkError::ServiceError(s) => s.err().code().is_some_and(|c| {
+            c.contains("Throttl")
+                || c == "RequestThrottled"
+                || c.contains("Unavailable")
+                || c == "InternalError"
+                || c == "InternalFailure"
+        }),
+        _ => false,
+    };
     match e {
+        SdkError::ServiceError(_)
+            if transient_code || status.is_some_and(|s| s >= 500 || s == 429) =>
+        {
+            Failure::Retryable(format!("SQS busy: {text}"))
+        }
         SdkError::ServiceError(_) | SdkError::ConstructionFailure(_) => {
             Failure::Permanent(format!("SQS refused: {text}"))
         }

@@ -238,7 +238,10 @@ async fn a_slow_destination_does_not_delay_another() {
         took < Duration::from_secs(2),
         "the fast destination got all 20 in {took:?}"
     );
-    assert!(slow.received("/s").is_empty(), "the slow one is still busy");
+    // The slow one has only its first requests in flight (the receiver
+    // records them on arrival), at most the destination's concurrency.
+    let in_flight = slow.received("/s").len();
+    assert!(in_flight <= 4, "the slow one is still busy: {in_flight}");
 }
 
 #[tokio::test]

@@ -50,9 +50,6 @@ async fn record(
 ) -> StatusCode {
     let path = uri.path().to_owned();
     let delay = inner.delays.lock().unwrap().get(&path).copied();
-    if let Some(d) = delay {
-        tokio::time::sleep(d).await;
-    }
     let status = inner
         .statuses
         .lock()
@@ -60,12 +57,16 @@ async fn record(
         .get_mut(&path)
         .and_then(VecDeque::pop_front)
         .unwrap_or(200);
+    // Recorded on arrival, so a request the sender gives up on still counts.
     inner.requests.lock().unwrap().push(Received {
         path,
         headers,
         body,
     });
     inner.arrived.notify_waiters();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     StatusCode::from_u16(status).unwrap()
 }
 

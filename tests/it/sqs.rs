@@ -209,3 +209,38 @@ async fn the_gateways_own_aws_identity_is_not_lent_by_default() {
     let gw = Gateway::start_with(|c| c.sqs_default_credentials = true).await;
     assert_eq!(crate::forward::register(&gw, &body).await.status, 201);
 }
+
+/// Retries happen in one place: an SQS endpoint that times out gets
+/// exactly `--delivery-retries` + 1 attempts per batch, not that number
+/// squared (the SDK's own retries used to run inside the gateway's).
+#[tokio::test]
+async fn sqs_attempts_do_not_multiply() {
+    let rx = crate::receiver::Receiver::start().await;
+    rx.delay("/", Duration::from_secs(2));
+    let gw = Gateway::start_with(|c| {
+        c.delivery_retries = 2;
+        c.delivery_timeout = Duration::from_millis(200);
+        c.retry_backoff = Duration::from_millis(1);
+    })
+    .await;
+    register_ok(
+        &gw,
+        &json!({"device": "mac:112233445566", "duration": 60,
+                "destination": {"type": "sqs", "queue_url": format!("{}/123/q", rx.url("")),
+                                "region": "us-east-1", "endpoint_url": rx.url(""),
+                                "access_key_id": "k", "secret_access_key": "s"}}),
+    )
+    .await;
+    let r = gw
+        .post(
+            "/api/events?device=mac:112233445566&type=t",
+            "application/json",
+            "1",
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    rx.wait_for("/", 3, Duration::from_secs(10)).await;
+    // Long enough for a fourth attempt, had there been one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.received("/").len(), 3, "1 attempt + 2 retries");
+}
