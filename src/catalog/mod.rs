@@ -146,6 +146,8 @@ pub struct Catalog {
     store: Arc<Store>,
     strict: bool,
     types: RwLock<HashMap<String, Arc<Compiled>>>,
+    /// Serialises definition changes (check, store write, swap).
+    writes: std::sync::Mutex<()>,
 }
 
 impl Catalog {
@@ -177,6 +179,7 @@ impl Catalog {
             store,
             strict,
             types: RwLock::new(types),
+            writes: Default::default(),
         })
     }
 
@@ -193,26 +196,34 @@ impl Catalog {
         create_only: bool,
     ) -> Result<(EventType, bool), CatalogError> {
         check_name(name).map_err(|m| CatalogError::Invalid(vec![FieldError::new("name", m)]))?;
-        let mut types = write(&self.types);
-        let previous = types.get(name).map(|c| c.def.clone());
-        if create_only && previous.is_some() {
-            return Err(CatalogError::Exists(name.into()));
-        }
         let now = Utc::now();
-        let def = EventType {
+        // Compiled before any lock: ingest reads the types while this runs.
+        let mut compiled = compile(EventType {
             name: name.into(),
             description: req.description,
             schema: req.schema,
             metadata_schema: req.metadata_schema,
-            created_at: previous.as_ref().map_or(now, |p| p.created_at),
+            created_at: now,
             updated_at: now,
-            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            version: 1,
             disabled: None,
-        };
-        let compiled = compile(def.clone()).map_err(CatalogError::Invalid)?;
+        })
+        .map_err(CatalogError::Invalid)?;
+        // Changes are serialised, so the create-only check holds; the type
+        // map itself is locked only for the swap, never across the write.
+        let _w = crate::sync::lock(&self.writes);
+        let previous = self.read().get(name).map(|c| c.def.clone());
+        if create_only && previous.is_some() {
+            return Err(CatalogError::Exists(name.into()));
+        }
+        if let Some(p) = &previous {
+            compiled.def.created_at = p.created_at;
+            compiled.def.version = p.version + 1;
+        }
+        let def = compiled.def.clone();
         let doc = serde_json::to_vec(&def).expect("definitions serialise");
         self.store.put(Collection::EventTypes, name, &doc)?;
-        types.insert(name.into(), Arc::new(compiled));
+        write(&self.types).insert(name.into(), Arc::new(compiled));
         Ok((def, previous.is_none()))
     }
 
@@ -230,12 +241,12 @@ impl Catalog {
 
     /// Removes a definition.
     pub fn delete(&self, name: &str) -> Result<(), CatalogError> {
-        let mut types = write(&self.types);
-        if !types.contains_key(name) {
+        let _w = crate::sync::lock(&self.writes);
+        if !self.read().contains_key(name) {
             return Err(CatalogError::NotFound(name.into()));
         }
         self.store.delete(Collection::EventTypes, &[name])?;
-        types.remove(name);
+        write(&self.types).remove(name);
         Ok(())
     }
 
