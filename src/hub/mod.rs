@@ -63,16 +63,18 @@ impl Published {
         }
     }
 
-    /// The encoded SSE frame for `format`.
+    /// The encoded SSE frame for `format`. The id text is made only when
+    /// a frame is first built, not on every call (a batch asks once per
+    /// event per subscriber).
     pub fn frame(&self, format: Format) -> &Bytes {
-        let id = self.event.id.to_string();
+        let id = || self.event.id.to_string();
         match format {
             Format::Data => self
                 .data_frame
-                .get_or_init(|| frame::event(Some(&id), None, &self.event.draft.data)),
+                .get_or_init(|| frame::event(Some(&id()), None, &self.event.draft.data)),
             Format::Envelope => self
                 .envelope_frame
-                .get_or_init(|| frame::event(Some(&id), None, &self.event.envelope_json())),
+                .get_or_init(|| frame::event(Some(&id()), None, &self.event.envelope_json())),
         }
     }
 }
