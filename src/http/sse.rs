@@ -36,8 +36,10 @@ use crate::hub::{
 };
 use crate::telemetry::{Metrics, StreamEnd};
 
-/// Most bytes written in one chunk (bounded so one very busy subscriber
-/// cannot build an unbounded buffer).
+/// Most bytes copied into one chunk, replayed or live (so that a reader
+/// of a burst of large events never holds its own copy of the burst; the
+/// queue holds shared frames, a chunk copies them). One event larger than
+/// this is written alone, as its shared frame, without a copy.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// Most events drained from a queue per chunk.
 const MAX_BATCH_EVENTS: usize = 256;
@@ -107,7 +109,13 @@ struct SseBody {
     preamble: Option<Bytes>,
     /// Missed events still to write, when resuming.
     replay: std::vec::IntoIter<Arc<Published>>,
+    /// Drained from the queue, not yet written (a drain can be larger
+    /// than one chunk).
     batch: Vec<Arc<Published>>,
+    /// Events the queue dropped, to report after `batch` is written.
+    pending_dropped: u64,
+    /// Why the queue closed, to report after `batch` is written.
+    pending_closed: Option<CloseReason>,
     heartbeat_every: Duration,
     heartbeat: Pin<Box<Sleep>>,
     /// When bytes last went out: a heartbeat is due one interval later.
@@ -150,6 +158,8 @@ impl SseBody {
             preamble: Some(preamble.freeze()),
             replay: replay.into_iter(),
             batch: Vec::new(),
+            pending_dropped: 0,
+            pending_closed: None,
             heartbeat_every: every,
             heartbeat: Box::pin(tokio::time::sleep(every)),
             last_write: tokio::time::Instant::now(),
@@ -171,26 +181,40 @@ impl SseBody {
         Some(out.freeze())
     }
 
-    /// Turns one drain of the live queue into one chunk.
-    fn live_chunk(&mut self, dropped: u64, closed: Option<CloseReason>) -> Bytes {
+    /// Writes the next chunk of drained events: at most [`MAX_CHUNK_BYTES`]
+    /// (or one larger event), then the pending notices once the batch is
+    /// written.
+    fn live_chunk(&mut self) -> Bytes {
         let format = self.format;
+        let (mut take, mut size) = (0, 0);
+        for e in &self.batch {
+            let len = e.frame(format).len();
+            if take > 0 && size + len > MAX_CHUNK_BYTES {
+                break;
+            }
+            size += len;
+            take += 1;
+        }
+        let last_of_batch = take == self.batch.len();
+        let dropped = if last_of_batch {
+            std::mem::take(&mut self.pending_dropped)
+        } else {
+            0
+        };
+        let closed = if last_of_batch {
+            self.pending_closed.take()
+        } else {
+            None
+        };
         // The common case, one event and nothing to report: write the shared
         // frame itself, with no copy.
-        if self.batch.len() == 1 && dropped == 0 && closed.is_none() {
-            let e = self.batch.pop().map(|e| {
-                self.last_id = Some(e.event.id);
-                e.frame(format).clone()
-            });
-            return e.unwrap_or_default();
+        if take == 1 && dropped == 0 && closed.is_none() {
+            let e = self.batch.remove(0);
+            self.last_id = Some(e.event.id);
+            return e.frame(format).clone();
         }
-        let mut out = BytesMut::with_capacity(
-            self.batch
-                .iter()
-                .map(|e| e.frame(format).len())
-                .sum::<usize>()
-                + 128,
-        );
-        for e in self.batch.drain(..) {
+        let mut out = BytesMut::with_capacity(size + 128);
+        for e in self.batch.drain(..take) {
             out.extend_from_slice(e.frame(format));
             self.last_id = Some(e.event.id);
         }
@@ -246,11 +270,16 @@ impl http_body::Body for SseBody {
             this.last_write = tokio::time::Instant::now();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
+        if !this.batch.is_empty() {
+            this.last_write = tokio::time::Instant::now();
+            return Poll::Ready(Some(Ok(Frame::data(this.live_chunk()))));
+        }
         let queue = this.subscription.queue.clone();
         if let Poll::Ready(drained) = queue.poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS) {
             this.last_write = tokio::time::Instant::now();
-            let chunk = this.live_chunk(drained.dropped, drained.closed);
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            this.pending_dropped += drained.dropped;
+            this.pending_closed = drained.closed.or(this.pending_closed);
+            return Poll::Ready(Some(Ok(Frame::data(this.live_chunk()))));
         }
         // Idle: one timer per stream, re-armed when it fires rather than
         // after every write (re-arming costs a timer-wheel update). It is
