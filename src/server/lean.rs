@@ -49,12 +49,24 @@ pub fn sniff(buf: &[u8]) -> Sniff {
         return Sniff::Other;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(buf) {
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        // A GET with a body is hyper's to answer, as any other odd request.
+        Ok(httparse::Status::Complete(_)) if has_body(request.headers) => Sniff::Other,
         Ok(httparse::Status::Complete(len)) => Sniff::Stream(len),
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Sniff::NeedMore,
         // Too big or malformed: hyper answers such requests properly.
         _ => Sniff::Other,
     }
+}
+
+/// Whether the head announces a body (`Content-Length` other than 0, or
+/// any `Transfer-Encoding`).
+fn has_body(headers: &[httparse::Header<'_>]) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            || h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0"
+    })
 }
 
 /// Serves one `GET /events` request whose complete head is `head`.
@@ -70,18 +82,22 @@ pub async fn serve(
     let request = match request {
         Ok(r) => r,
         Err(BadHead) => {
-            let _ = write_all(
-                &stream,
-                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                write_timeout,
-            )
-            .await;
+            let reply = format!(
+                "HTTP/1.1 400 Bad Request\r\ndate: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                httpdate::fmt_http_date(std::time::SystemTime::now())
+            );
+            if write_all(&stream, reply.as_bytes(), write_timeout)
+                .await
+                .is_ok()
+            {
+                close_after_reply(&mut stream).await;
+            }
             return;
         }
     };
     let version = request.version();
-    // Boxed for the same reason as the hyper branch: the routing future is
-    // only alive for a moment, the stream for hours.
+    // Boxed so that the routing future, alive for a moment, is not part of
+    // this task's state, which lives as long as the stream.
     let Ok(response) = Box::pin(router.oneshot(request)).await;
     let (parts, body) = response.into_parts();
     if parts.status != StatusCode::OK {
@@ -92,8 +108,10 @@ pub async fn serve(
             .map(|c| c.to_bytes())
             .unwrap_or_default();
         let head = response_head(version, &parts, Some(bytes.len()));
-        if write_all(&stream, &head, write_timeout).await.is_ok() {
-            let _ = write_all(&stream, &bytes, write_timeout).await;
+        if write_all(&stream, &head, write_timeout).await.is_ok()
+            && write_all(&stream, &bytes, write_timeout).await.is_ok()
+        {
+            close_after_reply(&mut stream).await;
         }
         return;
     }
@@ -127,6 +145,15 @@ pub fn build_request(head: &[u8], peer: PeerAddr) -> Result<Request<Body>, BadHe
     } else {
         Version::HTTP_11
     };
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+    if version == Version::HTTP_11
+        && !parsed
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("host"))
+    {
+        return Err(BadHead);
+    }
     let mut builder = Request::builder()
         .method(parsed.method.ok_or(BadHead)?)
         .uri(parsed.path.ok_or(BadHead)?)
@@ -158,6 +185,11 @@ fn response_head(
         "HTTP/1.1"
     };
     out.put_slice(format!("{proto} {} {reason}\r\n", parts.status.as_u16()).as_bytes());
+    if !parts.headers.contains_key(http::header::DATE) {
+        out.put_slice(b"date: ");
+        out.put_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        out.put_slice(b"\r\n");
+    }
     for (name, value) in &parts.headers {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
@@ -169,6 +201,28 @@ fn response_head(
     }
     out.put_slice(b"connection: close\r\n\r\n");
     out.to_vec()
+}
+
+/// After a finite reply on a connection we close: half-close, then read
+/// and discard what the client still sends (bytes after its request head)
+/// for a moment, so that closing with unread data does not turn into a
+/// reset that cuts the reply before the client has read it.
+async fn close_after_reply(stream: &mut TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// Copies the body to the socket until it ends, the client goes away, or a
@@ -228,4 +282,100 @@ async fn write_all(stream: &TcpStream, data: &[u8], write_timeout: Duration) -> 
 pub async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     buf.reserve(1024);
     stream.read_buf(buf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerAddr {
+        PeerAddr(([127, 0, 0, 1], 9).into())
+    }
+
+    #[test]
+    fn sniff_takes_only_complete_bodiless_event_stream_heads() {
+        let get = b"GET /events?device=a HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(matches!(sniff(get), Sniff::Stream(n) if n == get.len()));
+        // Pipelined: the first head only.
+        let two = [&get[..], b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"].concat();
+        assert!(matches!(sniff(&two), Sniff::Stream(n) if n == get.len()));
+        assert!(matches!(sniff(b"GET /ev"), Sniff::NeedMore));
+        assert!(matches!(
+            sniff(b"GET /events HTTP/1.1\r\nHo"),
+            Sniff::NeedMore
+        ));
+        for other in [
+            &b"GET /eventsx HTTP/1.1\r\n\r\n"[..],
+            b"POST /events HTTP/1.1\r\n\r\n",
+            b"GET /health HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET /events HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            b"GET /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET /events HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            assert!(
+                matches!(sniff(other), Sniff::Other),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        // An oversized head goes to hyper, which answers it.
+        let big = [&b"GET /events HTTP/1.1\r\nX: "[..], &vec![b'a'; MAX_HEAD]].concat();
+        assert!(matches!(sniff(&big), Sniff::Other));
+        assert!(matches!(
+            sniff(b"GET /events HTTP/1.1\r\nContent-Length: 0\r\nHost: x\r\n\r\n"),
+            Sniff::Stream(_)
+        ));
+    }
+
+    #[test]
+    fn build_request_keeps_the_head_and_needs_host_on_http11() {
+        let r = build_request(
+            b"GET /events?type=t HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1\r\n\r\n",
+            peer(),
+        )
+        .unwrap();
+        assert_eq!(r.uri(), "/events?type=t");
+        assert_eq!(r.version(), Version::HTTP_11);
+        assert_eq!(r.headers()["last-event-id"], "1");
+        assert!(r.extensions().get::<PeerAddr>().is_some());
+        // HTTP/1.0 needs no Host.
+        let r = build_request(b"GET /events HTTP/1.0\r\n\r\n", peer()).unwrap();
+        assert_eq!(r.version(), Version::HTTP_10);
+        assert_eq!(
+            build_request(b"GET /events HTTP/1.1\r\n\r\n", peer()).unwrap_err(),
+            BadHead
+        );
+        assert_eq!(
+            build_request(
+                b"GET /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                peer()
+            )
+            .unwrap_err(),
+            BadHead
+        );
+    }
+
+    #[test]
+    fn response_head_has_status_date_and_framing() {
+        let (mut parts, ()) = http::Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/event-stream")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let head = String::from_utf8(response_head(Version::HTTP_11, &parts, None)).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("\r\ndate: ") && head.contains(" GMT\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("content-type: text/event-stream\r\n"));
+        assert!(head.ends_with("connection: close\r\n\r\n"));
+        assert!(!head.contains("content-length"));
+        parts.status = StatusCode::BAD_REQUEST;
+        let head = String::from_utf8(response_head(Version::HTTP_10, &parts, Some(12))).unwrap();
+        assert!(head.starts_with("HTTP/1.0 400 Bad Request\r\n"), "{head}");
+        assert!(head.contains("content-length: 12\r\n"));
+    }
 }

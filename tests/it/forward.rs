@@ -187,8 +187,9 @@ async fn full_buffer_drops_and_notifies_the_destination() {
         format!("sha1={}", hmac_sha1_hex(b"k", &notices[0].body)),
         "notices are signed too"
     );
-    // 1 in flight + 2 buffered (+1 if the worker had not yet taken the
-    // first when the third arrived); the rest dropped, with one notice.
+    // 2 buffered, plus 1 in flight once the worker has taken the first (on
+    // a busy machine the nice'd worker may not have yet, nor more than
+    // once); the rest dropped, with one notice.
     // The notice leaves at the first drop, maybe before the router has
     // routed the last events: wait until it has.
     let mut text = String::new();
@@ -196,12 +197,12 @@ async fn full_buffer_drops_and_notifies_the_destination() {
     for _ in 0..100 {
         text = gw.get("/metrics").await.text;
         dropped = series(&text, "ratatoskr_destination_dropped_total");
-        if dropped >= 6.0 {
+        if dropped >= 7.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!((6.0..=7.0).contains(&dropped), "{dropped}: {text}");
+    assert!((6.0..=8.0).contains(&dropped), "{dropped}: {text}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.received("/notice").len(), 1, "rate-limited");
 }
