@@ -261,6 +261,8 @@ pub struct SseClient {
     pub headers: HeaderMap,
     stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buf: String,
+    /// Bytes of a UTF-8 character split across chunks.
+    partial: Vec<u8>,
     pending: std::collections::VecDeque<SseItem>,
     current: SseEvent,
     has_data: bool,
@@ -273,6 +275,7 @@ impl SseClient {
             headers: resp.headers().clone(),
             stream: resp.bytes_stream().boxed(),
             buf: String::new(),
+            partial: Vec::new(),
             pending: Default::default(),
             current: SseEvent::default(),
             has_data: false,
@@ -294,8 +297,16 @@ impl SseClient {
                 Err(_) => return None,
                 Ok(None) | Ok(Some(Err(_))) => self.ended = true,
                 Ok(Some(Ok(chunk))) => {
+                    self.partial.extend_from_slice(&chunk);
+                    let valid = match std::str::from_utf8(&self.partial) {
+                        Ok(s) => s.len(),
+                        // Incomplete at the end: keep it for the next chunk.
+                        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                        Err(e) => panic!("the stream is not UTF-8: {e}"),
+                    };
+                    let text: Vec<u8> = self.partial.drain(..valid).collect();
                     self.buf
-                        .push_str(std::str::from_utf8(&chunk).expect("utf-8 stream"));
+                        .push_str(std::str::from_utf8(&text).expect("checked above"));
                     self.parse_lines();
                 }
             }
