@@ -83,8 +83,8 @@ pub enum Destination {
     Sqs(SqsDestination),
 }
 
-/// An HTTP webhook destination.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An HTTP webhook destination. Its `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpDestination {
     /// Where events are POSTed.
@@ -104,8 +104,8 @@ pub struct HttpDestination {
     pub failure_url: Option<String>,
 }
 
-/// An AWS SQS destination.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An AWS SQS destination. Its `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqsDestination {
     /// The queue's URL.
@@ -127,6 +127,60 @@ pub struct SqsDestination {
     /// The message body format (msgpack bodies are base64-encoded).
     #[serde(default)]
     pub content_type: BodyFormat,
+}
+
+/// A URL for debug output: its query (which may carry a token) hidden.
+fn without_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?<redacted>"),
+        None => url.to_owned(),
+    }
+}
+
+/// What `Debug` shows of a secret: whether there is one.
+fn redacted(secret: &Option<String>) -> &'static str {
+    if secret.is_some() {
+        "Some(<redacted>)"
+    } else {
+        "None"
+    }
+}
+
+// Hand-written so that every derived `Debug` above these (registrations,
+// outboxes, the app state) stays free of secrets.
+impl std::fmt::Debug for HttpDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpDestination")
+            .field("url", &without_query(&self.url))
+            .field("secret", &format_args!("{}", redacted(&self.secret)))
+            .field("header_names", &self.headers.keys().collect::<Vec<_>>())
+            .field("content_type", &self.content_type)
+            .field(
+                "failure_url",
+                &self.failure_url.as_deref().map(without_query),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SqsDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsDestination")
+            .field("queue_url", &self.queue_url)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &format_args!("{}", redacted(&self.secret_access_key)),
+            )
+            .field(
+                "session_token",
+                &format_args!("{}", redacted(&self.session_token)),
+            )
+            .field("endpoint_url", &self.endpoint_url)
+            .field("content_type", &self.content_type)
+            .finish()
+    }
 }
 
 impl Destination {
@@ -466,6 +520,31 @@ mod tests {
             content_type: BodyFormat::Json,
             failure_url: None,
         })
+    }
+
+    #[test]
+    fn debug_output_carries_no_secret() {
+        let http = Destination::Http(HttpDestination {
+            url: "https://h.example/x?token=TOPSECRET-Q".into(),
+            secret: Some("TOPSECRET-S".into()),
+            headers: [("Authorization".to_owned(), "Bearer TOPSECRET-H".to_owned())].into(),
+            content_type: BodyFormat::default(),
+            failure_url: Some("https://h.example/f?k=TOPSECRET-F".into()),
+        });
+        let sqs = Destination::Sqs(SqsDestination {
+            queue_url: "https://sqs.example/1/q".into(),
+            region: "eu-west-1".into(),
+            access_key_id: Some("AKIA".into()),
+            secret_access_key: Some("TOPSECRET-K".into()),
+            session_token: Some("TOPSECRET-T".into()),
+            endpoint_url: None,
+            content_type: BodyFormat::default(),
+        });
+        for d in [http, sqs] {
+            let text = format!("{d:?} {d:#?}");
+            assert!(!text.contains("TOPSECRET"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
     }
 
     #[test]
