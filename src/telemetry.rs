@@ -154,6 +154,7 @@ pub struct Metrics {
     fanout_seconds: Histogram,
     registrations: Gauge,
     stored_disabled: Family<StoredKindLabels, Counter>,
+    router_panics: Counter,
     forward_inbox_full: Counter,
     notices: Counter,
     dest_delivered: Family<DestinationLabels, Counter>,
@@ -193,6 +194,7 @@ impl Metrics {
             fanout_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
             registrations: Gauge::default(),
             stored_disabled: Family::default(),
+            router_panics: Counter::default(),
             forward_inbox_full: Counter::default(),
             notices: Counter::default(),
             dest_delivered: Family::default(),
@@ -268,6 +270,11 @@ impl Metrics {
             "stored_disabled",
             "Stored registrations or event types loaded disabled because they break a limit",
             m.stored_disabled.clone(),
+        );
+        registry.register(
+            "forward_router_panics",
+            "Events the forwarding router failed on and skipped (it goes on with the next)",
+            m.router_panics.clone(),
         );
         registry.register(
             "forward_inbox_dropped",
@@ -350,6 +357,16 @@ impl Metrics {
     /// Live registrations now.
     pub fn set_registrations(&self, n: usize) {
         self.registrations.set(n as i64);
+    }
+
+    /// The forwarding router panicked on an event and skipped it.
+    pub fn router_panicked(&self) {
+        self.router_panics.inc();
+    }
+
+    /// Times the forwarding router panicked so far.
+    pub fn router_panics(&self) -> u64 {
+        self.router_panics.get()
     }
 
     /// A stored registration was loaded disabled.

@@ -386,9 +386,19 @@ impl Forwarding {
     ) -> Arc<Self> {
         let (tx, mut rx) = mpsc::channel::<Arc<Published>>(capacity);
         let router = registry.clone();
+        let supervisor = metrics.clone();
         runtime.spawn(async move {
             while let Some(p) = rx.recv().await {
-                router.route(&p);
+                // A panic while routing one event must not stop forwarding
+                // for good: that event is skipped, counted and logged, and
+                // the router goes on with the next.
+                let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    router.route(&p);
+                }));
+                if routed.is_err() {
+                    supervisor.router_panicked();
+                    tracing::error!(event = %p.event.id, "the forwarding router failed on an event and skipped it");
+                }
             }
         });
         Arc::new(Self {

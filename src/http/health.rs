@@ -24,7 +24,11 @@ pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
 /// 200 when ready; 503 while starting or shutting down.
 pub async fn ready(State(app): State<App>) -> Response {
     match app.readiness.phase() {
-        Phase::Ready => Json(json!({"status": "ready"})).into_response(),
+        Phase::Ready => Json(json!({
+            "status": "ready",
+            "forward_router_panics": app.metrics.router_panics(),
+        }))
+        .into_response(),
         phase => ApiError::unavailable(format!(
             "the gateway is {}",
             match phase {
