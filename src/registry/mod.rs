@@ -245,6 +245,22 @@ impl Registry {
     }
 
     fn make_live(&self, registration: Registration) -> Result<Arc<Live>, Vec<FieldError>> {
+        // A device that no longer parses (stored by an older version) would
+        // be left out of the index, and the registration silently never
+        // routed: refuse it, so that a load shows it disabled instead.
+        let bad_devices: Vec<FieldError> = registration
+            .devices
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                DeviceId::parse(d)
+                    .err()
+                    .map(|e| FieldError::new(format!("devices[{i}]"), e.to_string()))
+            })
+            .collect();
+        if !bad_devices.is_empty() {
+            return Err(bad_devices);
+        }
         let filter = registration.filter.compile()?;
         let mut device_patterns = Vec::new();
         for p in &registration.device_patterns {

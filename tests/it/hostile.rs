@@ -552,3 +552,38 @@ async fn a_costly_expression_cannot_hold_the_forwarding_thread() {
     drop(gw);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_stored_device_that_no_longer_parses_loads_disabled() {
+    let dir = temp_dir("hostile-device");
+    let rx = Receiver::start().await;
+    let gw = Process::start(&dir, &[]);
+    let created = gw
+        .post_json("/api/registrations", &registration(&rx.url("/d"), "true"))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(gw.stop().await, Some(0));
+    {
+        let store = Store::open(StoreKind::Redb, &dir).unwrap();
+        let (_, doc) = store.load(Collection::Registrations).unwrap().remove(0);
+        let mut doc: Value = serde_json::from_slice(&doc).unwrap();
+        doc["devices"] = json!(["mac:12"]);
+        store
+            .put(
+                Collection::Registrations,
+                &id,
+                &serde_json::to_vec(&doc).unwrap(),
+            )
+            .unwrap();
+    }
+    let gw = Process::start(&dir, &[]);
+    let r = gw.get(&format!("/api/registrations/{id}")).await;
+    assert_eq!(r.body["status"], "disabled", "{}", r.text);
+    assert!(r.body["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .contains("devices[0]"));
+    assert_eq!(gw.stop().await, Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
