@@ -210,7 +210,7 @@ pub const MAX_REGISTRATION_DURATION: Duration = Duration::from_secs(3600);
 pub struct ConfigError(pub String);
 
 impl Config {
-    /// Parses flags (and the environment), then validates.
+    /// Parses flags (and the environment). Call [`Config::validate`] next.
     pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,

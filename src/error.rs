@@ -88,6 +88,16 @@ impl ApiError {
         )
     }
 
+    /// 413: an NDJSON batch with more lines than allowed.
+    pub fn too_many_lines(lines: usize, limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the batch has {lines} events; at most {limit} are allowed in one request (--max-batch)"),
+        )
+        .with_extra(serde_json::json!({ "max_lines": limit }))
+    }
+
     /// 415: a content type this endpoint does not read.
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
         Self::new(

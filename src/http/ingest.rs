@@ -206,8 +206,7 @@ async fn ingest_batch(
         return Err(ApiError::bad_request("the batch has no events"));
     }
     if lines.len() > app.config.max_batch {
-        return Err(ApiError::payload_too_large(app.config.max_body)
-            .with_extra(json!({"max_lines": app.config.max_batch})));
+        return Err(ApiError::too_many_lines(lines.len(), app.config.max_batch));
     }
     let mut results = Vec::with_capacity(lines.len());
     let (mut accepted, mut rejected) = (0u64, 0u64);

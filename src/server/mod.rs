@@ -168,7 +168,7 @@ pub async fn serve(
     tokio::select! {
         () = tracker.wait() => true,
         () = tokio::time::sleep(limits.grace) => {
-            tracing::warn!(grace = ?limits.grace, open = tracker.len(), "grace period over, cutting remaining connections");
+            tracing::warn!(grace = ?limits.grace, open = tracker.len(), "grace period over: stopping with connections still open (they end with the process)");
             false
         }
     }

@@ -105,3 +105,14 @@ async fn unknown_paths_and_methods_are_problems() {
     let r = gw.http.get(gw.url("/api/events")).send().await.unwrap();
     assert_eq!(r.status(), 405);
 }
+
+#[tokio::test]
+async fn a_batch_with_too_many_lines_says_so() {
+    let gw = Gateway::start_with(|c| c.max_batch = 3).await;
+    let r = gw
+        .post("/api/events", "application/x-ndjson", "1\n2\n3\n4\n")
+        .await;
+    r.assert_problem(413);
+    assert!(r.text.contains("4 events; at most 3"), "{}", r.text);
+    assert_eq!(r.body["max_lines"], 3);
+}
