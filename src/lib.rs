@@ -177,7 +177,9 @@ async fn sweep(registry: Arc<Registry>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        registry.sweep(chrono::Utc::now());
+        // The sweep writes the store: off the async workers.
+        let r = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || r.sweep(chrono::Utc::now())).await;
         registry.destinations().refresh_gauges();
     }
 }

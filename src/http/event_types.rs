@@ -38,7 +38,8 @@ pub async fn create(State(app): State<App>, headers: HeaderMap, body: Body) -> R
     let result: Result<Response, ApiError> = async {
         let req: EventTypeRequest = read_json(&app, &headers, body).await?;
         let name = req.name.clone().unwrap_or_default();
-        let (def, _) = app.catalog.put(&name, req, true)?;
+        let catalog = app.catalog.clone();
+        let (def, _) = super::store_write(move || catalog.put(&name, req, true)).await?;
         let mut response = (StatusCode::CREATED, Json(&def)).into_response();
         if let Ok(v) = HeaderValue::from_str(&format!("/api/event-types/{}", def.name)) {
             response.headers_mut().insert(header::LOCATION, v);
@@ -71,7 +72,8 @@ pub async fn put(
                 "the body's name differs from the path's",
             ));
         }
-        let (def, created) = app.catalog.put(&name, req, false)?;
+        let catalog = app.catalog.clone();
+        let (def, created) = super::store_write(move || catalog.put(&name, req, false)).await?;
         let status = if created {
             StatusCode::CREATED
         } else {
@@ -85,8 +87,9 @@ pub async fn put(
 
 /// `DELETE /api/event-types/{name}`.
 pub async fn delete(State(app): State<App>, Path(name): Path<String>) -> Response {
-    match app.catalog.delete(&name) {
+    let catalog = app.catalog.clone();
+    match super::store_write(move || catalog.delete(&name)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }

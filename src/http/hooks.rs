@@ -118,15 +118,19 @@ pub async fn register(
         check_addresses(&app, &req.destination)
             .await
             .map_err(|e| refused(e.to_string()))?;
-        let make = |previous: Option<&Registration>| {
-            app.registry
-                .build(req.clone(), id.clone(), Origin::XmidtHook, previous)
-        };
-        let result = if app.registry.get(&id).is_some() {
-            app.registry.replace(&id, None, |current| make(Some(current)))
-        } else {
-            make(None).and_then(|r| app.registry.insert(r))
-        };
+        let registry = app.registry.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let make = |previous: Option<&Registration>| {
+                registry.build(req.clone(), id.clone(), Origin::XmidtHook, previous)
+            };
+            if registry.get(&id).is_some() {
+                registry.replace(&id, None, |current| make(Some(current)))
+            } else {
+                make(None).and_then(|r| registry.insert(r))
+            }
+        })
+        .await
+        .map_err(|_| ApiError::internal("the write failed; try again"))?;
         match result {
             Ok(r) => {
                 tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");

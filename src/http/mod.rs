@@ -57,6 +57,25 @@ pub struct AppState {
 /// The shared state handle.
 pub type App = Arc<AppState>;
 
+/// Runs `write` (anything that writes the store: an fsync can block for as
+/// long as the disk does) on a blocking thread, so that a stalled disk
+/// never holds an async worker that ingest, fan-out or `/health` need.
+pub async fn store_write<T, E>(
+    write: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(write).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => {
+            tracing::error!(error = %e, "a store write failed");
+            Err(ApiError::internal("the write failed; try again"))
+        }
+    }
+}
+
 /// The whole HTTP API.
 pub fn router(app: App) -> Router {
     // OPTIONS has a route of its own so that the CORS layer sees the

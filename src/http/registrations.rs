@@ -87,7 +87,8 @@ pub async fn create(State(app): State<App>, headers: HeaderMap, body: Body) -> R
         let id = uuid::Uuid::new_v4().simple().to_string();
         let registration = app.registry.build(req, id, Origin::Api, None)?;
         check_addresses(&app, &registration.destination).await?;
-        let registration = app.registry.insert(registration)?;
+        let registry = app.registry.clone();
+        let registration = super::store_write(move || registry.insert(registration)).await?;
         tracing::info!(id = %registration.id, destination = %registration.destination.label(),
             expires_at = %registration.expires_at, "registration created");
         let mut response = with_etag(StatusCode::CREATED, &app, &registration);
@@ -149,9 +150,12 @@ pub async fn replace(
         }
         check_addresses(&app, &req.destination).await?;
         let registry = app.registry.clone();
-        let updated = registry.replace(&id, condition.as_deref(), |current| {
-            registry.build(req, id.clone(), current.origin, Some(current))
-        })?;
+        let updated = super::store_write(move || {
+            registry.replace(&id, condition.as_deref(), |current| {
+                registry.build(req, id.clone(), current.origin, Some(current))
+            })
+        })
+        .await?;
         tracing::info!(id = %updated.id, expires_at = %updated.expires_at, "registration replaced");
         Ok(with_etag(StatusCode::OK, &app, &updated))
     }
@@ -165,7 +169,13 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let result = if_match(&headers).and_then(|c| Ok(app.registry.delete(&id, c)?));
+    let condition = match if_match(&headers) {
+        Ok(c) => c.map(str::to_owned),
+        Err(e) => return e.into_response(),
+    };
+    let registry = app.registry.clone();
+    let gone = id.clone();
+    let result = super::store_write(move || registry.delete(&gone, condition.as_deref())).await;
     match result {
         Ok(()) => {
             tracing::info!(%id, "registration deleted");

@@ -4,6 +4,7 @@
 mod auth;
 mod binary;
 mod event_types;
+mod faults;
 mod forward;
 mod health;
 mod hostile;
