@@ -12,6 +12,7 @@ pub mod event;
 pub mod forward;
 pub mod http;
 pub mod hub;
+pub mod id_mark;
 pub mod idempotency;
 pub mod registry;
 pub mod server;
@@ -111,6 +112,7 @@ pub async fn run_with_store(
         forward_runtime.handle().clone(),
     )
     .map_err(StartError::Client)?;
+    let store_for_ids = store.clone();
     let registry = Registry::open(
         store,
         Destinations::new(delivery.clone()),
@@ -127,7 +129,12 @@ pub async fn run_with_store(
         FORWARD_INBOX,
         forward_runtime.handle(),
     ));
-    let sweeper = tokio::spawn(sweep(registry.clone()));
+    let mut mark = id_mark::IdMark::open(store_for_ids.clone(), &hub)?;
+    // Ahead of the clock before the first id goes out.
+    mark.keep_ahead(hub.last_id().max(event::EventId::floor_at(
+        chrono::Utc::now().timestamp_millis().max(0) as u64,
+    )))?;
+    let sweeper = tokio::spawn(sweep(registry.clone(), hub.clone(), mark));
     let limits = ServerLimits {
         max_connections: server::connection_cap(config.max_connections),
         header_timeout: config.header_timeout,
@@ -172,14 +179,21 @@ pub async fn run_with_store(
 /// Events waiting between the hub and the forwarding router.
 const FORWARD_INBOX: usize = 65_536;
 
-async fn sweep(registry: Arc<Registry>) {
+async fn sweep(registry: Arc<Registry>, hub: Arc<Hub>, mark: id_mark::IdMark) {
+    let mark = Arc::new(std::sync::Mutex::new(mark));
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        // The sweep writes the store: off the async workers.
-        let r = registry.clone();
-        let _ = tokio::task::spawn_blocking(move || r.sweep(chrono::Utc::now())).await;
+        // These write the store: off the async workers.
+        let (r, h, m) = (registry.clone(), hub.clone(), mark.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            r.sweep(chrono::Utc::now());
+            if let Err(e) = crate::sync::lock(&m).keep_ahead(h.last_id()) {
+                tracing::error!(error = %e, "the event id high-water mark was not stored");
+            }
+        })
+        .await;
         registry.destinations().refresh_gauges();
     }
 }

@@ -22,6 +22,8 @@ pub enum Collection {
     Registrations,
     /// Event type definitions, by name.
     EventTypes,
+    /// The gateway's own bookkeeping (the event id high-water mark).
+    Meta,
 }
 
 impl Collection {
@@ -29,6 +31,7 @@ impl Collection {
         match self {
             Self::Registrations => TableDefinition::new("registrations"),
             Self::EventTypes => TableDefinition::new("event_types"),
+            Self::Meta => TableDefinition::new("meta"),
         }
     }
 }
@@ -143,7 +146,11 @@ impl Store {
                 let db = open_redb(dir)?;
                 // Create the tables so that reads before the first write succeed.
                 let tx = db.begin_write().map_err(StoreError::from)?;
-                for c in [Collection::Registrations, Collection::EventTypes] {
+                for c in [
+                    Collection::Registrations,
+                    Collection::EventTypes,
+                    Collection::Meta,
+                ] {
                     tx.open_table(c.table()).map_err(StoreError::from)?;
                 }
                 tx.commit().map_err(StoreError::from)?;

@@ -64,6 +64,17 @@ pub struct IdGenerator {
 }
 
 impl IdGenerator {
+    /// Never hands out `floor` or anything below it again (a high-water
+    /// mark from before a restart, in case the clock went back).
+    pub fn raise_floor(&mut self, floor: EventId) {
+        self.last = self.last.max(floor.0);
+    }
+
+    /// The last id handed out (or the floor).
+    pub fn last(&self) -> EventId {
+        EventId(self.last)
+    }
+
     /// The next id for an event received at `unix_ms`: the time-based floor, or
     /// one more than the last id if the clock has not moved (or went back).
     pub fn next(&mut self, unix_ms: u64) -> EventId {

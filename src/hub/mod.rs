@@ -178,6 +178,20 @@ impl Hub {
         })
     }
 
+    /// Continues ids above `mark`, the high-water mark a previous process
+    /// stored: ids keep increasing across a restart even if the clock went
+    /// back, and a client holding one below it resumes with a `gap`.
+    pub fn resume_ids_above(&self, mark: EventId) {
+        let mut state = self.lock();
+        state.ids.raise_floor(mark);
+        state.ring.raise_horizon(mark);
+    }
+
+    /// The newest id handed out.
+    pub fn last_id(&self) -> EventId {
+        self.lock().ids.last()
+    }
+
     /// Installs the tap (once; later calls are ignored).
     pub fn set_tap(&self, tap: Arc<dyn Tap>) {
         let _ = self.tap.set(tap);

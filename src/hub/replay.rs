@@ -34,6 +34,12 @@ pub struct Replay {
 }
 
 impl ReplayRing {
+    /// Raises the horizon to `id` (ids up to it were handed out before this
+    /// process started, so nothing after them can be vouched for).
+    pub fn raise_horizon(&mut self, id: EventId) {
+        self.horizon = self.horizon.max(id);
+    }
+
     /// An empty ring. `horizon` is the newest id this process cannot vouch
     /// for (ids below the first it will issue).
     pub fn new(capacity: usize, max_age: Duration, horizon: EventId) -> Self {

@@ -77,3 +77,52 @@ async fn registrations_survive_a_restart() {
     assert!(gw.shutdown().await);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn ids_keep_increasing_across_a_restart_even_if_the_clock_went_back() {
+    use ratatoskr::store::{Collection, Store};
+    let dir = std::env::temp_dir().join(format!("ratatoskr-it-{}", uuid::Uuid::new_v4()));
+    let start = |d: std::path::PathBuf| {
+        Gateway::start_with(move |c| {
+            c.store = StoreKind::Redb;
+            c.data_dir = d;
+        })
+    };
+    let gw = start(dir.clone()).await;
+    let before = gw.post_json(&json!(1)).await;
+    assert!(gw.shutdown().await);
+    // As if the previous process ran a day ahead of today's clock.
+    let ahead = ratatoskr::event::EventId::floor_at(
+        (chrono::Utc::now() + chrono::Duration::days(1)).timestamp_millis() as u64,
+    );
+    {
+        // The stopped gateway's last tasks let go of the file shortly after.
+        let mut store = Store::open(StoreKind::Redb, &dir);
+        for _ in 0..100 {
+            if store.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            store = Store::open(StoreKind::Redb, &dir);
+        }
+        store
+            .unwrap()
+            .put(
+                Collection::Meta,
+                "event_id_high_water",
+                ahead.to_string().as_bytes(),
+            )
+            .unwrap();
+    }
+    let gw = start(dir.clone()).await;
+    let after = gw.post_json(&json!(2)).await;
+    assert!(after > ahead.to_string(), "{after} continues above {ahead}");
+    assert!(after > before);
+    // A client holding an id from before the restart is told of the gap.
+    let mut sub = gw
+        .subscribe_with("/events", &[("last-event-id", &before)])
+        .await;
+    assert_eq!(sub.expect_event().await.event.as_deref(), Some("gap"));
+    assert!(gw.shutdown().await);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
