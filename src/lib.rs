@@ -123,12 +123,13 @@ pub async fn run_with_store(
             sqs_default_credentials: config.sqs_default_credentials,
         },
     )?;
-    hub.set_tap(Forwarding::start(
+    let forwarding = Forwarding::start(
         registry.clone(),
         metrics.clone(),
         FORWARD_INBOX,
         forward_runtime.handle(),
-    ));
+    );
+    hub.set_tap(forwarding.clone());
     let mut mark = id_mark::IdMark::open(store_for_ids.clone(), &hub)?;
     // Ahead of the clock before the first id goes out.
     mark.keep_ahead(hub.last_id().max(event::EventId::floor_at(
@@ -165,13 +166,21 @@ pub async fn run_with_store(
     tracing::info!("ready");
 
     shutdown.await;
+    let stopping = tokio::time::Instant::now();
     tracing::info!("shutting down");
     app.readiness.set(Phase::ShuttingDown);
     stop_accepting.cancel();
     hub.close(CloseReason::Shutdown);
     let drained = server.await.unwrap_or(false);
+    // No more events come in: deliver what is queued, within what is left
+    // of the grace period (forwarding is best effort, but not silently so).
+    let left = app.config.shutdown_grace.saturating_sub(stopping.elapsed());
+    let abandoned = forwarding.drain(left).await;
     sweeper.abort();
     drop(forward_runtime);
+    if abandoned > 0 {
+        tracing::warn!(abandoned, "stopped with undelivered forwarding events");
+    }
     tracing::info!(drained, "stopped");
     Ok(drained)
 }

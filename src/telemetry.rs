@@ -123,6 +123,8 @@ pub struct DestinationMetrics {
     pub retried: Counter,
     /// Events dropped because the destination's buffer was full.
     pub dropped: Counter,
+    /// Events still queued or in flight when a shutdown's grace ran out.
+    pub abandoned: Counter,
     /// Events waiting now.
     pub queue_depth: Gauge,
     /// Age of the oldest waiting event, in seconds.
@@ -161,6 +163,7 @@ pub struct Metrics {
     dest_failed: Family<DestinationLabels, Counter>,
     dest_retried: Family<DestinationLabels, Counter>,
     dest_dropped: Family<DestinationLabels, Counter>,
+    dest_abandoned: Family<DestinationLabels, Counter>,
     dest_depth: Family<DestinationLabels, Gauge>,
     dest_oldest_age: Family<DestinationLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     dest_latency: HistogramFamily<DestinationLabels>,
@@ -201,6 +204,7 @@ impl Metrics {
             dest_failed: Family::default(),
             dest_retried: Family::default(),
             dest_dropped: Family::default(),
+            dest_abandoned: Family::default(),
             dest_depth: Family::default(),
             dest_oldest_age: Family::default(),
             dest_latency: Family::new_with_constructor(delivery_histogram),
@@ -307,6 +311,11 @@ impl Metrics {
             m.dest_dropped.clone(),
         );
         registry.register(
+            "destination_abandoned",
+            "Events still queued or in flight for a destination when a shutdown's grace period ran out",
+            m.dest_abandoned.clone(),
+        );
+        registry.register(
             "destination_queue_depth",
             "Events waiting for a destination",
             m.dest_depth.clone(),
@@ -334,6 +343,7 @@ impl Metrics {
             failed: self.dest_failed.get_or_create(&l).clone(),
             retried: self.dest_retried.get_or_create(&l).clone(),
             dropped: self.dest_dropped.get_or_create(&l).clone(),
+            abandoned: self.dest_abandoned.get_or_create(&l).clone(),
             queue_depth: self.dest_depth.get_or_create(&l).clone(),
             oldest_age: self.dest_oldest_age.get_or_create(&l).clone(),
             latency: self.dest_latency.get_or_create(&l).clone(),
@@ -349,6 +359,7 @@ impl Metrics {
         self.dest_failed.remove(&l);
         self.dest_retried.remove(&l);
         self.dest_dropped.remove(&l);
+        self.dest_abandoned.remove(&l);
         self.dest_depth.remove(&l);
         self.dest_oldest_age.remove(&l);
         self.dest_latency.remove(&l);

@@ -222,6 +222,34 @@ impl Destinations {
         t
     }
 
+    /// On shutdown: lets the workers deliver what is queued until nothing
+    /// is left or `deadline` passes, then logs and counts, per
+    /// destination, what was abandoned. Returns how many events that was.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let all: Vec<Arc<Outbox>> = self.map().values().map(|(o, _)| o.clone()).collect();
+            let left: usize = all
+                .iter()
+                .map(|o| {
+                    let (queued, in_flight) = o.unfinished();
+                    queued + in_flight
+                })
+                .sum();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                for o in all {
+                    let (queued, in_flight) = o.unfinished();
+                    if queued + in_flight > 0 {
+                        o.metrics.abandoned.inc_by((queued + in_flight) as u64);
+                        tracing::warn!(destination = %o.label, queued, in_flight,
+                            "shutdown: grace period over, events for this destination abandoned");
+                    }
+                }
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Refreshes every destination's sampled gauges.
     pub fn refresh_gauges(&self) {
         let all: Vec<Arc<Outbox>> = self.map().values().map(|(o, _)| o.clone()).collect();
@@ -316,9 +344,11 @@ async fn work(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>) {
         let Some(batch) = outbox.take(transport.batch_max()).await else {
             return;
         };
+        outbox.begin(batch.len());
         let (outbox, ctx, transport) = (outbox.clone(), ctx.clone(), transport.clone());
         tokio::spawn(async move {
             deliver(&outbox, &ctx, &transport, &batch).await;
+            outbox.end(batch.len());
             drop(permit);
         });
     }
@@ -372,6 +402,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 #[derive(Debug)]
 pub struct Forwarding {
     inbox: mpsc::Sender<Arc<Published>>,
+    capacity: usize,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
 }
@@ -403,9 +434,28 @@ impl Forwarding {
         });
         Arc::new(Self {
             inbox: tx,
+            capacity,
             registry,
             metrics,
         })
+    }
+
+    /// On shutdown (no more events come in): waits for the router to empty
+    /// its inbox, then for the destinations to deliver what they hold, all
+    /// within `grace`. Returns how many events were abandoned.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inbox.capacity() < self.capacity && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let unrouted = self.capacity - self.inbox.capacity();
+        if unrouted > 0 {
+            tracing::warn!(
+                events = unrouted,
+                "shutdown: events not yet routed were abandoned"
+            );
+        }
+        unrouted + self.registry.destinations().drain(deadline).await
     }
 }
 

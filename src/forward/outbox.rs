@@ -6,7 +6,7 @@
 //! events out in batches.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,8 @@ pub struct Outbox {
     dropped_since_notice: AtomicU64,
     failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
+    /// Events taken by the worker and not yet delivered or given up on.
+    in_flight: AtomicUsize,
 }
 
 impl Outbox {
@@ -80,7 +82,23 @@ impl Outbox {
             dropped_since_notice: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// `n` taken events are being delivered.
+    pub fn begin(&self, n: usize) {
+        self.in_flight.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// `n` events are delivered or given up on.
+    pub fn end(&self, n: usize) {
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Events waiting or being delivered: what a stop now would abandon.
+    pub fn unfinished(&self) -> (usize, usize) {
+        (self.depth(), self.in_flight.load(Ordering::Acquire))
     }
 
     /// Queues an event, or drops it if the buffer is full. Never waits.

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::util::Gateway;
 
 #[tokio::test]
@@ -35,4 +37,50 @@ async fn shutdown_with_no_clients_is_immediate() {
     let started = std::time::Instant::now();
     assert!(gw.shutdown().await);
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// SIGTERM keeps delivering what is queued for destinations within the
+/// grace period; what is still undelivered then is logged per destination.
+#[tokio::test]
+async fn queued_deliveries_finish_within_the_grace_period() {
+    use crate::process::{temp_dir, Process};
+    use crate::receiver::Receiver;
+    let dir = temp_dir("shutdown-forward");
+    let rx = Receiver::start().await;
+    rx.delay("/slowish", Duration::from_millis(200));
+    rx.delay("/stuck", Duration::from_secs(30));
+    let gw = Process::start(&dir, &["--store", "memory", "--shutdown-grace", "3s"]);
+    for path in ["/slowish", "/stuck"] {
+        let body = json!({"device": "mac:112233445566", "duration": 60,
+                          "destination": {"type": "http", "url": rx.url(path)}});
+        assert_eq!(gw.post_json("/api/registrations", &body).await.status, 201);
+    }
+    for i in 0..12 {
+        let r = gw
+            .post_json("/api/events?device=mac:112233445566&type=t", &json!(i))
+            .await;
+        assert_eq!(r.status, 202);
+    }
+    let log = gw.log.clone();
+    let started = std::time::Instant::now();
+    assert_eq!(gw.stop().await, Some(0));
+    // 12 events at 200 ms, 4 at a time: well within the 3 s grace.
+    assert_eq!(
+        rx.received("/slowish").len(),
+        12,
+        "every queued event was delivered"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let log = log.lock().unwrap().join("\n");
+    let abandoned = log
+        .lines()
+        .find(|l| l.contains("events for this destination abandoned"))
+        .unwrap_or_else(|| panic!("no abandonment logged:\n{log}"));
+    assert!(abandoned.contains("/stuck"), "{abandoned}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("abandoned") && l.contains("/slowish")),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
