@@ -126,11 +126,24 @@ pub struct ForwardTotals {
     pub queued: u64,
 }
 
+/// Lazily opened, once per destination, shared by its worker and its
+/// drop notices (an SQS transport loads an AWS configuration).
+type SharedTransport = Arc<tokio::sync::OnceCell<Arc<Transport>>>;
+
+/// One live destination.
+#[derive(Debug)]
+struct Entry {
+    outbox: Arc<Outbox>,
+    /// Registrations naming it.
+    refs: usize,
+    transport: SharedTransport,
+}
+
 /// Every live destination, shared by the registrations that name it.
 #[derive(Debug)]
 pub struct Destinations {
     ctx: Arc<DeliveryContext>,
-    map: Mutex<HashMap<Destination, (Arc<Outbox>, usize)>>,
+    map: Mutex<HashMap<Destination, Entry>>,
     /// Destinations per metrics label: two destinations may share a label
     /// (same URL, different secret), and share its series until both go.
     labels: Mutex<HashMap<String, usize>>,
@@ -146,16 +159,16 @@ impl Destinations {
         })
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<Destination, (Arc<Outbox>, usize)>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<Destination, Entry>> {
         lock(&self.map)
     }
 
     /// The outbox for `d`, starting its worker if it is new.
     pub fn acquire(&self, d: &Destination) -> Arc<Outbox> {
         let mut map = self.map();
-        if let Some((o, refs)) = map.get_mut(d) {
-            *refs += 1;
-            return o.clone();
+        if let Some(e) = map.get_mut(d) {
+            e.refs += 1;
+            return e.outbox.clone();
         }
         let s = &self.ctx.settings;
         *lock(&self.labels).entry(d.label()).or_default() += 1;
@@ -165,10 +178,18 @@ impl Destinations {
             s.notice_interval,
             self.ctx.metrics.destination(&d.label()),
         ));
-        map.insert(d.clone(), (outbox.clone(), 1));
+        let transport = Arc::new(tokio::sync::OnceCell::new());
+        map.insert(
+            d.clone(),
+            Entry {
+                outbox: outbox.clone(),
+                refs: 1,
+                transport: transport.clone(),
+            },
+        );
         self.ctx
             .runtime
-            .spawn(work(outbox.clone(), self.ctx.clone()));
+            .spawn(work(outbox.clone(), self.ctx.clone(), transport));
         outbox
     }
 
@@ -176,11 +197,11 @@ impl Destinations {
     pub fn release(&self, d: &Destination) {
         let mut map = self.map();
         let gone = match map.get_mut(d) {
-            Some((_, refs)) if *refs > 1 => {
-                *refs -= 1;
+            Some(e) if e.refs > 1 => {
+                e.refs -= 1;
                 None
             }
-            Some(_) => map.remove(d).map(|(o, _)| o),
+            Some(_) => map.remove(d).map(|e| e.outbox),
             None => None,
         };
         drop(map);
@@ -203,7 +224,7 @@ impl Destinations {
 
     /// The live outbox for `d`, if any (for statistics).
     pub fn get(&self, d: &Destination) -> Option<Arc<Outbox>> {
-        self.map().get(d).map(|(o, _)| o.clone())
+        self.map().get(d).map(|e| e.outbox.clone())
     }
 
     /// Delivered, failed and dropped events, summed over live destinations.
@@ -213,7 +234,7 @@ impl Destinations {
             destinations: map.len(),
             ..Default::default()
         };
-        for (o, _) in map.values() {
+        for o in map.values().map(|e| &e.outbox) {
             t.delivered += o.metrics.delivered.get();
             t.failed += o.metrics.failed.get();
             t.dropped += o.metrics.dropped.get();
@@ -227,7 +248,7 @@ impl Destinations {
     /// destination, what was abandoned. Returns how many events that was.
     pub async fn drain(&self, deadline: tokio::time::Instant) -> usize {
         loop {
-            let all: Vec<Arc<Outbox>> = self.map().values().map(|(o, _)| o.clone()).collect();
+            let all: Vec<Arc<Outbox>> = self.map().values().map(|e| e.outbox.clone()).collect();
             let left: usize = all
                 .iter()
                 .map(|o| {
@@ -252,7 +273,7 @@ impl Destinations {
 
     /// Refreshes every destination's sampled gauges.
     pub fn refresh_gauges(&self) {
-        let all: Vec<Arc<Outbox>> = self.map().values().map(|(o, _)| o.clone()).collect();
+        let all: Vec<Arc<Outbox>> = self.map().values().map(|e| e.outbox.clone()).collect();
         for o in all {
             o.refresh_gauges();
         }
@@ -260,6 +281,11 @@ impl Destinations {
 
     /// Sends a drop notice to the outbox's destination, in the background.
     pub fn notify_dropped(&self, outbox: &Arc<Outbox>) {
+        let transport = self
+            .map()
+            .get(&outbox.destination)
+            .map(|e| e.transport.clone())
+            .unwrap_or_default();
         let (outbox, ctx) = (outbox.clone(), self.ctx.clone());
         self.ctx.runtime.clone().spawn(async move {
             let dropped = outbox.take_dropped_since_notice();
@@ -273,7 +299,10 @@ impl Destinations {
                 "at": chrono::Utc::now().to_rfc3339(),
             });
             let text = notice.to_string();
-            let result = match Transport::open(&outbox.destination, &ctx).await {
+            let transport = transport
+                .get_or_init(|| async { Arc::new(Transport::open(&outbox.destination, &ctx).await) })
+                .await;
+            let result = match &**transport {
                 Transport::Http(t) => {
                     let id = format!("notice_{}", uuid::Uuid::new_v4().simple());
                     t.notice(&id, Bytes::from(text)).await
@@ -290,6 +319,7 @@ impl Destinations {
     }
 }
 
+#[derive(Debug)]
 enum Transport {
     Http(Box<webhook::WebhookTransport>),
     Sqs(sqs::SqsTransport),
@@ -326,8 +356,11 @@ impl Transport {
 
 /// A destination's worker: takes batches and delivers them, at most
 /// `concurrency` at a time, pausing while the circuit is open.
-async fn work(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>) {
-    let transport = Arc::new(Transport::open(&outbox.destination, &ctx).await);
+async fn work(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>, shared: SharedTransport) {
+    let transport = shared
+        .get_or_init(|| async { Arc::new(Transport::open(&outbox.destination, &ctx).await) })
+        .await
+        .clone();
     let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
