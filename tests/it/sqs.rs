@@ -34,31 +34,41 @@ fn moto_binary() -> String {
     })
 }
 
+/// Starts moto on a free port. moto cannot be told to pick one, so the
+/// port is found free first; if another process takes it before moto
+/// binds, moto exits and a new port is tried.
 async fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_binary())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if moto.child.try_wait().unwrap().is_some() {
+                break; // lost the port: try another
+            }
+            // Our own moto answers HTTP; anything else on the port does not count.
+            let url = format!("{}/moto-api/", moto.endpoint);
+            if reqwest::get(&url).await.is_ok() {
+                return moto;
+            }
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    moto
+    panic!("moto_server could not get a port in 5 tries");
 }
 
 async fn client(endpoint: &str) -> aws_sdk_sqs::Client {
