@@ -149,6 +149,7 @@ pub async fn run_with_store(
         metrics: metrics.clone(),
         registry,
         catalog,
+        store: store_for_ids.clone(),
         delivery,
         readiness: Default::default(),
         started: Instant::now(),

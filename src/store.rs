@@ -60,6 +60,10 @@ pub enum StoreError {
     /// The file cannot be opened (permissions, I/O).
     #[error("cannot open store file {0}: {1}")]
     Open(PathBuf, String),
+    /// The file was deleted or replaced under the running gateway: writes
+    /// would go to an unlinked file and be lost at the next start.
+    #[error("store file {0} was deleted or replaced while the gateway runs: writes are refused so that none is silently lost; put the file back, or restart to start an empty store")]
+    Gone(PathBuf),
     /// A read or write failed on an open store.
     #[error("store: {0}")]
     Io(String),
@@ -125,14 +129,21 @@ pub struct Store {
 
 enum Backend {
     Memory(Mutex<BTreeMap<(Collection, String), Vec<u8>>>),
-    Redb(Database),
+    Redb {
+        db: Database,
+        /// The file, and its inode when opened: a different inode, or no
+        /// file, means it was deleted or replaced under us.
+        path: PathBuf,
+        inode: u64,
+        gone: std::sync::atomic::AtomicBool,
+    },
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Memory(_) => "Memory",
-            Self::Redb(_) => "Redb",
+            Self::Redb { .. } => "Redb",
         })
     }
 }
@@ -143,6 +154,12 @@ impl Store {
         let backend = match kind {
             StoreKind::Memory => Backend::Memory(Mutex::default()),
             StoreKind::Redb => {
+                let path = dir.join(FILE_NAME);
+                if dir.is_dir() && !path.exists() {
+                    tracing::warn!(path = %path.display(), "no store file in the data directory: creating a new, empty store");
+                } else if !dir.exists() {
+                    tracing::info!(path = %path.display(), "creating the data directory and a new store");
+                }
                 let db = open_redb(dir)?;
                 // Create the tables so that reads before the first write succeed.
                 let tx = db.begin_write().map_err(StoreError::from)?;
@@ -154,10 +171,37 @@ impl Store {
                     tx.open_table(c.table()).map_err(StoreError::from)?;
                 }
                 tx.commit().map_err(StoreError::from)?;
-                Backend::Redb(db)
+                let inode = std::fs::metadata(&path)
+                    .map_err(|e| StoreError::Open(path.clone(), e.to_string()))?;
+                Backend::Redb {
+                    db,
+                    inode: std::os::unix::fs::MetadataExt::ino(&inode),
+                    path,
+                    gone: Default::default(),
+                }
             }
         };
         Ok(Self { backend })
+    }
+
+    /// Whether writes can be kept: `Err` once the file was deleted or
+    /// replaced under the running gateway (said once in the log).
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let Backend::Redb {
+            path, inode, gone, ..
+        } = &self.backend
+        else {
+            return Ok(());
+        };
+        use std::os::unix::fs::MetadataExt;
+        let same = std::fs::metadata(path).is_ok_and(|m| m.ino() == *inode && m.nlink() > 0);
+        if same {
+            return Ok(());
+        }
+        if !gone.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(path = %path.display(), "the store file was deleted or replaced: refusing writes");
+        }
+        Err(StoreError::Gone(path.clone()))
     }
 
     /// Writes `value` under `key`, replacing any previous value.
@@ -167,7 +211,8 @@ impl Store {
                 lock(m).insert((c, key.to_owned()), value.to_vec());
                 Ok(())
             }
-            Backend::Redb(db) => {
+            Backend::Redb { db, .. } => {
+                self.check_writable()?;
                 let tx = db.begin_write().map_err(StoreError::from)?;
                 tx.open_table(c.table())
                     .map_err(StoreError::from)?
@@ -188,7 +233,8 @@ impl Store {
                 }
                 Ok(())
             }
-            Backend::Redb(db) => {
+            Backend::Redb { db, .. } => {
+                self.check_writable()?;
                 let tx = db.begin_write().map_err(StoreError::from)?;
                 {
                     let mut table = tx.open_table(c.table()).map_err(StoreError::from)?;
@@ -209,7 +255,7 @@ impl Store {
                 .filter(|((col, _), _)| *col == c)
                 .map(|((_, k), v)| (k.clone(), v.clone()))
                 .collect()),
-            Backend::Redb(db) => {
+            Backend::Redb { db, .. } => {
                 let tx = db.begin_read().map_err(StoreError::from)?;
                 let table = tx.open_table(c.table()).map_err(StoreError::from)?;
                 let mut out = Vec::new();

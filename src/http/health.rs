@@ -23,6 +23,11 @@ pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
 
 /// 200 when ready; 503 while starting or shutting down.
 pub async fn ready(State(app): State<App>) -> Response {
+    if let (Phase::Ready, Err(e)) = (app.readiness.phase(), app.store.check_writable()) {
+        return ApiError::unavailable(e.to_string())
+            .with_extra(json!({"phase": "ready", "store": "not writable"}))
+            .into_response();
+    }
     match app.readiness.phase() {
         Phase::Ready => Json(json!({
             "status": "ready",

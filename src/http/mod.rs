@@ -44,6 +44,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Event type definitions.
     pub catalog: Arc<Catalog>,
+    /// Where registrations and event types are kept (for `/ready`).
+    pub store: Arc<crate::store::Store>,
     /// Delivery settings and the address policy.
     pub delivery: Arc<DeliveryContext>,
     /// Idempotency-Key memory.

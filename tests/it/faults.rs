@@ -120,3 +120,31 @@ async fn a_frozen_disk_stalls_only_the_write_that_waits_for_it() {
     assert_eq!(done.status(), 201);
     assert_eq!(gw.stop().await, Some(0));
 }
+
+#[tokio::test]
+async fn a_deleted_data_dir_refuses_writes_instead_of_losing_them() {
+    let dir = temp_dir("deleted-store");
+    let gw = Process::start(&dir, &[]);
+    let body = json!({"device": "mac:112233445566", "duration": 60,
+                      "destination": {"type": "http", "url": "http://127.0.0.1:9/x"}});
+    assert_eq!(gw.post_json("/api/registrations", &body).await.status, 201);
+    assert_eq!(gw.get("/ready").await.status, 200);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let r = gw.post_json("/api/registrations", &body).await;
+    r.assert_problem(503);
+    let r = gw
+        .post_json("/api/event-types", &json!({"name": "t"}))
+        .await;
+    r.assert_problem(503);
+    let ready = gw.get("/ready").await;
+    ready.assert_problem(503);
+    assert!(ready.text.contains("deleted or replaced"), "{}", ready.text);
+    // Events, which keep nothing on disk, still flow.
+    let r = gw.post_json("/api/events", &json!(1)).await;
+    assert_eq!(r.status, 202);
+    let log = gw.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("refusing writes") && log.contains("ratatoskr.redb"),
+        "{log}"
+    );
+}
