@@ -26,7 +26,8 @@ pub struct IdMark {
 }
 
 impl IdMark {
-    /// Reads the stored mark and makes `hub` continue above it.
+    /// Reads the stored mark, makes `hub` continue above it, and moves the
+    /// mark ahead of the clock before the first id goes out.
     pub fn open(store: Arc<Store>, hub: &Hub) -> Result<Self, StoreError> {
         let stored = store
             .load(Collection::Meta)?
@@ -37,10 +38,13 @@ impl IdMark {
             hub.resume_ids_above(mark);
             tracing::debug!(%mark, "event ids continue above the stored mark");
         }
-        Ok(Self {
+        let mut mark = Self {
             store,
             stored: stored.map_or(0, EventId::as_u64),
-        })
+        };
+        let now = EventId::floor_at(crate::hub::unix_ms());
+        mark.keep_ahead(hub.last_id().max(now))?;
+        Ok(mark)
     }
 
     /// Moves the mark ahead of `newest` when ids come near it. Writes the

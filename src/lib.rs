@@ -112,9 +112,8 @@ pub async fn run_with_store(
         forward_runtime.handle().clone(),
     )
     .map_err(StartError::Client)?;
-    let store_for_ids = store.clone();
     let registry = Registry::open(
-        store,
+        store.clone(),
         Destinations::new(delivery.clone()),
         metrics.clone(),
         RegistryLimits {
@@ -130,11 +129,7 @@ pub async fn run_with_store(
         forward_runtime.handle(),
     );
     hub.set_tap(forwarding.clone());
-    let mut mark = id_mark::IdMark::open(store_for_ids.clone(), &hub)?;
-    // Ahead of the clock before the first id goes out.
-    mark.keep_ahead(hub.last_id().max(event::EventId::floor_at(
-        chrono::Utc::now().timestamp_millis().max(0) as u64,
-    )))?;
+    let mark = id_mark::IdMark::open(store.clone(), &hub)?;
     let sweeper = tokio::spawn(sweep(registry.clone(), hub.clone(), mark));
     let limits = ServerLimits {
         max_connections: server::connection_cap(config.max_connections),
@@ -149,7 +144,7 @@ pub async fn run_with_store(
         metrics: metrics.clone(),
         registry,
         catalog,
-        store: store_for_ids.clone(),
+        store,
         delivery,
         readiness: Default::default(),
         started: Instant::now(),

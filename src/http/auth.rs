@@ -56,13 +56,7 @@ pub async fn require_token(State(app): State<App>, request: Request, next: Next)
     }
     // A query token only where a header cannot be set: EventSource.
     let query_allowed = request.method() == Method::GET && request.uri().path() == "/events";
-    let given = bearer(&request).or_else(|| {
-        if query_allowed {
-            from_query(&request)
-        } else {
-            None
-        }
-    });
+    let given = bearer(&request).or_else(|| query_allowed.then(|| from_query(&request)).flatten());
     if given.is_some_and(|t| same(&t, expected.expose())) {
         return next.run(request).await;
     }

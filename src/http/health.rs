@@ -23,17 +23,17 @@ pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
 
 /// 200 when ready; 503 while starting or shutting down.
 pub async fn ready(State(app): State<App>) -> Response {
-    if let (Phase::Ready, Err(e)) = (app.readiness.phase(), app.store.check_writable()) {
-        return ApiError::unavailable(e.to_string())
-            .with_extra(json!({"phase": "ready", "store": "not writable"}))
-            .into_response();
-    }
     match app.readiness.phase() {
-        Phase::Ready => Json(json!({
-            "status": "ready",
-            "forward_router_panics": app.metrics.router_panics(),
-        }))
-        .into_response(),
+        Phase::Ready => match app.store.check_writable() {
+            Ok(()) => Json(json!({
+                "status": "ready",
+                "forward_router_panics": app.metrics.router_panics(),
+            }))
+            .into_response(),
+            Err(e) => ApiError::unavailable(e.to_string())
+                .with_extra(json!({"phase": "ready", "store": "not writable"}))
+                .into_response(),
+        },
         phase => ApiError::unavailable(format!(
             "the gateway is {}",
             match phase {

@@ -119,26 +119,23 @@ pub async fn register(
             .await
             .map_err(|e| refused(e.to_string()))?;
         let registry = app.registry.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let r = super::store_write(move || {
             let make = |previous: Option<&Registration>| {
                 registry.build(req.clone(), id.clone(), Origin::XmidtHook, previous)
             };
-            if registry.get(&id).is_some() {
+            let written = if registry.get(&id).is_some() {
                 registry.replace(&id, None, |current| make(Some(current)))
             } else {
                 make(None).and_then(|r| registry.insert(r))
-            }
+            };
+            written.map_err(|e| match e {
+                RegistryError::Invalid(errors) => refused(describe(&errors)),
+                e => ApiError::from(e),
+            })
         })
-        .await
-        .map_err(|_| ApiError::internal("the write failed; try again"))?;
-        match result {
-            Ok(r) => {
-                tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
-                Ok(Json(json!({ "message": "Success" })).into_response())
-            }
-            Err(RegistryError::Invalid(errors)) => Err(refused(describe(&errors))),
-            Err(e) => Err(e.into()),
-        }
+        .await?;
+        tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
+        Ok(Json(json!({ "message": "Success" })).into_response())
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)

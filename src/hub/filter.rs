@@ -86,7 +86,8 @@ impl TypeMatcher {
                 value: p.clone(),
                 reason: e.kind().to_string(),
             })?;
-            complex |= wildcards(p) > 1 || !(p.ends_with('*') || wildcards(p) == 0);
+            let n = wildcards(p);
+            complex |= n > 1 || (n == 1 && !p.ends_with('*'));
             set.add(glob);
         }
         let set = set.build().map_err(|e| FilterError::Type {
