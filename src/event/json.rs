@@ -97,23 +97,48 @@ struct Shape {
     spaces: usize,
 }
 
+/// Whether a byte of JSON text is inside a string, byte by byte.
+#[derive(Default)]
+struct Strings {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    /// Takes the next byte; `true` when it is outside every string (quotes
+    /// count as inside).
+    fn outside(&mut self, b: u8) -> bool {
+        if self.inside {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.inside = false;
+            }
+            false
+        } else if b == b'"' {
+            self.inside = true;
+            false
+        } else {
+            true
+        }
+    }
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 /// Depth and insignificant whitespace, in one pass without recursion.
 fn scan(body: &[u8], max_depth: usize) -> Result<Shape, JsonError> {
     let (mut depth, mut spaces) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
+    let mut strings = Strings::default();
     for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if !strings.outside(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max_depth {
@@ -124,7 +149,7 @@ fn scan(body: &[u8], max_depth: usize) -> Result<Shape, JsonError> {
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
-            b' ' | b'\t' | b'\n' | b'\r' => spaces += 1,
+            b if is_space(b) => spaces += 1,
             _ => {}
         }
     }
@@ -134,23 +159,12 @@ fn scan(body: &[u8], max_depth: usize) -> Result<Shape, JsonError> {
 /// `body` without whitespace outside strings (it was checked to be JSON).
 fn minify(body: &[u8], spaces: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() - spaces);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            continue;
-        } else if b == b'"' {
-            in_string = true;
-        }
-        out.push(b);
-    }
+    let mut strings = Strings::default();
+    out.extend(
+        body.iter()
+            .copied()
+            .filter(|&b| !(strings.outside(b) && is_space(b))),
+    );
     out
 }
 
