@@ -53,6 +53,11 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_REPLAY_CAPACITY", default_value_t = 10_000)]
     pub replay_capacity: usize,
 
+    /// Most bytes the events kept for resume may hold (their payloads
+    /// and frames); the oldest go first when a new one does not fit.
+    #[arg(long, env = "RATATOSKR_REPLAY_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub replay_max_bytes: usize,
+
     /// Oldest event kept for resume (e.g. `1h`, `90s`).
     #[arg(long, env = "RATATOSKR_REPLAY_MAX_AGE", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
     pub replay_max_age: Duration,
@@ -137,6 +142,18 @@ pub struct Config {
     /// Events queued per destination; further events are dropped and the destination notified.
     #[arg(long, env = "RATATOSKR_DESTINATION_BUFFER", default_value_t = 10_000)]
     pub destination_buffer: usize,
+
+    /// Bytes queued per destination (events' payloads and frames); an
+    /// event that does not fit is dropped as on a full buffer. One event
+    /// is always taken into an empty buffer, whatever its size.
+    #[arg(long, env = "RATATOSKR_DESTINATION_BUFFER_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub destination_buffer_bytes: usize,
+
+    /// Bytes waiting between the hub and the forwarding router (shared by
+    /// every destination); past it, events are not forwarded and
+    /// `ratatoskr_forward_inbox_dropped_total` counts them.
+    #[arg(long, env = "RATATOSKR_FORWARD_INBOX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub forward_inbox_bytes: usize,
 
     /// Deliveries in flight per destination.
     #[arg(long, env = "RATATOSKR_DESTINATION_CONCURRENCY", default_value_t = 4)]
@@ -348,7 +365,7 @@ pub fn explain_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<Str
     })
 }
 
-/// Parses `1048576`, `512K`, `512KiB`, `1M`, `1MiB` (powers of 1024).
+/// Parses `1048576`, `512K`, `512KiB`, `1M`, `1MiB`, `1GiB` (powers of 1024).
 fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -356,15 +373,16 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
     let n: usize = num
         .parse()
         .map_err(|_| {
-            format!("{s:?} is not a size: give bytes, or a number with a suffix B, K, KB, KiB, M, MB or MiB, such as 1048576, 512KiB or 1MiB")
+            format!("{s:?} is not a size: give bytes, or a number with a suffix B, K, KB, KiB, M, MB, MiB, G, GB or GiB, such as 1048576, 512KiB or 1MiB")
         })?;
     let factor = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
         _ => {
             return Err(format!(
-                "unknown size unit {unit:?}: use B, K, KB, KiB, M, MB or MiB (all powers of 1024)"
+                "unknown size unit {unit:?}: use B, K, KB, KiB, M, MB, MiB, G, GB or GiB (all powers of 1024)"
             ))
         }
     };
@@ -439,7 +457,8 @@ mod tests {
         assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
         assert_eq!(parse_bytes("512k"), Ok(512 << 10));
         assert_eq!(parse_bytes("77"), Ok(77));
-        assert!(parse_bytes("1GB").is_err());
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert!(parse_bytes("1TB").is_err());
         assert!(parse_bytes("x").is_err());
     }
 }

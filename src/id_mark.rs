@@ -72,11 +72,12 @@ mod tests {
         Hub::new(
             HubConfig {
                 replay_capacity: 10,
+                replay_max_bytes: usize::MAX,
                 replay_max_age: std::time::Duration::from_secs(60),
                 subscriber_buffer: 10,
                 max_subscribers: 10,
             },
-            Arc::new(crate::telemetry::Metrics::new()),
+            Default::default(),
         )
     }
 

@@ -20,6 +20,7 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod validation;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,16 +31,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::forward::metrics::ForwardMetrics;
 use crate::forward::runtime::ForwardRuntime;
 use crate::forward::ssrf::AddressPolicy;
-use crate::forward::{DeliveryContext, DeliverySettings, Destinations, Forwarding};
+use crate::forward::{
+    BufferLimits, DeliveryContext, DeliverySettings, Destinations, Forwarding, InboxLimits,
+};
 use crate::http::AppState;
-use crate::hub::{CloseReason, Hub, HubConfig};
+use crate::hub::{CloseReason, Hub, HubConfig, HubMetrics};
 use crate::idempotency::IdempotencyCache;
-use crate::registry::{Registry, RegistryLimits};
+use crate::registry::{Registry, RegistryLimits, RegistryMetrics};
 use crate::server::ServerLimits;
 use crate::shutdown::Phase;
-use crate::store::Store;
+use crate::store::{Store, StoredDisabled};
 use crate::telemetry::Metrics;
 
 /// Why the gateway could not start.
@@ -80,25 +84,31 @@ pub async fn run_with_store(
     shutdown: impl Future<Output = ()>,
 ) -> Result<bool, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let stored_disabled = metrics.register(StoredDisabled::register);
     let hub = Hub::new(
         HubConfig {
             replay_capacity: config.replay_capacity,
+            replay_max_bytes: config.replay_max_bytes,
             replay_max_age: config.replay_max_age,
             subscriber_buffer: config.subscriber_buffer,
             max_subscribers: config.max_subscribers,
         },
-        metrics.clone(),
+        metrics.register(HubMetrics::register),
     );
     let catalog = Arc::new(Catalog::open(
         store.clone(),
         config.strict_event_types,
-        &metrics,
+        &stored_disabled,
     )?);
-    let forward_runtime = ForwardRuntime::start(config.forward_nice)
-        .map_err(|e| StartError::Client(e.to_string()))?;
+    let forward_runtime =
+        ForwardRuntime::start(config.forward_nice, registry::expression::EVAL_STACK)
+            .map_err(|e| StartError::Client(e.to_string()))?;
     let delivery = DeliveryContext::new(
         DeliverySettings {
-            buffer: config.destination_buffer,
+            buffer: BufferLimits {
+                events: config.destination_buffer,
+                bytes: config.destination_buffer_bytes,
+            },
             concurrency: config.destination_concurrency,
             timeout: config.delivery_timeout,
             retries: config.delivery_retries,
@@ -108,24 +118,32 @@ pub async fn run_with_store(
             notice_interval: config.notice_interval,
         },
         Arc::new(AddressPolicy::new(config.allow_destination_nets.clone())),
-        metrics.clone(),
+        Arc::new(metrics.register(ForwardMetrics::register)),
         forward_runtime.handle().clone(),
     )
     .map_err(StartError::Client)?;
     let registry = Registry::open(
         store.clone(),
-        Destinations::new(delivery.clone()),
-        metrics.clone(),
+        metrics.register(|r| RegistryMetrics::register(r, stored_disabled.clone())),
         RegistryLimits {
             max_duration: config.registration_max_duration,
             max_registrations: config.max_registrations,
             sqs_default_credentials: config.sqs_default_credentials,
         },
     )?;
+    // The registry matches; forwarding delivers. The destinations follow
+    // the registry's snapshots, and the router asks the registry.
+    let destinations = Destinations::new(delivery.clone());
+    let live = destinations.clone();
+    registry.on_change(move |snapshot| live.reconcile(snapshot.destinations()));
     let forwarding = Forwarding::start(
         registry.clone(),
-        metrics.clone(),
-        FORWARD_INBOX,
+        destinations,
+        delivery.metrics_handle(),
+        InboxLimits {
+            events: FORWARD_INBOX,
+            bytes: config.forward_inbox_bytes,
+        },
         forward_runtime.handle(),
     );
     hub.set_tap(forwarding.clone());
@@ -146,6 +164,7 @@ pub async fn run_with_store(
         catalog,
         store,
         delivery,
+        forwarding: forwarding.clone(),
         readiness: Default::default(),
         started: Instant::now(),
     });
@@ -199,6 +218,5 @@ async fn sweep(registry: Arc<Registry>, hub: Arc<Hub>, mark: id_mark::IdMark) {
             }
         })
         .await;
-        registry.destinations().refresh_gauges();
     }
 }

@@ -36,6 +36,40 @@ impl Collection {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct StoredKindLabels {
+    kind: &'static str,
+}
+
+/// `stored_disabled{kind}`: stored objects loaded disabled because they
+/// break a limit. Shared by every collection's loader.
+#[derive(Debug, Clone, Default)]
+pub struct StoredDisabled(
+    prometheus_client::metrics::family::Family<
+        StoredKindLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+);
+
+impl StoredDisabled {
+    /// Registers the series.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let s = Self::default();
+        registry.register(
+            "stored_disabled",
+            "Stored registrations or event types loaded disabled because they break a limit",
+            s.0.clone(),
+        );
+        s
+    }
+
+    /// One stored object of `kind` (`registration`, `event_type`) was
+    /// loaded disabled.
+    pub fn count(&self, kind: &'static str) {
+        self.0.get_or_create(&StoredKindLabels { kind }).inc();
+    }
+}
+
 /// A store failure. At start it is fatal and said in one line (the file,
 /// what is wrong, what to do); later the API answers 503 and logs it.
 #[derive(Debug, thiserror::Error)]

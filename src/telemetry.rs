@@ -1,6 +1,8 @@
-//! Logs and metrics. Every Prometheus series is declared here, with its
-//! help text, and updated through typed methods, so the rest of the code
-//! never spells a metric name.
+//! Logs and metrics. This module owns the one Prometheus registry and the
+//! HTTP-facing series (ingest, streams, connections); the hub, forwarding,
+//! the registry and the store declare their own series and register them
+//! here ([`Metrics::register`]). Series are updated through typed methods,
+//! so no caller spells a metric name.
 
 use std::time::Duration;
 
@@ -103,74 +105,17 @@ struct StreamEndLabels {
     reason: StreamEnd,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DestinationLabels {
-    destination: String,
-}
-
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-/// One destination's series, cloned out of their families: each handle
-/// shares its value with the exported series, so updating it is one
-/// atomic operation with no label lookup.
-#[derive(Debug, Clone)]
-pub struct DestinationMetrics {
-    /// Events delivered.
-    pub delivered: Counter,
-    /// Events given up on (after retries, or refused with a 4xx).
-    pub failed: Counter,
-    /// Retried attempts.
-    pub retried: Counter,
-    /// Events dropped because the destination's buffer was full.
-    pub dropped: Counter,
-    /// Events still queued or in flight when a shutdown's grace ran out.
-    pub abandoned: Counter,
-    /// Events waiting now.
-    pub queue_depth: Gauge,
-    /// Age of the oldest waiting event, in seconds.
-    pub oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
-    /// Time from dequeue to a final answer (including retries).
-    pub latency: Histogram,
-}
-
-/// Which kind of stored object.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct StoredKindLabels {
-    kind: &'static str,
-}
-
 /// Every metric the gateway exposes.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Every module registers its own series here ([`Metrics::register`]).
+    registry: std::sync::Mutex<Registry>,
     ingested: Family<IngestLabels, Counter>,
-    deliveries: Counter,
-    dropped: Counter,
     lagged: Counter,
     stream_ends: Family<StreamEndLabels, Counter>,
-    subscribers: Gauge,
     connections: Gauge,
     connections_rejected: Counter,
-    replay_events: Gauge,
     ingest_seconds: Histogram,
-    fanout_seconds: Histogram,
-    registrations: Gauge,
-    stored_disabled: Family<StoredKindLabels, Counter>,
-    router_panics: Counter,
-    forward_inbox_full: Counter,
-    notices: Counter,
-    dest_delivered: Family<DestinationLabels, Counter>,
-    dest_failed: Family<DestinationLabels, Counter>,
-    dest_retried: Family<DestinationLabels, Counter>,
-    dest_dropped: Family<DestinationLabels, Counter>,
-    dest_abandoned: Family<DestinationLabels, Counter>,
-    dest_depth: Family<DestinationLabels, Gauge>,
-    dest_oldest_age: Family<DestinationLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    dest_latency: HistogramFamily<DestinationLabels>,
-}
-
-fn delivery_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -185,45 +130,17 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ratatoskr");
         let m = Self {
             ingested: Family::default(),
-            deliveries: Counter::default(),
-            dropped: Counter::default(),
             lagged: Counter::default(),
             stream_ends: Family::default(),
-            subscribers: Gauge::default(),
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
-            replay_events: Gauge::default(),
             ingest_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
-            fanout_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
-            registrations: Gauge::default(),
-            stored_disabled: Family::default(),
-            router_panics: Counter::default(),
-            forward_inbox_full: Counter::default(),
-            notices: Counter::default(),
-            dest_delivered: Family::default(),
-            dest_failed: Family::default(),
-            dest_retried: Family::default(),
-            dest_dropped: Family::default(),
-            dest_abandoned: Family::default(),
-            dest_depth: Family::default(),
-            dest_oldest_age: Family::default(),
-            dest_latency: Family::new_with_constructor(delivery_histogram),
-            registry: Registry::default(),
+            registry: Default::default(),
         };
         registry.register(
             "events_ingested",
             "Events received on POST /api/events, by format and result",
             m.ingested.clone(),
-        );
-        registry.register(
-            "deliveries",
-            "Events queued for an SSE subscriber",
-            m.deliveries.clone(),
-        );
-        registry.register(
-            "deliveries_dropped",
-            "Events dropped for an SSE subscriber whose buffer was full",
-            m.dropped.clone(),
         );
         registry.register(
             "subscribers_lagged",
@@ -236,11 +153,6 @@ impl Metrics {
             m.stream_ends.clone(),
         );
         registry.register(
-            "subscribers",
-            "SSE subscribers connected now",
-            m.subscribers.clone(),
-        );
-        registry.register(
             "connections",
             "Open client connections",
             m.connections.clone(),
@@ -251,159 +163,21 @@ impl Metrics {
             m.connections_rejected.clone(),
         );
         registry.register(
-            "replay_events",
-            "Events held for Last-Event-ID resume",
-            m.replay_events.clone(),
-        );
-        registry.register(
             "ingest_duration_seconds",
             "Time to decode, validate and publish one ingest request",
             m.ingest_seconds.clone(),
         );
-        registry.register(
-            "fanout_duration_seconds",
-            "Time to offer one event to every matching subscriber",
-            m.fanout_seconds.clone(),
-        );
-        registry.register(
-            "registrations",
-            "Live forwarding registrations",
-            m.registrations.clone(),
-        );
-        registry.register(
-            "stored_disabled",
-            "Stored registrations or event types loaded disabled because they break a limit",
-            m.stored_disabled.clone(),
-        );
-        registry.register(
-            "forward_router_panics",
-            "Events the forwarding router failed on and skipped (it goes on with the next)",
-            m.router_panics.clone(),
-        );
-        registry.register(
-            "forward_inbox_dropped",
-            "Events not forwarded because the forwarding inbox was full",
-            m.forward_inbox_full.clone(),
-        );
-        registry.register(
-            "destination_notices",
-            "Drop notices sent to destinations",
-            m.notices.clone(),
-        );
-        registry.register(
-            "destination_delivered",
-            "Events delivered to a destination",
-            m.dest_delivered.clone(),
-        );
-        registry.register(
-            "destination_failed",
-            "Events a destination did not accept after retries",
-            m.dest_failed.clone(),
-        );
-        registry.register(
-            "destination_retried",
-            "Delivery attempts retried, by destination",
-            m.dest_retried.clone(),
-        );
-        registry.register(
-            "destination_dropped",
-            "Events dropped because a destination's buffer was full",
-            m.dest_dropped.clone(),
-        );
-        registry.register(
-            "destination_abandoned",
-            "Events still queued or in flight for a destination when a shutdown's grace period ran out",
-            m.dest_abandoned.clone(),
-        );
-        registry.register(
-            "destination_queue_depth",
-            "Events waiting for a destination",
-            m.dest_depth.clone(),
-        );
-        registry.register(
-            "destination_oldest_age_seconds",
-            "Age of the oldest event waiting for a destination",
-            m.dest_oldest_age.clone(),
-        );
-        registry.register(
-            "destination_delivery_duration_seconds",
-            "Time to deliver one event or batch, retries included",
-            m.dest_latency.clone(),
-        );
-        Self { registry, ..m }
-    }
-
-    /// The series of one destination (created on first use).
-    pub fn destination(&self, label: &str) -> DestinationMetrics {
-        let l = DestinationLabels {
-            destination: label.to_owned(),
-        };
-        DestinationMetrics {
-            delivered: self.dest_delivered.get_or_create(&l).clone(),
-            failed: self.dest_failed.get_or_create(&l).clone(),
-            retried: self.dest_retried.get_or_create(&l).clone(),
-            dropped: self.dest_dropped.get_or_create(&l).clone(),
-            abandoned: self.dest_abandoned.get_or_create(&l).clone(),
-            queue_depth: self.dest_depth.get_or_create(&l).clone(),
-            oldest_age: self.dest_oldest_age.get_or_create(&l).clone(),
-            latency: self.dest_latency.get_or_create(&l).clone(),
+        Self {
+            registry: std::sync::Mutex::new(registry),
+            ..m
         }
     }
 
-    /// Stops exporting a destination that is gone.
-    pub fn destination_removed(&self, label: &str) {
-        let l = DestinationLabels {
-            destination: label.to_owned(),
-        };
-        self.dest_delivered.remove(&l);
-        self.dest_failed.remove(&l);
-        self.dest_retried.remove(&l);
-        self.dest_dropped.remove(&l);
-        self.dest_abandoned.remove(&l);
-        self.dest_depth.remove(&l);
-        self.dest_oldest_age.remove(&l);
-        self.dest_latency.remove(&l);
-    }
-
-    /// Live registrations now.
-    pub fn set_registrations(&self, n: usize) {
-        self.registrations.set(n as i64);
-    }
-
-    /// The forwarding router panicked on an event and skipped it.
-    pub fn router_panicked(&self) {
-        self.router_panics.inc();
-    }
-
-    /// Times the forwarding router panicked so far.
-    pub fn router_panics(&self) -> u64 {
-        self.router_panics.get()
-    }
-
-    /// A stored registration was loaded disabled.
-    pub fn registration_disabled(&self) {
-        self.stored_disabled
-            .get_or_create(&StoredKindLabels {
-                kind: "registration",
-            })
-            .inc();
-    }
-
-    /// A stored event type was loaded disabled.
-    pub fn event_type_disabled(&self) {
-        self.stored_disabled
-            .get_or_create(&StoredKindLabels { kind: "event_type" })
-            .inc();
-    }
-
-    /// The forwarding inbox was full; an event was not forwarded.
-    pub fn forward_inbox_full(&self) {
-        self.forward_inbox_full.inc();
-    }
-
-    /// A drop notice went out.
-    pub fn notice_sent(&self) {
-        self.notices.inc();
+    /// Lets a module register its own series (with the `ratatoskr_`
+    /// prefix) and keep the handles: `hub`, `forward`, `registry` and
+    /// `store` own theirs, so that none of them depends on this module.
+    pub fn register<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut crate::sync::lock(&self.registry))
     }
 
     /// One ingest request (or batch line) ended.
@@ -418,15 +192,6 @@ impl Metrics {
         self.ingest_seconds.observe(d.as_secs_f64());
     }
 
-    /// One event was fanned out.
-    pub fn fanout(&self, queued: u64, dropped: u64, took: Duration) {
-        self.deliveries.inc_by(queued);
-        if dropped > 0 {
-            self.dropped.inc_by(dropped);
-        }
-        self.fanout_seconds.observe(took.as_secs_f64());
-    }
-
     /// A lagged notice was sent.
     pub fn lagged(&self) {
         self.lagged.inc();
@@ -437,16 +202,6 @@ impl Metrics {
         self.stream_ends
             .get_or_create(&StreamEndLabels { reason })
             .inc();
-    }
-
-    /// A subscriber joined.
-    pub fn subscriber_joined(&self) {
-        self.subscribers.inc();
-    }
-
-    /// A subscriber left.
-    pub fn subscriber_left(&self) {
-        self.subscribers.dec();
     }
 
     /// A connection opened.
@@ -484,20 +239,17 @@ impl Metrics {
         .sum();
         Snapshot {
             events_ingested: ingested,
-            deliveries: self.deliveries.get(),
-            deliveries_dropped: self.dropped.get(),
             subscribers_lagged: self.lagged.get(),
-            subscribers: self.subscribers.get(),
             connections: self.connections.get(),
         }
     }
 
-    /// The Prometheus/OpenMetrics text, with sampled gauges refreshed.
-    pub fn encode(&self, replay_events: usize) -> String {
-        self.replay_events.set(replay_events as i64);
+    /// The Prometheus/OpenMetrics text.
+    pub fn encode(&self) -> String {
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ =
+            prometheus_client::encoding::text::encode(&mut out, &crate::sync::lock(&self.registry));
         out
     }
 }
@@ -507,14 +259,8 @@ impl Metrics {
 pub struct Snapshot {
     /// Events accepted.
     pub events_ingested: u64,
-    /// Events queued to subscribers.
-    pub deliveries: u64,
-    /// Events dropped for slow subscribers.
-    pub deliveries_dropped: u64,
     /// Lagged notices.
     pub subscribers_lagged: u64,
-    /// Subscribers now.
-    pub subscribers: i64,
     /// Connections now.
     pub connections: i64,
 }
@@ -527,16 +273,11 @@ mod tests {
     fn exposes_named_series() {
         let m = Metrics::new();
         m.ingested(IngestFormat::Json, IngestResult::Accepted, 2);
-        m.fanout(5, 1, Duration::from_micros(20));
-        let text = m.encode(3);
+        let text = m.encode();
         assert!(
             text.contains("ratatoskr_events_ingested_total{format=\"json\",result=\"accepted\"} 2"),
             "{text}"
         );
-        assert!(text.contains("ratatoskr_deliveries_total 5"));
-        assert!(text.contains("ratatoskr_deliveries_dropped_total 1"));
-        assert!(text.contains("ratatoskr_replay_events 3"));
-        assert!(text.contains("ratatoskr_fanout_duration_seconds_bucket"));
         assert_eq!(m.snapshot().events_ingested, 2);
     }
 }

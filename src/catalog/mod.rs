@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::EventDraft;
-use crate::registry::spec::FieldError;
 use crate::store::{Collection, Store, StoreError};
 use crate::sync::{read, write};
+use crate::validation::FieldError;
 
 /// Longest type name.
 pub const MAX_NAME_LEN: usize = 256;
@@ -131,7 +131,7 @@ struct Schema {
 impl Compiled {
     /// A definition that failed its checks: shown, never used.
     fn disabled(mut def: EventType, errors: &[FieldError]) -> Self {
-        def.disabled = Some(crate::registry::spec::describe(errors));
+        def.disabled = Some(crate::validation::describe(errors));
         Self {
             def,
             payload: None,
@@ -155,7 +155,7 @@ impl Catalog {
     pub fn open(
         store: Arc<Store>,
         strict: bool,
-        metrics: &crate::telemetry::Metrics,
+        disabled: &crate::store::StoredDisabled,
     ) -> Result<Self, StoreError> {
         let mut types = HashMap::new();
         for (name, doc) in store.load(Collection::EventTypes)? {
@@ -170,7 +170,7 @@ impl Catalog {
                 let c = Compiled::disabled(def, &errors);
                 tracing::error!(%name, reason = c.def.disabled.as_deref().unwrap_or(""),
                     "stored event type breaks a limit: loaded disabled; replace or delete it");
-                metrics.event_type_disabled();
+                disabled.count("event_type");
                 c
             });
             types.insert(name, Arc::new(compiled));
@@ -367,7 +367,7 @@ mod tests {
 
     fn catalog(strict: bool) -> Catalog {
         let store = Arc::new(Store::open(StoreKind::Memory, std::path::Path::new("")).unwrap());
-        Catalog::open(store, strict, &crate::telemetry::Metrics::new()).unwrap()
+        Catalog::open(store, strict, &Default::default()).unwrap()
     }
 
     fn draft(ty: &str, payload: &str) -> EventDraft {

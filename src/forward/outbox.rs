@@ -4,6 +4,13 @@
 //! for this destination only, so one slow or dead destination costs the
 //! others (and the SSE subscribers) nothing. The destination's worker takes
 //! events out in batches.
+//!
+//! The buffer is bounded twice: by events (`--destination-buffer`) and by
+//! bytes (`--destination-buffer-bytes`, counted with
+//! [`Published::weight`]), so that a burst of large events cannot pin
+//! memory a count alone would allow. An event is always taken into an
+//! empty buffer, whatever its size: otherwise one event larger than the
+//! budget could never be delivered.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -12,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::destination::Destination;
+use super::metrics::DestinationMetrics;
 use crate::hub::Published;
-use crate::registry::spec::Destination;
 use crate::sync::lock;
-use crate::telemetry::DestinationMetrics;
 
 /// An event waiting for a destination.
 #[derive(Debug, Clone)]
@@ -31,6 +38,8 @@ pub struct Queued {
 pub enum Pushed {
     /// Queued.
     Queued,
+    /// Not taken: the destination is gone (its last registration went).
+    Closed,
     /// Dropped: the buffer was full. `notice_due` when the destination
     /// should be told now (at most once per notice interval).
     Dropped {
@@ -39,15 +48,31 @@ pub enum Pushed {
     },
 }
 
+/// How much a buffer may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimits {
+    /// Events.
+    pub events: usize,
+    /// Bytes ([`Published::weight`]).
+    pub bytes: usize,
+}
+
+/// The waiting events and their summed weight.
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<Queued>,
+    bytes: usize,
+}
+
 /// A destination's buffer and delivery state.
 #[derive(Debug)]
 pub struct Outbox {
     /// Where the events go.
-    pub destination: Destination,
+    pub destination: Arc<Destination>,
     /// The destination's safe label (metrics, logs).
     pub label: String,
-    capacity: usize,
-    queue: Mutex<VecDeque<Queued>>,
+    limits: BufferLimits,
+    queue: Mutex<Queue>,
     wake: Notify,
     closed: AtomicBool,
     /// The destination's series.
@@ -64,16 +89,16 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox.
     pub fn new(
-        destination: Destination,
-        capacity: usize,
+        destination: Arc<Destination>,
+        limits: BufferLimits,
         notice_interval: Duration,
         metrics: DestinationMetrics,
     ) -> Self {
         Self {
             label: destination.label(),
             destination,
-            capacity,
-            queue: Mutex::new(VecDeque::new()),
+            limits,
+            queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             metrics,
@@ -101,16 +126,26 @@ impl Outbox {
         (self.depth(), self.in_flight.load(Ordering::Acquire))
     }
 
-    /// Queues an event, or drops it if the buffer is full. Never waits.
+    /// Queues an event, or drops it if the buffer is full (in events or
+    /// in bytes). Never waits. A closed outbox takes nothing and counts
+    /// nothing: its destination is gone.
     pub fn push(&self, event: Arc<Published>) -> Pushed {
+        if self.is_closed() {
+            return Pushed::Closed;
+        }
         {
             let mut q = lock(&self.queue);
-            if q.len() < self.capacity {
-                q.push_back(Queued {
+            let weight = event.weight();
+            let fits = q.events.is_empty()
+                || (q.events.len() < self.limits.events
+                    && q.bytes.saturating_add(weight) <= self.limits.bytes);
+            if fits {
+                q.events.push_back(Queued {
                     at: Instant::now(),
                     event,
                 });
-                self.metrics.queue_depth.set(q.len() as i64);
+                q.bytes += weight;
+                self.set_gauges(&q);
                 drop(q);
                 self.wake.notify_one();
                 return Pushed::Queued;
@@ -140,10 +175,11 @@ impl Outbox {
             }
             {
                 let mut q = lock(&self.queue);
-                if !q.is_empty() {
-                    let n = q.len().min(max.max(1));
-                    let batch: Vec<Queued> = q.drain(..n).collect();
-                    self.metrics.queue_depth.set(q.len() as i64);
+                if !q.events.is_empty() {
+                    let n = q.events.len().min(max.max(1));
+                    let batch: Vec<Queued> = q.events.drain(..n).collect();
+                    q.bytes -= batch.iter().map(|b| b.event.weight()).sum::<usize>();
+                    self.set_gauges(&q);
                     return Some(batch);
                 }
             }
@@ -151,23 +187,36 @@ impl Outbox {
         }
     }
 
+    fn set_gauges(&self, q: &Queue) {
+        self.metrics.queue_depth.set(q.events.len() as i64);
+        self.metrics.queue_bytes.set(q.bytes as i64);
+    }
+
     /// Events waiting now.
     pub fn depth(&self) -> usize {
-        lock(&self.queue).len()
+        lock(&self.queue).events.len()
+    }
+
+    /// Bytes of the events waiting now.
+    pub fn bytes(&self) -> usize {
+        lock(&self.queue).bytes
     }
 
     /// Refreshes the depth and oldest-age gauges.
     pub fn refresh_gauges(&self) {
         let q = lock(&self.queue);
-        self.metrics.queue_depth.set(q.len() as i64);
-        let age = q.front().map_or(0.0, |f| f.at.elapsed().as_secs_f64());
+        self.set_gauges(&q);
+        let age = q
+            .events
+            .front()
+            .map_or(0.0, |f| f.at.elapsed().as_secs_f64());
         self.metrics.oldest_age.set(age);
     }
 
     /// Stops the worker and discards what is queued.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        lock(&self.queue).clear();
+        *lock(&self.queue) = Queue::default();
         self.wake.notify_one();
     }
 
@@ -210,11 +259,15 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::destination::{BodyFormat, HttpDestination};
+    use crate::forward::metrics::ForwardMetrics;
     use crate::hub::Published;
-    use crate::registry::spec::{BodyFormat, HttpDestination};
-    use crate::telemetry::Metrics;
 
     fn outbox(capacity: usize) -> Outbox {
+        outbox_within(capacity, usize::MAX)
+    }
+
+    fn outbox_within(events: usize, bytes: usize) -> Outbox {
         let d = Destination::Http(HttpDestination {
             url: "http://x.example/".into(),
             secret: None,
@@ -222,11 +275,12 @@ mod tests {
             content_type: BodyFormat::Json,
             failure_url: None,
         });
+        let metrics = ForwardMetrics::register(&mut Default::default());
         Outbox::new(
-            d,
-            capacity,
+            Arc::new(d),
+            BufferLimits { events, bytes },
             Duration::from_secs(60),
-            Metrics::new().destination("x"),
+            metrics.destination("x"),
         )
     }
 
@@ -248,6 +302,37 @@ mod tests {
         assert_eq!(ids, [1, 2]);
         o.close();
         assert!(o.take(10).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn byte_budget_drops_but_an_empty_buffer_takes_any_event() {
+        let weight = ev(1).weight();
+        let o = outbox_within(100, weight * 2);
+        assert_eq!(o.push(ev(1)), Pushed::Queued);
+        assert_eq!(o.push(ev(2)), Pushed::Queued);
+        assert_eq!(o.bytes(), weight * 2);
+        assert_eq!(o.push(ev(3)), Pushed::Dropped { notice_due: true });
+        assert_eq!(o.take(1).await.unwrap().len(), 1);
+        assert_eq!(o.bytes(), weight);
+        assert_eq!(o.push(ev(4)), Pushed::Queued);
+        assert_eq!(o.take(10).await.unwrap().len(), 2);
+        assert_eq!(o.bytes(), 0);
+        let tiny = outbox_within(100, 1);
+        assert_eq!(
+            tiny.push(ev(5)),
+            Pushed::Queued,
+            "larger than the budget, but alone"
+        );
+        assert!(matches!(tiny.push(ev(6)), Pushed::Dropped { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_closed_outbox_takes_and_counts_nothing() {
+        let o = outbox(1);
+        o.close();
+        assert_eq!(o.push(ev(1)), Pushed::Closed);
+        assert_eq!(o.push(ev(2)), Pushed::Closed);
+        assert_eq!((o.depth(), o.metrics.dropped.get()), (0, 0));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::event::device::Locator;
 use crate::event::{wrp, Event};
-use crate::registry::spec::BodyFormat;
+use crate::forward::destination::BodyFormat;
 
 /// The encoded body of one event.
 #[derive(Debug, Clone)]

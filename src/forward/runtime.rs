@@ -20,15 +20,15 @@ pub struct ForwardRuntime {
 }
 
 impl ForwardRuntime {
-    /// Starts the thread; `nice` (0–19) lowers its priority.
-    pub fn start(nice: i32) -> std::io::Result<Self> {
+    /// Starts the thread; `nice` (0–19) lowers its priority. `stack` is
+    /// its size in bytes: the matcher's filters (CEL) run on this thread,
+    /// so the caller sizes it for their bounded depth.
+    pub fn start(nice: i32, stack: usize) -> std::io::Result<Self> {
         let (handle_tx, handle_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("ratatoskr-forward".into())
-            // Filters (CEL) are evaluated here; their depth is bounded so
-            // that they fit this stack with room to spare.
-            .stack_size(crate::registry::expression::EVAL_STACK)
+            .stack_size(stack)
             .spawn(move || {
                 if nice > 0 {
                     // On Linux the "process" of setpriority(2) given a thread

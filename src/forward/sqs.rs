@@ -3,10 +3,11 @@
 //!
 //! SQS bodies are text, so binary formats (WRP msgpack) are base64-encoded
 //! and marked with a `content-transfer-encoding: base64` attribute. The
-//! SDK retries throttling and transient errors itself (standard mode); a
-//! batch it gives up on comes back here as a retryable failure.
+//! SDK does not retry: throttling and transient errors come back as
+//! retryable failures, and the worker retries them like any sink's.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::config::{Credentials, Region};
@@ -14,29 +15,40 @@ use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use base64::Engine as _;
 
+use super::delivery::Failure;
 use super::outbox::Queued;
 use super::payload;
-use super::Failure;
+use super::ssrf::{AddressPolicy, GuardedResolver};
 use crate::event::Event;
-use crate::registry::spec::{BodyFormat, SqsDestination};
+use crate::forward::destination::{BodyFormat, SqsDestination};
 
 /// Most messages in one SendMessageBatch (the SQS limit).
 pub const BATCH_MAX: usize = 10;
 
 /// Sends to one queue.
 #[derive(Debug)]
-pub struct SqsTransport {
+pub struct SqsSink {
     client: aws_sdk_sqs::Client,
     queue_url: String,
     format: BodyFormat,
 }
 
-impl SqsTransport {
+impl SqsSink {
     /// Builds the SDK client for this destination. The SDK does not retry:
     /// the delivery worker does, in one place for every sink, so that
     /// attempts do not multiply and the `retried` metric counts them all.
-    pub async fn new(d: &SqsDestination, timeout: Duration) -> Self {
+    ///
+    /// Its HTTP client resolves host names through the gateway's SSRF
+    /// guard, so an endpoint whose name later points inside is refused on
+    /// every connection, as for webhooks.
+    pub async fn new(d: &SqsDestination, timeout: Duration, policy: Arc<AddressPolicy>) -> Self {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build_with_resolver(GuardedResolver::new(policy));
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
             .region(Region::new(d.region.clone()))
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
@@ -67,7 +79,7 @@ impl SqsTransport {
     /// Sends a batch. `Ok(n)`: the batch went, and `n` of its entries were
     /// refused by SQS (they are not retried; a retry would duplicate the
     /// others).
-    pub async fn send(&self, batch: &[Queued]) -> Result<usize, Failure> {
+    pub async fn send_batch(&self, batch: &[Queued]) -> Result<usize, Failure> {
         let entries = batch
             .iter()
             .enumerate()
@@ -85,7 +97,7 @@ impl SqsTransport {
     }
 
     /// Sends a drop notice as one message with a `notice` attribute.
-    pub async fn notice(&self, json: String) -> Result<(), Failure> {
+    pub async fn send_notice(&self, json: String) -> Result<(), Failure> {
         self.client
             .send_message()
             .queue_url(&self.queue_url)

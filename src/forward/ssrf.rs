@@ -7,14 +7,14 @@
 //! (`--allow-destination-nets`). The check runs twice: when a registration
 //! is made (so the consumer hears about it) and on every connection (so a
 //! name that later resolves elsewhere — DNS rebinding — is still refused).
+//! Both HTTP clients resolve through [`GuardedResolver`]: reqwest's for
+//! webhooks and the AWS SDK's for SQS endpoints.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-
-use crate::registry::spec::FieldError;
 
 /// Which addresses destinations may reach.
 #[derive(Debug, Clone, Default)]
@@ -82,8 +82,12 @@ impl AddressPolicy {
         }
     }
 
-    /// Checks every URL of a destination, for the registration's 422.
-    pub async fn check_urls(&self, urls: &[(&'static str, &str)]) -> Vec<FieldError> {
+    /// Checks every URL of a destination; returns each refused one with
+    /// the request field that named it (the caller turns them into a 422).
+    pub async fn check_urls(
+        &self,
+        urls: &[(&'static str, &str)],
+    ) -> Vec<(&'static str, AddressError)> {
         let mut errors = Vec::new();
         for (field, raw) in urls {
             let Ok(u) = url::Url::parse(raw) else {
@@ -93,7 +97,7 @@ impl AddressPolicy {
                 continue;
             };
             if let Err(e) = self.resolve(host, port).await {
-                errors.push(FieldError::new(*field, e.to_string()));
+                errors.push((*field, e));
             }
         }
         errors
@@ -203,12 +207,44 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// The same guard for the AWS SDK's HTTP client (SQS endpoints).
+impl aws_smithy_runtime_api::client::dns::ResolveDns for GuardedResolver {
+    fn resolve_dns<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
+        use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDnsError};
+        DnsFuture::new(async move {
+            let addrs = self
+                .policy
+                .resolve(name, 0)
+                .await
+                .map_err(ResolveDnsError::new)?;
+            Ok(addrs.into_iter().map(|a| a.ip()).collect())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_sqs_clients_resolver_refuses_internal_names() {
+        use aws_smithy_runtime_api::client::dns::ResolveDns;
+        let guarded = GuardedResolver::new(Arc::new(AddressPolicy::default()));
+        let refused = guarded.resolve_dns("localhost").await;
+        assert!(refused.is_err(), "{refused:?}");
+        let allowed = GuardedResolver::new(Arc::new(AddressPolicy::new(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+        ])));
+        let ips = allowed.resolve_dns("localhost").await.unwrap();
+        assert!(ips.iter().all(|i| i.is_loopback()) && !ips.is_empty());
     }
 
     #[test]

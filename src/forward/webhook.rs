@@ -6,18 +6,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, StatusCode};
 
+use super::delivery::Failure;
 use super::payload::{self, Body};
 use super::ssrf::AddressPolicy;
-use super::Failure;
 use crate::event::Event;
-use crate::registry::spec::HttpDestination;
+use crate::forward::destination::HttpDestination;
 
 /// Most response body bytes read (then discarded) per delivery.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Sends to one webhook.
 #[derive(Debug)]
-pub struct WebhookTransport {
+pub struct WebhookSink {
     destination: HttpDestination,
     /// Parsed once: every delivery reuses it.
     url: Result<url::Url, Failure>,
@@ -26,7 +26,7 @@ pub struct WebhookTransport {
     timeout: Duration,
 }
 
-impl WebhookTransport {
+impl WebhookSink {
     /// A transport for `destination`. Its URLs are parsed, and any IP
     /// literal in them checked against `policy`, once: an IP literal never
     /// reaches the resolver, which guards host names on every connection.
@@ -51,7 +51,7 @@ impl WebhookTransport {
     }
 
     /// Delivers one event.
-    pub async fn send(&self, event: &Event) -> Result<(), Failure> {
+    pub async fn deliver(&self, event: &Event) -> Result<(), Failure> {
         let body = payload::encode(self.destination.content_type, event);
         let mut headers = payload::event_headers(event);
         let id = event.id.to_string();
@@ -59,9 +59,7 @@ impl WebhookTransport {
     }
 
     /// Posts a drop notice (JSON) to the failure URL, or else the webhook.
-    /// Sent once, never retried: a notice must not add load to a
-    /// destination that is already behind.
-    pub async fn notice(&self, notice_id: &str, json: Bytes) -> Result<(), Failure> {
+    pub async fn post_notice(&self, notice_id: &str, json: Bytes) -> Result<(), Failure> {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             HeaderName::from_static("x-ratatoskr-notice"),

@@ -27,7 +27,7 @@ pub async fn ready(State(app): State<App>) -> Response {
         Phase::Ready => match app.store.check_writable() {
             Ok(()) => Json(json!({
                 "status": "ready",
-                "forward_router_panics": app.metrics.router_panics(),
+                "forward_router_panics": app.delivery.metrics().router_panics(),
             }))
             .into_response(),
             Err(e) => ApiError::unavailable(e.to_string())

@@ -27,12 +27,12 @@ use super::registrations::check_addresses;
 use super::App;
 use crate::error::ApiError;
 use crate::event::DeviceId;
+use crate::forward::destination::{BodyFormat, Destination, HttpDestination};
 use crate::registry::filter::{bounded_regex, FilterSpec};
-use crate::registry::spec::{
-    describe, BodyFormat, Destination, HttpDestination, Origin, Registration, RegistrationRequest,
-};
+use crate::registry::spec::{Origin, Registration, RegistrationRequest};
 use crate::registry::RegistryError;
 use crate::server::PeerAddr;
+use crate::validation::describe;
 
 /// The ancla v1 webhook registration.
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,9 @@ use super::App;
 
 /// The Prometheus scrape endpoint.
 pub async fn prometheus(State(app): State<App>) -> impl IntoResponse {
-    let body = app.metrics.encode(app.hub.replay_len());
+    app.hub.refresh_gauges();
+    app.forwarding.destinations().refresh_gauges();
+    let body = app.metrics.encode();
     (
         [(
             header::CONTENT_TYPE,
@@ -23,13 +25,17 @@ pub async fn prometheus(State(app): State<App>) -> impl IntoResponse {
 
 /// Headline figures as JSON.
 pub async fn stats(State(app): State<App>) -> impl IntoResponse {
-    let snapshot = app.metrics.snapshot();
+    let mut totals = serde_json::to_value(app.metrics.snapshot()).unwrap_or_default();
+    totals["subscribers"] = app.hub.subscriber_count().into();
+    let (deliveries, dropped) = app.hub.metrics().delivery_totals();
+    totals["deliveries"] = deliveries.into();
+    totals["deliveries_dropped"] = dropped.into();
     Json(serde_json::json!({
-        "totals": snapshot,
+        "totals": totals,
         "replay_events": app.hub.replay_len(),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "phase": app.readiness.phase(),
         "registrations": app.registry.len(),
-        "forwarding": app.registry.destinations().totals(),
+        "forwarding": app.forwarding.destinations().totals(),
     }))
 }

@@ -24,7 +24,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::forward::DeliveryContext;
+use crate::forward::{DeliveryContext, Forwarding};
 use crate::hub::Hub;
 use crate::idempotency::IdempotencyCache;
 use crate::registry::Registry;
@@ -48,6 +48,8 @@ pub struct AppState {
     pub store: Arc<crate::store::Store>,
     /// Delivery settings and the address policy.
     pub delivery: Arc<DeliveryContext>,
+    /// The forwarding tap and its live destinations (statistics).
+    pub forwarding: Arc<Forwarding>,
     /// Idempotency-Key memory.
     pub idempotency: IdempotencyCache,
     /// Lifecycle phase for `/ready`.

@@ -16,10 +16,10 @@ use super::query::QueryPairs;
 use super::App;
 use crate::error::ApiError;
 use crate::event::DeviceId;
-use crate::registry::spec::{
-    describe, Destination, FieldError, Origin, Registration, RegistrationRequest,
-};
+use crate::forward::destination::Destination;
+use crate::registry::spec::{Origin, Registration, RegistrationRequest};
 use crate::registry::RegistryError;
+use crate::validation::{describe, FieldError};
 
 /// Default and largest page for `GET /api/registrations`.
 const PAGE: (usize, usize) = (100, 1000);
@@ -47,7 +47,11 @@ pub fn invalid(errors: Vec<FieldError>) -> ApiError {
 
 /// Refuses destinations whose addresses are internal (SSRF), naming the field.
 pub async fn check_addresses(app: &App, destination: &Destination) -> Result<(), ApiError> {
-    let errors = app.delivery.policy().check_urls(&destination.urls()).await;
+    let refused = app.delivery.policy().check_urls(&destination.urls()).await;
+    let errors: Vec<FieldError> = refused
+        .into_iter()
+        .map(|(field, e)| FieldError::new(field, e.to_string()))
+        .collect();
     if errors.is_empty() {
         Ok(())
     } else {
@@ -58,7 +62,17 @@ pub async fn check_addresses(app: &App, destination: &Destination) -> Result<(),
 /// The response body for one registration.
 pub fn body(app: &App, r: &Registration) -> serde_json::Value {
     let mut v = r.view(chrono::Utc::now());
-    v["delivery"] = app.registry.destination_stats(r);
+    v["delivery"] = match app.forwarding.destinations().get(&r.destination) {
+        Some(o) if r.disabled.is_none() => json!({
+            "delivered": o.metrics.delivered.get(),
+            "failed": o.metrics.failed.get(),
+            "retried": o.metrics.retried.get(),
+            "dropped": o.metrics.dropped.get(),
+            "queue_depth": o.depth(),
+            "queue_bytes": o.bytes(),
+        }),
+        _ => serde_json::Value::Null,
+    };
     v
 }
 

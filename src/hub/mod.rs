@@ -31,7 +31,9 @@ pub use replay::{Replay, ReplayRing};
 pub use subscriber::{CloseReason, Drained, LagPolicy, Offer, SubscriberQueue};
 
 use crate::event::{DeviceId, Event, EventDraft, EventId};
-use crate::telemetry::Metrics;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 /// How a subscriber wants each event written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,16 +53,43 @@ pub struct Published {
     pub event: Event,
     data_frame: OnceLock<Bytes>,
     envelope_frame: OnceLock<Bytes>,
+    weight: usize,
+}
+
+/// Payload, metadata and WRP fields, counted once for the event and once
+/// for each frame that may be built from it (data and envelope), plus a
+/// fixed allowance for the structs and headers around them.
+fn weight(event: &Event) -> usize {
+    const OVERHEAD: usize = 512;
+    let d = &event.draft;
+    let metadata: usize = d.metadata.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    let wrp = d.wrp.as_ref().map_or(0, |m| {
+        m.payload.as_ref().map_or(0, Vec::len)
+            + m.metadata
+                .as_ref()
+                .map_or(0, |md| md.iter().map(|(k, v)| k.len() + v.len() + 8).sum())
+            + m.source.len()
+            + m.dest.len()
+            + m.path.len()
+    });
+    3 * d.data.len() + 2 * metadata + d.source.len() + wrp + OVERHEAD
 }
 
 impl Published {
     /// Wraps an event; frames are built on first use.
     pub fn new(event: Event) -> Self {
         Self {
+            weight: weight(&event),
             event,
             data_frame: OnceLock::new(),
             envelope_frame: OnceLock::new(),
         }
+    }
+
+    /// The most bytes this event can hold once both of its frames are
+    /// built: what byte budgets (replay, forwarding buffers) count.
+    pub fn weight(&self) -> usize {
+        self.weight
     }
 
     /// The encoded SSE frame for `format`. The id text is made only when
@@ -84,12 +113,89 @@ impl Published {
 pub struct HubConfig {
     /// Events kept for resume.
     pub replay_capacity: usize,
+    /// Bytes the events kept for resume may hold ([`Published::weight`]).
+    pub replay_max_bytes: usize,
     /// Oldest event kept for resume.
     pub replay_max_age: Duration,
     /// Events queued per subscriber before it counts as lagging.
     pub subscriber_buffer: usize,
     /// Most concurrent subscribers.
     pub max_subscribers: usize,
+}
+
+/// The hub's own series.
+#[derive(Debug, Clone)]
+pub struct HubMetrics {
+    subscribers: Gauge,
+    replay_events: Gauge,
+    replay_bytes: Gauge,
+    deliveries: Counter,
+    dropped: Counter,
+    fanout_seconds: Histogram,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self {
+            subscribers: Gauge::default(),
+            replay_events: Gauge::default(),
+            replay_bytes: Gauge::default(),
+            deliveries: Counter::default(),
+            dropped: Counter::default(),
+            fanout_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
+        }
+    }
+}
+
+impl HubMetrics {
+    /// Registers the series into `registry`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "subscribers",
+            "SSE subscribers connected now",
+            m.subscribers.clone(),
+        );
+        registry.register(
+            "replay_events",
+            "Events held for Last-Event-ID resume",
+            m.replay_events.clone(),
+        );
+        registry.register(
+            "replay_bytes",
+            "Bytes held for Last-Event-ID resume (payloads and frames)",
+            m.replay_bytes.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Events queued for an SSE subscriber",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "deliveries_dropped",
+            "Events dropped for an SSE subscriber whose buffer was full",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "fanout_duration_seconds",
+            "Time to offer one event to every matching subscriber",
+            m.fanout_seconds.clone(),
+        );
+        m
+    }
+
+    fn fanout(&self, queued: u64, dropped: u64, took: Duration) {
+        self.deliveries.inc_by(queued);
+        if dropped > 0 {
+            self.dropped.inc_by(dropped);
+        }
+        self.fanout_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Events queued for subscribers, and dropped for full queues, so far.
+    pub fn delivery_totals(&self) -> (u64, u64) {
+        (self.deliveries.get(), self.dropped.get())
+    }
 }
 
 /// Why a subscription was refused.
@@ -117,7 +223,7 @@ pub struct Hub {
     state: Mutex<State>,
     tap: OnceLock<Arc<dyn Tap>>,
     config: HubConfig,
-    metrics: Arc<Metrics>,
+    metrics: HubMetrics,
     next_subscriber: AtomicU64,
 }
 
@@ -161,9 +267,14 @@ pub struct FanOut {
 
 impl Hub {
     /// A hub with an empty ring and no subscribers.
-    pub fn new(config: HubConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(config: HubConfig, metrics: HubMetrics) -> Arc<Self> {
         let horizon = EventId::from_u64(EventId::floor_at(unix_ms()).as_u64().saturating_sub(1));
-        let ring = ReplayRing::new(config.replay_capacity, config.replay_max_age, horizon);
+        let ring = ReplayRing::new(
+            config.replay_capacity,
+            config.replay_max_bytes,
+            config.replay_max_age,
+            horizon,
+        );
         Arc::new(Self {
             state: Mutex::new(State {
                 ids: Default::default(),
@@ -283,7 +394,7 @@ impl Hub {
             state.index.count += 1;
             resume.map(|last| state.ring.since(Instant::now(), last, &filter))
         };
-        self.metrics.subscriber_joined();
+        self.metrics.subscribers.inc();
         Ok(Subscription {
             id,
             hub: self.clone(),
@@ -315,7 +426,7 @@ impl Hub {
                 index.count -= 1;
             }
         }
-        self.metrics.subscriber_left();
+        self.metrics.subscribers.dec();
     }
 
     /// Closes every subscription (each stream writes a final notice and
@@ -342,9 +453,24 @@ impl Hub {
         self.lock().index.count
     }
 
+    /// The hub's series (for the dashboard's totals).
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.metrics
+    }
+
     /// Events held for replay now.
     pub fn replay_len(&self) -> usize {
         self.lock().ring.len()
+    }
+
+    /// Samples the replay gauges (at scrape time, not on every publish).
+    pub fn refresh_gauges(&self) {
+        let (events, bytes) = {
+            let state = self.lock();
+            (state.ring.len(), state.ring.bytes())
+        };
+        self.metrics.replay_events.set(events as i64);
+        self.metrics.replay_bytes.set(bytes as i64);
     }
 }
 

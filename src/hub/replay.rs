@@ -1,6 +1,7 @@
 //! The replay ring: recent events kept for `Last-Event-ID` resume.
 //!
-//! Bounded by count and by age. Ids are strictly increasing, so a resume is
+//! Bounded by count, by bytes (each event's [`Published::weight`]) and by
+//! age: with large events, a count alone would not bound memory. Ids are strictly increasing, so a resume is
 //! a binary search. The ring also remembers its *horizon*, the newest id that
 //! may have been lost to this process (evicted, or issued before it
 //! started), so it can tell a resuming client that events may be missing
@@ -18,6 +19,9 @@ use crate::event::EventId;
 pub struct ReplayRing {
     events: VecDeque<(Instant, Arc<Published>)>,
     capacity: usize,
+    max_bytes: usize,
+    /// Summed weight of the events held.
+    bytes: usize,
     max_age: Duration,
     horizon: EventId,
 }
@@ -42,24 +46,30 @@ impl ReplayRing {
 
     /// An empty ring. `horizon` is the newest id this process cannot vouch
     /// for (ids below the first it will issue).
-    pub fn new(capacity: usize, max_age: Duration, horizon: EventId) -> Self {
+    pub fn new(capacity: usize, max_bytes: usize, max_age: Duration, horizon: EventId) -> Self {
         Self {
             events: VecDeque::with_capacity(capacity.min(65_536)),
             capacity,
+            max_bytes,
+            bytes: 0,
             max_age,
             horizon,
         }
     }
 
-    /// Adds the newest event, evicting what no longer fits.
+    /// Adds the newest event, evicting what no longer fits. An event
+    /// heavier than the whole byte budget is not kept (it moves the
+    /// horizon, so a resume across it is told of the gap).
     pub fn push(&mut self, now: Instant, event: Arc<Published>) {
-        if self.capacity == 0 {
-            self.horizon = event.event.id;
+        let weight = event.weight();
+        if self.capacity == 0 || weight > self.max_bytes {
+            self.horizon = self.horizon.max(event.event.id);
             return;
         }
-        while self.events.len() >= self.capacity {
+        while self.events.len() >= self.capacity || self.bytes + weight > self.max_bytes {
             self.evict_front();
         }
+        self.bytes += weight;
         self.events.push_back((now, event));
         self.expire(now);
     }
@@ -77,6 +87,7 @@ impl ReplayRing {
 
     fn evict_front(&mut self) {
         if let Some((_, e)) = self.events.pop_front() {
+            self.bytes -= e.weight();
             self.horizon = self.horizon.max(e.event.id);
         }
     }
@@ -102,6 +113,11 @@ impl ReplayRing {
         self.events.len()
     }
 
+    /// Summed weight of the events held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Whether the ring is empty.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
@@ -124,7 +140,12 @@ mod tests {
     #[test]
     fn resumes_after_the_last_id_with_the_filter() {
         let now = Instant::now();
-        let mut ring = ReplayRing::new(10, Duration::from_secs(60), EventId::from_u64(9));
+        let mut ring = ReplayRing::new(
+            10,
+            usize::MAX,
+            Duration::from_secs(60),
+            EventId::from_u64(9),
+        );
         for id in 10..15 {
             ring.push(now, published(id, if id % 2 == 0 { "a" } else { "b" }));
         }
@@ -143,7 +164,8 @@ mod tests {
     #[test]
     fn count_bound_moves_the_horizon() {
         let now = Instant::now();
-        let mut ring = ReplayRing::new(3, Duration::from_secs(60), EventId::from_u64(0));
+        let mut ring =
+            ReplayRing::new(3, usize::MAX, Duration::from_secs(60), EventId::from_u64(0));
         for id in 1..=5 {
             ring.push(now, published(id, "a"));
         }
@@ -159,9 +181,33 @@ mod tests {
     }
 
     #[test]
+    fn byte_bound_evicts_the_oldest_and_moves_the_horizon() {
+        let now = Instant::now();
+        let w = published(1, "a").weight();
+        let mut ring = ReplayRing::new(100, w * 3, Duration::from_secs(60), EventId::from_u64(0));
+        for id in 1..=5 {
+            ring.push(now, published(id, "a"));
+            assert!(ring.bytes() <= w * 3);
+        }
+        assert_eq!((ring.len(), ring.bytes()), (3, w * 3));
+        let r = ring.since(now, EventId::from_u64(1), &EventFilter::default());
+        assert_eq!(ids(&r), [3, 4, 5]);
+        assert!(r.truncated);
+        let mut small = ReplayRing::new(100, w - 1, Duration::from_secs(60), EventId::from_u64(0));
+        small.push(now, published(7, "a"));
+        assert_eq!(small.len(), 0, "heavier than the whole budget: not kept");
+        assert!(
+            small
+                .since(now, EventId::from_u64(6), &EventFilter::default())
+                .truncated
+        );
+    }
+
+    #[test]
     fn age_bound_expires_events() {
         let t0 = Instant::now();
-        let mut ring = ReplayRing::new(10, Duration::from_secs(5), EventId::from_u64(0));
+        let mut ring =
+            ReplayRing::new(10, usize::MAX, Duration::from_secs(5), EventId::from_u64(0));
         ring.push(t0, published(1, "a"));
         ring.push(t0 + Duration::from_secs(4), published(2, "a"));
         let r = ring.since(

@@ -17,9 +17,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::expression::Expression;
-use super::spec::{FieldError, Position};
 use crate::event::Event;
 use crate::hub::filter::{wildcards, MAX_WILDCARDS};
+use crate::validation::{FieldError, Position};
 
 /// Most type patterns or metadata matchers.
 pub const MAX_PATTERNS: usize = 64;

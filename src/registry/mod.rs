@@ -1,12 +1,22 @@
 //! Registrations: who wants which device's events, where, until when.
 //!
-//! The [`Registry`] owns the live set: it validates and stores
-//! registrations, indexes them by device (like the hub's subscribers), and
-//! routes each event to the outboxes of the registrations it matches, once
-//! per destination. Expiry is checked on every event, so an expired
-//! registration stops receiving at once; a sweeper then removes it.
-//! Clocks are wall-clock (`expires_at`), so they keep running across a
-//! restart.
+//! The [`Registry`] is a pure matcher beside the data flow: it validates,
+//! stores and indexes registrations (by device, like the hub's
+//! subscribers), and answers "which destinations want this event"
+//! ([`crate::forward::Matcher`]). It delivers nothing itself.
+//!
+//! Matching reads an immutable [`Snapshot`], swapped whole on every change
+//! (`arc-swap`): routing takes no lock, so a slow match on the
+//! low-priority forwarding thread never holds up a write, and a write
+//! never pauses routing. Writes are serialised among themselves, build the
+//! next snapshot from the current one, store, then swap. Whoever delivers
+//! (forwarding) hears of each new snapshot through [`Registry::on_change`]
+//! before it is swapped in, so a new destination is ready before the first
+//! event for it is routed.
+//!
+//! Expiry is checked on every event, so an expired registration stops
+//! receiving at once; a sweeper then removes it. Clocks are wall-clock
+//! (`expires_at`), so they keep running across a restart.
 
 pub mod duration;
 pub mod expression;
@@ -14,21 +24,22 @@ pub mod filter;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::gauge::Gauge;
 use regex::Regex;
 
 use crate::event::{DeviceId, Event};
-use crate::forward::{Destinations, Outbox, Pushed};
-use crate::hub::Published;
-use crate::store::{Collection, Store, StoreError};
-use crate::sync::{lock, read, write};
-use crate::telemetry::Metrics;
+use crate::forward::destination::Destination;
+use crate::forward::Matcher;
+use crate::store::{Collection, Store, StoreError, StoredDisabled};
+use crate::sync::lock;
+use crate::validation::FieldError;
 use filter::{cel_value, event_path, CompiledFilter};
-use spec::{Destination, FieldError, Origin, Registration, RegistrationRequest};
+use spec::{Origin, Registration, RegistrationRequest};
 
 /// Most devices one registration may name.
 pub const MAX_DEVICES: usize = 100;
@@ -65,186 +76,32 @@ pub struct RegistryLimits {
     pub sqs_default_credentials: bool,
 }
 
-/// A registration ready to route to.
+/// A registration ready to match.
 #[derive(Debug)]
 struct Live {
     registration: Registration,
     filter: CompiledFilter,
     device_patterns: Vec<Regex>,
-    /// `None` for a disabled registration, which is listed but not routed.
-    outbox: Option<Arc<Outbox>>,
+    /// Shared with the matches handed out; `None` for a disabled
+    /// registration, which is listed but never matched.
+    destination: Option<Arc<Destination>>,
 }
 
 impl Live {
     /// A registration that cannot run: kept so the API shows it (with the
-    /// reason) and can replace or delete it; never routed to.
+    /// reason) and can replace or delete it; never matched.
     fn disabled(mut registration: Registration, reason: String) -> Self {
         registration.disabled = Some(reason);
         Self {
             registration,
             filter: CompiledFilter::nothing(),
             device_patterns: Vec::new(),
-            outbox: None,
+            destination: None,
         }
     }
 
-    fn wants_device(&self, event: &Event) -> bool {
-        if self.device_patterns.is_empty() {
-            return true;
-        }
-        // xmidt semantics: a pattern matches the source or the event path.
-        let d = &event.draft;
-        let subjects = [
-            Some(d.source.as_str()),
-            event_path(event),
-            d.device.as_ref().map(DeviceId::as_str),
-        ];
-        self.device_patterns
-            .iter()
-            .any(|p| subjects.iter().flatten().any(|s| p.is_match(s)))
-    }
-}
-
-#[derive(Debug, Default)]
-struct Index {
-    by_id: BTreeMap<String, Arc<Live>>,
-    by_device: HashMap<DeviceId, Vec<Arc<Live>>>,
-    any_device: Vec<Arc<Live>>,
-}
-
-impl Index {
-    fn insert(&mut self, live: Arc<Live>) {
-        if live.outbox.is_none() {
-            self.by_id.insert(live.registration.id.clone(), live);
-            return;
-        }
-        let devices = &live.registration.devices;
-        if devices.is_empty() {
-            self.any_device.push(live.clone());
-        }
-        for d in devices {
-            if let Ok(d) = DeviceId::parse(d) {
-                self.by_device.entry(d).or_default().push(live.clone());
-            }
-        }
-        self.by_id.insert(live.registration.id.clone(), live);
-    }
-
-    fn remove(&mut self, id: &str) -> Option<Arc<Live>> {
-        let live = self.by_id.remove(id)?;
-        self.any_device.retain(|l| l.registration.id != id);
-        for d in &live.registration.devices {
-            if let Ok(d) = DeviceId::parse(d) {
-                if let Some(v) = self.by_device.get_mut(&d) {
-                    v.retain(|l| l.registration.id != id);
-                    if v.is_empty() {
-                        self.by_device.remove(&d);
-                    }
-                }
-            }
-        }
-        Some(live)
-    }
-}
-
-/// The live registrations.
-#[derive(Debug)]
-pub struct Registry {
-    store: Arc<Store>,
-    destinations: Arc<Destinations>,
-    metrics: Arc<Metrics>,
-    limits: RegistryLimits,
-    index: RwLock<Index>,
-    /// Serialises changes, so a check-then-write (If-Match) is atomic.
-    writes: Mutex<()>,
-    count: AtomicUsize,
-}
-
-impl Registry {
-    /// Loads stored registrations, dropping the ones that expired while
-    /// the gateway was down.
-    pub fn open(
-        store: Arc<Store>,
-        destinations: Arc<Destinations>,
-        metrics: Arc<Metrics>,
-        limits: RegistryLimits,
-    ) -> Result<Arc<Self>, RegistryError> {
-        let registry = Arc::new(Self {
-            store,
-            destinations,
-            metrics,
-            limits,
-            index: RwLock::default(),
-            writes: Mutex::default(),
-            count: AtomicUsize::new(0),
-        });
-        let now = Utc::now();
-        let mut expired = Vec::new();
-        for (id, doc) in registry.store.load(Collection::Registrations)? {
-            let reg: Registration = match serde_json::from_slice(&doc) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(%id, error = %e, "unreadable stored registration skipped");
-                    continue;
-                }
-            };
-            if reg.expires_at <= now {
-                expired.push(id);
-                continue;
-            }
-            match registry.make_live(reg.clone()) {
-                Ok(live) => registry.index_write().insert(live),
-                Err(errors) => {
-                    let reason = spec::describe(&errors);
-                    tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
-                    registry.metrics.registration_disabled();
-                    registry
-                        .index_write()
-                        .insert(Arc::new(Live::disabled(reg, reason)));
-                }
-            }
-        }
-        let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
-        registry.store.delete(Collection::Registrations, &ids)?;
-        registry.recount();
-        tracing::info!(
-            live = registry.len(),
-            expired = expired.len(),
-            "registrations loaded"
-        );
-        Ok(registry)
-    }
-
-    fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        read(&self.index)
-    }
-
-    fn index_write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        write(&self.index)
-    }
-
-    fn recount(&self) {
-        let n = self.index_read().by_id.len();
-        self.count.store(n, Ordering::Relaxed);
-        self.metrics.set_registrations(n);
-    }
-
-    /// Live registrations now.
-    pub fn len(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Whether there are none (the hub's tap skips forwarding then).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The destinations (for statistics).
-    pub fn destinations(&self) -> &Destinations {
-        &self.destinations
-    }
-
-    fn make_live(&self, registration: Registration) -> Result<Arc<Live>, Vec<FieldError>> {
+    /// Checks the stored form and compiles its filter and patterns.
+    fn compile(registration: Registration) -> Result<Self, Vec<FieldError>> {
         // A device that no longer parses (stored by an older version) would
         // be left out of the index, and the registration silently never
         // routed: refuse it, so that a load shows it disabled instead.
@@ -271,13 +128,266 @@ impl Registry {
                 )]
             })?);
         }
-        let outbox = self.destinations.acquire(&registration.destination);
-        Ok(Arc::new(Live {
+        Ok(Self {
+            destination: Some(Arc::new(registration.destination.clone())),
             registration,
             filter,
             device_patterns,
-            outbox: Some(outbox),
+        })
+    }
+
+    fn wants_device(&self, event: &Event) -> bool {
+        if self.device_patterns.is_empty() {
+            return true;
+        }
+        // xmidt semantics: a pattern matches the source or the event path.
+        let d = &event.draft;
+        let subjects = [
+            Some(d.source.as_str()),
+            event_path(event),
+            d.device.as_ref().map(DeviceId::as_str),
+        ];
+        self.device_patterns
+            .iter()
+            .any(|p| subjects.iter().flatten().any(|s| p.is_match(s)))
+    }
+}
+
+/// The registrations at one moment, indexed for matching. Never changed
+/// once published: a change builds the next one.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    by_id: BTreeMap<String, Arc<Live>>,
+    by_device: HashMap<DeviceId, Vec<Arc<Live>>>,
+    any_device: Vec<Arc<Live>>,
+    /// Registrations that can match (not disabled).
+    enabled: usize,
+}
+
+impl Snapshot {
+    fn insert(&mut self, live: Arc<Live>) {
+        self.remove(&live.registration.id);
+        if live.destination.is_some() {
+            self.enabled += 1;
+            let devices = &live.registration.devices;
+            if devices.is_empty() {
+                self.any_device.push(live.clone());
+            }
+            for d in devices.iter().filter_map(|d| DeviceId::parse(d).ok()) {
+                self.by_device.entry(d).or_default().push(live.clone());
+            }
+        }
+        self.by_id.insert(live.registration.id.clone(), live);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Arc<Live>> {
+        let live = self.by_id.remove(id)?;
+        if live.destination.is_none() {
+            return Some(live);
+        }
+        self.enabled -= 1;
+        self.any_device.retain(|l| l.registration.id != id);
+        for d in live
+            .registration
+            .devices
+            .iter()
+            .filter_map(|d| DeviceId::parse(d).ok())
+        {
+            if let Some(v) = self.by_device.get_mut(&d) {
+                v.retain(|l| l.registration.id != id);
+                if v.is_empty() {
+                    self.by_device.remove(&d);
+                }
+            }
+        }
+        Some(live)
+    }
+
+    /// Registrations, disabled ones included.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Every destination an enabled registration names (repeats possible).
+    pub fn destinations(&self) -> impl Iterator<Item = &Destination> {
+        self.by_id.values().filter_map(|l| l.destination.as_deref())
+    }
+
+    /// Appends each destination with a live registration matching `event`
+    /// at `now`, once per destination.
+    pub fn matching(&self, event: &Event, now: DateTime<Utc>, out: &mut Vec<Arc<Destination>>) {
+        let by_device = event
+            .draft
+            .device
+            .as_ref()
+            .and_then(|d| self.by_device.get(d));
+        let mut cel = None;
+        for live in self
+            .any_device
+            .iter()
+            .chain(by_device.into_iter().flatten())
+        {
+            let Some(destination) = &live.destination else {
+                continue;
+            };
+            if live.registration.expires_at <= now || !live.wants_device(event) {
+                continue;
+            }
+            if out
+                .iter()
+                .any(|d| Arc::ptr_eq(d, destination) || **d == **destination)
+            {
+                continue;
+            }
+            if live.filter.needs_cel() && cel.is_none() {
+                cel = Some(cel_value(event));
+            }
+            if live.filter.matches(event, cel.as_ref()) {
+                out.push(destination.clone());
+            }
+        }
+    }
+}
+
+/// The registry's own series.
+#[derive(Debug, Clone)]
+pub struct RegistryMetrics {
+    registrations: Gauge,
+    disabled: StoredDisabled,
+}
+
+impl RegistryMetrics {
+    /// Registers the `registrations` gauge; stored registrations loaded
+    /// disabled are counted in the store's shared `stored_disabled`.
+    pub fn register(
+        registry: &mut prometheus_client::registry::Registry,
+        disabled: StoredDisabled,
+    ) -> Self {
+        let registrations = Gauge::default();
+        registry.register(
+            "registrations",
+            "Live forwarding registrations",
+            registrations.clone(),
+        );
+        Self {
+            registrations,
+            disabled,
+        }
+    }
+}
+
+/// Told of every new snapshot, before it is swapped in.
+type ChangeListener = Box<dyn Fn(&Snapshot) + Send + Sync>;
+
+/// The live registrations.
+pub struct Registry {
+    store: Arc<Store>,
+    metrics: RegistryMetrics,
+    limits: RegistryLimits,
+    current: ArcSwap<Snapshot>,
+    /// Serialises changes, so a check-then-write (If-Match) is atomic and
+    /// each snapshot is built from the last.
+    writes: Mutex<()>,
+    listener: OnceLock<ChangeListener>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("registrations", &self.len())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Loads stored registrations, dropping the ones that expired while
+    /// the gateway was down.
+    pub fn open(
+        store: Arc<Store>,
+        metrics: RegistryMetrics,
+        limits: RegistryLimits,
+    ) -> Result<Arc<Self>, RegistryError> {
+        let now = Utc::now();
+        let mut expired = Vec::new();
+        let mut snapshot = Snapshot::default();
+        for (id, doc) in store.load(Collection::Registrations)? {
+            let reg: Registration = match serde_json::from_slice(&doc) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(%id, error = %e, "unreadable stored registration skipped");
+                    continue;
+                }
+            };
+            if reg.expires_at <= now {
+                expired.push(id);
+                continue;
+            }
+            match Live::compile(reg.clone()) {
+                Ok(live) => snapshot.insert(Arc::new(live)),
+                Err(errors) => {
+                    let reason = crate::validation::describe(&errors);
+                    tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
+                    metrics.disabled.count("registration");
+                    snapshot.insert(Arc::new(Live::disabled(reg, reason)));
+                }
+            }
+        }
+        let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
+        store.delete(Collection::Registrations, &ids)?;
+        metrics.registrations.set(snapshot.len() as i64);
+        tracing::info!(
+            live = snapshot.len(),
+            expired = expired.len(),
+            "registrations loaded"
+        );
+        Ok(Arc::new(Self {
+            store,
+            metrics,
+            limits,
+            current: ArcSwap::from_pointee(snapshot),
+            writes: Mutex::default(),
+            listener: OnceLock::new(),
         }))
+    }
+
+    /// Calls `listener` with the current snapshot now, then with every
+    /// next one before it is swapped in. Only one listener may be set.
+    pub fn on_change(&self, listener: impl Fn(&Snapshot) + Send + Sync + 'static) {
+        let _w = lock(&self.writes);
+        listener(&self.current.load());
+        if self.listener.set(Box::new(listener)).is_err() {
+            panic!("Registry::on_change called twice");
+        }
+    }
+
+    /// The registrations now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes `next`. Caller holds `writes`.
+    fn publish(&self, next: Snapshot) {
+        if let Some(listener) = self.listener.get() {
+            listener(&next);
+        }
+        self.metrics.registrations.set(next.len() as i64);
+        self.current.store(Arc::new(next));
+    }
+
+    /// Registrations now, disabled ones included.
+    pub fn len(&self) -> usize {
+        self.current.load().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Validates a request into a registration (not yet stored).
@@ -388,7 +498,7 @@ impl Registry {
     /// Stores and activates a new registration.
     pub fn insert(&self, registration: Registration) -> Result<Registration, RegistryError> {
         let _w = lock(&self.writes);
-        let replacing = self.index_read().by_id.contains_key(&registration.id);
+        let replacing = self.current.load().by_id.contains_key(&registration.id);
         if !replacing && self.len() >= self.limits.max_registrations {
             return Err(RegistryError::Full(self.limits.max_registrations));
         }
@@ -412,29 +522,16 @@ impl Registry {
         self.commit(next)
     }
 
-    /// Writes to the store, then swaps the live entry. Caller holds `writes`.
+    /// Writes to the store, then publishes a snapshot with the new entry.
+    /// Caller holds `writes`.
     fn commit(&self, registration: Registration) -> Result<Registration, RegistryError> {
-        let live = self
-            .make_live(registration.clone())
-            .map_err(RegistryError::Invalid)?;
+        let live = Live::compile(registration.clone()).map_err(RegistryError::Invalid)?;
         let doc = serde_json::to_vec(&registration).expect("registrations serialise");
-        if let Err(e) = self
-            .store
-            .put(Collection::Registrations, &registration.id, &doc)
-        {
-            self.destinations.release(&registration.destination);
-            return Err(e.into());
-        }
-        let old = {
-            let mut index = self.index_write();
-            let old = index.remove(&registration.id);
-            index.insert(live);
-            old
-        };
-        if let Some(old) = old.filter(|o| o.outbox.is_some()) {
-            self.destinations.release(&old.registration.destination);
-        }
-        self.recount();
+        self.store
+            .put(Collection::Registrations, &registration.id, &doc)?;
+        let mut next = Snapshot::clone(&self.current.load());
+        next.insert(Arc::new(live));
+        self.publish(next);
         Ok(registration)
     }
 
@@ -450,21 +547,19 @@ impl Registry {
         Ok(())
     }
 
+    /// Publishes a snapshot without `ids`. Caller holds `writes`.
     fn remove_live(&self, ids: &[String]) {
-        let removed: Vec<Arc<Live>> = {
-            let mut index = self.index_write();
-            ids.iter().filter_map(|id| index.remove(id)).collect()
-        };
-        for live in removed.iter().filter(|l| l.outbox.is_some()) {
-            self.destinations.release(&live.registration.destination);
+        let mut next = Snapshot::clone(&self.current.load());
+        for id in ids {
+            next.remove(id);
         }
-        self.recount();
+        self.publish(next);
     }
 
     /// A live, unexpired registration.
     pub fn get(&self, id: &str) -> Option<Registration> {
-        let index = self.index_read();
-        index
+        self.current
+            .load()
             .by_id
             .get(id)
             .filter(|l| l.registration.expires_at > Utc::now())
@@ -480,7 +575,7 @@ impl Registry {
         limit: usize,
     ) -> (Vec<Registration>, bool) {
         let now = Utc::now();
-        let index = self.index_read();
+        let index = self.current.load();
         let range = match after {
             Some(a) => index
                 .by_id
@@ -495,25 +590,12 @@ impl Registry {
         (page, more)
     }
 
-    /// Delivered/dropped/failed figures of a registration's destination.
-    pub fn destination_stats(&self, registration: &Registration) -> serde_json::Value {
-        match self.destinations.get(&registration.destination) {
-            Some(o) => serde_json::json!({
-                "delivered": o.metrics.delivered.get(),
-                "failed": o.metrics.failed.get(),
-                "retried": o.metrics.retried.get(),
-                "dropped": o.metrics.dropped.get(),
-                "queue_depth": o.depth(),
-            }),
-            None => serde_json::Value::Null,
-        }
-    }
-
     /// Removes expired registrations from the index and the store.
     pub fn sweep(&self, now: DateTime<Utc>) {
         let _w = lock(&self.writes);
         let expired: Vec<String> = self
-            .index_read()
+            .current
+            .load()
             .by_id
             .values()
             .filter(|l| l.registration.expires_at <= now)
@@ -529,46 +611,15 @@ impl Registry {
         self.remove_live(&expired);
         tracing::info!(count = expired.len(), "registrations expired");
     }
+}
 
-    /// Offers `p` to the outbox of every destination with a live, matching
-    /// registration, once per destination. Never waits.
-    pub fn route(&self, p: &Arc<Published>) {
-        let event = &p.event;
-        let now = Utc::now();
-        let index = self.index_read();
-        let by_device = event
-            .draft
-            .device
-            .as_ref()
-            .and_then(|d| index.by_device.get(d));
-        let mut cel = None;
-        let mut sent: Vec<*const Outbox> = Vec::new();
-        for live in index
-            .any_device
-            .iter()
-            .chain(by_device.into_iter().flatten())
-        {
-            if live.registration.expires_at <= now || !live.wants_device(event) {
-                continue;
-            }
-            if live.filter.needs_cel() && cel.is_none() {
-                cel = Some(cel_value(event));
-            }
-            if !live.filter.matches(event, cel.as_ref()) {
-                continue;
-            }
-            let Some(outbox) = &live.outbox else {
-                continue;
-            };
-            let ptr = Arc::as_ptr(outbox);
-            if sent.contains(&ptr) {
-                continue;
-            }
-            sent.push(ptr);
-            if let Pushed::Dropped { notice_due: true } = outbox.push(p.clone()) {
-                self.destinations.notify_dropped(outbox);
-            }
-        }
+impl Matcher for Registry {
+    fn is_empty(&self) -> bool {
+        self.current.load().enabled == 0
+    }
+
+    fn matching(&self, event: &Event, out: &mut Vec<Arc<Destination>>) {
+        self.current.load().matching(event, Utc::now(), out);
     }
 }
 
@@ -587,5 +638,114 @@ fn check_if_match(current: &Registration, if_match: Option<&str>) -> Result<(), 
                 Err(RegistryError::PreconditionFailed(etag))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::test_event;
+    use crate::forward::destination::{BodyFormat, HttpDestination};
+
+    fn registration(id: &str, device: &str, url: &str, expression: Option<&str>) -> Registration {
+        let now = Utc::now();
+        let filter: filter::FilterSpec = serde_json::from_value(match expression {
+            Some(e) => serde_json::json!({ "expression": e }),
+            None => serde_json::json!({}),
+        })
+        .unwrap();
+        Registration {
+            id: id.into(),
+            devices: vec![device.into()],
+            device_patterns: Vec::new(),
+            destination: Destination::Http(HttpDestination {
+                url: url.into(),
+                secret: None,
+                headers: Default::default(),
+                content_type: BodyFormat::Json,
+                failure_url: None,
+            }),
+            filter,
+            metadata: Default::default(),
+            duration_secs: 60,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + chrono::Duration::seconds(60),
+            version: 1,
+            origin: Origin::Api,
+            disabled: None,
+        }
+    }
+
+    fn urls(s: &Snapshot, device: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        s.matching(&test_event(1, Some(device), None), Utc::now(), &mut out);
+        out.iter()
+            .map(|d| match &**d {
+                Destination::Http(h) => h.url.clone(),
+                Destination::Sqs(q) => q.queue_url.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_matches_each_destination_once_and_never_a_disabled_one() {
+        let mut s = Snapshot::default();
+        for (id, url) in [
+            ("a", "http://x.example/1"),
+            ("b", "http://x.example/1"),
+            ("c", "http://x.example/2"),
+        ] {
+            s.insert(Arc::new(
+                Live::compile(registration(id, "dev-1", url, None)).unwrap(),
+            ));
+        }
+        s.insert(Arc::new(Live::disabled(
+            registration("d", "dev-1", "http://x.example/3", None),
+            "test".into(),
+        )));
+        assert_eq!(
+            urls(&s, "dev-1"),
+            ["http://x.example/1", "http://x.example/2"]
+        );
+        assert!(urls(&s, "dev-2").is_empty());
+        assert_eq!((s.len(), s.enabled), (4, 3));
+        assert_eq!(s.destinations().count(), 3, "the disabled one names none");
+        s.remove("c");
+        assert_eq!(urls(&s, "dev-1"), ["http://x.example/1"]);
+        s.remove("d");
+        assert_eq!((s.len(), s.enabled), (2, 2));
+    }
+
+    #[test]
+    fn a_published_snapshot_is_never_changed_by_later_writes() {
+        let dir = std::env::temp_dir().join(format!("rt-reg-{}", uuid::Uuid::new_v4().simple()));
+        let store = Arc::new(Store::open(crate::config::StoreKind::Memory, &dir).unwrap());
+        let registry = Registry::open(
+            store,
+            RegistryMetrics::register(&mut Default::default(), StoredDisabled::default()),
+            RegistryLimits {
+                max_duration: Duration::from_secs(3600),
+                max_registrations: 10,
+                sqs_default_credentials: false,
+            },
+        )
+        .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        registry.on_change(move |s| lock(&s2).push(s.len()));
+        let before = registry.snapshot();
+        registry
+            .insert(registration(
+                "a",
+                "dev-1",
+                "http://x.example/1",
+                Some("event.type == 'x'"),
+            ))
+            .unwrap();
+        assert_eq!(before.len(), 0, "a reader's snapshot stays as it was");
+        assert_eq!(registry.snapshot().len(), 1);
+        registry.delete("a", None).unwrap();
+        assert_eq!(*lock(&seen), [0, 1, 0], "the listener hears every snapshot");
     }
 }

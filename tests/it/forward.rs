@@ -548,3 +548,66 @@ async fn a_failing_destination_is_paused_by_its_circuit() {
         "paused after 3 failures in a row"
     );
 }
+
+/// Registration writes never wait on routing: the router matches over a
+/// snapshot, so a CEL-heavy route on the low-priority forwarding thread,
+/// starved of CPU by busy threads at normal priority, cannot hold a lock
+/// that a write needs (before, it held the index's read lock throughout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_writes_do_not_wait_for_a_starved_cel_heavy_route() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let rx = Receiver::start().await;
+    let gw = Gateway::start().await;
+    // Each evaluation runs the comprehension until its budget is spent
+    // (and so never matches): the heaviest route a client can ask for.
+    let list: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let list = format!("[{}]", list.join(","));
+    let heavy = format!("{list}.all(x, {list}.all(y, x >= 0))");
+    for i in 0..5 {
+        register_ok(
+            &gw,
+            &json!({"device": "mac:aabbccddee01",
+                    "destination": {"type": "http", "url": rx.url(&format!("/heavy{i}"))},
+                    "filter": {"expression": heavy}, "duration": "10m"}),
+        )
+        .await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(20);
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    for n in 0..10 {
+        publish(&gw, "mac:aabbccddee01", "t", &json!({"n": n})).await;
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        let started = Instant::now();
+        register_ok(
+            &gw,
+            &json!({"device": "mac:aabbccddee02",
+                    "destination": {"type": "http", "url": rx.url(&format!("/other{i}"))},
+                    "duration": "10m"}),
+        )
+        .await;
+        slowest = slowest.max(started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a registration write took {slowest:?} while routing was starved"
+    );
+}

@@ -95,8 +95,11 @@ fn bad_values_name_their_flag_or_variable() {
     );
     let r = run(&[], &[("RATATOSKR_HEARTBEAT", "soon")]);
     assert_fatal(&r, &["RATATOSKR_HEARTBEAT", "\"soon\"", "500ms"]);
-    let r = run(&["--max-body", "1GB"], &[]);
-    assert_fatal(&r, &["--max-body", "\"1GB\"", "K, KB, KiB, M, MB or MiB"]);
+    let r = run(&["--max-body", "1TB"], &[]);
+    assert_fatal(
+        &r,
+        &["--max-body", "\"1TB\"", "KiB, M, MB, MiB, G, GB or GiB"],
+    );
 }
 
 #[test]

@@ -1,0 +1,216 @@
+//! Delivery: what every destination's worker shares, and the worker itself
+//! (batches, concurrency, retries with backoff, the circuit, drop notices).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::metrics::ForwardMetrics;
+use super::outbox::{BufferLimits, Outbox, Queued};
+use super::sink::{opened, SharedSink, Sink};
+use super::ssrf::{AddressPolicy, GuardedResolver};
+
+/// Why a delivery attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// May succeed later (5xx, 408, 429, timeout, connection error).
+    Retryable(String),
+    /// Will not succeed by retrying (other 4xx, refused address).
+    Permanent(String),
+}
+
+/// Delivery settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Per destination buffer, in events and bytes.
+    pub buffer: BufferLimits,
+    /// Deliveries in flight per destination.
+    pub concurrency: usize,
+    /// Time per attempt.
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// First backoff; doubles per retry, full jitter.
+    pub backoff: Duration,
+    /// Consecutive failures that open the circuit.
+    pub circuit_failures: u32,
+    /// How long the circuit stays open.
+    pub circuit_pause: Duration,
+    /// Least time between drop notices.
+    pub notice_interval: Duration,
+}
+
+/// What every destination worker shares.
+#[derive(Debug)]
+pub struct DeliveryContext {
+    pub(super) settings: DeliverySettings,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) http: reqwest::Client,
+    pub(super) policy: Arc<AddressPolicy>,
+    pub(super) metrics: Arc<ForwardMetrics>,
+}
+
+impl DeliveryContext {
+    /// One HTTP client (one connection pool) for every webhook, resolving
+    /// only to addresses `policy` permits, never following redirects.
+    /// Forwarding tasks run on `runtime` (see [`super::runtime::ForwardRuntime`]).
+    pub fn new(
+        settings: DeliverySettings,
+        policy: Arc<AddressPolicy>,
+        metrics: Arc<ForwardMetrics>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, String> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ratatoskr/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(settings.concurrency.max(1) * 2)
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Arc::new(Self {
+            settings,
+            runtime,
+            http,
+            policy,
+            metrics,
+        }))
+    }
+
+    /// The address policy (for registration-time checks).
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.policy
+    }
+
+    /// The forwarding series (for `/ready`).
+    pub fn metrics(&self) -> &ForwardMetrics {
+        &self.metrics
+    }
+
+    /// A handle on the forwarding series.
+    pub fn metrics_handle(&self) -> Arc<ForwardMetrics> {
+        self.metrics.clone()
+    }
+}
+
+/// A destination's worker: takes batches and delivers them, at most
+/// `concurrency` at a time, pausing while the circuit is open. Ends when
+/// the outbox is closed.
+pub(super) async fn work(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>, shared: SharedSink) {
+    let sink = opened(&shared, &outbox.destination, &ctx).await;
+    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        // Checked with the permit held: a delivery records its failure
+        // before releasing its permit, so the circuit is seen at once.
+        while let Some(pause) = outbox.paused_for() {
+            if outbox.is_closed() {
+                return;
+            }
+            tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
+        }
+        let Some(batch) = outbox.take(sink.batch_max()).await else {
+            return;
+        };
+        outbox.begin(batch.len());
+        let (outbox, ctx, sink) = (outbox.clone(), ctx.clone(), sink.clone());
+        tokio::spawn(async move {
+            deliver(&outbox, &ctx, &*sink, &batch).await;
+            outbox.end(batch.len());
+            drop(permit);
+        });
+    }
+}
+
+/// Delivers one batch, retrying what may succeed later, and records the
+/// outcome in the destination's series and circuit.
+async fn deliver(outbox: &Outbox, ctx: &DeliveryContext, sink: &impl Sink, batch: &[Queued]) {
+    let s = &ctx.settings;
+    let started = Instant::now();
+    let n = batch.len() as u64;
+    let mut attempt = 0;
+    let result = loop {
+        match sink.send(batch).await {
+            Err(Failure::Retryable(why)) if attempt < s.retries && !outbox.is_closed() => {
+                outbox.metrics.retried.inc();
+                tracing::debug!(destination = %outbox.label, attempt, %why, "retrying");
+                tokio::time::sleep(backoff(s.backoff, attempt)).await;
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    outbox
+        .metrics
+        .latency
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(refused) => {
+            outbox.metrics.delivered.inc_by(n - refused as u64);
+            outbox.metrics.failed.inc_by(refused as u64);
+            outbox.record_success();
+        }
+        Err(Failure::Retryable(why) | Failure::Permanent(why)) => {
+            outbox.metrics.failed.inc_by(n);
+            tracing::info!(destination = %outbox.label, %why, events = n, "delivery failed");
+            if outbox.record_failure(s.circuit_failures, s.circuit_pause) {
+                tracing::warn!(destination = %outbox.label, pause = ?s.circuit_pause, "circuit open: destination paused");
+            }
+        }
+    }
+}
+
+/// Tells a destination, in the background and once, that events for it
+/// were dropped, and how many since the last notice.
+pub(super) fn notify_dropped(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>, shared: SharedSink) {
+    ctx.runtime.clone().spawn(async move {
+        let dropped = outbox.take_dropped_since_notice();
+        let notice = serde_json::json!({
+            "type": "ratatoskr.dropped",
+            "text": "This destination is not keeping up: its buffer is full and events for it are being dropped. Add capacity or ask for fewer events.",
+            "destination": outbox.label,
+            "dropped": dropped,
+            "dropped_total": outbox.metrics.dropped.get(),
+            "queue_size": ctx.settings.buffer.events,
+            "queue_bytes": ctx.settings.buffer.bytes,
+            "at": chrono::Utc::now().to_rfc3339(),
+        });
+        let sink = opened(&shared, &outbox.destination, &ctx).await;
+        match sink.notice(notice.to_string()).await {
+            Ok(()) => ctx.metrics.notice_sent(),
+            Err(e) => {
+                tracing::warn!(destination = %outbox.label, error = ?e, "drop notice not delivered")
+            }
+        }
+    });
+}
+
+/// Full jitter: a random delay up to `base * 2^attempt` (at least 1 ms),
+/// so that many failing deliveries do not retry in step.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let cap = base.saturating_mul(1 << attempt.min(16));
+    let ms = cap.as_millis().max(1) as u64;
+    Duration::from_millis(fastrand::u64(1..=ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_in_bounds() {
+        let base = Duration::from_millis(100);
+        for attempt in 0..5 {
+            for _ in 0..50 {
+                let d = backoff(base, attempt);
+                assert!(d >= Duration::from_millis(1));
+                assert!(d <= base * (1 << attempt), "{d:?} at {attempt}");
+            }
+        }
+    }
+}

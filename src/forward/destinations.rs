@@ -1,0 +1,191 @@
+//! The live destinations: one outbox, one worker and one sink per distinct
+//! destination, however many registrations name it.
+//!
+//! The set follows the registry: [`Destinations::reconcile`] is given every
+//! destination live registrations name, starts what is new and closes what
+//! is gone. The router reads the set from an immutable snapshot, so
+//! routing an event takes no lock that a registration change waits on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::delivery::{notify_dropped, work, DeliveryContext};
+use super::destination::Destination;
+use super::outbox::{Outbox, Pushed};
+use super::sink::SharedSink;
+use crate::hub::Published;
+use crate::sync::lock;
+
+/// One live destination.
+#[derive(Debug)]
+struct Entry {
+    outbox: Arc<Outbox>,
+    sink: SharedSink,
+}
+
+type Pool = HashMap<Destination, Arc<Entry>>;
+
+/// Forwarding figures for the dashboard.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ForwardTotals {
+    /// Live destinations.
+    pub destinations: usize,
+    /// Events delivered.
+    pub delivered: u64,
+    /// Events given up on.
+    pub failed: u64,
+    /// Events dropped on full buffers.
+    pub dropped: u64,
+    /// Events waiting now.
+    pub queued: u64,
+}
+
+/// Every live destination.
+#[derive(Debug)]
+pub struct Destinations {
+    ctx: Arc<DeliveryContext>,
+    pool: ArcSwap<Pool>,
+    /// Serialises reconciliations (each builds the next pool from the last).
+    changes: Mutex<()>,
+}
+
+impl Destinations {
+    /// No destinations yet.
+    pub fn new(ctx: Arc<DeliveryContext>) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            pool: ArcSwap::default(),
+            changes: Mutex::default(),
+        })
+    }
+
+    /// Makes the live set exactly `live`: starts a worker for each new
+    /// destination, closes the outbox of each one no longer named (its
+    /// queue is discarded: nobody wants those events any more), and stops
+    /// exporting series for labels that no live destination has.
+    pub fn reconcile<'a>(&self, live: impl IntoIterator<Item = &'a Destination>) {
+        let _one_at_a_time = lock(&self.changes);
+        let old = self.pool.load_full();
+        let mut next = Pool::with_capacity(old.len());
+        for d in live {
+            if next.contains_key(d) {
+                continue;
+            }
+            let entry = match old.get(d) {
+                Some(e) => e.clone(),
+                None => self.start(d),
+            };
+            next.insert(d.clone(), entry);
+        }
+        let gone: Vec<&Arc<Entry>> = old
+            .iter()
+            .filter(|(d, _)| !next.contains_key(*d))
+            .map(|(_, e)| e)
+            .collect();
+        if gone.is_empty() && next.len() == old.len() {
+            return;
+        }
+        let labels: HashSet<&str> = next.values().map(|e| e.outbox.label.as_str()).collect();
+        for e in &gone {
+            e.outbox.close();
+            if !labels.contains(e.outbox.label.as_str()) {
+                self.ctx.metrics.destination_removed(&e.outbox.label);
+            }
+        }
+        self.pool.store(Arc::new(next));
+    }
+
+    fn start(&self, d: &Destination) -> Arc<Entry> {
+        let label = d.label();
+        let outbox = Arc::new(Outbox::new(
+            Arc::new(d.clone()),
+            self.ctx.settings.buffer,
+            self.ctx.settings.notice_interval,
+            self.ctx.metrics.destination(&label),
+        ));
+        let sink = SharedSink::default();
+        self.ctx
+            .runtime
+            .spawn(work(outbox.clone(), self.ctx.clone(), sink.clone()));
+        Arc::new(Entry { outbox, sink })
+    }
+
+    /// Offers `p` to `d`'s outbox; a full one drops it and, at most once
+    /// per notice interval, tells the destination. Never waits.
+    pub fn push(&self, d: &Destination, p: &Arc<Published>) {
+        let pool = self.pool.load();
+        let Some(entry) = pool.get(d) else {
+            return;
+        };
+        if let Pushed::Dropped { notice_due: true } = entry.outbox.push(p.clone()) {
+            notify_dropped(entry.outbox.clone(), self.ctx.clone(), entry.sink.clone());
+        }
+    }
+
+    /// The live outbox for `d`, if any (for statistics).
+    pub fn get(&self, d: &Destination) -> Option<Arc<Outbox>> {
+        self.pool.load().get(d).map(|e| e.outbox.clone())
+    }
+
+    fn outboxes(&self) -> Vec<Arc<Outbox>> {
+        self.pool
+            .load()
+            .values()
+            .map(|e| e.outbox.clone())
+            .collect()
+    }
+
+    /// Delivered, failed and dropped events, summed over live destinations.
+    pub fn totals(&self) -> ForwardTotals {
+        let all = self.outboxes();
+        let mut t = ForwardTotals {
+            destinations: all.len(),
+            ..Default::default()
+        };
+        for o in all {
+            t.delivered += o.metrics.delivered.get();
+            t.failed += o.metrics.failed.get();
+            t.dropped += o.metrics.dropped.get();
+            t.queued += o.depth() as u64;
+        }
+        t
+    }
+
+    /// On shutdown: lets the workers deliver what is queued until nothing
+    /// is left or `deadline` passes, then logs and counts, per
+    /// destination, what was abandoned. Returns how many events that was.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let all = self.outboxes();
+            let left: usize = all
+                .iter()
+                .map(|o| {
+                    let (queued, in_flight) = o.unfinished();
+                    queued + in_flight
+                })
+                .sum();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                for o in all {
+                    let (queued, in_flight) = o.unfinished();
+                    if queued + in_flight > 0 {
+                        o.metrics.abandoned.inc_by((queued + in_flight) as u64);
+                        tracing::warn!(destination = %o.label, queued, in_flight,
+                            "shutdown: grace period over, events for this destination abandoned");
+                    }
+                }
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Refreshes every destination's sampled gauges.
+    pub fn refresh_gauges(&self) {
+        for o in self.outboxes() {
+            o.refresh_gauges();
+        }
+    }
+}

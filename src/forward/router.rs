@@ -1,0 +1,149 @@
+//! The hub's tap and the router task: events in id order, matched against
+//! the registrations' snapshot, pushed to the destinations that want them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::destination::Destination;
+use super::destinations::Destinations;
+use super::metrics::ForwardMetrics;
+use crate::event::Event;
+use crate::hub::{Published, Tap};
+
+/// Answers "which destinations want this event". The registry implements
+/// it over an immutable snapshot: matching takes no lock, so a slow match
+/// (a CEL-heavy filter on the low-priority forwarding thread) never holds
+/// up a registration change.
+pub trait Matcher: Send + Sync + 'static {
+    /// Whether no registration could match anything (the tap then skips
+    /// forwarding altogether).
+    fn is_empty(&self) -> bool;
+
+    /// Appends to `out` each destination with a live registration that
+    /// matches `event`, once per destination.
+    fn matching(&self, event: &Event, out: &mut Vec<Arc<Destination>>);
+}
+
+/// How much the inbox between the hub and the router may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxLimits {
+    /// Events.
+    pub events: usize,
+    /// Bytes ([`Published::weight`]).
+    pub bytes: usize,
+}
+
+/// The hub's tap: offers every event to the router, in id order.
+pub struct Forwarding {
+    inbox: mpsc::Sender<Arc<Published>>,
+    limits: InboxLimits,
+    /// Weight of the events in the inbox now.
+    held: Arc<AtomicUsize>,
+    matcher: Arc<dyn Matcher>,
+    destinations: Arc<Destinations>,
+    metrics: Arc<ForwardMetrics>,
+}
+
+impl std::fmt::Debug for Forwarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarding")
+            .field("limits", &self.limits)
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarding {
+    /// Starts the router task on `runtime`.
+    pub fn start(
+        matcher: Arc<dyn Matcher>,
+        destinations: Arc<Destinations>,
+        metrics: Arc<ForwardMetrics>,
+        limits: InboxLimits,
+        runtime: &tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        let (tx, mut rx) = mpsc::channel::<Arc<Published>>(limits.events.max(1));
+        let held = Arc::new(AtomicUsize::new(0));
+        let (m, d, h, supervisor) = (
+            matcher.clone(),
+            destinations.clone(),
+            held.clone(),
+            metrics.clone(),
+        );
+        runtime.spawn(async move {
+            let mut wanted = Vec::new();
+            while let Some(p) = rx.recv().await {
+                // A panic while routing one event must not stop forwarding
+                // for good: that event is skipped, counted and logged, and
+                // the router goes on with the next.
+                let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    wanted.clear();
+                    m.matching(&p.event, &mut wanted);
+                    for dest in &wanted {
+                        d.push(dest, &p);
+                    }
+                }));
+                h.fetch_sub(p.weight(), Ordering::AcqRel);
+                if routed.is_err() {
+                    supervisor.router_panicked();
+                    tracing::error!(event = %p.event.id, "the forwarding router failed on an event and skipped it");
+                }
+            }
+        });
+        Arc::new(Self {
+            inbox: tx,
+            limits,
+            held,
+            matcher,
+            destinations,
+            metrics,
+        })
+    }
+
+    /// The live destinations (statistics, gauges).
+    pub fn destinations(&self) -> &Arc<Destinations> {
+        &self.destinations
+    }
+
+    /// On shutdown (no more events come in): waits for the router to empty
+    /// its inbox, then for the destinations to deliver what they hold, all
+    /// within `grace`. Returns how many events were abandoned.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        let capacity = self.inbox.max_capacity();
+        while self.inbox.capacity() < capacity && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let unrouted = capacity - self.inbox.capacity();
+        if unrouted > 0 {
+            tracing::warn!(
+                events = unrouted,
+                "shutdown: events not yet routed were abandoned"
+            );
+        }
+        unrouted + self.destinations.drain(deadline).await
+    }
+}
+
+impl Tap for Forwarding {
+    fn offer(&self, event: &Arc<Published>) {
+        if self.matcher.is_empty() {
+            return;
+        }
+        let weight = event.weight();
+        let before = self.held.fetch_add(weight, Ordering::AcqRel);
+        // An event is always taken into an empty inbox, whatever its size.
+        if before > 0 && before + weight > self.limits.bytes {
+            self.held.fetch_sub(weight, Ordering::AcqRel);
+            self.metrics.inbox_dropped();
+            return;
+        }
+        if self.inbox.try_send(event.clone()).is_err() {
+            self.held.fetch_sub(weight, Ordering::AcqRel);
+            self.metrics.inbox_dropped();
+        }
+    }
+}

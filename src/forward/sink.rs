@@ -1,0 +1,123 @@
+//! The one shape every destination kind delivers through.
+//!
+//! The worker, its retries, the circuit, the drop notices and the metrics
+//! are written once against [`Sink`]; a destination kind only says how to
+//! send a batch and a notice, and how large a batch may be.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::delivery::{DeliveryContext, Failure};
+use super::destination::Destination;
+use super::outbox::Queued;
+use super::sqs::SqsSink;
+use super::webhook::WebhookSink;
+
+/// Where a destination's events are sent.
+pub trait Sink: Send + Sync + 'static {
+    /// Most events in one [`Sink::send`].
+    fn batch_max(&self) -> usize;
+
+    /// One attempt at a batch. `Ok(n)`: sent, with `n` of its events
+    /// refused one by one (not retried: a retry would repeat the others).
+    fn send(&self, batch: &[Queued]) -> impl Future<Output = Result<usize, Failure>> + Send;
+
+    /// One attempt at a drop notice (a JSON document). Never retried: a
+    /// notice must not add load to a destination that is already behind.
+    fn notice(&self, json: String) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// A sink of either kind, chosen by the destination.
+#[derive(Debug)]
+pub enum AnySink {
+    /// An HTTP webhook.
+    Webhook(Box<WebhookSink>),
+    /// An SQS queue.
+    Sqs(SqsSink),
+}
+
+impl AnySink {
+    /// Opens the sink for `d` (an SQS sink loads an AWS configuration).
+    pub async fn open(d: &Destination, ctx: &DeliveryContext) -> Self {
+        match d {
+            Destination::Http(h) => Self::Webhook(Box::new(WebhookSink::new(
+                h.clone(),
+                ctx.http.clone(),
+                &ctx.policy,
+                ctx.settings.timeout,
+            ))),
+            Destination::Sqs(s) => {
+                Self::Sqs(SqsSink::new(s, ctx.settings.timeout, ctx.policy.clone()).await)
+            }
+        }
+    }
+}
+
+impl Sink for AnySink {
+    fn batch_max(&self) -> usize {
+        match self {
+            Self::Webhook(s) => s.batch_max(),
+            Self::Sqs(s) => s.batch_max(),
+        }
+    }
+
+    async fn send(&self, batch: &[Queued]) -> Result<usize, Failure> {
+        match self {
+            Self::Webhook(s) => s.send(batch).await,
+            Self::Sqs(s) => s.send(batch).await,
+        }
+    }
+
+    async fn notice(&self, json: String) -> Result<(), Failure> {
+        match self {
+            Self::Webhook(s) => s.notice(json).await,
+            Self::Sqs(s) => s.notice(json).await,
+        }
+    }
+}
+
+impl Sink for WebhookSink {
+    fn batch_max(&self) -> usize {
+        1
+    }
+
+    async fn send(&self, batch: &[Queued]) -> Result<usize, Failure> {
+        for q in batch {
+            self.deliver(&q.event.event).await?;
+        }
+        Ok(0)
+    }
+
+    async fn notice(&self, json: String) -> Result<(), Failure> {
+        let id = format!("notice_{}", uuid::Uuid::new_v4().simple());
+        self.post_notice(&id, Bytes::from(json)).await
+    }
+}
+
+impl Sink for SqsSink {
+    fn batch_max(&self) -> usize {
+        super::sqs::BATCH_MAX
+    }
+
+    async fn send(&self, batch: &[Queued]) -> Result<usize, Failure> {
+        self.send_batch(batch).await
+    }
+
+    async fn notice(&self, json: String) -> Result<(), Failure> {
+        self.send_notice(json).await
+    }
+}
+
+/// A destination's sink, opened on first use and then shared by its
+/// worker and its drop notices.
+pub type SharedSink = Arc<tokio::sync::OnceCell<Arc<AnySink>>>;
+
+/// The sink in `shared`, opening it for `d` if this is the first use.
+pub async fn opened(shared: &SharedSink, d: &Destination, ctx: &DeliveryContext) -> Arc<AnySink> {
+    shared
+        .get_or_init(|| async { Arc::new(AnySink::open(d, ctx).await) })
+        .await
+        .clone()
+}
