@@ -13,6 +13,7 @@ pub struct ApiError {
     slug: &'static str,
     detail: String,
     extra: Option<serde_json::Value>,
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -33,6 +34,7 @@ impl ApiError {
             slug,
             detail: detail.into(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -122,6 +124,25 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 
+    /// 503 for a store that cannot write now: logged with its cause, and
+    /// answered with `Retry-After` (when the store tries again).
+    pub fn store_unavailable(what: &str, cause: &crate::store::StoreError) -> Self {
+        tracing::error!(error = %cause, "{what} store failed");
+        let detail = match cause {
+            crate::store::StoreError::Gone(_) | crate::store::StoreError::Unwritable { .. } => {
+                format!("the {what} store cannot write now: {cause}")
+            }
+            _ => format!("the {what} store is unavailable; try again"),
+        };
+        Self::unavailable(detail).with_retry_after(cause.retry_after())
+    }
+
+    /// Sets `Retry-After`, in whole seconds (at least 1).
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after.as_secs().max(1));
+        self
+    }
+
     /// Adds members to the problem object (e.g. per-line batch results).
     pub fn with_extra(mut self, extra: serde_json::Value) -> Self {
         self.extra = Some(extra);
@@ -155,6 +176,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

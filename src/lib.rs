@@ -148,7 +148,7 @@ pub async fn run_with_store(
     );
     hub.set_tap(forwarding.clone());
     let mark = id_mark::IdMark::open(store.clone(), &hub)?;
-    let sweeper = tokio::spawn(sweep(registry.clone(), hub.clone(), mark));
+    let sweeper = tokio::spawn(sweep(registry.clone(), hub.clone(), mark, store.clone()));
     let limits = ServerLimits {
         max_connections: server::connection_cap(config.max_connections),
         header_timeout: config.header_timeout,
@@ -203,18 +203,26 @@ pub async fn run_with_store(
 /// Events waiting between the hub and the forwarding router.
 const FORWARD_INBOX: usize = 65_536;
 
-async fn sweep(registry: Arc<Registry>, hub: Arc<Hub>, mark: id_mark::IdMark) {
+async fn sweep(registry: Arc<Registry>, hub: Arc<Hub>, mark: id_mark::IdMark, store: Arc<Store>) {
     let mark = Arc::new(std::sync::Mutex::new(mark));
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
         // These write the store: off the async workers.
-        let (r, h, m) = (registry.clone(), hub.clone(), mark.clone());
+        let (r, h, m, s) = (registry.clone(), hub.clone(), mark.clone(), store.clone());
         let _ = tokio::task::spawn_blocking(move || {
+            // A store that failed a write reopens here, even when no
+            // client writes, so that `/ready` recovers on its own.
+            s.recover();
             r.sweep(chrono::Utc::now());
-            if let Err(e) = crate::sync::lock(&m).keep_ahead(h.last_id()) {
-                tracing::error!(error = %e, "the event id high-water mark was not stored");
+            match crate::sync::lock(&m).keep_ahead(h.last_id()) {
+                // Already logged by the store when it faulted.
+                Ok(()) | Err(store::StoreError::Unwritable { .. } | store::StoreError::Gone(_)) => {
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the event id high-water mark was not stored")
+                }
             }
         })
         .await;

@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -98,6 +99,17 @@ pub enum StoreError {
     /// would go to an unlinked file and be lost at the next start.
     #[error("store file {0} was deleted or replaced while the gateway runs: writes are refused so that none is silently lost; put the file back, or restart to start an empty store")]
     Gone(PathBuf),
+    /// A write failed (disk full, I/O error): the store is reopened with
+    /// backoff, and writes are refused until that works.
+    #[error("store file {path} cannot be written ({cause}); the gateway retries on its own, next in {}s", retry_after.as_secs().max(1))]
+    Unwritable {
+        /// The file.
+        path: PathBuf,
+        /// The first error.
+        cause: String,
+        /// When the next attempt is due.
+        retry_after: std::time::Duration,
+    },
     /// A read or write failed on an open store.
     #[error("store: {0}")]
     Io(String),
@@ -107,6 +119,28 @@ impl StoreError {
     fn from<E: std::fmt::Display>(e: E) -> Self {
         Self::Io(e.to_string())
     }
+
+    /// How long a client should wait before trying again.
+    pub fn retry_after(&self) -> std::time::Duration {
+        match self {
+            Self::Unwritable { retry_after, .. } => (*retry_after).max(Duration::from_secs(1)),
+            _ => Duration::from_secs(1),
+        }
+    }
+}
+
+/// First wait before reopening a store that failed a write; doubles on
+/// each failed reopen, up to [`REOPEN_MAX`], so that writes work again
+/// within seconds of space returning.
+const REOPEN_FIRST: Duration = Duration::from_millis(500);
+const REOPEN_MAX: Duration = Duration::from_secs(5);
+
+/// A store that failed a write, and when to try it again.
+#[derive(Debug, Clone)]
+struct Fault {
+    cause: String,
+    next_try: Instant,
+    backoff: Duration,
 }
 
 /// The store's file name inside `--data-dir`.
@@ -164,12 +198,16 @@ pub struct Store {
 enum Backend {
     Memory(Mutex<BTreeMap<(Collection, String), Vec<u8>>>),
     Redb {
-        db: Database,
+        /// `None` only while being reopened (the old handle must close
+        /// first: it holds the file's lock).
+        db: RwLock<Option<Database>>,
         /// The file, and its inode when opened: a different inode, or no
         /// file, means it was deleted or replaced under us.
         path: PathBuf,
         inode: u64,
         gone: std::sync::atomic::AtomicBool,
+        /// Set by a failed write, cleared by the next one that works.
+        fault: Mutex<Option<Fault>>,
     },
 }
 
@@ -208,10 +246,11 @@ impl Store {
                 let inode = std::fs::metadata(&path)
                     .map_err(|e| StoreError::Open(path.clone(), e.to_string()))?;
                 Backend::Redb {
-                    db,
+                    db: RwLock::new(Some(db)),
                     inode: std::os::unix::fs::MetadataExt::ino(&inode),
                     path,
                     gone: Default::default(),
+                    fault: Mutex::default(),
                 }
             }
         };
@@ -219,23 +258,140 @@ impl Store {
     }
 
     /// Whether writes can be kept: `Err` once the file was deleted or
-    /// replaced under the running gateway (said once in the log).
+    /// replaced under the running gateway (said once in the log), or while
+    /// a failed write's reopen is pending. Does no I/O but a `stat`, so
+    /// `/ready` can ask it on an async worker.
     pub fn check_writable(&self) -> Result<(), StoreError> {
         let Backend::Redb {
-            path, inode, gone, ..
+            path,
+            inode,
+            gone,
+            fault,
+            ..
         } = &self.backend
         else {
             return Ok(());
         };
         use std::os::unix::fs::MetadataExt;
         let same = std::fs::metadata(path).is_ok_and(|m| m.ino() == *inode && m.nlink() > 0);
-        if same {
+        if !same {
+            if !gone.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(path = %path.display(), "the store file was deleted or replaced: refusing writes");
+            }
+            return Err(StoreError::Gone(path.clone()));
+        }
+        match &*lock(fault) {
+            Some(f) => Err(StoreError::Unwritable {
+                path: path.clone(),
+                cause: f.cause.clone(),
+                retry_after: f.next_try.saturating_duration_since(Instant::now()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed write, once its backoff is over: reopens the
+    /// database and proves it with a small write. Called by writes and by
+    /// the gateway's once-a-second sweeper (on a blocking thread), so the
+    /// store recovers, and `/ready` turns 200, with no client write.
+    pub fn recover(&self) {
+        let Backend::Redb {
+            db, path, fault, ..
+        } = &self.backend
+        else {
+            return;
+        };
+        let due = lock(fault)
+            .as_ref()
+            .is_some_and(|f| f.next_try <= Instant::now());
+        if !due {
+            return;
+        }
+        let reopened = {
+            let mut slot = crate::sync::write(db);
+            // Close first: the open handle holds the file's lock.
+            drop(slot.take());
+            match open_redb(path.parent().unwrap_or(Path::new("."))) {
+                Ok(new) => {
+                    *slot = Some(new);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let probed = reopened.and_then(|()| {
+            self.transact(|tx| {
+                tx.open_table(Collection::Meta.table())
+                    .map_err(StoreError::from)?
+                    .insert("probe", &b"1"[..])
+                    .map_err(StoreError::from)?;
+                Ok(())
+            })
+            .map_err(|e| e.to_string())
+        });
+        let mut f = lock(fault);
+        match probed {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), "the store writes again");
+                *f = None;
+            }
+            Err(e) => {
+                if let Some(f) = f.as_mut() {
+                    f.backoff = (f.backoff * 2).min(REOPEN_MAX);
+                    f.next_try = Instant::now() + f.backoff;
+                    tracing::debug!(error = %e, next = ?f.backoff, "the store still cannot write");
+                }
+            }
+        }
+    }
+
+    /// Runs one write transaction on the open database.
+    fn transact(
+        &self,
+        body: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let Backend::Redb { db, .. } = &self.backend else {
             return Ok(());
+        };
+        let slot = crate::sync::read(db);
+        let db = slot
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is being reopened".into()))?;
+        let tx = db.begin_write().map_err(StoreError::from)?;
+        body(&tx)?;
+        tx.commit().map_err(StoreError::from)
+    }
+
+    /// A write: refused while the store is gone or faulted (reopening it
+    /// first if that is due); a failure faults it, so that the next
+    /// writes reopen the database instead of hitting redb's sticky
+    /// "previous I/O error" until a restart.
+    fn write(
+        &self,
+        body: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let Backend::Redb { path, fault, .. } = &self.backend else {
+            return Ok(());
+        };
+        self.recover();
+        self.check_writable()?;
+        match self.transact(body) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let cause = e.to_string();
+                tracing::error!(path = %path.display(), error = %cause, "a store write failed: refusing writes until the store reopens");
+                *lock(fault) = Some(Fault {
+                    cause: cause.clone(),
+                    next_try: Instant::now() + REOPEN_FIRST,
+                    backoff: REOPEN_FIRST,
+                });
+                Err(StoreError::Unwritable {
+                    path: path.clone(),
+                    cause,
+                    retry_after: REOPEN_FIRST,
+                })
+            }
         }
-        if !gone.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::error!(path = %path.display(), "the store file was deleted or replaced: refusing writes");
-        }
-        Err(StoreError::Gone(path.clone()))
     }
 
     /// Writes `value` under `key`, replacing any previous value.
@@ -245,15 +401,13 @@ impl Store {
                 lock(m).insert((c, key.to_owned()), value.to_vec());
                 Ok(())
             }
-            Backend::Redb { db, .. } => {
-                self.check_writable()?;
-                let tx = db.begin_write().map_err(StoreError::from)?;
+            Backend::Redb { .. } => self.write(|tx| {
                 tx.open_table(c.table())
                     .map_err(StoreError::from)?
                     .insert(key, value)
                     .map_err(StoreError::from)?;
-                tx.commit().map_err(StoreError::from)
-            }
+                Ok(())
+            }),
         }
     }
 
@@ -267,17 +421,13 @@ impl Store {
                 }
                 Ok(())
             }
-            Backend::Redb { db, .. } => {
-                self.check_writable()?;
-                let tx = db.begin_write().map_err(StoreError::from)?;
-                {
-                    let mut table = tx.open_table(c.table()).map_err(StoreError::from)?;
-                    for k in keys {
-                        table.remove(*k).map_err(StoreError::from)?;
-                    }
+            Backend::Redb { .. } => self.write(|tx| {
+                let mut table = tx.open_table(c.table()).map_err(StoreError::from)?;
+                for k in keys {
+                    table.remove(*k).map_err(StoreError::from)?;
                 }
-                tx.commit().map_err(StoreError::from)
-            }
+                Ok(())
+            }),
         }
     }
 
@@ -290,6 +440,10 @@ impl Store {
                 .map(|((_, k), v)| (k.clone(), v.clone()))
                 .collect()),
             Backend::Redb { db, .. } => {
+                let slot = crate::sync::read(db);
+                let db = slot
+                    .as_ref()
+                    .ok_or_else(|| StoreError::Io("the store is being reopened".into()))?;
                 let tx = db.begin_read().map_err(StoreError::from)?;
                 let table = tx.open_table(c.table()).map_err(StoreError::from)?;
                 let mut out = Vec::new();

@@ -20,10 +20,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::Invalid(errors) => invalid(errors),
             CatalogError::NotFound(_) => ApiError::not_found(detail),
             CatalogError::Exists(_) => ApiError::conflict(detail),
-            CatalogError::Store(cause) => {
-                tracing::error!(error = %cause, "event type store failed");
-                ApiError::unavailable("the store is unavailable; try again")
-            }
+            CatalogError::Store(cause) => ApiError::store_unavailable("event type", &cause),
         }
     }
 }

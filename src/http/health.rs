@@ -31,6 +31,7 @@ pub async fn ready(State(app): State<App>) -> Response {
             }))
             .into_response(),
             Err(e) => ApiError::unavailable(e.to_string())
+                .with_retry_after(e.retry_after())
                 .with_extra(json!({"phase": "ready", "store": "not writable"}))
                 .into_response(),
         },

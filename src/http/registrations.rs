@@ -32,10 +32,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => ApiError::not_found(detail),
             RegistryError::PreconditionFailed(_) => ApiError::precondition_failed(detail),
             RegistryError::Full(_) => ApiError::unavailable(detail),
-            RegistryError::Store(cause) => {
-                tracing::error!(error = %cause, "registration store failed");
-                ApiError::unavailable("the registration store is unavailable; try again")
-            }
+            RegistryError::Store(cause) => ApiError::store_unavailable("registration", &cause),
         }
     }
 }

@@ -148,3 +148,107 @@ async fn a_deleted_data_dir_refuses_writes_instead_of_losing_them() {
         "{log}"
     );
 }
+
+/// Fills the file system with one file, in 1 MiB writes, until it is full.
+fn fill(path: &std::path::Path) -> std::fs::File {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..128 {
+        if f.write_all(&chunk).and_then(|()| f.sync_all()).is_err() {
+            break;
+        }
+    }
+    // Fill what is left, byte-sized pieces at the end.
+    for size in [65_536, 4096, 512, 1] {
+        while f
+            .write_all(&chunk[..size])
+            .and_then(|()| f.sync_all())
+            .is_ok()
+        {}
+    }
+    f
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_with_retry_after_and_recovers_without_a_restart() {
+    let fs = match LoopFs::mount() {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a loop file system here ({e}); CI runs this as root");
+            return;
+        }
+    };
+    let data = fs.mount.join("data");
+    let gw = Process::start(&data, &[]);
+    let metadata: serde_json::Map<String, serde_json::Value> = (0..32)
+        .map(|i| (format!("k{i}"), json!("x".repeat(1000))))
+        .collect();
+    let body = |n: usize| {
+        json!({"device": format!("mac:1122334455{:02x}", n % 256), "duration": 600,
+               "metadata": metadata,
+               "destination": {"type": "http", "url": format!("http://127.0.0.1:9/{n}")}})
+    };
+    let mut accepted = 0;
+    assert_eq!(
+        gw.post_json("/api/registrations", &body(0)).await.status,
+        201
+    );
+    accepted += 1;
+    let filler = fill(&fs.mount.join("filler"));
+    // Writes until one hits the full disk (redb may first use free pages).
+    let mut refused = None;
+    for n in 1..200 {
+        let r = gw.post_json("/api/registrations", &body(n)).await;
+        match r.status {
+            201 => accepted += 1,
+            _ => {
+                refused = Some(r);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a write fails on a full disk");
+    refused.assert_problem(503);
+    assert!(
+        refused.headers.get("retry-after").is_some(),
+        "{:?}",
+        refused.headers
+    );
+    // Every later write is refused the same way, and /ready says so.
+    let again = gw.post_json("/api/registrations", &body(500)).await;
+    again.assert_problem(503);
+    assert!(again.headers.get("retry-after").is_some());
+    let ready = gw.get("/ready").await;
+    ready.assert_problem(503);
+    assert!(ready.text.contains("cannot be written"), "{}", ready.text);
+    // Events keep nothing on disk: they still flow.
+    assert_eq!(gw.post_json("/api/events", &json!(1)).await.status, 202);
+    // Space comes back: within seconds, with no restart, writes work again.
+    drop(filler);
+    std::fs::remove_file(fs.mount.join("filler")).unwrap();
+    let started = Instant::now();
+    let mut recovered = false;
+    while started.elapsed() < Duration::from_secs(15) {
+        if gw.get("/ready").await.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "/ready turned 200 again on its own");
+    let r = gw.post_json("/api/registrations", &body(600)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    accepted += 1;
+    assert_eq!(gw.stop().await, Some(0));
+    // Nothing answered 201 was lost.
+    let gw = Process::start(&data, &[]);
+    let list = gw.get("/api/registrations?limit=1000").await;
+    assert_eq!(
+        list.body["items"].as_array().map(Vec::len),
+        Some(accepted),
+        "{}",
+        list.text
+    );
+    assert_eq!(gw.stop().await, Some(0));
+}
