@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_SUBSCRIBER_BUFFER", default_value_t = 4096)]
     pub subscriber_buffer: usize,
 
+    /// Bytes queued per subscriber (events' payloads and frames) before it
+    /// is lagging, as with `--subscriber-buffer`. One event is always
+    /// queued, whatever its size.
+    #[arg(long, env = "RATATOSKR_SUBSCRIBER_BUFFER_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub subscriber_buffer_bytes: usize,
+
     /// What a lagging subscriber's stream does after its `lagged` notice.
     #[arg(long, env = "RATATOSKR_LAG_POLICY", value_enum, default_value_t = LagPolicy::Disconnect)]
     pub lag_policy: LagPolicy,

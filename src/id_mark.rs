@@ -75,6 +75,7 @@ mod tests {
                 replay_max_bytes: usize::MAX,
                 replay_max_age: std::time::Duration::from_secs(60),
                 subscriber_buffer: 10,
+                subscriber_buffer_bytes: usize::MAX,
                 max_subscribers: 10,
             },
             Default::default(),

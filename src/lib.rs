@@ -91,6 +91,7 @@ pub async fn run_with_store(
             replay_max_bytes: config.replay_max_bytes,
             replay_max_age: config.replay_max_age,
             subscriber_buffer: config.subscriber_buffer,
+            subscriber_buffer_bytes: config.subscriber_buffer_bytes,
             max_subscribers: config.max_subscribers,
         },
         metrics.register(HubMetrics::register),

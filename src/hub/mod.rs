@@ -119,6 +119,8 @@ pub struct HubConfig {
     pub replay_max_age: Duration,
     /// Events queued per subscriber before it counts as lagging.
     pub subscriber_buffer: usize,
+    /// Bytes queued per subscriber before it counts as lagging.
+    pub subscriber_buffer_bytes: usize,
     /// Most concurrent subscribers.
     pub max_subscribers: usize,
 }
@@ -365,7 +367,10 @@ impl Hub {
         resume: Option<EventId>,
     ) -> Result<Subscription, SubscribeError> {
         let filter = Arc::new(filter);
-        let queue = SubscriberQueue::new(self.config.subscriber_buffer);
+        let queue = SubscriberQueue::new(
+            self.config.subscriber_buffer,
+            self.config.subscriber_buffer_bytes,
+        );
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let replay = {
             let mut state = self.lock();
@@ -392,8 +397,13 @@ impl Hub {
                 }
             }
             state.index.count += 1;
-            resume.map(|last| state.ring.since(Instant::now(), last, &filter))
+            resume.map(|last| state.ring.after(Instant::now(), last))
         };
+        // Filtered outside the lock: publishes do not wait on it.
+        let replay = replay.map(|mut r| {
+            r.events.retain(|e| filter.matches(&e.event));
+            r
+        });
         self.metrics.subscribers.inc();
         Ok(Subscription {
             id,

@@ -94,15 +94,19 @@ impl ReplayRing {
 
     /// Events after `last` that match `filter`.
     pub fn since(&mut self, now: Instant, last: EventId, filter: &EventFilter) -> Replay {
+        let mut r = self.after(now, last);
+        r.events.retain(|e| filter.matches(&e.event));
+        r
+    }
+
+    /// Every event after `last`, unfiltered: only reference counts are
+    /// taken, so that a caller holding the hub's lock can filter after
+    /// releasing it. The list is bounded by the ring (count and bytes).
+    pub fn after(&mut self, now: Instant, last: EventId) -> Replay {
         self.expire(now);
         let start = self.events.partition_point(|(_, e)| e.event.id <= last);
         Replay {
-            events: self
-                .events
-                .range(start..)
-                .filter(|(_, e)| filter.matches(&e.event))
-                .map(|(_, e)| e.clone())
-                .collect(),
+            events: self.events.range(start..).map(|(_, e)| e.clone()).collect(),
             truncated: last < self.horizon,
             oldest: self.events.front().map(|(_, e)| e.event.id),
         }

@@ -7,7 +7,10 @@
 //! is what lets a busy subscriber get many events in one socket write.
 //!
 //! The queue holds `Arc`s of shared, already-encoded events: nothing is
-//! serialised per subscriber.
+//! serialised per subscriber. It is bounded by events and by bytes (the
+//! events' [`Published::weight`]): a slow reader of large events pins no
+//! more than `--subscriber-buffer-bytes`. One event is always taken into
+//! an empty queue, whatever its size.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +56,8 @@ pub struct Drained {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Arc<Published>>,
+    /// Summed weight of `items`.
+    bytes: usize,
     waker: Option<Waker>,
     dropped: u64,
     closed: Option<CloseReason>,
@@ -63,14 +68,16 @@ struct State {
 pub struct SubscriberQueue {
     state: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
 }
 
 impl SubscriberQueue {
-    /// A queue holding at most `capacity` events.
-    pub fn new(capacity: usize) -> Arc<Self> {
+    /// A queue holding at most `capacity` events and `max_bytes` bytes.
+    pub fn new(capacity: usize, max_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            max_bytes,
         })
     }
 
@@ -86,10 +93,14 @@ impl SubscriberQueue {
             if s.closed.is_some() {
                 return Offer::Dropped;
             }
-            if s.items.len() >= self.capacity {
+            let weight = event.weight();
+            let full = s.items.len() >= self.capacity
+                || (!s.items.is_empty() && s.bytes + weight > self.max_bytes);
+            if full {
                 s.dropped += 1;
                 return Offer::Dropped;
             }
+            s.bytes += weight;
             s.items.push_back(event.clone());
             // Only the first event after a drain needs a wake-up; later ones
             // are picked up by the same poll.
@@ -132,7 +143,9 @@ impl SubscriberQueue {
             return Poll::Pending;
         }
         let n = s.items.len().min(max);
+        let start = out.len();
         out.extend(s.items.drain(..n));
+        s.bytes -= out[start..].iter().map(|e| e.weight()).sum::<usize>();
         let closed = if s.items.is_empty() { s.closed } else { None };
         Poll::Ready(Drained {
             dropped: std::mem::take(&mut s.dropped),
@@ -170,7 +183,7 @@ mod tests {
 
     #[test]
     fn full_queue_drops_and_counts_without_blocking() {
-        let q = SubscriberQueue::new(2);
+        let q = SubscriberQueue::new(2, usize::MAX);
         assert_eq!(q.offer(&published(1)), Offer::Queued(1));
         assert_eq!(q.offer(&published(2)), Offer::Queued(2));
         assert_eq!(q.offer(&published(3)), Offer::Dropped);
@@ -198,8 +211,24 @@ mod tests {
     }
 
     #[test]
+    fn byte_budget_drops_but_an_empty_queue_takes_any_event() {
+        let w = published(1).weight();
+        let q = SubscriberQueue::new(100, 2 * w);
+        assert_eq!(q.offer(&published(1)), Offer::Queued(1));
+        assert_eq!(q.offer(&published(2)), Offer::Queued(2));
+        assert_eq!(q.offer(&published(3)), Offer::Dropped);
+        let mut out = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(q.poll_drain(&mut cx, &mut out, 1).is_ready());
+        assert_eq!(q.offer(&published(4)), Offer::Queued(2), "room again");
+        let tiny = SubscriberQueue::new(100, 1);
+        assert_eq!(tiny.offer(&published(5)), Offer::Queued(1));
+        assert_eq!(tiny.offer(&published(6)), Offer::Dropped);
+    }
+
+    #[test]
     fn close_is_seen_after_queued_events() {
-        let q = SubscriberQueue::new(8);
+        let q = SubscriberQueue::new(8, usize::MAX);
         q.offer(&published(1));
         q.close(CloseReason::Shutdown);
         assert_eq!(q.offer(&published(2)), Offer::Dropped);
