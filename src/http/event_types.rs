@@ -31,20 +31,20 @@ pub async fn list(State(app): State<App>) -> Response {
 }
 
 /// `POST /api/event-types`: defines a new type (409 if it exists).
-pub async fn create(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    let result: Result<Response, ApiError> = async {
-        let req: EventTypeRequest = read_json(&app, &headers, body).await?;
-        let name = req.name.clone().unwrap_or_default();
-        let catalog = app.catalog.clone();
-        let (def, _) = super::store_write(move || catalog.put(&name, req, true)).await?;
-        let mut response = (StatusCode::CREATED, Json(&def)).into_response();
-        if let Ok(v) = HeaderValue::from_str(&format!("/api/event-types/{}", def.name)) {
-            response.headers_mut().insert(header::LOCATION, v);
-        }
-        Ok(response)
+pub async fn create(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: EventTypeRequest = read_json(&app, &headers, body).await?;
+    let name = req.name.clone().unwrap_or_default();
+    let catalog = app.catalog.clone();
+    let (def, _) = super::store_write(move || catalog.put(&name, req, true)).await?;
+    let mut response = (StatusCode::CREATED, Json(&def)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/event-types/{}", def.name)) {
+        response.headers_mut().insert(header::LOCATION, v);
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    Ok(response)
 }
 
 /// `GET /api/event-types/{name}`.
@@ -61,25 +61,21 @@ pub async fn put(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let result: Result<Response, ApiError> = async {
-        let req: EventTypeRequest = read_json(&app, &headers, body).await?;
-        if req.name.as_deref().is_some_and(|n| n != name) {
-            return Err(ApiError::unprocessable(
-                "the body's name differs from the path's",
-            ));
-        }
-        let catalog = app.catalog.clone();
-        let (def, created) = super::store_write(move || catalog.put(&name, req, false)).await?;
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok((status, Json(def)).into_response())
+) -> Result<Response, ApiError> {
+    let req: EventTypeRequest = read_json(&app, &headers, body).await?;
+    if req.name.as_deref().is_some_and(|n| n != name) {
+        return Err(ApiError::unprocessable(
+            "the body's name differs from the path's",
+        ));
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    let catalog = app.catalog.clone();
+    let (def, created) = super::store_write(move || catalog.put(&name, req, false)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(def)).into_response())
 }
 
 /// `DELETE /api/event-types/{name}`.

@@ -78,67 +78,63 @@ pub async fn register(
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let result: Result<Response, ApiError> = async {
-        let hook: Hook = read_json(&app, &headers, body)
-            .await
-            .map_err(|e| refused(format!("invalid webhook registration: {e}")))?;
-        let id = hex::encode(sha2::Sha256::digest(hook.config.url.as_bytes()));
-        let (devices, patterns) = devices_of(&hook.matcher.device_id)?;
-        if hook.events.is_empty() {
-            return Err(refused("events must name at least one regex"));
-        }
-        let duration = duration_of(&hook, app.config.registration_max_duration)?;
-        let mut metadata = std::collections::BTreeMap::new();
-        if let Some(p) = peer {
-            metadata.insert("registered_from_address".to_owned(), p.0 .0.to_string());
-        }
-        let req = RegistrationRequest {
-            device: None,
-            devices,
-            device_patterns: Some(patterns),
-            destination: Destination::Http(HttpDestination {
-                url: hook.config.url,
-                secret: hook.config.secret.filter(|s| !s.is_empty()),
-                headers: Default::default(),
-                content_type: match BodyFormat::from_media_type(&hook.config.content_type) {
-                    Some(BodyFormat::WrpMsgpack) => BodyFormat::WrpMsgpack,
-                    Some(BodyFormat::WrpJson) => BodyFormat::WrpJson,
-                    _ => BodyFormat::Payload,
-                },
-                failure_url: hook.failure_url.filter(|u| !u.is_empty()),
-            }),
-            duration: json!(duration.as_secs()),
-            filter: FilterSpec {
-                types: hook.events.iter().map(|e| format!("re:{e}")).collect(),
-                ..Default::default()
-            },
-            metadata,
-        };
-        check_addresses(&app, &req.destination)
-            .await
-            .map_err(|e| refused(e.to_string()))?;
-        let registry = app.registry.clone();
-        let r = super::store_write(move || {
-            let make = |previous: Option<&Registration>| {
-                registry.build(req.clone(), id.clone(), Origin::XmidtHook, previous)
-            };
-            let written = if registry.get(&id).is_some() {
-                registry.replace(&id, None, |current| make(Some(current)))
-            } else {
-                make(None).and_then(|r| registry.insert(r))
-            };
-            written.map_err(|e| match e {
-                RegistryError::Invalid(errors) => refused(describe(&errors)),
-                e => ApiError::from(e),
-            })
-        })
-        .await?;
-        tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
-        Ok(Json(json!({ "message": "Success" })).into_response())
+) -> Result<Response, ApiError> {
+    let hook: Hook = read_json(&app, &headers, body)
+        .await
+        .map_err(|e| refused(format!("invalid webhook registration: {e}")))?;
+    let id = hex::encode(sha2::Sha256::digest(hook.config.url.as_bytes()));
+    let (devices, patterns) = devices_of(&hook.matcher.device_id)?;
+    if hook.events.is_empty() {
+        return Err(refused("events must name at least one regex"));
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    let duration = duration_of(&hook, app.config.registration_max_duration)?;
+    let mut metadata = std::collections::BTreeMap::new();
+    if let Some(p) = peer {
+        metadata.insert("registered_from_address".to_owned(), p.0 .0.to_string());
+    }
+    let req = RegistrationRequest {
+        device: None,
+        devices,
+        device_patterns: Some(patterns),
+        destination: Destination::Http(HttpDestination {
+            url: hook.config.url,
+            secret: hook.config.secret.filter(|s| !s.is_empty()),
+            headers: Default::default(),
+            content_type: match BodyFormat::from_media_type(&hook.config.content_type) {
+                Some(BodyFormat::WrpMsgpack) => BodyFormat::WrpMsgpack,
+                Some(BodyFormat::WrpJson) => BodyFormat::WrpJson,
+                _ => BodyFormat::Payload,
+            },
+            failure_url: hook.failure_url.filter(|u| !u.is_empty()),
+        }),
+        duration: json!(duration.as_secs()),
+        filter: FilterSpec {
+            types: hook.events.iter().map(|e| format!("re:{e}")).collect(),
+            ..Default::default()
+        },
+        metadata,
+    };
+    check_addresses(&app, &req.destination)
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    let registry = app.registry.clone();
+    let r = super::store_write(move || {
+        let make = |previous: Option<&Registration>| {
+            registry.build(req.clone(), id.clone(), Origin::XmidtHook, previous)
+        };
+        let written = if registry.get(&id).is_some() {
+            registry.replace(&id, None, |current| make(Some(current)))
+        } else {
+            make(None).and_then(|r| registry.insert(r))
+        };
+        written.map_err(|e| match e {
+            RegistryError::Invalid(errors) => refused(describe(&errors)),
+            e => ApiError::from(e),
+        })
+    })
+    .await?;
+    tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
+    Ok(Json(json!({ "message": "Success" })).into_response())
 }
 
 /// Runs every check `POST /hook` makes on a body before it touches the

@@ -92,50 +92,47 @@ fn if_match(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 }
 
 /// `POST /api/registrations`.
-pub async fn create(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    let result: Result<Response, ApiError> = async {
-        let req: RegistrationRequest = read_json(&app, &headers, body).await?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let registration = app.registry.build(req, id, Origin::Api, None)?;
-        check_addresses(&app, &registration.destination).await?;
-        let registry = app.registry.clone();
-        let registration = super::store_write(move || registry.insert(registration)).await?;
-        tracing::info!(id = %registration.id, destination = %registration.destination.label(),
-            expires_at = %registration.expires_at, "registration created");
-        let mut response = with_etag(StatusCode::CREATED, &app, &registration);
-        if let Ok(v) = HeaderValue::from_str(&format!("/api/registrations/{}", registration.id)) {
-            response.headers_mut().insert(header::LOCATION, v);
-        }
-        Ok(response)
+pub async fn create(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: RegistrationRequest = read_json(&app, &headers, body).await?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let registration = app.registry.build(req, id, Origin::Api, None)?;
+    check_addresses(&app, &registration.destination).await?;
+    let registry = app.registry.clone();
+    let registration = super::store_write(move || registry.insert(registration)).await?;
+    tracing::info!(id = %registration.id, destination = %registration.destination.label(),
+        expires_at = %registration.expires_at, "registration created");
+    let mut response = with_etag(StatusCode::CREATED, &app, &registration);
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/registrations/{}", registration.id)) {
+        response.headers_mut().insert(header::LOCATION, v);
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    Ok(response)
 }
 
 /// `GET /api/registrations?device=&limit=&cursor=`.
-pub async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Response {
-    let result: Result<Response, ApiError> = (|| {
-        let q = QueryPairs::parse(query.as_deref(), &["device", "limit", "cursor"])?;
-        let device = q
-            .one("device")?
-            .map(|d| DeviceId::parse(d).map_err(|e| ApiError::bad_request(format!("device: {e}"))))
-            .transpose()?;
-        let limit = match q.one("limit")? {
-            None => PAGE.0,
-            Some(l) => l
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=PAGE.1).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!("limit must be between 1 and {}", PAGE.1))
-                })?,
-        };
-        let (items, more) = app.registry.list(device.as_ref(), q.one("cursor")?, limit);
-        let next = more.then(|| items.last().map(|r| r.id.clone())).flatten();
-        let items: Vec<_> = items.iter().map(|r| body(&app, r)).collect();
-        Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
-    })();
-    result.unwrap_or_else(IntoResponse::into_response)
+pub async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let q = QueryPairs::parse(query.as_deref(), &["device", "limit", "cursor"])?;
+    let device = q
+        .one("device")?
+        .map(|d| DeviceId::parse(d).map_err(|e| ApiError::bad_request(format!("device: {e}"))))
+        .transpose()?;
+    let limit = match q.one("limit")? {
+        None => PAGE.0,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE.1).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be between 1 and {}", PAGE.1))
+            })?,
+    };
+    let (items, more) = app.registry.list(device.as_ref(), q.one("cursor")?, limit);
+    let next = more.then(|| items.last().map(|r| r.id.clone())).flatten();
+    let items: Vec<_> = items.iter().map(|r| body(&app, r)).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
 }
 
 /// `GET /api/registrations/{id}`.
@@ -152,26 +149,22 @@ pub async fn replace(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let result: Result<Response, ApiError> = async {
-        let condition = if_match(&headers)?.map(str::to_owned);
-        let mut req: RegistrationRequest = read_json(&app, &headers, body).await?;
-        if let Some(current) = app.registry.get(&id) {
-            req.destination.inherit_secrets(&current.destination);
-        }
-        check_addresses(&app, &req.destination).await?;
-        let registry = app.registry.clone();
-        let updated = super::store_write(move || {
-            registry.replace(&id, condition.as_deref(), |current| {
-                registry.build(req, id.clone(), current.origin, Some(current))
-            })
-        })
-        .await?;
-        tracing::info!(id = %updated.id, expires_at = %updated.expires_at, "registration replaced");
-        Ok(with_etag(StatusCode::OK, &app, &updated))
+) -> Result<Response, ApiError> {
+    let condition = if_match(&headers)?.map(str::to_owned);
+    let mut req: RegistrationRequest = read_json(&app, &headers, body).await?;
+    if let Some(current) = app.registry.get(&id) {
+        req.destination.inherit_secrets(&current.destination);
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    check_addresses(&app, &req.destination).await?;
+    let registry = app.registry.clone();
+    let updated = super::store_write(move || {
+        registry.replace(&id, condition.as_deref(), |current| {
+            registry.build(req, id.clone(), current.origin, Some(current))
+        })
+    })
+    .await?;
+    tracing::info!(id = %updated.id, expires_at = %updated.expires_at, "registration replaced");
+    Ok(with_etag(StatusCode::OK, &app, &updated))
 }
 
 /// `DELETE /api/registrations/{id}`.
