@@ -9,15 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::hub::LagPolicy;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// Ratatoskr: a Server-Sent Events broadcast gateway.
 #[derive(Debug, Clone, Parser)]
