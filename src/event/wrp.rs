@@ -47,6 +47,68 @@ pub enum MessageType {
 
 impl MessageType {
     /// Maps the wire code; 0, 1 and 12+ are invalid.
+    /// The fields this type may carry, and the ones it must (wrp-go v5).
+    pub fn fields(self) -> (&'static [&'static str], &'static [&'static str]) {
+        use MessageType::*;
+        const CRUD: &[&str] = &[
+            "source",
+            "dest",
+            "transaction_uuid",
+            "content_type",
+            "accept",
+            "status",
+            "rdr",
+            "headers",
+            "metadata",
+            "path",
+            "payload",
+            "partner_ids",
+            "session_id",
+            "qos",
+        ];
+        match self {
+            Authorization => (&["status"], &["status"]),
+            SimpleRequestResponse => (
+                &[
+                    "source",
+                    "dest",
+                    "transaction_uuid",
+                    "content_type",
+                    "accept",
+                    "status",
+                    "rdr",
+                    "headers",
+                    "metadata",
+                    "payload",
+                    "partner_ids",
+                    "session_id",
+                    "qos",
+                ],
+                &["source", "dest", "transaction_uuid"],
+            ),
+            SimpleEvent => (
+                &[
+                    "source",
+                    "dest",
+                    "transaction_uuid",
+                    "content_type",
+                    "rdr",
+                    "headers",
+                    "metadata",
+                    "payload",
+                    "partner_ids",
+                    "session_id",
+                    "qos",
+                ],
+                &["source", "dest"],
+            ),
+            Create | Retrieve | Update | Delete => (CRUD, &["source", "dest", "transaction_uuid"]),
+            ServiceRegistration => (&["service_name", "url"], &["service_name", "url"]),
+            ServiceAlive | Unknown => (&[], &[]),
+        }
+    }
+
+    /// The type with this `msg_type` code.
     pub fn from_code(code: i64) -> Option<Self> {
         Some(match code {
             2 => Self::Authorization,
@@ -77,13 +139,6 @@ impl MessageType {
             Self::ServiceAlive => "ServiceAlive",
             Self::Unknown => "Unknown",
         }
-    }
-
-    fn is_crud(self) -> bool {
-        matches!(
-            self,
-            Self::Create | Self::Retrieve | Self::Update | Self::Delete
-        )
     }
 }
 
@@ -226,63 +281,7 @@ impl Message {
             )));
         }
         let present = self.present_fields();
-        let allowed: &[&str] = match ty {
-            Authorization => &["status"],
-            SimpleRequestResponse => &[
-                "source",
-                "dest",
-                "transaction_uuid",
-                "content_type",
-                "accept",
-                "status",
-                "rdr",
-                "headers",
-                "metadata",
-                "payload",
-                "partner_ids",
-                "session_id",
-                "qos",
-            ],
-            SimpleEvent => &[
-                "source",
-                "dest",
-                "transaction_uuid",
-                "content_type",
-                "rdr",
-                "headers",
-                "metadata",
-                "payload",
-                "partner_ids",
-                "session_id",
-                "qos",
-            ],
-            Create | Retrieve | Update | Delete => &[
-                "source",
-                "dest",
-                "transaction_uuid",
-                "content_type",
-                "accept",
-                "status",
-                "rdr",
-                "headers",
-                "metadata",
-                "path",
-                "payload",
-                "partner_ids",
-                "session_id",
-                "qos",
-            ],
-            ServiceRegistration => &["service_name", "url"],
-            ServiceAlive | Unknown => &[],
-        };
-        let required: &[&str] = match ty {
-            Authorization => &["status"],
-            SimpleRequestResponse => &["source", "dest", "transaction_uuid"],
-            SimpleEvent => &["source", "dest"],
-            t if t.is_crud() => &["source", "dest", "transaction_uuid"],
-            ServiceRegistration => &["service_name", "url"],
-            _ => &[],
-        };
+        let (allowed, required) = ty.fields();
         if let Some(missing) = required.iter().find(|f| !present.contains(f)) {
             return Err(WrpError::Invalid(format!(
                 "{} messages require {missing}",
@@ -310,46 +309,11 @@ impl Message {
 
     /// Names of the fields that are set (non-empty); `msg_type` excluded.
     fn present_fields(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let strings = [
-            ("source", &self.source),
-            ("dest", &self.dest),
-            ("transaction_uuid", &self.transaction_uuid),
-            ("content_type", &self.content_type),
-            ("accept", &self.accept),
-            ("path", &self.path),
-            ("service_name", &self.service_name),
-            ("url", &self.url),
-            ("session_id", &self.session_id),
-        ];
-        out.extend(
-            strings
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, _)| *k),
-        );
-        if self.status.is_some() {
-            out.push("status");
-        }
-        if self.rdr.is_some() {
-            out.push("rdr");
-        }
-        if self.headers.as_ref().is_some_and(|h| !h.is_empty()) {
-            out.push("headers");
-        }
-        if self.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
-            out.push("metadata");
-        }
-        if self.payload.as_ref().is_some_and(|p| !p.is_empty()) {
-            out.push("payload");
-        }
-        if self.partner_ids.as_ref().is_some_and(|p| !p.is_empty()) {
-            out.push("partner_ids");
-        }
-        if self.qos != 0 {
-            out.push("qos");
-        }
-        out
+        FIELDS
+            .iter()
+            .filter(|f| **f != Field::MsgType && f.in_json(self))
+            .map(|f| f.name())
+            .collect()
     }
 
     /// Device and event type for routing: the device in an event locator
@@ -381,76 +345,28 @@ impl Message {
     /// The msgpack form, byte for byte as wrp-go v5 writes it.
     pub fn to_msgpack(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.payload.as_ref().map_or(0, Vec::len));
-        let strings_before = [
-            ("source", &self.source),
-            ("dest", &self.dest),
-            ("transaction_uuid", &self.transaction_uuid),
-            ("content_type", &self.content_type),
-            ("accept", &self.accept),
-        ];
-        let strings_after = [("service_name", &self.service_name), ("url", &self.url)];
-        let count = 2 // msg_type, qos
-            + strings_before.iter().chain(&strings_after).filter(|(_, v)| !v.is_empty()).count()
-            + usize::from(!self.path.is_empty())
-            + usize::from(!self.session_id.is_empty())
-            + [self.status.is_some(), self.rdr.is_some(), self.headers.is_some(), self.metadata.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count()
-            + usize::from(self.payload.is_some())
-            + usize::from(self.partner_ids.is_some());
+        let written: Vec<Field> = FIELDS.into_iter().filter(|f| f.in_msgpack(self)).collect();
         // Writing to a Vec cannot fail: the results below are infallible.
-        let _ = rmp::encode::write_map_len(&mut out, count as u32);
-        put_str(&mut out, "msg_type");
-        put_int(&mut out, self.msg_type);
-        for (k, v) in strings_before {
-            if !v.is_empty() {
-                put_str(&mut out, k);
-                put_str(&mut out, v);
+        let _ = rmp::encode::write_map_len(&mut out, written.len() as u32);
+        for f in written {
+            put_str(&mut out, f.name());
+            match f.value(self) {
+                FieldValue::Str(v) => put_str(&mut out, v),
+                FieldValue::Int(v) => put_int(&mut out, v),
+                FieldValue::Strs(v) => put_str_array(&mut out, v),
+                FieldValue::Map(m) => {
+                    let _ = rmp::encode::write_map_len(&mut out, m.len() as u32);
+                    for (k, v) in m {
+                        put_str(&mut out, k);
+                        put_str(&mut out, v);
+                    }
+                }
+                FieldValue::Bin(b) => {
+                    let _ = rmp::encode::write_bin(&mut out, b);
+                }
+                FieldValue::Absent => {}
             }
         }
-        for (k, v) in [("status", self.status), ("rdr", self.rdr)] {
-            if let Some(v) = v {
-                put_str(&mut out, k);
-                put_int(&mut out, v);
-            }
-        }
-        if let Some(h) = &self.headers {
-            put_str(&mut out, "headers");
-            put_str_array(&mut out, h);
-        }
-        if let Some(m) = &self.metadata {
-            put_str(&mut out, "metadata");
-            let _ = rmp::encode::write_map_len(&mut out, m.len() as u32);
-            for (k, v) in m {
-                put_str(&mut out, k);
-                put_str(&mut out, v);
-            }
-        }
-        if !self.path.is_empty() {
-            put_str(&mut out, "path");
-            put_str(&mut out, &self.path);
-        }
-        if let Some(p) = &self.payload {
-            put_str(&mut out, "payload");
-            let _ = rmp::encode::write_bin(&mut out, p);
-        }
-        for (k, v) in strings_after {
-            if !v.is_empty() {
-                put_str(&mut out, k);
-                put_str(&mut out, v);
-            }
-        }
-        if let Some(p) = &self.partner_ids {
-            put_str(&mut out, "partner_ids");
-            put_str_array(&mut out, p);
-        }
-        if !self.session_id.is_empty() {
-            put_str(&mut out, "session_id");
-            put_str(&mut out, &self.session_id);
-        }
-        put_str(&mut out, "qos");
-        put_int(&mut out, self.qos);
         out
     }
 
@@ -541,54 +457,147 @@ impl Serialize for JsonView<'_> {
         use serde::ser::SerializeMap;
         let m = self.0;
         let mut map = s.serialize_map(None)?;
-        map.serialize_entry("msg_type", &m.msg_type)?;
-        for (k, v) in [
-            ("source", &m.source),
-            ("dest", &m.dest),
-            ("transaction_uuid", &m.transaction_uuid),
-            ("content_type", &m.content_type),
-            ("accept", &m.accept),
-        ] {
-            if !v.is_empty() {
-                map.serialize_entry(k, v)?;
+        for f in FIELDS.into_iter().filter(|f| f.in_json(m)) {
+            match f.value(m) {
+                FieldValue::Str(v) => map.serialize_entry(f.name(), v)?,
+                FieldValue::Int(v) => map.serialize_entry(f.name(), &v)?,
+                FieldValue::Strs(v) => map.serialize_entry(f.name(), v)?,
+                FieldValue::Map(v) => map.serialize_entry(f.name(), v)?,
+                FieldValue::Bin(v) => map.serialize_entry(
+                    f.name(),
+                    &base64::engine::general_purpose::STANDARD.encode(v),
+                )?,
+                FieldValue::Absent => {}
             }
-        }
-        if let Some(v) = m.status {
-            map.serialize_entry("status", &v)?;
-        }
-        if let Some(v) = m.rdr {
-            map.serialize_entry("rdr", &v)?;
-        }
-        if let Some(h) = m.headers.as_ref().filter(|h| !h.is_empty()) {
-            map.serialize_entry("headers", h)?;
-        }
-        if let Some(md) = m.metadata.as_ref().filter(|m| !m.is_empty()) {
-            map.serialize_entry("metadata", md)?;
-        }
-        if !m.path.is_empty() {
-            map.serialize_entry("path", &m.path)?;
-        }
-        if let Some(p) = m.payload.as_ref().filter(|p| !p.is_empty()) {
-            map.serialize_entry(
-                "payload",
-                &base64::engine::general_purpose::STANDARD.encode(p),
-            )?;
-        }
-        for (k, v) in [("service_name", &m.service_name), ("url", &m.url)] {
-            if !v.is_empty() {
-                map.serialize_entry(k, v)?;
-            }
-        }
-        if let Some(p) = m.partner_ids.as_ref().filter(|p| !p.is_empty()) {
-            map.serialize_entry("partner_ids", p)?;
-        }
-        if !m.session_id.is_empty() {
-            map.serialize_entry("session_id", &m.session_id)?;
-        }
-        if m.qos != 0 {
-            map.serialize_entry("qos", &m.qos)?;
         }
         map.end()
+    }
+}
+
+/// The one table of WRP fields, in wrp-go v5's wire order: validation,
+/// msgpack and JSON all walk it, so a field is named in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    MsgType,
+    Source,
+    Dest,
+    TransactionUuid,
+    ContentType,
+    Accept,
+    Status,
+    Rdr,
+    Headers,
+    Metadata,
+    Path,
+    Payload,
+    ServiceName,
+    Url,
+    PartnerIds,
+    SessionId,
+    Qos,
+}
+
+const FIELDS: [Field; 17] = [
+    Field::MsgType,
+    Field::Source,
+    Field::Dest,
+    Field::TransactionUuid,
+    Field::ContentType,
+    Field::Accept,
+    Field::Status,
+    Field::Rdr,
+    Field::Headers,
+    Field::Metadata,
+    Field::Path,
+    Field::Payload,
+    Field::ServiceName,
+    Field::Url,
+    Field::PartnerIds,
+    Field::SessionId,
+    Field::Qos,
+];
+
+/// A field's value, by wire kind.
+enum FieldValue<'a> {
+    Str(&'a str),
+    Int(i64),
+    Strs(&'a [String]),
+    Map(&'a BTreeMap<String, String>),
+    Bin(&'a [u8]),
+    Absent,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Self::MsgType => "msg_type",
+            Self::Source => "source",
+            Self::Dest => "dest",
+            Self::TransactionUuid => "transaction_uuid",
+            Self::ContentType => "content_type",
+            Self::Accept => "accept",
+            Self::Status => "status",
+            Self::Rdr => "rdr",
+            Self::Headers => "headers",
+            Self::Metadata => "metadata",
+            Self::Path => "path",
+            Self::Payload => "payload",
+            Self::ServiceName => "service_name",
+            Self::Url => "url",
+            Self::PartnerIds => "partner_ids",
+            Self::SessionId => "session_id",
+            Self::Qos => "qos",
+        }
+    }
+
+    fn value(self, m: &Message) -> FieldValue<'_> {
+        use FieldValue::*;
+        let opt_int = |v: Option<i64>| v.map_or(Absent, Int);
+        match self {
+            Self::MsgType => Int(m.msg_type),
+            Self::Source => Str(&m.source),
+            Self::Dest => Str(&m.dest),
+            Self::TransactionUuid => Str(&m.transaction_uuid),
+            Self::ContentType => Str(&m.content_type),
+            Self::Accept => Str(&m.accept),
+            Self::Status => opt_int(m.status),
+            Self::Rdr => opt_int(m.rdr),
+            Self::Headers => m.headers.as_deref().map_or(Absent, Strs),
+            Self::Metadata => m.metadata.as_ref().map_or(Absent, Map),
+            Self::Path => Str(&m.path),
+            Self::Payload => m.payload.as_deref().map_or(Absent, Bin),
+            Self::ServiceName => Str(&m.service_name),
+            Self::Url => Str(&m.url),
+            Self::PartnerIds => m.partner_ids.as_deref().map_or(Absent, Strs),
+            Self::SessionId => Str(&m.session_id),
+            Self::Qos => Int(m.qos),
+        }
+    }
+
+    /// Written by wrp-go's JSON (`omitempty` everywhere but `msg_type`);
+    /// also what validation counts as "carried".
+    fn in_json(self, m: &Message) -> bool {
+        match self.value(m) {
+            _ if self == Self::MsgType => true,
+            FieldValue::Str(v) => !v.is_empty(),
+            FieldValue::Int(v) => self != Self::Qos || v != 0,
+            FieldValue::Strs(v) => !v.is_empty(),
+            FieldValue::Map(v) => !v.is_empty(),
+            FieldValue::Bin(v) => !v.is_empty(),
+            FieldValue::Absent => false,
+        }
+    }
+
+    /// Written by wrp-go's msgpack: `msg_type` and `qos` always, strings
+    /// when non-empty, the rest whenever set (an empty list included).
+    fn in_msgpack(self, m: &Message) -> bool {
+        match self.value(m) {
+            FieldValue::Str(v) => !v.is_empty(),
+            FieldValue::Absent => false,
+            FieldValue::Int(_) | FieldValue::Strs(_) | FieldValue::Map(_) | FieldValue::Bin(_) => {
+                true
+            }
+        }
     }
 }
 
@@ -757,7 +766,101 @@ mod tests {
                 })
         }
 
+        /// Valid messages of every type: each field the type allows is
+        /// either absent or set (non-empty), each one it requires is set.
+        fn any_message() -> impl Strategy<Value = Message> {
+            (
+                2i64..=11,
+                "[0-9a-f]{12}",
+                "[a-z-]{1,20}",
+                (
+                    option::of("\\PC{1,40}"),
+                    option::of("[a-z]{1,10}/[a-z]{1,10}"),
+                    option::of("[a-z]{1,10}/[a-z]{1,10}"),
+                    option::of(any::<i64>()),
+                    option::of(any::<i64>()),
+                    option::of(vec("\\PC{1,20}", 1..4)),
+                ),
+                (
+                    option::of(btree_map("/[a-z]{1,8}", "\\PC{0,20}", 1..8)),
+                    option::of("/[a-z/]{1,20}"),
+                    option::of(vec(any::<u8>(), 1..200)),
+                    option::of("[a-z]{1,12}"),
+                    option::of("https://[a-z]{1,12}\\.example/[a-z]{0,8}"),
+                    option::of(vec("[a-z]{1,10}", 1..3)),
+                    option::of("[0-9a-f]{8}"),
+                    0i64..=99,
+                ),
+            )
+                .prop_map(
+                    |(
+                        code,
+                        mac,
+                        ty,
+                        (tx, ct, accept, status, rdr, headers),
+                        (metadata, path, payload, service, url, partners, session, qos),
+                    )| {
+                        let kind = MessageType::from_code(code).unwrap();
+                        let (allowed, required) = kind.fields();
+                        let keep = |f: &str| allowed.contains(&f);
+                        let need = |f: &str| required.contains(&f);
+                        let text = |f: &str, v: Option<String>, fallback: &str| {
+                            if !keep(f) {
+                                String::new()
+                            } else if need(f) {
+                                v.unwrap_or_else(|| fallback.to_owned())
+                            } else {
+                                v.unwrap_or_default()
+                            }
+                        };
+                        Message {
+                            msg_type: code,
+                            source: text("source", Some(format!("mac:{mac}")), ""),
+                            dest: text("dest", Some(format!("event:{ty}/mac:{mac}/x")), ""),
+                            transaction_uuid: text("transaction_uuid", tx, "t-1"),
+                            content_type: text("content_type", ct, ""),
+                            accept: text("accept", accept, ""),
+                            status: if need("status") {
+                                Some(status.unwrap_or(200))
+                            } else {
+                                status.filter(|_| keep("status"))
+                            },
+                            rdr: rdr.filter(|_| keep("rdr")),
+                            headers: headers.filter(|_| keep("headers")),
+                            metadata: metadata.filter(|_| keep("metadata")),
+                            path: text("path", path, ""),
+                            payload: payload.filter(|_| keep("payload")),
+                            service_name: text("service_name", service, "svc"),
+                            url: text("url", url, "https://svc.example/"),
+                            partner_ids: partners.filter(|_| keep("partner_ids")),
+                            session_id: text("session_id", session, ""),
+                            qos: if keep("qos") { qos } else { 0 },
+                        }
+                    },
+                )
+        }
+
         proptest! {
+            #[test]
+            fn every_message_type_round_trips_through_both_forms(m in any_message()) {
+                prop_assert!(m.validate().is_ok(), "{m:?}: {:?}", m.validate());
+                prop_assert_eq!(&Message::from_msgpack(&m.to_msgpack()).unwrap(), &m);
+                prop_assert_eq!(&Message::from_json(&m.to_json()).unwrap(), &m);
+                // A wrong map length would leave bytes over, or run short:
+                // both are errors in from_msgpack.
+            }
+
+            #[test]
+            fn a_field_the_type_does_not_allow_is_refused(m in any_message()) {
+                let kind = m.message_type().unwrap();
+                let (allowed, _) = kind.fields();
+                if !allowed.contains(&"session_id") {
+                    let mut bad = m.clone();
+                    bad.session_id = "s".into();
+                    prop_assert!(bad.validate().is_err());
+                }
+            }
+
             #[test]
             fn msgpack_round_trips(m in simple_event()) {
                 prop_assert_eq!(Message::from_msgpack(&m.to_msgpack()).unwrap(), m);
