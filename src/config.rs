@@ -234,10 +234,15 @@ impl Config {
         Self::try_parse_from(args)
     }
 
-    /// The defaults, listening on `listen` (for tests and embedding).
+    /// The defaults, listening on `listen` (for tests and embedding). The
+    /// process environment is not read: `RATATOSKR_*` variables set for a
+    /// deployment must not leak into an embedded or test configuration.
     pub fn with_listen(listen: SocketAddr) -> Self {
-        // The defaults always parse; `parse_from` would only exit on a bad flag.
-        let mut config = Self::parse_from(["ratatoskr"]);
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command().mut_args(|a| a.env(clap::builder::Resettable::Reset));
+        // The defaults always parse: there is nothing else to parse.
+        let matches = command.get_matches_from(["ratatoskr"]);
+        let mut config = Self::from_arg_matches(&matches).expect("the defaults parse");
         config.listen = listen;
         config
     }
@@ -448,6 +453,15 @@ mod tests {
         );
         let c = Config::from_args(["ratatoskr", "--max-body", "100"]).unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn with_listen_ignores_the_environment() {
+        // Set for this process only; no other test reads this variable.
+        std::env::set_var("RATATOSKR_SUBSCRIBER_BUFFER", "7");
+        let c = Config::with_listen("127.0.0.1:1".parse().unwrap());
+        std::env::remove_var("RATATOSKR_SUBSCRIBER_BUFFER");
+        assert_eq!(c.subscriber_buffer, 4096);
     }
 
     #[test]

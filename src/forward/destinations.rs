@@ -41,6 +41,8 @@ pub struct ForwardTotals {
     pub dropped: u64,
     /// Events waiting now.
     pub queued: u64,
+    /// Events being delivered now (retries included).
+    pub in_flight: u64,
 }
 
 /// Every live destination.
@@ -149,7 +151,9 @@ impl Destinations {
             t.delivered += o.metrics.delivered.get();
             t.failed += o.metrics.failed.get();
             t.dropped += o.metrics.dropped.get();
-            t.queued += o.depth() as u64;
+            let (queued, in_flight) = o.unfinished();
+            t.queued += queued as u64;
+            t.in_flight += in_flight as u64;
         }
         t
     }

@@ -66,6 +66,7 @@ pub fn body(app: &App, r: &Registration) -> serde_json::Value {
             "retried": o.metrics.retried.get(),
             "dropped": o.metrics.dropped.get(),
             "queue_depth": o.depth(),
+            "in_flight": o.unfinished().1,
             "queue_bytes": o.bytes(),
         }),
         _ => serde_json::Value::Null,

@@ -37,6 +37,35 @@ async fn publish(gw: &Gateway, device: &str, ty: &str, payload: &Value) -> Strin
     r.body["id"].as_str().unwrap().to_owned()
 }
 
+/// Waits until no destination has an event queued or in flight (retries
+/// included). Whatever was routed before is then delivered or given up on
+/// for good: an event that arrived at a receiver after an earlier one was
+/// routed proves the earlier one was routed too (the router keeps id order).
+async fn settled(gw: &Gateway) -> Value {
+    let started = Instant::now();
+    loop {
+        let stats = gw.get("/api/stats").await.body;
+        let f = &stats["forwarding"];
+        if f["queued"] == 0 && f["in_flight"] == 0 {
+            return stats;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "forwarding never settled: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `probe` until it returns true, for at most `WAIT`.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut probe: impl FnMut() -> F) {
+    let started = Instant::now();
+    while !probe().await {
+        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn hmac_sha1_hex(key: &[u8], body: &[u8]) -> String {
     let mut m = Hmac::<sha1::Sha1>::new_from_slice(key).unwrap();
     m.update(body);
@@ -82,8 +111,8 @@ async fn webhook_receives_signed_events_for_its_device_only() {
     m.update(&r.body);
     let expected = base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes());
     assert_eq!(r.header("webhook-signature"), format!("v1,{expected}"));
-    // Nothing for the other device arrives.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing for the other device arrives (it was routed first).
+    settled(&gw).await;
     assert_eq!(rx.received("/hook").len(), 1);
 }
 
@@ -121,7 +150,7 @@ async fn filters_choose_events_by_type_metadata_and_expression() {
     publish(&gw, DEVICE, "battery-low", &json!({"battery": 7})).await;
     publish(&gw, DEVICE, "online", &json!({"battery": 3})).await;
     let got = rx.wait_for("/f", 2, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&gw).await;
     let bodies: Vec<Value> = rx
         .received("/f")
         .iter()
@@ -144,18 +173,32 @@ async fn expired_registrations_stop_receiving_and_disappear() {
                 "destination": {"type": "http", "url": rx.url("/e")}}),
     )
     .await;
+    // A registration that outlives the test, for events of another type:
+    // its delivery proves the router has routed what came before.
+    register_ok(
+        &gw,
+        &json!({"device": DEVICE, "duration": 60, "filter": {"types": ["sentinel"]},
+                "destination": {"type": "http", "url": rx.url("/sentinel")}}),
+    )
+    .await;
     publish(&gw, DEVICE, "t", &json!(1)).await;
     rx.wait_for("/e", 1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/registrations/{id}");
+    until("the registration to expire", || async {
+        gw.get(&path).await.status == 404
+    })
+    .await;
+    gw.get(&path).await.assert_problem(404);
     publish(&gw, DEVICE, "t", &json!(2)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(&gw, DEVICE, "sentinel", &json!(3)).await;
+    rx.wait_for("/sentinel", 1, WAIT).await;
+    settled(&gw).await;
     assert_eq!(rx.received("/e").len(), 1, "no delivery after expiry");
-    let id = created["id"].as_str().unwrap();
-    gw.get(&format!("/api/registrations/{id}"))
-        .await
-        .assert_problem(404);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(gw.metric("ratatoskr_registrations").await, 0.0, "swept");
+    until("the sweeper", || async {
+        gw.metric("ratatoskr_registrations").await == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -263,7 +306,7 @@ async fn retries_on_5xx_but_not_on_4xx() {
     let flaky = rx.wait_for("/flaky", 3, WAIT).await;
     assert_eq!(flaky.len(), 3, "two failures, then delivered");
     let gone = rx.wait_for("/gone", 1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&gw).await;
     assert_eq!(rx.received("/gone").len(), 1, "a 404 is final: {gone:?}");
     let reg = gw.get("/api/registrations").await.body;
     let stats: Vec<(String, Value)> = reg["items"]
@@ -541,7 +584,14 @@ async fn a_failing_destination_is_paused_by_its_circuit() {
         publish(&gw, DEVICE, "t", &json!(i)).await;
     }
     rx.wait_for("/down", 3, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The third failure opens the circuit before its permit is released,
+    // so once nothing is in flight, no fourth attempt can start.
+    until("the third failure to be recorded", || async {
+        let items = gw.get("/api/registrations").await.body;
+        let d = &items["items"][0]["delivery"];
+        d["failed"] == 3 && d["in_flight"] == 0
+    })
+    .await;
     assert_eq!(
         rx.received("/down").len(),
         3,

@@ -40,7 +40,12 @@ async fn registrations_survive_a_restart() {
         201
     );
     assert!(gw.shutdown().await);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Restart only once the short registration has expired (wall clock).
+    let expires: chrono::DateTime<chrono::Utc> =
+        short["expires_at"].as_str().unwrap().parse().unwrap();
+    while chrono::Utc::now() <= expires {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let d = dir.clone();
     let gw = Gateway::start_with(move |c| {
