@@ -13,8 +13,13 @@ const state = {
   es: null,
   lastId: "",
   paused: false,
+  // Events received but not yet drawn: drawn once per animation frame, so
+  // a busy gateway (thousands of events/s) costs the tab one DOM update a
+  // frame. While paused, only the newest MAX_EVENTS are kept.
   pending: [],
-  shown: 0,
+  pendingDropped: 0,
+  frame: 0,
+  notices: 0,
   selected: null,
   reconnectTimer: null,
   retryMs: 1000,
@@ -100,14 +105,17 @@ function connect() {
     } catch {
       envelope = { id: m.lastEventId, payload: m.data };
     }
-    if (state.paused) {
-      state.pending.push(envelope);
-      $("#pending").textContent = state.pending.length;
-    } else {
-      render(envelope);
-    }
+    queue(envelope);
   };
-  es.addEventListener("lagged", () => notice("This page fell behind; the gateway is resending from the last event seen."));
+  es.addEventListener("lagged", (m) => {
+    let policy = "disconnect";
+    try {
+      policy = JSON.parse(m.data).policy || policy;
+    } catch {}
+    notice(policy === "resume"
+      ? "This page fell behind: the gateway skipped some events for it and carries on with newer ones."
+      : "This page fell behind; it reconnects and the gateway resends from the last event seen.");
+  });
   es.addEventListener("gap", () => notice("Some events are older than the gateway keeps and may be missing."));
   es.addEventListener("shutdown", () => setConnection(false, "gateway restarting"));
   es.onerror = () => {
@@ -126,15 +134,69 @@ function connect() {
 function notice(text) {
   const li = document.createElement("li");
   li.className = "notice";
+  li.setAttribute("role", "status");
   li.textContent = text;
   $("#events").prepend(li);
+  state.notices += 1;
+  trim($("#events"));
 }
 
-function render(envelope) {
+function queue(envelope) {
+  state.pending.push(envelope);
+  if (state.pending.length > MAX_EVENTS) {
+    state.pendingDropped += state.pending.length - MAX_EVENTS;
+    state.pending.splice(0, state.pending.length - MAX_EVENTS);
+  }
+  if (state.paused) {
+    showPending();
+  } else if (!state.frame) {
+    state.frame = requestAnimationFrame(flush);
+  }
+}
+
+function showPending() {
+  $("#pending").textContent = state.pendingDropped
+    ? `${state.pending.length} (${fmt(state.pendingDropped)} older not kept)`
+    : String(state.pending.length);
+}
+
+// Draws every pending event at once, newest first, in one DOM insertion.
+function flush() {
+  state.frame = 0;
+  if (!state.pending.length) return;
   const list = $("#events");
+  const batch = document.createDocumentFragment();
+  for (let i = state.pending.length - 1; i >= 0; i--) batch.append(row(state.pending[i]));
+  state.pending = [];
+  state.pendingDropped = 0;
+  list.prepend(batch);
+  trim(list);
+  $("#pending").textContent = "0";
+}
+
+function trim(list) {
+  while (list.children.length > MAX_EVENTS) {
+    if (list.lastElementChild.classList.contains("notice")) state.notices -= 1;
+    list.lastElementChild.remove();
+  }
+  $("#shown").textContent = list.children.length - state.notices;
+}
+
+function select(li, envelope) {
+  state.selected?.removeAttribute("aria-current");
+  state.selected?.classList.remove("selected");
+  li.classList.add("selected");
+  li.setAttribute("aria-current", "true");
+  state.selected = li;
+  $("#detail").textContent = JSON.stringify(envelope, null, 2);
+}
+
+function row(envelope) {
   const li = document.createElement("li");
   li.dataset.device = envelope.device || "";
   li.dataset.type = envelope.type || "";
+  // Reachable and usable by keyboard: Tab to a row, Enter or Space shows it.
+  li.tabIndex = 0;
   const time = document.createElement("span");
   time.textContent = (envelope.received_at || "").slice(11, 23) || "–";
   const id = document.createElement("span");
@@ -144,16 +206,18 @@ function render(envelope) {
   what.className = "what";
   what.textContent = `${envelope.type || "(no type)"} · ${envelope.device || "(no device)"} · ${JSON.stringify(envelope.payload)}`;
   li.append(time, id, what);
-  li.addEventListener("click", () => {
-    state.selected?.classList.remove("selected");
-    li.classList.add("selected");
-    state.selected = li;
-    $("#detail").textContent = JSON.stringify(envelope, null, 2);
+  li.addEventListener("click", () => select(li, envelope));
+  li.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      select(li, envelope);
+    } else if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      const next = e.key === "ArrowDown" ? li.nextElementSibling : li.previousElementSibling;
+      next?.focus();
+    }
   });
-  list.prepend(li);
-  while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
-  state.shown = list.querySelectorAll("li:not(.notice)").length;
-  $("#shown").textContent = state.shown;
+  return li;
 }
 
 $("#filters").addEventListener("submit", (e) => {
@@ -161,6 +225,8 @@ $("#filters").addEventListener("submit", (e) => {
   // A new filter is a new stream: start from now, with an empty list.
   state.lastId = "";
   state.pending = [];
+  state.pendingDropped = 0;
+  state.notices = 0;
   $("#events").replaceChildren();
   $("#shown").textContent = "0";
   $("#pending").textContent = "0";
@@ -172,11 +238,7 @@ $("#pause").addEventListener("click", () => {
   const b = $("#pause");
   b.setAttribute("aria-pressed", String(state.paused));
   b.textContent = state.paused ? "Resume" : "Pause";
-  if (!state.paused) {
-    for (const envelope of state.pending) render(envelope);
-    state.pending = [];
-    $("#pending").textContent = "0";
-  }
+  if (!state.paused) flush();
 });
 
 // ---- Figures, chart, health -------------------------------------------------
@@ -291,10 +353,45 @@ function destinationText(d) {
   }
 }
 
+// Rows are kept by registration id and updated in place (the countdown
+// each second, figures on each poll), so focus and buttons survive.
+const regRows = new Map();
+
+function regRow(r) {
+  const tr = document.createElement("tr");
+  tr.dataset.id = r.id;
+  for (let i = 0; i < 5; i++) tr.append(document.createElement("td"));
+  const td = document.createElement("td");
+  const del = document.createElement("button");
+  del.className = "link";
+  del.type = "button";
+  del.textContent = "Delete";
+  del.setAttribute("aria-label", `Delete registration ${r.id}`);
+  del.addEventListener("click", async () => {
+    const res = await api(`/api/registrations/${encodeURIComponent(r.id)}`, { method: "DELETE" });
+    $("#register-result").textContent = res.ok ? "Deleted." : await problem(res);
+    pollRegistrations();
+  });
+  td.append(del);
+  tr.append(td);
+  return tr;
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
 function drawRegistrations() {
-  const rows = state.registrations.map((r) => {
-    const tr = document.createElement("tr");
-    tr.dataset.id = r.id;
+  const body = $("#regs tbody");
+  const live = new Set();
+  let before = null;
+  for (const r of state.registrations) {
+    live.add(r.id);
+    let tr = regRows.get(r.id);
+    if (!tr) {
+      tr = regRow(r);
+      regRows.set(r.id, tr);
+    }
     const left = Math.max(0, Math.round((Date.parse(r.expires_at) - Date.now()) / 1000));
     const cells = [
       r.devices.join(", ") || (r.device_patterns || []).join(", ") || "any",
@@ -303,27 +400,18 @@ function drawRegistrations() {
       fmt(r.delivery?.delivered ?? 0),
       fmt(r.delivery?.dropped ?? 0),
     ];
-    for (const c of cells) {
-      const td = document.createElement("td");
-      td.textContent = c;
-      tr.append(td);
+    cells.forEach((c, i) => setText(tr.children[i], c));
+    // Keep the API's order, moving a row only when it is out of place.
+    const expected = before ? before.nextElementSibling : body.firstElementChild;
+    if (expected !== tr) body.insertBefore(tr, expected);
+    before = tr;
+  }
+  for (const [id, tr] of regRows) {
+    if (!live.has(id)) {
+      tr.remove();
+      regRows.delete(id);
     }
-    const td = document.createElement("td");
-    const del = document.createElement("button");
-    del.className = "link";
-    del.type = "button";
-    del.textContent = "Delete";
-    del.setAttribute("aria-label", `Delete registration ${r.id}`);
-    del.addEventListener("click", async () => {
-      const res = await api(`/api/registrations/${encodeURIComponent(r.id)}`, { method: "DELETE" });
-      $("#register-result").textContent = res.ok ? "Deleted." : await problem(res);
-      pollRegistrations();
-    });
-    td.append(del);
-    tr.append(td);
-    return tr;
-  });
-  $("#regs tbody").replaceChildren(...rows);
+  }
 }
 
 $("#register").addEventListener("submit", async (e) => {

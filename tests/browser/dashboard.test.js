@@ -243,3 +243,78 @@ test("a gateway that requires a token makes the page ask for it", async () => {
     await stopGateway(gateway);
   }
 });
+
+test("a busy gateway does not freeze the tab; rows are keyboard reachable; focus survives redraws", async () => {
+  const port = await freePort();
+  const gateway = await startGateway(port);
+  const state = { down: false };
+  const { page, errors } = await open(port, state);
+  try {
+    await page.locator("#conn", { hasText: "live" }).waitFor();
+    // Count animation frames while 1,000 events/s arrive for 3 s.
+    await page.evaluate(() => {
+      window.__frames = 0;
+      const tick = () => { window.__frames += 1; requestAnimationFrame(tick); };
+      requestAnimationFrame(tick);
+    });
+    const started = Date.now();
+    let sent = 0;
+    for (let batch = 0; batch < 30; batch++) {
+      const lines = [];
+      for (let i = 0; i < 100; i++) lines.push(JSON.stringify({ n: sent + i, marker: "busy" }));
+      const res = await fetch(`http://127.0.0.1:${port}/api/events?device=mac:112233445566&type=busy`, {
+        method: "POST", headers: { "content-type": "application/x-ndjson" }, body: lines.join("\n"),
+      });
+      assert.equal(res.status, 202, await res.text());
+      sent += 100;
+      const due = started + (batch + 1) * 100;
+      if (Date.now() < due) await new Promise((r) => setTimeout(r, due - Date.now()));
+    }
+    const seconds = (Date.now() - started) / 1000;
+    await page.waitForFunction((n) => document.querySelector("#events li .what")?.textContent.includes(`"n":${n - 1}`), sent);
+    const frames = await page.evaluate(() => window.__frames);
+    const fps = frames / seconds;
+    console.log(`dashboard: ${sent} events in ${seconds.toFixed(1)} s, ${fps.toFixed(0)} frames/s`);
+    assert.ok(fps >= 20, `the tab kept drawing: ${fps.toFixed(1)} frames/s`);
+    assert.equal(await page.locator("#events li").count(), 200, "at most 200 rows kept");
+    assert.equal(await page.locator("#shown").textContent(), "200");
+
+    // Keyboard: Tab reaches a row, Enter shows it, arrows move between rows.
+    const first = page.locator("#events li").first();
+    await first.focus();
+    await page.keyboard.press("Enter");
+    assert.equal(JSON.parse(await page.locator("#detail").textContent()).payload.n, sent - 1);
+    await page.keyboard.press("ArrowDown");
+    await page.keyboard.press(" ");
+    assert.equal(JSON.parse(await page.locator("#detail").textContent()).payload.n, sent - 2);
+
+    // Pausing keeps at most 200 pending events, and says how many it let go.
+    await page.click("#pause");
+    const lines = [];
+    for (let i = 0; i < 300; i++) lines.push(JSON.stringify({ n: i, marker: "paused" }));
+    await fetch(`http://127.0.0.1:${port}/api/events?device=mac:112233445566&type=busy`, {
+      method: "POST", headers: { "content-type": "application/x-ndjson" }, body: lines.join("\n"),
+    });
+    await page.locator("#pending", { hasText: "200 (100 older not kept)" }).waitFor();
+    await page.click("#pause");
+    await page.locator("#events li .what", { hasText: '"n":299' }).first().waitFor();
+
+    // The registrations table is updated in place: a focused button keeps
+    // its focus across the once-a-second redraw and the 3 s poll.
+    const reg = await fetch(`http://127.0.0.1:${port}/api/registrations`, {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ device: "mac:112233445566", duration: "5m",
+        destination: { type: "http", url: "http://127.0.0.1:9/x" } }),
+    });
+    assert.equal(reg.status, 201);
+    const button = page.locator("#regs tbody tr button").first();
+    await button.waitFor();
+    await button.focus();
+    await page.waitForTimeout(3500);
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("aria-label")?.startsWith("Delete registration")), true);
+    assertNoConsoleErrors(errors);
+  } finally {
+    await page.close();
+    await stopGateway(gateway);
+  }
+});
