@@ -12,10 +12,12 @@ RESULTS="$OUT/results.jsonl"
 SHARED=../shared/tools
 GW_PORT=18080 ROOF_PORT=18070 NCHAN_PORT=8090
 
-cargo build --release -q -p ratatoskr --bin ratatoskr
+# BENCH_GATEWAY=path/to/ratatoskr compares another build (e.g. the previous
+# commit's) with the same load tools.
+GATEWAY=${BENCH_GATEWAY:-target/release/ratatoskr}
+[ -n "${BENCH_GATEWAY:-}" ] || cargo build --release -q -p ratatoskr --bin ratatoskr
 cargo build --release -q -p ratatoskr-bench
 BENCH=target/release/ratatoskr-bench
-GATEWAY=target/release/ratatoskr
 SSEBENCH=""
 if [ -d "$SHARED/ssebench" ]; then
   cargo build --release -q --manifest-path "$SHARED/ssebench/Cargo.toml" --target-dir target/ssebench

@@ -256,3 +256,72 @@ async fn a_burst_of_large_events_arrives_whole_and_in_order() {
         assert!(text.starts_with(&format!("{i:03}")) && text.len() == 3 + 100 * 1024);
     }
 }
+
+/// Sends `request` raw and returns what came back within `wait` (the
+/// stream stays open, so reading stops at the deadline).
+async fn raw(gw: &Gateway, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut s, mut w) = s.into_split();
+    // Written on its own: a server that refuses a huge head stops reading.
+    let request = request.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&request).await;
+        w
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    writer.abort();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn raw_http1_edge_cases_over_a_real_socket() {
+    let gw = Gateway::start().await;
+    let wait = Duration::from_millis(500);
+    // HTTP/1.0 (no Host needed) gets a stream in HTTP/1.0.
+    let r = raw(&gw, b"GET /events HTTP/1.0\r\n\r\n", wait).await;
+    assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+    assert!(
+        r.contains("text/event-stream") && r.contains("\r\ndate: "),
+        "{r}"
+    );
+    // HTTP/1.1 without Host is refused.
+    let r = raw(&gw, b"GET /events HTTP/1.1\r\n\r\n", wait).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // A GET with a chunked body is hyper's to answer, and it does.
+    let r = raw(
+        &gw,
+        b"GET /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        wait,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 "), "answered: {r:?}");
+    // A head past the lean path's 8 KiB goes to hyper; one past hyper's
+    // buffer is refused, not hung on.
+    let mut big = b"GET /events HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let r = raw(&gw, &big, Duration::from_secs(2)).await;
+    assert!(
+        r.starts_with("HTTP/1.1 431") || r.starts_with("HTTP/1.1 400"),
+        "{r:?}"
+    );
+    // Pipelined: a finite request first, then the stream, on one connection.
+    let r = raw(
+        &gw,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /events HTTP/1.1\r\nHost: x\r\n\r\n",
+        wait,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("\"status\":\"ok\""), "{r}");
+    assert!(r.contains("text/event-stream"), "the stream follows: {r}");
+}
