@@ -197,6 +197,25 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_FORWARD_NICE", default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub forward_nice: i32,
 
+    /// Join a cluster of stateless nodes sharing this Redis
+    /// (`redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS).
+    /// Unset: one embedded node (redb, no external service).
+    #[arg(long, env = "RATATOSKR_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, so that several clusters can share one Redis.
+    #[arg(long, env = "RATATOSKR_REDIS_PREFIX", default_value = "ratatoskr")]
+    pub redis_prefix: String,
+
+    /// Most events the cluster's Redis stream keeps (approximately), for
+    /// resumes on any node.
+    #[arg(
+        long,
+        env = "RATATOSKR_REDIS_STREAM_MAX_LEN",
+        default_value_t = 100_000
+    )]
+    pub redis_stream_max_len: usize,
+
     /// Require this bearer token (16+ characters) on the API, the stream and
     /// the hook endpoints. Unset: open (for a trusted network only).
     #[arg(long, env = "RATATOSKR_API_TOKEN", hide_env_values = true)]
@@ -250,6 +269,22 @@ impl Config {
     /// Checks values that parse but would break the gateway.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return err("--redis-url must start with redis:// or rediss://");
+            }
+        }
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || self
+                .redis_prefix
+                .contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return err("--redis-prefix must be 1 to 64 characters, with no spaces");
+        }
+        if self.redis_stream_max_len < 100 {
+            return err("--redis-stream-max-len must be at least 100");
+        }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_body) {
             return err("--max-body must be between 1KiB and 64MiB");
         }

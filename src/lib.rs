@@ -6,6 +6,7 @@
 //! write it. [`run`] wires the parts together and owns their lifecycle.
 
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -58,6 +59,9 @@ pub enum StartError {
     /// The outbound HTTP client or the forwarding thread could not start.
     #[error("{0}")]
     Client(String),
+    /// Cluster mode: Redis could not be reached at start.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// How often expired registrations are swept and sampled gauges refreshed.
@@ -148,8 +152,35 @@ pub async fn run_with_store(
         forward_runtime.handle(),
     );
     hub.set_tap(forwarding.clone());
+    // Cluster mode: ids come from the shared stream, read by one reader
+    // per node; there is no local id mark to keep.
+    let cluster = match &config.redis_url {
+        Some(url) => {
+            let c = cluster::Cluster::connect(
+                cluster::ClusterConfig {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    stream_max_len: config.redis_stream_max_len,
+                    max_age: config.replay_max_age,
+                    idempotency_window: config.idempotency_window,
+                },
+                &metrics,
+            )
+            .await?;
+            tracing::info!(prefix = %config.redis_prefix, "cluster member: events go through Redis");
+            Some(c)
+        }
+        None => None,
+    };
+    let reader = cluster.as_ref().map(|c| c.start_reader(hub.clone()));
     let mark = id_mark::IdMark::open(store.clone(), &hub)?;
-    let sweeper = tokio::spawn(sweep(registry.clone(), hub.clone(), mark, store.clone()));
+    let sweeper = tokio::spawn(sweep(
+        registry.clone(),
+        hub.clone(),
+        mark,
+        store.clone(),
+        cluster.clone(),
+    ));
     let limits = ServerLimits {
         max_connections: server::connection_cap(config.max_connections),
         header_timeout: config.header_timeout,
@@ -166,6 +197,7 @@ pub async fn run_with_store(
         store,
         delivery,
         forwarding: forwarding.clone(),
+        cluster,
         readiness: Default::default(),
         started: Instant::now(),
     });
@@ -193,6 +225,9 @@ pub async fn run_with_store(
     let left = app.config.shutdown_grace.saturating_sub(stopping.elapsed());
     let abandoned = forwarding.drain(left).await;
     sweeper.abort();
+    if let Some(r) = reader {
+        r.abort();
+    }
     drop(forward_runtime);
     if abandoned > 0 {
         tracing::warn!(abandoned, "stopped with undelivered forwarding events");
@@ -204,12 +239,21 @@ pub async fn run_with_store(
 /// Events waiting between the hub and the forwarding router.
 const FORWARD_INBOX: usize = 65_536;
 
-async fn sweep(registry: Arc<Registry>, hub: Arc<Hub>, mark: id_mark::IdMark, store: Arc<Store>) {
+async fn sweep(
+    registry: Arc<Registry>,
+    hub: Arc<Hub>,
+    mark: id_mark::IdMark,
+    store: Arc<Store>,
+    cluster: Option<Arc<cluster::Cluster>>,
+) {
     let mark = Arc::new(std::sync::Mutex::new(mark));
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
+        if let Some(c) = &cluster {
+            c.trim().await;
+        }
         // These write the store: off the async workers.
         let (r, h, m, s) = (registry.clone(), hub.clone(), mark.clone(), store.clone());
         let _ = tokio::task::spawn_blocking(move || {

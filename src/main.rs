@@ -34,7 +34,13 @@ fn main() -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     // The store first: a damaged one must stop the start before it binds.
-    let store = match Store::open(config.store, &config.data_dir) {
+    // A cluster node keeps nothing on local disk.
+    let kind = if config.redis_url.is_some() {
+        ratatoskr::config::StoreKind::Memory
+    } else {
+        config.store
+    };
+    let store = match Store::open(kind, &config.data_dir) {
         Ok(s) => Arc::new(s),
         Err(e) => return fatal(1, e),
     };

@@ -11,7 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The identifier of one accepted event, unique and increasing within a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct EventId(u64);
 
 impl EventId {

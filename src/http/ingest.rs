@@ -114,7 +114,7 @@ async fn ingest(
         return ingest_batch(app, base, &overrides, idempotency_key.as_deref(), &body).await;
     }
     let draft = decode_one(app, format, base, &overrides, &body)?;
-    let Outcome { id, replayed, .. } = publish(app, draft, idempotency_key.as_deref())?;
+    let Outcome { id, replayed, .. } = publish(app, draft, idempotency_key.as_deref()).await?;
     app.metrics.ingested(
         format,
         if replayed {
@@ -143,9 +143,13 @@ struct Outcome {
     deepest: usize,
 }
 
-/// Publishes unless the idempotency key was seen.
-fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<Outcome, ApiError> {
+/// Publishes unless the idempotency key was seen: to the local hub, or in
+/// cluster mode to the shared stream (answered only once Redis has it).
+async fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<Outcome, ApiError> {
     conform(app, &draft)?;
+    if let Some(cluster) = &app.cluster {
+        return publish_to_cluster(cluster, draft, key).await;
+    }
     let fresh = |f: crate::hub::FanOut| Outcome {
         id: f.id,
         replayed: false,
@@ -167,6 +171,63 @@ fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<Outcome, A
             let outcome = fresh(app.hub.publish(draft));
             app.idempotency.complete(key, outcome.id);
             Ok(outcome)
+        }
+    }
+}
+
+/// 503 with `Retry-After` for an event Redis did not take: never accept
+/// what cannot be stored.
+fn cluster_unavailable(e: &crate::cluster::ClusterError) -> ApiError {
+    tracing::warn!(error = %e, "event refused: Redis is unavailable");
+    ApiError::unavailable(format!("the event was not accepted: {e}"))
+        .with_retry_after(std::time::Duration::from_secs(1))
+}
+
+async fn publish_to_cluster(
+    cluster: &crate::cluster::Cluster,
+    draft: EventDraft,
+    key: Option<&str>,
+) -> Result<Outcome, ApiError> {
+    if let Some(key) = key {
+        match cluster
+            .claim(key)
+            .await
+            .map_err(|e| cluster_unavailable(&e))?
+        {
+            Claim::Seen(id) => {
+                return Ok(Outcome {
+                    id,
+                    replayed: true,
+                    deepest: 0,
+                })
+            }
+            Claim::InProgress => {
+                return Err(ApiError::conflict(
+                    "a request with this Idempotency-Key is still being processed",
+                ))
+            }
+            Claim::New => {}
+        }
+    }
+    match cluster.append(std::slice::from_ref(&draft)).await {
+        Ok(ids) => {
+            let id = ids[0];
+            if let Some(key) = key {
+                if let Err(e) = cluster.complete(key, id).await {
+                    tracing::warn!(error = %e, "idempotency key not recorded");
+                }
+            }
+            Ok(Outcome {
+                id,
+                replayed: false,
+                deepest: 0,
+            })
+        }
+        Err(e) => {
+            if let Some(key) = key {
+                cluster.release(key).await;
+            }
+            Err(cluster_unavailable(&e))
         }
     }
 }
@@ -210,14 +271,20 @@ async fn ingest_batch(
     }
     let mut results = Vec::with_capacity(lines.len());
     let (mut accepted, mut rejected) = (0u64, 0u64);
+    if let (Some(cluster), None) = (&app.cluster, key) {
+        return ingest_batch_to_cluster(app, cluster, base, overrides, lines).await;
+    }
     let half_full = (app.config.subscriber_buffer / 2).max(1);
     let mut paced = std::time::Duration::ZERO;
     for (line, text) in lines {
-        let outcome =
-            decode_one(app, IngestFormat::Json, base.clone(), overrides, &text).and_then(|draft| {
+        let decoded = decode_one(app, IngestFormat::Json, base.clone(), overrides, &text);
+        let outcome = match decoded {
+            Ok(draft) => {
                 let line_key = key.map(|k| format!("{k}#{line}"));
-                publish(app, draft, line_key.as_deref())
-            });
+                publish(app, draft, line_key.as_deref()).await
+            }
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(o) => {
                 accepted += 1;
@@ -236,6 +303,54 @@ async fn ingest_batch(
                     json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()}),
                 );
             }
+        }
+    }
+    app.metrics
+        .ingested(IngestFormat::Ndjson, IngestResult::Accepted, accepted);
+    app.metrics
+        .ingested(IngestFormat::Ndjson, IngestResult::Rejected, rejected);
+    let summary = json!({"accepted": accepted, "rejected": rejected, "results": results});
+    if accepted == 0 {
+        return Err(ApiError::bad_request("no line of the batch was accepted").with_extra(summary));
+    }
+    Ok((StatusCode::ACCEPTED, Json(summary)).into_response())
+}
+
+/// A batch without an idempotency key, in cluster mode: every valid line
+/// goes to Redis in one pipeline.
+async fn ingest_batch_to_cluster(
+    app: &App,
+    cluster: &crate::cluster::Cluster,
+    base: EventDraft,
+    overrides: &Overrides,
+    lines: Vec<(usize, Bytes)>,
+) -> Result<Response, ApiError> {
+    let mut results: Vec<serde_json::Value> = Vec::with_capacity(lines.len());
+    let mut drafts = Vec::new();
+    let mut slots = Vec::new();
+    for (line, text) in lines {
+        let checked = decode_one(app, IngestFormat::Json, base.clone(), overrides, &text)
+            .and_then(|d| conform(app, &d).map(|()| d));
+        match checked {
+            Ok(d) => {
+                slots.push((results.len(), line));
+                results.push(serde_json::Value::Null);
+                drafts.push(d);
+            }
+            Err(e) => results.push(
+                json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()}),
+            ),
+        }
+    }
+    let rejected = (results.len() - drafts.len()) as u64;
+    let accepted = drafts.len() as u64;
+    if !drafts.is_empty() {
+        let ids = cluster
+            .append(&drafts)
+            .await
+            .map_err(|e| cluster_unavailable(&e))?;
+        for ((slot, line), id) in slots.into_iter().zip(ids) {
+            results[slot] = json!({"line": line, "id": id.to_string()});
         }
     }
     app.metrics

@@ -50,6 +50,8 @@ pub struct AppState {
     pub delivery: Arc<DeliveryContext>,
     /// The forwarding tap and its live destinations (statistics).
     pub forwarding: Arc<Forwarding>,
+    /// Cluster mode: the shared Redis (events, idempotency keys).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Idempotency-Key memory.
     pub idempotency: IdempotencyCache,
     /// Lifecycle phase for `/ready`.
@@ -60,6 +62,18 @@ pub struct AppState {
 
 /// The shared state handle.
 pub type App = Arc<AppState>;
+
+/// Cluster mode does not share registrations, event types or xmidt hooks
+/// between nodes yet: rather than let each node keep its own and silently
+/// split them, changes are refused with 501, naming the gap.
+pub fn not_in_cluster(app: &App, what: &str) -> Result<(), ApiError> {
+    if app.cluster.is_some() {
+        return Err(ApiError::not_implemented(format!(
+            "{what} are not yet shared between cluster nodes (--redis-url): make them on an embedded node"
+        )));
+    }
+    Ok(())
+}
 
 /// Runs `write` (anything that writes the store: an fsync can block for as
 /// long as the disk does) on a blocking thread, so that a stalled disk

@@ -30,7 +30,7 @@ use tokio::time::Sleep;
 use super::query::QueryPairs;
 use super::App;
 use crate::error::ApiError;
-use crate::event::EventId;
+use crate::event::{Event, EventId};
 use crate::hub::{
     frame, CloseReason, EventFilter, Format, LagPolicy, Published, SubscribeError, Subscription,
 };
@@ -81,11 +81,14 @@ pub async fn subscribe(
         })
         .transpose()?;
 
-    let subscription = app.hub.subscribe(filter, resume).map_err(|e| match e {
+    let mut subscription = app.hub.subscribe(filter, resume).map_err(|e| match e {
         SubscribeError::ShuttingDown | SubscribeError::Full(_) => {
             ApiError::unavailable(e.to_string())
         }
     })?;
+    if let (Some(cluster), Some(last)) = (&app.cluster, resume) {
+        resume_from_cluster(&app, cluster, &mut subscription, last).await;
+    }
     let body = SseBody::new(subscription, format, &app, resume);
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = StatusCode::OK;
@@ -97,6 +100,48 @@ pub async fn subscribe(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Cluster mode: what the local ring does not cover (this node started
+/// after the client's last event, or it was evicted) comes from the shared
+/// stream, up to where the ring's coverage starts. The hub registered the
+/// subscriber before taking the ring's part, so the stream's part, the
+/// ring's part and the live queue join with no gap and no duplicate. A
+/// stream that no longer holds everything after `last` keeps the `gap`.
+async fn resume_from_cluster(
+    app: &App,
+    cluster: &crate::cluster::Cluster,
+    subscription: &mut Subscription,
+    last: EventId,
+) {
+    let filter = subscription.filter().clone();
+    let Some(r) = subscription.replay.as_mut() else {
+        return;
+    };
+    if !r.truncated {
+        return;
+    }
+    let before = r
+        .ring_first
+        .unwrap_or(EventId::from_u64(r.live_from.as_u64().saturating_add(1)));
+    match cluster
+        .range(last, before, app.config.replay_capacity.max(1))
+        .await
+    {
+        Ok((entries, complete)) => {
+            let mut older: Vec<Arc<Published>> = entries
+                .into_iter()
+                .map(|(id, draft)| Arc::new(Published::new(Event { id, draft })))
+                .filter(|p| filter.matches(&p.event))
+                .collect();
+            older.append(&mut r.events);
+            r.events = older;
+            r.truncated = !complete;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "resume: the shared stream is unavailable; the client gets a gap");
+        }
+    }
 }
 
 /// The response body of one subscriber.

@@ -317,13 +317,35 @@ impl Hub {
     /// Gives the event an id, keeps it for replay and offers it to every
     /// matching subscriber. Never waits on a subscriber.
     pub fn publish(&self, draft: EventDraft) -> FanOut {
+        self.fan_out(draft, |ids| Some(ids.next(unix_ms())))
+            .expect("a generated id is always new")
+    }
+
+    /// As [`Hub::publish`], for an event whose id was given elsewhere (the
+    /// cluster's shared stream, which orders events across nodes). `None`,
+    /// and nothing published, unless `id` is above every id seen so far: a
+    /// reader that re-reads after reconnecting cannot publish twice.
+    pub fn publish_at(&self, id: EventId, draft: EventDraft) -> Option<FanOut> {
+        self.fan_out(draft, |ids| {
+            (id > ids.last()).then(|| {
+                ids.raise_floor(id);
+                id
+            })
+        })
+    }
+
+    fn fan_out(
+        &self,
+        draft: EventDraft,
+        assign: impl FnOnce(&mut crate::event::id::IdGenerator) -> Option<EventId>,
+    ) -> Option<FanOut> {
         let started = Instant::now();
         let device = draft.device.clone();
         let (mut queued, mut dropped, mut deepest) = (0, 0, 0);
         let id;
         {
             let mut state = self.lock();
-            id = state.ids.next(unix_ms());
+            id = assign(&mut state.ids)?;
             let published = Arc::new(Published::new(Event { id, draft }));
             state.ring.push(started, published.clone());
             let index = &state.index;
@@ -350,12 +372,12 @@ impl Hub {
         }
         self.metrics
             .fanout(queued as u64, dropped as u64, started.elapsed());
-        FanOut {
+        Some(FanOut {
             id,
             queued,
             dropped,
             deepest,
-        }
+        })
     }
 
     /// Registers a subscriber. With `resume`, the events after that id that
@@ -397,7 +419,11 @@ impl Hub {
                 }
             }
             state.index.count += 1;
-            resume.map(|last| state.ring.after(Instant::now(), last))
+            let live_from = state.ids.last();
+            resume.map(|last| Replay {
+                live_from,
+                ..state.ring.after(Instant::now(), last)
+            })
         };
         // Filtered outside the lock: publishes do not wait on it.
         let replay = replay.map(|mut r| {
@@ -494,6 +520,13 @@ pub struct Subscription {
     pub queue: Arc<SubscriberQueue>,
     /// Missed events to send first, when resuming.
     pub replay: Option<Replay>,
+}
+
+impl Subscription {
+    /// The subscriber's filter.
+    pub fn filter(&self) -> &EventFilter {
+        &self.filter
+    }
 }
 
 impl Drop for Subscription {

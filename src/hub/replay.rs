@@ -35,6 +35,12 @@ pub struct Replay {
     pub truncated: bool,
     /// The oldest id still in the ring, if any.
     pub oldest: Option<EventId>,
+    /// The first id in the ring after the client's last one, before
+    /// filtering: where the ring's coverage starts.
+    pub ring_first: Option<EventId>,
+    /// The newest id published when the subscriber joined: every later one
+    /// reaches its live queue. (Set by the hub.)
+    pub live_from: EventId,
 }
 
 impl ReplayRing {
@@ -109,6 +115,8 @@ impl ReplayRing {
             events: self.events.range(start..).map(|(_, e)| e.clone()).collect(),
             truncated: last < self.horizon,
             oldest: self.events.front().map(|(_, e)| e.event.id),
+            ring_first: self.events.get(start).map(|(_, e)| e.event.id),
+            live_from: EventId::from_u64(0),
         }
     }
 

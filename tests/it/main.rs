@@ -3,6 +3,7 @@
 
 mod auth;
 mod binary;
+mod cluster;
 mod event_types;
 mod faults;
 mod forward;

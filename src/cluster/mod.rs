@@ -1,0 +1,460 @@
+//! Cluster mode: stateless nodes sharing one Redis (`--redis-url`).
+//!
+//! ```text
+//! POST /api/events ──append (XADD, pipelined)──▶ Redis stream {prefix}:events ──▶ 202 with its id
+//!                                                      │
+//!   every node: one reader (XREAD BLOCK, in batches) ◀─┘ ──Hub::publish_at(id)──▶ local fan-out
+//! ```
+//!
+//! An event is answered 202 only once Redis has it, and reaches subscribers
+//! on every node (the ingesting one included) through that node's reader,
+//! so every node publishes the same events in the same order with the same
+//! ids (the stream ids, mapped one-to-one by [`wire`]). Local fan-out,
+//! filters, coalescing and slow-subscriber handling are the embedded
+//! mode's code. A resume that the local ring does not cover is served from
+//! the stream (XRANGE). Idempotency keys are Redis keys (SET NX PX).
+//!
+//! While Redis cannot be reached, appends fail (the API answers 503 with
+//! `Retry-After`), `/ready` is 503, and SSE clients stay connected with
+//! their heartbeats; the reader reconnects with jittered backoff and
+//! resumes after the last id it saw, so nothing accepted meanwhile by
+//! other nodes is skipped.
+
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+
+use crate::event::{EventDraft, EventId};
+use crate::hub::Hub;
+use crate::idempotency::Claim;
+
+/// Cluster settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://…` or `rediss://…`.
+    pub url: String,
+    /// Prefix of every key, so that clusters can share one Redis.
+    pub prefix: String,
+    /// Most entries the stream keeps (approximate trimming).
+    pub stream_max_len: usize,
+    /// Oldest entry the stream keeps (approximate trimming, once a second).
+    pub max_age: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_window: Duration,
+}
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis did not answer, or refused.
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+    /// The URL does not parse.
+    #[error("--redis-url: {0}")]
+    Url(String),
+}
+
+impl From<redis::RedisError> for ClusterError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// The cluster's own series.
+#[derive(Debug, Clone)]
+struct ClusterMetrics {
+    round_trip: Histogram,
+    connected: Gauge,
+    reader_lag_ms: Gauge,
+    reader_reconnects: Counter,
+    skipped: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self {
+            round_trip: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            connected: Gauge::default(),
+            reader_lag_ms: Gauge::default(),
+            reader_reconnects: Counter::default(),
+            skipped: Counter::default(),
+        };
+        registry.register(
+            "redis_round_trip_seconds",
+            "Time for one Redis command or pipeline, answered or failed",
+            m.round_trip.clone(),
+        );
+        registry.register(
+            "redis_connected",
+            "1 while this node's Redis reader is connected",
+            m.connected.clone(),
+        );
+        registry.register(
+            "cluster_reader_lag_milliseconds",
+            "How far behind the stream's newest entry the last entry this node read was, when read",
+            m.reader_lag_ms.clone(),
+        );
+        registry.register(
+            "cluster_reader_reconnects",
+            "Times this node's stream reader reconnected to Redis",
+            m.reader_reconnects.clone(),
+        );
+        registry.register(
+            "cluster_entries_skipped",
+            "Stream entries this node could not read back (logged)",
+            m.skipped.clone(),
+        );
+        m
+    }
+}
+
+/// A node's connection to the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    client: redis::Client,
+    /// Multiplexed: concurrent requests share one connection and are
+    /// pipelined by it, so ingest is not one round trip per event.
+    commands: ConnectionManager,
+    stream: String,
+    /// Whether the last command or read reached Redis.
+    healthy: AtomicBool,
+    /// The newest id this node's reader has published.
+    read_up_to: AtomicU64,
+    metrics: ClusterMetrics,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: show only the prefix.
+        f.debug_struct("Cluster")
+            .field("prefix", &self.config.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long one Redis command may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the reader blocks in one XREAD.
+const READ_BLOCK: Duration = Duration::from_millis(1000);
+/// Most entries per XREAD or XRANGE.
+const READ_BATCH: usize = 1000;
+
+impl Cluster {
+    /// Connects (failing at once if Redis cannot be reached: a node that
+    /// starts without its cluster would only accept what it cannot keep).
+    pub async fn connect(
+        config: ClusterConfig,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| ClusterError::Url(e.to_string()))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let commands = tokio::time::timeout(
+            RESPONSE_TIMEOUT * 3,
+            ConnectionManager::new_with_config(client.clone(), manager),
+        )
+        .await
+        .map_err(|_| ClusterError::Unavailable("timed out connecting".into()))??;
+        let stream = format!("{}:events", config.prefix);
+        Ok(Arc::new(Self {
+            config,
+            client,
+            commands,
+            stream,
+            healthy: AtomicBool::new(true),
+            read_up_to: AtomicU64::new(0),
+            metrics: metrics.register(ClusterMetrics::register),
+        }))
+    }
+
+    /// Whether Redis answered the last command and the reader is connected.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn observe<T>(
+        &self,
+        started: Instant,
+        result: redis::RedisResult<T>,
+    ) -> Result<T, ClusterError> {
+        self.metrics
+            .round_trip
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(v) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                {
+                    self.healthy.store(false, Ordering::Relaxed);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Appends events to the stream, in one pipeline; their ids, in order.
+    pub async fn append(&self, drafts: &[EventDraft]) -> Result<Vec<EventId>, ClusterError> {
+        let mut pipe = redis::pipe();
+        for d in drafts {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&self.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.stream_max_len)
+                .arg("*");
+            for (k, v) in wire::encode(d) {
+                cmd.arg(k).arg(v);
+            }
+        }
+        let started = Instant::now();
+        let ids: Vec<String> =
+            self.observe(started, pipe.query_async(&mut self.commands.clone()).await)?;
+        ids.iter()
+            .map(|id| wire::event_id(id).map_err(|e| ClusterError::Unavailable(e.to_string())))
+            .collect()
+    }
+
+    /// Entries after `after` and before `before`, oldest first, at most
+    /// `max`; and whether the stream still holds everything after `after`
+    /// (false when trimming or a Redis restart lost some of them).
+    pub async fn range(
+        &self,
+        after: EventId,
+        before: EventId,
+        max: usize,
+    ) -> Result<(Vec<(EventId, EventDraft)>, bool), ClusterError> {
+        let mut conn = self.commands.clone();
+        let started = Instant::now();
+        let first: StreamRangeReply =
+            self.observe(started, conn.xrange_count(&self.stream, "-", "+", 1).await)?;
+        // Complete only if the client's last event (or an older one) is
+        // still in the stream: otherwise trimming, or a Redis that came back
+        // empty, may have lost events after it.
+        let mut complete = first
+            .ids
+            .first()
+            .and_then(|e| wire::event_id(&e.id).ok())
+            .is_some_and(|oldest| oldest <= after);
+        let mut out = Vec::new();
+        let mut cursor = format!("({}", wire::stream_id(after));
+        while out.len() < max {
+            let started = Instant::now();
+            let page: StreamRangeReply = self.observe(
+                started,
+                conn.xrange_count(&self.stream, &cursor, "+", READ_BATCH.min(max - out.len()))
+                    .await,
+            )?;
+            if page.ids.is_empty() {
+                return Ok((out, complete));
+            }
+            for e in &page.ids {
+                cursor = format!("({}", e.id);
+                let Ok(id) = wire::event_id(&e.id) else {
+                    continue;
+                };
+                if id >= before {
+                    return Ok((out, complete));
+                }
+                if let Ok(draft) = wire::decode(&e.id, &e.map) {
+                    out.push((id, draft));
+                }
+            }
+        }
+        // Stopped at `max` before reaching `before`: the rest is not sent.
+        complete = false;
+        Ok((out, complete))
+    }
+
+    /// Trims entries older than the maximum age (approximately).
+    pub async fn trim(&self) {
+        let oldest_ms = chrono::Utc::now().timestamp_millis().max(0) as u64
+            - self.config.max_age.as_millis().min(u64::MAX as u128) as u64;
+        let started = Instant::now();
+        let r: redis::RedisResult<i64> = redis::cmd("XTRIM")
+            .arg(&self.stream)
+            .arg("MINID")
+            .arg("~")
+            .arg(format!("{oldest_ms}-0"))
+            .query_async(&mut self.commands.clone())
+            .await;
+        let _ = self.observe(started, r);
+    }
+
+    fn idempotency_key(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.config.prefix)
+    }
+
+    /// Claims an `Idempotency-Key` cluster-wide.
+    pub async fn claim(&self, key: &str) -> Result<Claim, ClusterError> {
+        let k = self.idempotency_key(key);
+        let window = self.config.idempotency_window.as_millis().max(1) as u64;
+        let mut conn = self.commands.clone();
+        let started = Instant::now();
+        let set: Option<String> = self.observe(
+            started,
+            redis::cmd("SET")
+                .arg(&k)
+                .arg("")
+                .arg("NX")
+                .arg("PX")
+                .arg(window)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        if set.is_some() {
+            return Ok(Claim::New);
+        }
+        let started = Instant::now();
+        let seen: Option<String> = self.observe(started, conn.get(&k).await)?;
+        Ok(match seen.as_deref().map(str::parse::<EventId>) {
+            Some(Ok(id)) => Claim::Seen(id),
+            // Claimed, not yet answered (or gone in between: treat as busy).
+            _ => Claim::InProgress,
+        })
+    }
+
+    /// Records the id published under a claimed key.
+    pub async fn complete(&self, key: &str, id: EventId) -> Result<(), ClusterError> {
+        let k = self.idempotency_key(key);
+        let window = self.config.idempotency_window.as_millis().max(1) as u64;
+        let started = Instant::now();
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(&k)
+            .arg(id.to_string())
+            .arg("PX")
+            .arg(window)
+            .query_async(&mut self.commands.clone())
+            .await;
+        self.observe(started, r)
+    }
+
+    /// Forgets a claim whose event was not published (so a retry can).
+    pub async fn release(&self, key: &str) {
+        let k = self.idempotency_key(key);
+        let _: redis::RedisResult<()> = self.commands.clone().del(&k).await;
+    }
+
+    /// Runs this node's reader until the process ends: every entry after
+    /// the newest one at start goes to `hub`, in stream order.
+    pub fn start_reader(self: &Arc<Self>, hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.read_forever(hub).await })
+    }
+
+    async fn read_forever(self: Arc<Self>, hub: Arc<Hub>) {
+        // Start at the stream's head: older entries are for resumes.
+        let mut last = "$".to_owned();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+                .set_response_timeout(Some(READ_BLOCK + RESPONSE_TIMEOUT));
+            let mut conn = match self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    self.disconnected(&e.to_string(), &mut backoff).await;
+                    continue;
+                }
+            };
+            if last == "$" {
+                // Pin the starting point, so a reconnect resumes after it.
+                let head: redis::RedisResult<StreamRangeReply> =
+                    conn.xrevrange_count(&self.stream, "+", "-", 1).await;
+                match head {
+                    Ok(h) => {
+                        last = h
+                            .ids
+                            .first()
+                            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone())
+                    }
+                    Err(e) => {
+                        self.disconnected(&e.to_string(), &mut backoff).await;
+                        continue;
+                    }
+                }
+                if let Ok(id) = wire::event_id(&last) {
+                    hub.resume_ids_above(id);
+                }
+            }
+            self.metrics.connected.set(1);
+            self.healthy.store(true, Ordering::Relaxed);
+            backoff = Duration::from_millis(100);
+            loop {
+                let options = StreamReadOptions::default()
+                    .block(READ_BLOCK.as_millis() as usize)
+                    .count(READ_BATCH);
+                let reply: redis::RedisResult<Option<StreamReadReply>> = conn
+                    .xread_options(&[&self.stream], &[&last], &options)
+                    .await;
+                let reply = match reply {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.metrics.reader_reconnects.inc();
+                        self.disconnected(&e.to_string(), &mut backoff).await;
+                        break;
+                    }
+                };
+                for key in reply.map(|r| r.keys).unwrap_or_default() {
+                    for entry in key.ids {
+                        last = entry.id.clone();
+                        self.publish(&hub, &entry.id, &entry.map);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self, hub: &Hub, stream_id: &str, fields: &HashMap<String, redis::Value>) {
+        let decoded =
+            wire::event_id(stream_id).and_then(|id| Ok((id, wire::decode(stream_id, fields)?)));
+        match decoded {
+            Ok((id, draft)) => {
+                let lag = (chrono::Utc::now().timestamp_millis().max(0) as u64)
+                    .saturating_sub(id.as_u64() >> 16);
+                self.metrics.reader_lag_ms.set(lag as i64);
+                hub.publish_at(id, draft);
+                self.read_up_to.fetch_max(id.as_u64(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.skipped.inc();
+                tracing::error!(error = %e, "a stream entry could not be read back; skipped");
+            }
+        }
+    }
+
+    async fn disconnected(&self, why: &str, backoff: &mut Duration) {
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::error!(error = %why, "lost Redis: ingest and registration changes answer 503 until it is back");
+        }
+        self.metrics.connected.set(0);
+        // Full jitter, so that every node does not reconnect in step.
+        let wait = Duration::from_millis(fastrand::u64(1..=backoff.as_millis().max(1) as u64));
+        tokio::time::sleep(wait).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+}

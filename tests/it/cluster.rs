@@ -1,0 +1,332 @@
+//! Cluster mode: three real nodes (the shipped binary) on one real Redis,
+//! which each test starts on a free port of its own and stops.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::process::{temp_dir, Process};
+use crate::util::SseClient;
+
+/// A `redis-server` of the test's own, keeping nothing on disk.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one, or `None` (with the reason) where redis-server is not
+    /// installed; CI installs it, and there a missing one is a failure.
+    fn start() -> Option<Self> {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Option<Self> {
+        let spawned = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "redis-server is required in CI: {e}"
+                );
+                eprintln!("skipped: redis-server not found ({e}); .ci/run installs it");
+                return None;
+            }
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops it (its PID, which this test started).
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn node(redis: &Redis, extra: &[&str]) -> Process {
+    let mut args = vec!["--redis-url", &*Box::leak(redis.url().into_boxed_str())];
+    args.extend_from_slice(extra);
+    Process::start(&temp_dir("node"), &args)
+}
+
+async fn post(n: &Process, device: &str, payload: &Value) -> String {
+    let r = n
+        .post_json(&format!("/api/events?device={device}&type=t"), payload)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+/// The next `n` events of a stream: (id, payload `n` field).
+async fn take(sub: &mut SseClient, n: usize) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = sub
+            .next_event(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("only {} of {n} events arrived: {out:?}", out.len()));
+        if e.event.is_some() {
+            panic!("unexpected {:?} event: {}", e.event, e.data);
+        }
+        let n = e.json()["n"].as_i64().unwrap();
+        out.push((e.id.unwrap(), n));
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_node_delivers_every_nodes_events_once_in_one_order() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Process> = (0..3).map(|_| node(&redis, &[])).collect();
+    let mut subs = Vec::new();
+    for n in &nodes {
+        subs.push(n.subscribe("/events").await);
+    }
+    let mut posted = Vec::new();
+    for i in 0..30 {
+        posted.push(post(&nodes[i % 3], "mac:112233445566", &json!({"n": i})).await);
+    }
+    let mut seen = Vec::new();
+    for sub in &mut subs {
+        let got = take(sub, 30).await;
+        sub.expect_silence(Duration::from_millis(300)).await;
+        seen.push(got);
+    }
+    assert_eq!(seen[0], seen[1], "same events, same ids, same order");
+    assert_eq!(seen[0], seen[2]);
+    let ids: Vec<&String> = seen[0].iter().map(|(id, _)| id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let mut ns: Vec<i64> = seen[0].iter().map(|(_, n)| *n).collect();
+    ns.sort();
+    assert_eq!(ns, (0..30).collect::<Vec<_>>(), "each exactly once");
+    let answered: Vec<String> = posted;
+    let mut delivered: Vec<String> = seen[0].iter().map(|(id, _)| id.clone()).collect();
+    delivered.sort();
+    let mut answered_sorted = answered.clone();
+    answered_sorted.sort();
+    assert_eq!(
+        delivered, answered_sorted,
+        "the 202's id is the delivered id"
+    );
+    for n in nodes {
+        assert_eq!(n.stop().await, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_even_one_started_later() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &[]);
+    let mut sub = a.subscribe("/events?device=mac:112233445566").await;
+    for i in 0..10 {
+        post(
+            &a,
+            if i % 2 == 0 {
+                "mac:112233445566"
+            } else {
+                "mac:aabbccddeeff"
+            },
+            &json!({"n": i}),
+        )
+        .await;
+    }
+    let first = take(&mut sub, 5).await;
+    let last_id = first.last().unwrap().0.clone();
+    drop(sub);
+    for i in 10..20 {
+        post(
+            &a,
+            if i % 2 == 0 {
+                "mac:112233445566"
+            } else {
+                "mac:aabbccddeeff"
+            },
+            &json!({"n": i}),
+        )
+        .await;
+    }
+    // A node that was not running when any of these were published.
+    let b = node(&redis, &[]);
+    let mut resumed = b
+        .subscribe(&format!(
+            "/events?device=mac:112233445566&lastEventId={last_id}"
+        ))
+        .await;
+    let missed = take(&mut resumed, 5).await;
+    assert_eq!(
+        missed.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [10, 12, 14, 16, 18],
+        "exactly the missed matching events, from the shared stream"
+    );
+    // Then live, with no gap and no duplicate.
+    post(&a, "mac:112233445566", &json!({"n": 20})).await;
+    let live = take(&mut resumed, 1).await;
+    assert_eq!(live[0].1, 20);
+    assert!(live[0].0 > missed.last().unwrap().0);
+    resumed.expect_silence(Duration::from_millis(300)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_holds_across_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let send = |n: &Process| {
+        n.http
+            .post(n.url("/api/events?device=mac:112233445566"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "order-42")
+            .body("{\"n\":1}")
+            .send()
+    };
+    let first = send(&a).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let id: Value = first.json().await.unwrap();
+    let second = send(&b).await.unwrap();
+    assert_eq!(second.status(), 202);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    let again: Value = second.json().await.unwrap();
+    assert_eq!(again["id"], id["id"], "published once");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn without_redis_ingest_is_refused_streams_stay_and_it_recovers() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &["--heartbeat", "1s"]);
+    let mut sub = a.subscribe("/events").await;
+    post(&a, "mac:112233445566", &json!({"n": 1})).await;
+    assert_eq!(take(&mut sub, 1).await[0].1, 1);
+    let port = redis.stop();
+    // Refused, with Retry-After; /ready says so; the stream stays open.
+    let started = Instant::now();
+    let refused = loop {
+        let r = a
+            .post_json("/api/events?device=mac:112233445566", &json!({"n": 2}))
+            .await;
+        if r.status == 503 {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still accepted: {}",
+            r.text
+        );
+    };
+    refused.assert_problem(503);
+    assert!(refused.headers.get("retry-after").is_some());
+    let ready = a.get("/ready").await;
+    ready.assert_problem(503);
+    let mut comments = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        match sub.next_item(Duration::from_millis(500)).await {
+            Some(crate::util::SseItem::Comment(_)) => comments += 1,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+    }
+    assert!(comments >= 1, "heartbeats go on while Redis is down");
+    // Redis comes back (empty: it keeps nothing on disk).
+    let _redis = Redis::start_on(port).unwrap();
+    let started = Instant::now();
+    while a.get("/ready").await.status != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "/ready stayed 503"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post(&a, "mac:112233445566", &json!({"n": 3})).await;
+    let after = loop {
+        let e = sub
+            .next_event(Duration::from_secs(10))
+            .await
+            .expect("delivery resumes");
+        if e.event.is_none() {
+            break e;
+        }
+    };
+    assert_eq!(after.json()["n"], 3);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_resume_across_an_emptied_redis_gets_a_gap() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &[]);
+    let old = post(&a, "mac:112233445566", &json!({"n": 1})).await;
+    let port = redis.stop();
+    let _redis = Redis::start_on(port).unwrap();
+    // A node started on the emptied Redis cannot vouch for what came after.
+    let b = node(&_redis, &[]);
+    let mut sub = b.subscribe(&format!("/events?lastEventId={old}")).await;
+    let first = sub
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("an event");
+    assert_eq!(first.event.as_deref(), Some("gap"), "{first:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn registrations_are_refused_until_they_are_shared() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &[]);
+    let r = a
+        .post_json(
+            "/api/registrations",
+            &json!({"device": "mac:112233445566", "duration": 60,
+                    "destination": {"type": "http", "url": "http://127.0.0.1:9/x"}}),
+        )
+        .await;
+    r.assert_problem(501);
+    assert!(r.text.contains("cluster"), "{}", r.text);
+    a.stop().await;
+}
