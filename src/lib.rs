@@ -172,8 +172,24 @@ pub async fn run_with_store(
         }
         None => None,
     };
-    let reader = cluster.as_ref().map(|c| c.start_reader(hub.clone()));
-    let mark = id_mark::IdMark::open(store.clone(), &hub)?;
+    let mut cluster_tasks = Vec::new();
+    if let Some(c) = &cluster {
+        cluster_tasks.push(c.start_reader(hub.clone()));
+        // Only the lease holder forwards; the others wait for it to go.
+        forwarding.set_active(false);
+        cluster_tasks.push(c.start_leasing(forwarding.clone()));
+        cluster_tasks.push(c.start_following(cluster::follow::Followers {
+            registry: registry.clone(),
+            catalog: catalog.clone(),
+            disabled: stored_disabled.clone(),
+        }));
+    }
+    // The id high-water mark is the embedded mode's: in a cluster, ids are
+    // the shared stream's.
+    let mark = match &cluster {
+        None => Some(id_mark::IdMark::open(store.clone(), &hub)?),
+        Some(_) => None,
+    };
     let sweeper = tokio::spawn(sweep(
         registry.clone(),
         hub.clone(),
@@ -225,8 +241,8 @@ pub async fn run_with_store(
     let left = app.config.shutdown_grace.saturating_sub(stopping.elapsed());
     let abandoned = forwarding.drain(left).await;
     sweeper.abort();
-    if let Some(r) = reader {
-        r.abort();
+    for t in cluster_tasks {
+        t.abort();
     }
     drop(forward_runtime);
     if abandoned > 0 {
@@ -242,7 +258,7 @@ const FORWARD_INBOX: usize = 65_536;
 async fn sweep(
     registry: Arc<Registry>,
     hub: Arc<Hub>,
-    mark: id_mark::IdMark,
+    mark: Option<id_mark::IdMark>,
     store: Arc<Store>,
     cluster: Option<Arc<cluster::Cluster>>,
 ) {
@@ -261,7 +277,10 @@ async fn sweep(
             // client writes, so that `/ready` recovers on its own.
             s.recover();
             r.sweep(chrono::Utc::now());
-            match crate::sync::lock(&m).keep_ahead(h.last_id()) {
+            let kept = crate::sync::lock(&m)
+                .as_mut()
+                .map_or(Ok(()), |m| m.keep_ahead(h.last_id()));
+            match kept {
                 // Already logged by the store when it faulted.
                 Ok(()) | Err(store::StoreError::Unwritable { .. } | store::StoreError::Gone(_)) => {
                 }

@@ -34,13 +34,12 @@ fn main() -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     // The store first: a damaged one must stop the start before it binds.
-    // A cluster node keeps nothing on local disk.
-    let kind = if config.redis_url.is_some() {
-        ratatoskr::config::StoreKind::Memory
-    } else {
-        config.store
+    // A cluster node keeps nothing on local disk: its store is the Redis.
+    let opened = match &config.redis_url {
+        Some(url) => Store::open_redis(url, &config.redis_prefix),
+        None => Store::open(config.store, &config.data_dir),
     };
-    let store = match Store::open(kind, &config.data_dir) {
+    let store = match opened {
         Ok(s) => Arc::new(s),
         Err(e) => return fatal(1, e),
     };

@@ -28,12 +28,24 @@ pub enum Collection {
 }
 
 impl Collection {
-    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    /// Its name (redb table, Redis key part, change announcements).
+    pub fn name(self) -> &'static str {
         match self {
-            Self::Registrations => TableDefinition::new("registrations"),
-            Self::EventTypes => TableDefinition::new("event_types"),
-            Self::Meta => TableDefinition::new("meta"),
+            Self::Registrations => "registrations",
+            Self::EventTypes => "event_types",
+            Self::Meta => "meta",
         }
+    }
+
+    /// The collection named `name`.
+    pub fn named(name: &str) -> Option<Self> {
+        [Self::Registrations, Self::EventTypes, Self::Meta]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name())
     }
 }
 
@@ -197,6 +209,8 @@ pub struct Store {
 
 enum Backend {
     Memory(Mutex<BTreeMap<(Collection, String), Vec<u8>>>),
+    /// Cluster mode: shared by every node.
+    Redis(Box<crate::cluster::documents::RedisDocuments>),
     Redb {
         /// `None` only while being reopened (the old handle must close
         /// first: it holds the file's lock).
@@ -216,6 +230,7 @@ impl std::fmt::Debug for Backend {
         f.write_str(match self {
             Self::Memory(_) => "Memory",
             Self::Redb { .. } => "Redb",
+            Self::Redis(_) => "Redis",
         })
     }
 }
@@ -255,6 +270,56 @@ impl Store {
             }
         };
         Ok(Self { backend })
+    }
+
+    /// Cluster mode: documents in the shared Redis (`--redis-url`).
+    pub fn open_redis(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let docs = crate::cluster::documents::RedisDocuments::connect(url, prefix)
+            .map_err(StoreError::Io)?;
+        Ok(Self {
+            backend: Backend::Redis(Box::new(docs)),
+        })
+    }
+
+    /// Whether the documents are shared with other nodes (cluster mode):
+    /// then another node may change them, and a conditional write is
+    /// checked by the store itself.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// As [`Store::put`], but only if the stored value is still `expected`
+    /// (when given), and expiring at `expires_at_ms` (Unix ms) where the
+    /// backend can (Redis). Returns whether it was written. Only a shared
+    /// store checks `expected`: one node serialises its own writes.
+    pub fn put_guarded(
+        &self,
+        c: Collection,
+        key: &str,
+        value: &[u8],
+        expected: Option<&[u8]>,
+        expires_at_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redis(d) => d
+                .put(c.name(), key, value, expected, expires_at_ms)
+                .map_err(StoreError::Io),
+            _ => self.put(c, key, value).map(|()| true),
+        }
+    }
+
+    /// As [`Store::delete`] of one key, only if it still holds `expected`
+    /// (checked by a shared store only). Returns whether it held.
+    pub fn delete_guarded(
+        &self,
+        c: Collection,
+        key: &str,
+        expected: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redis(d) => d.delete(c.name(), &[key], expected).map_err(StoreError::Io),
+            _ => self.delete(c, &[key]).map(|()| true),
+        }
     }
 
     /// Whether writes can be kept: `Err` once the file was deleted or
@@ -401,6 +466,10 @@ impl Store {
                 lock(m).insert((c, key.to_owned()), value.to_vec());
                 Ok(())
             }
+            Backend::Redis(d) => d
+                .put(c.name(), key, value, None, None)
+                .map(|_| ())
+                .map_err(StoreError::Io),
             Backend::Redb { .. } => self.write(|tx| {
                 tx.open_table(c.table())
                     .map_err(StoreError::from)?
@@ -421,6 +490,10 @@ impl Store {
                 }
                 Ok(())
             }
+            Backend::Redis(d) => d
+                .delete(c.name(), keys, None)
+                .map(|_| ())
+                .map_err(StoreError::Io),
             Backend::Redb { .. } => self.write(|tx| {
                 let mut table = tx.open_table(c.table()).map_err(StoreError::from)?;
                 for k in keys {
@@ -439,6 +512,7 @@ impl Store {
                 .filter(|((col, _), _)| *col == c)
                 .map(|((_, k), v)| (k.clone(), v.clone()))
                 .collect()),
+            Backend::Redis(d) => d.load(c.name()).map_err(StoreError::Io),
             Backend::Redb { db, .. } => {
                 let slot = crate::sync::read(db);
                 let db = slot

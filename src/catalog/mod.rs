@@ -140,6 +140,32 @@ impl Compiled {
     }
 }
 
+/// Every stored definition, compiled (or disabled, with the reason).
+fn load_types(
+    store: &Store,
+    disabled: &crate::store::StoredDisabled,
+) -> Result<HashMap<String, Arc<Compiled>>, StoreError> {
+    let mut types = HashMap::new();
+    for (name, doc) in store.load(Collection::EventTypes)? {
+        let def = match serde_json::from_slice::<EventType>(&doc) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(%name, error = %e, "unreadable stored event type skipped");
+                continue;
+            }
+        };
+        let compiled = compile(def.clone()).unwrap_or_else(|errors| {
+            let c = Compiled::disabled(def, &errors);
+            tracing::error!(%name, reason = c.def.disabled.as_deref().unwrap_or(""),
+                "stored event type breaks a limit: loaded disabled; replace or delete it");
+            disabled.count("event_type");
+            c
+        });
+        types.insert(name, Arc::new(compiled));
+    }
+    Ok(types)
+}
+
 /// The defined event types.
 #[derive(Debug)]
 pub struct Catalog {
@@ -157,30 +183,22 @@ impl Catalog {
         strict: bool,
         disabled: &crate::store::StoredDisabled,
     ) -> Result<Self, StoreError> {
-        let mut types = HashMap::new();
-        for (name, doc) in store.load(Collection::EventTypes)? {
-            let def = match serde_json::from_slice::<EventType>(&doc) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(%name, error = %e, "unreadable stored event type skipped");
-                    continue;
-                }
-            };
-            let compiled = compile(def.clone()).unwrap_or_else(|errors| {
-                let c = Compiled::disabled(def, &errors);
-                tracing::error!(%name, reason = c.def.disabled.as_deref().unwrap_or(""),
-                    "stored event type breaks a limit: loaded disabled; replace or delete it");
-                disabled.count("event_type");
-                c
-            });
-            types.insert(name, Arc::new(compiled));
-        }
+        let types = load_types(&store, disabled)?;
         Ok(Self {
             store,
             strict,
             types: RwLock::new(types),
             writes: Default::default(),
         })
+    }
+
+    /// Re-reads every definition from the store (cluster mode: another
+    /// node changed one) and swaps them in.
+    pub fn reload(&self, disabled: &crate::store::StoredDisabled) -> Result<(), StoreError> {
+        let _w = crate::sync::lock(&self.writes);
+        let types = load_types(&self.store, disabled)?;
+        *write(&self.types) = types;
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Compiled>>> {

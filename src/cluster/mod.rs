@@ -20,6 +20,8 @@
 //! resumes after the last id it saw, so nothing accepted meanwhile by
 //! other nodes is skipped.
 
+pub mod documents;
+pub mod follow;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -78,6 +80,8 @@ struct ClusterMetrics {
     reader_lag_ms: Gauge,
     reader_reconnects: Counter,
     skipped: Counter,
+    lease_takeovers: Counter,
+    forwarding: Gauge,
 }
 
 impl ClusterMetrics {
@@ -88,7 +92,19 @@ impl ClusterMetrics {
             reader_lag_ms: Gauge::default(),
             reader_reconnects: Counter::default(),
             skipped: Counter::default(),
+            lease_takeovers: Counter::default(),
+            forwarding: Gauge::default(),
         };
+        registry.register(
+            "cluster_lease_takeovers",
+            "Times this node took the forwarding lease",
+            m.lease_takeovers.clone(),
+        );
+        registry.register(
+            "cluster_forwarding",
+            "1 while this node holds the forwarding lease (and forwards for the cluster)",
+            m.forwarding.clone(),
+        );
         registry.register(
             "redis_round_trip_seconds",
             "Time for one Redis command or pipeline, answered or failed",
@@ -130,6 +146,8 @@ pub struct Cluster {
     healthy: AtomicBool,
     /// The newest id this node's reader has published.
     read_up_to: AtomicU64,
+    /// This node's name in leases.
+    node_id: String,
     metrics: ClusterMetrics,
 }
 
@@ -177,6 +195,7 @@ impl Cluster {
             stream,
             healthy: AtomicBool::new(true),
             read_up_to: AtomicU64::new(0),
+            node_id: uuid::Uuid::new_v4().simple().to_string(),
             metrics: metrics.register(ClusterMetrics::register),
         }))
     }

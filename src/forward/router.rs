@@ -45,6 +45,9 @@ pub struct Forwarding {
     matcher: Arc<dyn Matcher>,
     destinations: Arc<Destinations>,
     metrics: Arc<ForwardMetrics>,
+    /// Whether this node forwards (always, except in a cluster, where only
+    /// the lease holder does).
+    active: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Forwarding {
@@ -100,7 +103,13 @@ impl Forwarding {
             matcher,
             destinations,
             metrics,
+            active: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Starts or stops taking events (cluster mode: the forwarding lease).
+    pub fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Release);
     }
 
     /// The live destinations (statistics, gauges).
@@ -130,7 +139,7 @@ impl Forwarding {
 
 impl Tap for Forwarding {
     fn offer(&self, event: &Arc<Published>) {
-        if self.matcher.is_empty() {
+        if self.matcher.is_empty() || !self.active.load(Ordering::Acquire) {
             return;
         }
         let weight = event.weight();

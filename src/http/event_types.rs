@@ -36,7 +36,6 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    super::not_in_cluster(&app, "event types")?;
     let req: EventTypeRequest = read_json(&app, &headers, body).await?;
     let name = req.name.clone().unwrap_or_default();
     let catalog = app.catalog.clone();
@@ -63,7 +62,6 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    super::not_in_cluster(&app, "event types")?;
     let req: EventTypeRequest = read_json(&app, &headers, body).await?;
     if req.name.as_deref().is_some_and(|n| n != name) {
         return Err(ApiError::unprocessable(
@@ -82,9 +80,6 @@ pub async fn put(
 
 /// `DELETE /api/event-types/{name}`.
 pub async fn delete(State(app): State<App>, Path(name): Path<String>) -> Response {
-    if let Err(e) = super::not_in_cluster(&app, "event types") {
-        return e.into_response();
-    }
     let catalog = app.catalog.clone();
     match super::store_write(move || catalog.delete(&name)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

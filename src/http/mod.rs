@@ -63,18 +63,6 @@ pub struct AppState {
 /// The shared state handle.
 pub type App = Arc<AppState>;
 
-/// Cluster mode does not share registrations, event types or xmidt hooks
-/// between nodes yet: rather than let each node keep its own and silently
-/// split them, changes are refused with 501, naming the gap.
-pub fn not_in_cluster(app: &App, what: &str) -> Result<(), ApiError> {
-    if app.cluster.is_some() {
-        return Err(ApiError::not_implemented(format!(
-            "{what} are not yet shared between cluster nodes (--redis-url): make them on an embedded node"
-        )));
-    }
-    Ok(())
-}
-
 /// Runs `write` (anything that writes the store: an fsync can block for as
 /// long as the disk does) on a blocking thread, so that a stalled disk
 /// never holds an async worker that ingest, fan-out or `/health` need.

@@ -98,7 +98,6 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    super::not_in_cluster(&app, "registrations")?;
     let req: RegistrationRequest = read_json(&app, &headers, body).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let registration = app.registry.build(req, id, Origin::Api, None)?;
@@ -152,7 +151,6 @@ pub async fn replace(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    super::not_in_cluster(&app, "registrations")?;
     let condition = if_match(&headers)?.map(str::to_owned);
     let mut req: RegistrationRequest = read_json(&app, &headers, body).await?;
     if let Some(current) = app.registry.get(&id) {
@@ -176,11 +174,10 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let condition =
-        match super::not_in_cluster(&app, "registrations").and_then(|()| if_match(&headers)) {
-            Ok(c) => c.map(str::to_owned),
-            Err(e) => return e.into_response(),
-        };
+    let condition = match if_match(&headers) {
+        Ok(c) => c.map(str::to_owned),
+        Err(e) => return e.into_response(),
+    };
     let registry = app.registry.clone();
     let gone = id.clone();
     let result = super::store_write(move || registry.delete(&gone, condition.as_deref())).await;

@@ -85,6 +85,10 @@ struct Live {
     /// Shared with the matches handed out; `None` for a disabled
     /// registration, which is listed but never matched.
     destination: Option<Arc<Destination>>,
+    /// The stored document, byte for byte: what a conditional write to a
+    /// shared store compares against, and what a reload compares to tell
+    /// a changed registration from one it can keep compiled.
+    doc: Arc<[u8]>,
 }
 
 impl Live {
@@ -97,6 +101,7 @@ impl Live {
             filter: CompiledFilter::nothing(),
             device_patterns: Vec::new(),
             destination: None,
+            doc: Arc::from(&[][..]),
         }
     }
 
@@ -133,6 +138,7 @@ impl Live {
             registration,
             filter,
             device_patterns,
+            doc: Arc::from(&[][..]),
         })
     }
 
@@ -313,31 +319,7 @@ impl Registry {
         metrics: RegistryMetrics,
         limits: RegistryLimits,
     ) -> Result<Arc<Self>, RegistryError> {
-        let now = Utc::now();
-        let mut expired = Vec::new();
-        let mut snapshot = Snapshot::default();
-        for (id, doc) in store.load(Collection::Registrations)? {
-            let reg: Registration = match serde_json::from_slice(&doc) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(%id, error = %e, "unreadable stored registration skipped");
-                    continue;
-                }
-            };
-            if reg.expires_at <= now {
-                expired.push(id);
-                continue;
-            }
-            match Live::compile(reg.clone()) {
-                Ok(live) => snapshot.insert(Arc::new(live)),
-                Err(errors) => {
-                    let reason = crate::validation::describe(&errors);
-                    tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
-                    metrics.disabled.count("registration");
-                    snapshot.insert(Arc::new(Live::disabled(reg, reason)));
-                }
-            }
-        }
+        let (snapshot, expired) = load_snapshot(&store, &metrics, None)?;
         let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
         store.delete(Collection::Registrations, &ids)?;
         metrics.registrations.set(snapshot.len() as i64);
@@ -354,6 +336,24 @@ impl Registry {
             writes: Mutex::default(),
             listener: OnceLock::new(),
         }))
+    }
+
+    /// Re-reads every registration from the store and publishes the result
+    /// (cluster mode: another node changed one). Registrations whose
+    /// stored document did not change keep their compiled filters.
+    pub fn reload(&self) -> Result<(), RegistryError> {
+        let _w = lock(&self.writes);
+        let current = self.current.load_full();
+        let (next, _) = load_snapshot(&self.store, &self.metrics, Some(&current))?;
+        let same = next.by_id.len() == current.by_id.len()
+            && next
+                .by_id
+                .iter()
+                .all(|(id, l)| current.by_id.get(id).is_some_and(|c| Arc::ptr_eq(c, l)));
+        if !same {
+            self.publish(next);
+        }
+        Ok(())
     }
 
     /// Calls `listener` with the current snapshot now, then with every
@@ -502,7 +502,7 @@ impl Registry {
         if !replacing && self.len() >= self.limits.max_registrations {
             return Err(RegistryError::Full(self.limits.max_registrations));
         }
-        self.commit(registration)
+        self.commit(registration, None)
     }
 
     /// Replaces a registration (or renews it: a new `expires_at` from now).
@@ -518,17 +518,59 @@ impl Registry {
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
         check_if_match(&current, if_match)?;
+        let expected = if_match.and_then(|_| self.stored_doc(id));
         let next = make(&current)?;
-        self.commit(next)
+        self.commit(next, expected.as_deref())
     }
 
-    /// Writes to the store, then publishes a snapshot with the new entry.
-    /// Caller holds `writes`.
-    fn commit(&self, registration: Registration) -> Result<Registration, RegistryError> {
-        let live = Live::compile(registration.clone()).map_err(RegistryError::Invalid)?;
+    /// The stored document of a registration, as this node last saw it.
+    fn stored_doc(&self, id: &str) -> Option<Arc<[u8]>> {
+        self.current
+            .load()
+            .by_id
+            .get(id)
+            .map(|l| l.doc.clone())
+            .filter(|d| !d.is_empty())
+    }
+
+    /// In a shared store, a conditional write that lost to another node's:
+    /// this node catches up, and the client is told what the ETag is now.
+    fn lost_race(&self, id: &str) -> RegistryError {
+        let current = load_snapshot(&self.store, &self.metrics, Some(&self.current.load_full()))
+            .map(|(next, _)| {
+                let etag = next.by_id.get(id).map(|l| l.registration.etag());
+                self.publish(next);
+                etag
+            })
+            .ok()
+            .flatten();
+        match current {
+            Some(etag) => RegistryError::PreconditionFailed(etag),
+            None => RegistryError::NotFound(id.into()),
+        }
+    }
+
+    /// Writes to the store (only over `expected`, when given and the store
+    /// is shared), then publishes a snapshot with the new entry. Caller
+    /// holds `writes`.
+    fn commit(
+        &self,
+        registration: Registration,
+        expected: Option<&[u8]>,
+    ) -> Result<Registration, RegistryError> {
+        let mut live = Live::compile(registration.clone()).map_err(RegistryError::Invalid)?;
         let doc = serde_json::to_vec(&registration).expect("registrations serialise");
-        self.store
-            .put(Collection::Registrations, &registration.id, &doc)?;
+        let written = self.store.put_guarded(
+            Collection::Registrations,
+            &registration.id,
+            &doc,
+            expected,
+            Some(registration.expires_at.timestamp_millis()),
+        )?;
+        if !written {
+            return Err(self.lost_race(&registration.id));
+        }
+        live.doc = Arc::from(doc);
         let mut next = Snapshot::clone(&self.current.load());
         next.insert(Arc::new(live));
         self.publish(next);
@@ -542,7 +584,13 @@ impl Registry {
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
         check_if_match(&current, if_match)?;
-        self.store.delete(Collection::Registrations, &[id])?;
+        let expected = if_match.and_then(|_| self.stored_doc(id));
+        if !self
+            .store
+            .delete_guarded(Collection::Registrations, id, expected.as_deref())?
+        {
+            return Err(self.lost_race(id));
+        }
         self.remove_live(&[id.to_owned()]);
         Ok(())
     }
@@ -621,6 +669,55 @@ impl Matcher for Registry {
     fn matching(&self, event: &Event, out: &mut Vec<Arc<Destination>>) {
         self.current.load().matching(event, Utc::now(), out);
     }
+}
+
+/// Every unexpired stored registration, compiled (or disabled, with the
+/// reason); and the ids of the expired ones. An entry whose document is
+/// unchanged from `previous` is kept as it was, compiled filters and all.
+fn load_snapshot(
+    store: &Store,
+    metrics: &RegistryMetrics,
+    previous: Option<&Snapshot>,
+) -> Result<(Snapshot, Vec<String>), RegistryError> {
+    let now = Utc::now();
+    let mut expired = Vec::new();
+    let mut snapshot = Snapshot::default();
+    for (id, doc) in store.load(Collection::Registrations)? {
+        if let Some(kept) = previous
+            .and_then(|p| p.by_id.get(&id))
+            .filter(|l| *l.doc == *doc)
+        {
+            if kept.registration.expires_at > now {
+                snapshot.insert(kept.clone());
+            } else {
+                expired.push(id);
+            }
+            continue;
+        }
+        let reg: Registration = match serde_json::from_slice(&doc) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "unreadable stored registration skipped");
+                continue;
+            }
+        };
+        if reg.expires_at <= now {
+            expired.push(id);
+            continue;
+        }
+        let mut live = match Live::compile(reg.clone()) {
+            Ok(live) => live,
+            Err(errors) => {
+                let reason = crate::validation::describe(&errors);
+                tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
+                metrics.disabled.count("registration");
+                Live::disabled(reg, reason)
+            }
+        };
+        live.doc = Arc::from(doc);
+        snapshot.insert(Arc::new(live));
+    }
+    Ok((snapshot, expired))
 }
 
 fn check_if_match(current: &Registration, if_match: Option<&str>) -> Result<(), RegistryError> {

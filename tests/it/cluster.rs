@@ -315,18 +315,151 @@ async fn a_resume_across_an_emptied_redis_gets_a_gap() {
     b.stop().await;
 }
 
+async fn metric(n: &Process, name: &str) -> f64 {
+    let text = n.get("/metrics").await.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Waits until `probe` holds, at most `within`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !probe().await {
+        assert!(started.elapsed() < within, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
-async fn registrations_are_refused_until_they_are_shared() {
+async fn a_registration_made_on_one_node_forwards_once_for_events_posted_anywhere() {
     let Some(redis) = Redis::start() else { return };
-    let a = node(&redis, &[]);
-    let r = a
+    let rx = crate::receiver::Receiver::start().await;
+    let nodes: Vec<Process> = (0..3).map(|_| node(&redis, &[])).collect();
+    let created = nodes[0]
         .post_json(
             "/api/registrations",
-            &json!({"device": "mac:112233445566", "duration": 60,
-                    "destination": {"type": "http", "url": "http://127.0.0.1:9/x"}}),
+            &json!({"device": "mac:112233445566", "duration": 600,
+                    "destination": {"type": "http", "url": rx.url("/c"), "secret": "s3cret"}}),
         )
         .await;
-    r.assert_problem(501);
-    assert!(r.text.contains("cluster"), "{}", r.text);
-    a.stop().await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    for n in &nodes {
+        let path = format!("/api/registrations/{id}");
+        eventually(
+            "the registration reaches every node",
+            Duration::from_secs(2),
+            || async { n.get(&path).await.status == 200 },
+        )
+        .await;
+    }
+    // Exactly one node holds the forwarding lease.
+    eventually("a forwarder", Duration::from_secs(10), || async {
+        let mut holders = 0.0;
+        for n in &nodes {
+            holders += metric(n, "ratatoskr_cluster_forwarding").await;
+        }
+        holders == 1.0
+    })
+    .await;
+    for i in 0..10 {
+        post(&nodes[1 + i % 2], "mac:112233445566", &json!({"n": i})).await;
+    }
+    let got = rx.wait_for("/c", 10, Duration::from_secs(10)).await;
+    assert!(got
+        .iter()
+        .all(|r| r.header("x-webpa-signature").starts_with("sha1=")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ns: Vec<i64> = rx
+        .received("/c")
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ns.sort();
+    assert_eq!(
+        ns,
+        (0..10).collect::<Vec<_>>(),
+        "each event once, not once per node"
+    );
+    // If-Match holds across nodes: a stale ETag loses on any node.
+    let etag = created.headers["etag"].to_str().unwrap().to_owned();
+    let body = json!({"device": "mac:112233445566", "duration": 600,
+                      "destination": {"type": "http", "url": rx.url("/c")}});
+    let put = |n: &Process| {
+        n.http
+            .put(n.url(&format!("/api/registrations/{id}")))
+            .header("if-match", &etag)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(put(&nodes[1]).await.unwrap().status(), 200);
+    eventually(
+        "the change reaches node 2",
+        Duration::from_secs(2),
+        || async {
+            nodes[2].get(&format!("/api/registrations/{id}")).await.body["etag"] != json!(etag)
+        },
+    )
+    .await;
+    assert_eq!(put(&nodes[2]).await.unwrap().status(), 412);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn another_node_takes_over_forwarding_when_the_forwarder_dies() {
+    let Some(redis) = Redis::start() else { return };
+    let rx = crate::receiver::Receiver::start().await;
+    let mut nodes: Vec<Process> = (0..2).map(|_| node(&redis, &[])).collect();
+    let r = nodes[0]
+        .post_json(
+            "/api/registrations",
+            &json!({"device": "mac:112233445566", "duration": 600,
+                    "destination": {"type": "http", "url": rx.url("/t")}}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let started = Instant::now();
+    let dead = 'found: loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if metric(n, "ratatoskr_cluster_forwarding").await == 1.0 {
+                break 'found i;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no forwarder");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let survivor = 1 - dead;
+    eventually(
+        "the registration on the survivor",
+        Duration::from_secs(2),
+        || async { nodes[survivor].get("/api/registrations").await.body["items"][0].is_object() },
+    )
+    .await;
+    nodes[dead].kill();
+    let started = Instant::now();
+    eventually(
+        "the survivor takes the lease",
+        Duration::from_secs(15),
+        || async { metric(&nodes[survivor], "ratatoskr_cluster_forwarding").await == 1.0 },
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took <= Duration::from_secs(10), "takeover in {took:?}");
+    post(&nodes[survivor], "mac:112233445566", &json!({"n": 1})).await;
+    rx.wait_for("/t", 1, Duration::from_secs(10)).await;
+    nodes.remove(dead);
+    for n in nodes {
+        n.stop().await;
+    }
 }

@@ -176,6 +176,12 @@ impl Process {
         .await
     }
 
+    /// Kills it (SIGKILL, by its PID) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

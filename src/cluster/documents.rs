@@ -1,0 +1,191 @@
+//! Cluster mode's store: registrations, event types and the like as Redis
+//! keys, one per document (`<prefix>:doc:<collection>:<key>`), so that
+//! every node reads and writes the same ones. A registration's key expires
+//! with it (PXAT). Every change is announced on `<prefix>:changes`, and
+//! each node reloads the collection named there.
+//!
+//! The API is synchronous: the store is only ever called on blocking
+//! threads (`http::store_write`, the sweeper) or at start.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::Commands;
+
+/// How long one store command may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Compare-and-set: writes ARGV[1] only if the key holds ARGV[2]; PXAT
+/// ARGV[3] when it is not 0. Returns 1 when written.
+const PUT_IF: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '0' then redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[3])
+else redis.call('SET', KEYS[1], ARGV[1]) end
+return 1";
+
+/// Compare-and-delete. Returns 1 when deleted.
+const DELETE_IF: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1";
+
+/// Documents in Redis.
+pub struct RedisDocuments {
+    client: redis::Client,
+    conn: Mutex<Option<redis::Connection>>,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisDocuments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDocuments")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Redis command failed (the store answers 503).
+pub type DocError = String;
+
+impl RedisDocuments {
+    /// Connects now, so that a bad URL or an unreachable Redis stops the start.
+    pub fn connect(url: &str, prefix: &str) -> Result<Self, DocError> {
+        let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+        let docs = Self {
+            client,
+            conn: Mutex::new(None),
+            prefix: prefix.to_owned(),
+        };
+        docs.with(|c| redis::cmd("PING").query::<String>(c).map(|_| ()))?;
+        Ok(docs)
+    }
+
+    /// The channel changes are announced on.
+    pub fn changes_channel(prefix: &str) -> String {
+        format!("{prefix}:changes")
+    }
+
+    fn key(&self, collection: &str, key: &str) -> String {
+        format!("{}:doc:{collection}:{key}", self.prefix)
+    }
+
+    /// Runs `f` on the connection, opening it if needed; a failed command
+    /// drops it, so the next call reconnects.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, DocError> {
+        let mut slot = crate::sync::lock(&self.conn);
+        if slot.is_none() {
+            let c = self
+                .client
+                .get_connection_with_timeout(TIMEOUT)
+                .map_err(|e| format!("Redis: {e}"))?;
+            c.set_read_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            c.set_write_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            *slot = Some(c);
+        }
+        let conn = slot.as_mut().expect("just opened");
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                *slot = None;
+                Err(format!("Redis: {e}"))
+            }
+        }
+    }
+
+    fn announce(&self, collection: &str) {
+        let channel = Self::changes_channel(&self.prefix);
+        let _ = self.with(|c| c.publish::<_, _, i64>(&channel, collection).map(|_| ()));
+    }
+
+    /// Writes a document, expiring at `expires_at_ms` (Unix ms) when given;
+    /// with `expected`, only if the key still holds exactly that. Returns
+    /// whether it was written.
+    pub fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        value: &[u8],
+        expected: Option<&[u8]>,
+        expires_at_ms: Option<i64>,
+    ) -> Result<bool, DocError> {
+        let k = self.key(collection, key);
+        let written = match expected {
+            Some(old) => self.with(|c| {
+                redis::Script::new(PUT_IF)
+                    .key(&k)
+                    .arg(value)
+                    .arg(old)
+                    .arg(expires_at_ms.unwrap_or(0))
+                    .invoke::<i64>(c)
+                    .map(|n| n == 1)
+            })?,
+            None => self.with(|c| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&k).arg(value);
+                if let Some(at) = expires_at_ms {
+                    cmd.arg("PXAT").arg(at);
+                }
+                cmd.query::<()>(c).map(|()| true)
+            })?,
+        };
+        if written {
+            self.announce(collection);
+        }
+        Ok(written)
+    }
+
+    /// Deletes documents; with `expected` (one key only), only if it still
+    /// holds exactly that. Returns whether the condition held.
+    pub fn delete(
+        &self,
+        collection: &str,
+        keys: &[&str],
+        expected: Option<&[u8]>,
+    ) -> Result<bool, DocError> {
+        if keys.is_empty() {
+            return Ok(true);
+        }
+        let full: Vec<String> = keys.iter().map(|k| self.key(collection, k)).collect();
+        let done = match (expected, full.as_slice()) {
+            (Some(old), [one]) => self.with(|c| {
+                redis::Script::new(DELETE_IF)
+                    .key(one)
+                    .arg(old)
+                    .invoke::<i64>(c)
+                    .map(|n| n == 1)
+            })?,
+            _ => self.with(|c| c.del::<_, i64>(&full).map(|_| true))?,
+        };
+        if done {
+            self.announce(collection);
+        }
+        Ok(done)
+    }
+
+    /// Every document of a collection, by key order.
+    pub fn load(&self, collection: &str) -> Result<Vec<(String, Vec<u8>)>, DocError> {
+        let pattern = self.key(collection, "*");
+        let strip = self.key(collection, "");
+        self.with(|c| {
+            let keys: Vec<String> = c
+                .scan_match::<_, String>(&pattern)?
+                .collect::<redis::RedisResult<_>>()?;
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(500) {
+                let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(chunk).query(c)?;
+                for (k, v) in chunk.iter().zip(values) {
+                    if let Some(v) = v {
+                        out.push((k[strip.len()..].to_owned(), v));
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+}
