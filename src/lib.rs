@@ -177,7 +177,7 @@ pub async fn run_with_store(
         cluster_tasks.push(c.start_reader(hub.clone()));
         // Only the lease holder forwards; the others wait for it to go.
         forwarding.set_active(false);
-        cluster_tasks.push(c.start_leasing(forwarding.clone()));
+        cluster_tasks.push(c.start_leasing(forwarding.clone(), hub.clone()));
         cluster_tasks.push(c.start_following(cluster::follow::Followers {
             registry: registry.clone(),
             catalog: catalog.clone(),

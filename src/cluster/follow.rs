@@ -11,15 +11,30 @@
 //!   once per node. That node holds a lease (`<prefix>:forwarder`, SET NX
 //!   PX, renewed by compare-and-set); when it dies, another takes the lease
 //!   within [`LEASE_TTL`] and forwards from then on.
+//! - **Checkpoints.** The forwarder writes, every [`CHECKPOINT_EVERY`], how
+//!   far each destination is finished (`<prefix>:checkpoints`, one field per
+//!   destination). A node that takes the lease first replays, to each
+//!   destination, the stream's events between its checkpoint and the
+//!   moment it took over, then carries on live: nothing accepted is lost
+//!   while the stream still holds it (at least once across a failover; the
+//!   events the dead node delivered after its last checkpoint go again).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sha2::Digest;
+
 use super::Cluster;
 use crate::catalog::Catalog;
+use crate::event::{Event, EventId};
+use crate::forward::destination::Destination;
 use crate::forward::Forwarding;
+use crate::hub::{Hub, Published};
 use crate::registry::Registry;
 use crate::store::{Collection, StoredDisabled};
 
@@ -27,6 +42,9 @@ use crate::store::{Collection, StoredDisabled};
 pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// How long a forwarding lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(6);
+
+/// How often the forwarder records its destinations' progress.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Renews the lease only for its holder.
 const RENEW: &str = r"
@@ -111,19 +129,113 @@ impl Cluster {
         })
     }
 
+    fn checkpoints_key(&self) -> String {
+        format!("{}:checkpoints", self.config.prefix)
+    }
+
+    /// A destination's field in the checkpoints hash: a digest, so that no
+    /// secret appears in Redis key space.
+    fn checkpoint_field(d: &Destination) -> String {
+        let doc = serde_json::to_vec(d).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(&doc)[..16])
+    }
+
+    async fn load_checkpoints(&self) -> HashMap<String, EventId> {
+        let mut conn = self.commands.clone();
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.checkpoints_key())
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        all.into_iter()
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect()
+    }
+
+    /// After taking the lease at `from`: replays to each destination the
+    /// stream's events after its checkpoint and up to `from`.
+    async fn catch_up(&self, forwarding: &Forwarding, from: EventId, done: &AtomicBool) {
+        let checkpoints = self.load_checkpoints().await;
+        for d in forwarding.destinations().live() {
+            let Some(&since) = checkpoints.get(&Self::checkpoint_field(&d)) else {
+                continue;
+            };
+            if since >= from {
+                continue;
+            }
+            let before = EventId::from_u64(from.as_u64() + 1);
+            match self.range(since, before, 1_000_000).await {
+                Ok((entries, complete)) => {
+                    let events: Vec<Arc<Published>> = entries
+                        .into_iter()
+                        .map(|(id, draft)| Arc::new(Published::new(Event { id, draft })))
+                        .collect();
+                    let sent = forwarding.replay_to(&d, &events);
+                    tracing::info!(destination = %d.label(), sent, "takeover: replayed events after the last checkpoint");
+                    if !complete {
+                        tracing::warn!(destination = %d.label(), "takeover: the stream no longer holds every event after the checkpoint; some were not forwarded");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %d.label(), error = %e, "takeover: replay failed; events after the checkpoint were not forwarded")
+                }
+            }
+        }
+        done.store(true, Ordering::Release);
+    }
+
+    /// Records how far each destination is finished (only forward: a
+    /// checkpoint never moves back).
+    async fn write_checkpoints(
+        &self,
+        forwarding: &Forwarding,
+        written: &mut HashMap<String, EventId>,
+    ) {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for (d, id) in forwarding.checkpoints() {
+            let field = Self::checkpoint_field(&d);
+            if written.get(&field).is_some_and(|w| *w >= id) {
+                continue;
+            }
+            pipe.cmd("HSET")
+                .arg(self.checkpoints_key())
+                .arg(&field)
+                .arg(id.to_string())
+                .ignore();
+            written.insert(field, id);
+            any = true;
+        }
+        if any {
+            let _: redis::RedisResult<()> = pipe.query_async(&mut self.commands.clone()).await;
+        }
+    }
+
     /// Competes for the forwarding lease, until the process ends;
     /// `forwarding` is active exactly while this node holds it.
     pub fn start_leasing(
         self: &Arc<Self>,
         forwarding: Arc<Forwarding>,
+        hub: Arc<Hub>,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let key = format!("{}:forwarder", me.config.prefix);
+            let caught_up = Arc::new(AtomicBool::new(false));
+            let mut written: HashMap<String, EventId> = HashMap::new();
+            let mut next_renewal = Instant::now();
             let ttl = LEASE_TTL.as_millis() as u64;
             let mut held_since: Option<Instant> = None;
             let mut last_renewed = Instant::now();
             loop {
+                if held_since.is_some() && caught_up.load(Ordering::Acquire) {
+                    me.write_checkpoints(&forwarding, &mut written).await;
+                }
+                if Instant::now() < next_renewal {
+                    tokio::time::sleep(CHECKPOINT_EVERY).await;
+                    continue;
+                }
+                next_renewal = Instant::now() + LEASE_TTL / 3;
                 let mut conn = me.commands.clone();
                 let outcome: redis::RedisResult<bool> = if held_since.is_some() {
                     redis::Script::new(RENEW)
@@ -151,7 +263,16 @@ impl Cluster {
                             held_since = Some(Instant::now());
                             me.metrics.lease_takeovers.inc();
                             tracing::info!(node = %me.node_id, "this node now forwards for the cluster");
-                            forwarding.set_active(true);
+                            // Live from exactly here; older events come
+                            // from the stream, after each checkpoint.
+                            let from = hub.at_last_id(|last| {
+                                forwarding.set_active(true);
+                                last
+                            });
+                            caught_up.store(false, Ordering::Release);
+                            written = me.load_checkpoints().await;
+                            let (c, f, done) = (me.clone(), forwarding.clone(), caught_up.clone());
+                            tokio::spawn(async move { c.catch_up(&f, from, &done).await });
                         }
                     }
                     Ok(false) => {
@@ -171,7 +292,6 @@ impl Cluster {
                     }
                 }
                 me.metrics.forwarding.set(i64::from(held_since.is_some()));
-                tokio::time::sleep(LEASE_TTL / 3).await;
             }
         })
     }

@@ -121,7 +121,7 @@ pub(super) async fn work(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>, shared:
         let (outbox, ctx, sink) = (outbox.clone(), ctx.clone(), sink.clone());
         tokio::spawn(async move {
             deliver(&outbox, &ctx, &*sink, &batch).await;
-            outbox.end(batch.len());
+            outbox.end(&batch);
             drop(permit);
         });
     }

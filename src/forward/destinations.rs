@@ -140,6 +140,28 @@ impl Destinations {
             .collect()
     }
 
+    /// Each live destination and how far it is finished (see
+    /// [`Outbox::checkpoint`]), for the cluster's checkpoints.
+    pub fn checkpoints(
+        &self,
+        routed: crate::event::EventId,
+    ) -> Vec<(Arc<Destination>, crate::event::EventId)> {
+        self.pool
+            .load()
+            .values()
+            .filter_map(|e| Some((e.outbox.destination.clone(), e.outbox.checkpoint(routed)?)))
+            .collect()
+    }
+
+    /// Every live destination.
+    pub fn live(&self) -> Vec<Arc<Destination>> {
+        self.pool
+            .load()
+            .values()
+            .map(|e| e.outbox.destination.clone())
+            .collect()
+    }
+
     /// Delivered, failed and dropped events, summed over live destinations.
     pub fn totals(&self) -> ForwardTotals {
         let all = self.outboxes();

@@ -84,6 +84,18 @@ pub struct Outbox {
     open_until: Mutex<Option<Instant>>,
     /// Events taken by the worker and not yet delivered or given up on.
     in_flight: AtomicUsize,
+    /// Progress, for the cluster's checkpoints.
+    progress: Mutex<Progress>,
+}
+
+/// Which events this destination is finished with: every id up to the
+/// checkpoint was delivered, given up on, or dropped.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Queued or in flight.
+    unfinished: std::collections::BTreeSet<u64>,
+    /// The newest id ever offered.
+    offered: u64,
 }
 
 impl Outbox {
@@ -108,6 +120,7 @@ impl Outbox {
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
+            progress: Mutex::default(),
         }
     }
 
@@ -116,9 +129,27 @@ impl Outbox {
         self.in_flight.fetch_add(n, Ordering::AcqRel);
     }
 
-    /// `n` events are delivered or given up on.
-    pub fn end(&self, n: usize) {
-        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+    /// These events are delivered or given up on.
+    pub fn end(&self, batch: &[Queued]) {
+        self.in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
+        let mut p = lock(&self.progress);
+        for q in batch {
+            p.unfinished.remove(&q.event.event.id.as_u64());
+        }
+    }
+
+    /// The newest id such that this destination is finished with every
+    /// event up to it (delivered, given up on, or dropped), given that the
+    /// router has routed every event up to `routed` (what did not reach
+    /// this outbox was not for it); `None` before the first event. What the
+    /// cluster checkpoints.
+    pub fn checkpoint(&self, routed: crate::event::EventId) -> Option<crate::event::EventId> {
+        let p = lock(&self.progress);
+        let done = match p.unfinished.first() {
+            Some(&oldest) => oldest - 1,
+            None => p.offered.max(routed.as_u64()),
+        };
+        (done > 0).then(|| crate::event::EventId::from_u64(done))
     }
 
     /// Events waiting or being delivered: what a stop now would abandon.
@@ -133,6 +164,11 @@ impl Outbox {
         if self.is_closed() {
             return Pushed::Closed;
         }
+        let id = event.event.id.as_u64();
+        {
+            let mut p = lock(&self.progress);
+            p.offered = p.offered.max(id);
+        }
         {
             let mut q = lock(&self.queue);
             let weight = event.weight();
@@ -140,6 +176,8 @@ impl Outbox {
                 || (q.events.len() < self.limits.events
                     && q.bytes.saturating_add(weight) <= self.limits.bytes);
             if fits {
+                // Before it can be taken: its end must find it.
+                lock(&self.progress).unfinished.insert(id);
                 q.events.push_back(Queued {
                     at: Instant::now(),
                     event,
@@ -217,6 +255,7 @@ impl Outbox {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         *lock(&self.queue) = Queue::default();
+        lock(&self.progress).unfinished.clear();
         self.wake.notify_one();
     }
 
@@ -333,6 +372,27 @@ mod tests {
         assert_eq!(o.push(ev(1)), Pushed::Closed);
         assert_eq!(o.push(ev(2)), Pushed::Closed);
         assert_eq!((o.depth(), o.metrics.dropped.get()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_waits_for_the_oldest_unfinished_event() {
+        let o = outbox(2);
+        let at = |o: &Outbox, r: u64| {
+            o.checkpoint(crate::event::EventId::from_u64(r))
+                .map(|i| i.as_u64())
+        };
+        assert_eq!(at(&o, 0), None);
+        o.push(ev(1));
+        o.push(ev(2));
+        assert!(matches!(o.push(ev(3)), Pushed::Dropped { .. }));
+        assert_eq!(at(&o, 3), None, "1 and 2 are queued");
+        let first = o.take(1).await.unwrap();
+        let second = o.take(1).await.unwrap();
+        o.end(&second);
+        assert_eq!(at(&o, 3), None, "event 1 is still in flight");
+        o.end(&first);
+        assert_eq!(at(&o, 3), Some(3), "dropped counts as finished");
+        assert_eq!(at(&o, 9), Some(9), "events routed elsewhere since then");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Forwarding {
     /// Whether this node forwards (always, except in a cluster, where only
     /// the lease holder does).
     active: std::sync::atomic::AtomicBool,
+    /// The newest event the router has finished routing.
+    routed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Forwarding {
@@ -70,10 +72,12 @@ impl Forwarding {
     ) -> Arc<Self> {
         let (tx, mut rx) = mpsc::channel::<Arc<Published>>(limits.events.max(1));
         let held = Arc::new(AtomicUsize::new(0));
-        let (m, d, h, supervisor) = (
+        let routed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (m, d, h, r, supervisor) = (
             matcher.clone(),
             destinations.clone(),
             held.clone(),
+            routed.clone(),
             metrics.clone(),
         );
         runtime.spawn(async move {
@@ -90,6 +94,7 @@ impl Forwarding {
                     }
                 }));
                 h.fetch_sub(p.weight(), Ordering::AcqRel);
+                r.fetch_max(p.event.id.as_u64(), Ordering::AcqRel);
                 if routed.is_err() {
                     supervisor.router_panicked();
                     tracing::error!(event = %p.event.id, "the forwarding router failed on an event and skipped it");
@@ -104,7 +109,32 @@ impl Forwarding {
             destinations,
             metrics,
             active: std::sync::atomic::AtomicBool::new(true),
+            routed,
         })
+    }
+
+    /// Cluster takeover: offers `events` (older ones, from the shared
+    /// stream) to `only`, where its registrations match them. They join
+    /// its buffer like live ones; a buffer that fills drops and notifies.
+    pub fn replay_to(&self, only: &Destination, events: &[Arc<Published>]) -> usize {
+        let mut wanted = Vec::new();
+        let mut sent = 0;
+        for p in events {
+            wanted.clear();
+            self.matcher.matching(&p.event, &mut wanted);
+            if wanted.iter().any(|d| **d == *only) {
+                self.destinations.push(only, p);
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Each live destination and how far it is finished, for the cluster's
+    /// checkpoints (see [`super::Outbox::checkpoint`]).
+    pub fn checkpoints(&self) -> Vec<(Arc<Destination>, crate::event::EventId)> {
+        let routed = crate::event::EventId::from_u64(self.routed.load(Ordering::Acquire));
+        self.destinations.checkpoints(routed)
     }
 
     /// Starts or stops taking events (cluster mode: the forwarding lease).

@@ -300,6 +300,13 @@ impl Hub {
         state.ring.raise_horizon(mark);
     }
 
+    /// Runs `f` with the newest id while no event can be published: what
+    /// `f` switches on sees exactly the events after that id.
+    pub fn at_last_id<T>(&self, f: impl FnOnce(EventId) -> T) -> T {
+        let state = self.lock();
+        f(state.ids.last())
+    }
+
     /// The newest id handed out.
     pub fn last_id(&self) -> EventId {
         self.lock().ids.last()
