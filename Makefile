@@ -2,7 +2,7 @@
 CARGO ?= cargo
 TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
 
-.PHONY: help build run test test-rust test-js test-browser lint fmt bench fuzz release clean
+.PHONY: help build run cluster-demo test test-rust test-js test-browser lint fmt bench fuzz release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -13,10 +13,14 @@ build: ## debug build
 run: ## run the gateway on its embedded defaults (0.0.0.0:8080)
 	$(CARGO) run --release --bin ratatoskr
 
+cluster-demo: ## Redis plus three cluster nodes on 127.0.0.1:8081-8083 (Ctrl-C stops them)
+	scripts/cluster-demo.sh
+
 test: test-rust test-js test-browser ## every test: Rust suites, the EventSource client, the dashboard in Chromium
 
-test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto)
+test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto), then the black-box suite again on a Redis cluster node
 	$(CARGO) test --all-targets
+	CARGO=$(CARGO) scripts/test-cluster.sh
 
 # moto's SQS-API server for the SQS tests, in a local virtualenv.
 .venv/bin/moto_server: tests/requirements.txt

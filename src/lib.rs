@@ -75,7 +75,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<bool, StartError> {
-    let store = Arc::new(Store::open(config.store, &config.data_dir)?);
+    let store = Arc::new(match &config.redis_url {
+        Some(url) => Store::open_redis(url, &config.redis_prefix)?,
+        None => Store::open(config.store, &config.data_dir)?,
+    });
     run_with_store(config, store, listener, shutdown).await
 }
 
@@ -174,7 +177,7 @@ pub async fn run_with_store(
     };
     let mut cluster_tasks = Vec::new();
     if let Some(c) = &cluster {
-        cluster_tasks.push(c.start_reader(hub.clone()));
+        cluster_tasks.push(c.start_reader(hub.clone()).await?);
         // Only the lease holder forwards; the others wait for it to go.
         forwarding.set_active(false);
         cluster_tasks.push(c.start_leasing(forwarding.clone(), hub.clone()));

@@ -375,15 +375,36 @@ impl Cluster {
     }
 
     /// Runs this node's reader until the process ends: every entry after
-    /// the newest one at start goes to `hub`, in stream order.
-    pub fn start_reader(self: &Arc<Self>, hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
+    /// the newest one now goes to `hub`, in stream order. The starting
+    /// point is fixed before this returns, so that no event accepted once
+    /// the node serves can fall before it.
+    pub async fn start_reader(
+        self: &Arc<Self>,
+        hub: Arc<Hub>,
+    ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+        let started = Instant::now();
+        let head: StreamRangeReply = self.observe(
+            started,
+            self.commands
+                .clone()
+                .xrevrange_count(&self.stream, "+", "-", 1)
+                .await,
+        )?;
+        // Older entries are for resumes, from the stream.
+        let last = head
+            .ids
+            .first()
+            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
+        if let Ok(id) = wire::event_id(&last) {
+            hub.resume_ids_above(id);
+        }
         let me = self.clone();
-        tokio::spawn(async move { me.read_forever(hub).await })
+        Ok(tokio::spawn(
+            async move { me.read_forever(hub, last).await },
+        ))
     }
 
-    async fn read_forever(self: Arc<Self>, hub: Arc<Hub>) {
-        // Start at the stream's head: older entries are for resumes.
-        let mut last = "$".to_owned();
+    async fn read_forever(self: Arc<Self>, hub: Arc<Hub>, mut last: String) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let config = redis::AsyncConnectionConfig::new()
@@ -400,26 +421,6 @@ impl Cluster {
                     continue;
                 }
             };
-            if last == "$" {
-                // Pin the starting point, so a reconnect resumes after it.
-                let head: redis::RedisResult<StreamRangeReply> =
-                    conn.xrevrange_count(&self.stream, "+", "-", 1).await;
-                match head {
-                    Ok(h) => {
-                        last = h
-                            .ids
-                            .first()
-                            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone())
-                    }
-                    Err(e) => {
-                        self.disconnected(&e.to_string(), &mut backoff).await;
-                        continue;
-                    }
-                }
-                if let Ok(id) = wire::event_id(&last) {
-                    hub.resume_ids_above(id);
-                }
-            }
             self.metrics.connected.set(1);
             self.healthy.store(true, Ordering::Relaxed);
             backoff = Duration::from_millis(100);

@@ -320,10 +320,19 @@ impl http_body::Body for SseBody {
             return Poll::Ready(Some(Ok(Frame::data(this.live_chunk()))));
         }
         let queue = this.subscription.queue.clone();
-        if let Poll::Ready(drained) = queue.poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS) {
-            this.last_write = tokio::time::Instant::now();
+        while let Poll::Ready(drained) = queue.poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS) {
             this.pending_dropped += drained.dropped;
             this.pending_closed = drained.closed.or(this.pending_closed);
+            // Nothing at or below what the client has: in a cluster, an
+            // event can reach this node's hub after a client that already
+            // holds its id (from the 202) resumed from it.
+            if let Some(last) = this.last_id {
+                this.batch.retain(|e| e.event.id > last);
+            }
+            if this.batch.is_empty() && this.pending_dropped == 0 && this.pending_closed.is_none() {
+                continue;
+            }
+            this.last_write = tokio::time::Instant::now();
             return Poll::Ready(Some(Ok(Frame::data(this.live_chunk()))));
         }
         // Idle: one timer per stream, re-armed when it fires rather than

@@ -142,7 +142,7 @@ async fn a_deleted_data_dir_refuses_writes_instead_of_losing_them() {
     // Events, which keep nothing on disk, still flow.
     let r = gw.post_json("/api/events", &json!(1)).await;
     assert_eq!(r.status, 202);
-    let log = gw.log.lock().unwrap().join("\n");
+    let log = gw.wait_log(&["refusing writes", "ratatoskr.redb"]).await;
     assert!(
         log.contains("refusing writes") && log.contains("ratatoskr.redb"),
         "{log}"

@@ -12,6 +12,11 @@ use crate::util::Gateway;
 
 #[tokio::test]
 async fn registrations_survive_a_restart() {
+    if crate::util::embedded_only(
+        "it restarts on a redb data dir; cluster registrations live in Redis (tests/it/cluster.rs)",
+    ) {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("ratatoskr-it-{}", uuid::Uuid::new_v4()));
     let rx = Receiver::start().await;
     let d = dir.clone();
@@ -85,6 +90,11 @@ async fn registrations_survive_a_restart() {
 
 #[tokio::test]
 async fn ids_keep_increasing_across_a_restart_even_if_the_clock_went_back() {
+    if crate::util::embedded_only(
+        "cluster ids are the shared stream ids, not a local high-water mark",
+    ) {
+        return;
+    }
     use ratatoskr::store::{Collection, Store};
     let dir = std::env::temp_dir().join(format!("ratatoskr-it-{}", uuid::Uuid::new_v4()));
     let start = |d: std::path::PathBuf| {

@@ -176,6 +176,21 @@ impl Process {
         .await
     }
 
+    /// Waits (at most 5 s) until a line of its log contains every needle;
+    /// the log is read from its pipes by another thread, a little later
+    /// than it is written. Returns the whole log.
+    pub async fn wait_log(&self, needles: &[&str]) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let log = self.log.lock().unwrap().join("\n");
+            let found = log.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+            if found || started.elapsed() > Duration::from_secs(5) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Kills it (SIGKILL, by its PID) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -14,6 +14,22 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A gateway running in this process.
+/// Whether this run makes every gateway a cluster node
+/// (`RATATOSKR_TEST_REDIS`, set by `make test` for its second pass).
+pub fn cluster_mode() -> bool {
+    std::env::var_os("RATATOSKR_TEST_REDIS").is_some()
+}
+
+/// For a test of embedded-mode behaviour that a cluster node does
+/// differently by design: says so and tells the caller to stop.
+pub fn embedded_only(why: &str) -> bool {
+    if cluster_mode() {
+        eprintln!("not run in cluster mode: {why}");
+        return true;
+    }
+    false
+}
+
 pub struct Gateway {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -34,6 +50,12 @@ impl Gateway {
         config.store = StoreKind::Memory;
         // Test receivers listen on loopback; everything else stays refused.
         config.allow_destination_nets = vec!["127.0.0.1/32".parse().expect("cidr")];
+        // `make test` runs this suite a second time with every gateway a
+        // cluster node on a Redis of its own (a key prefix per gateway).
+        if let Ok(url) = std::env::var("RATATOSKR_TEST_REDIS") {
+            config.redis_url = Some(url);
+            config.redis_prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        }
         tune(&mut config);
         config.validate().expect("valid test config");
         let (tx, rx) = oneshot::channel::<()>();
