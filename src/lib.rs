@@ -181,6 +181,10 @@ pub async fn run_with_store(
         // Only the lease holder forwards; the others wait for it to go.
         forwarding.set_active(false);
         cluster_tasks.push(c.start_leasing(forwarding.clone(), hub.clone()));
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+        cluster_tasks.push(c.start_announcing(address, hub.clone(), forwarding.clone()));
         cluster_tasks.push(c.start_following(cluster::follow::Followers {
             registry: registry.clone(),
             catalog: catalog.clone(),

@@ -259,6 +259,7 @@ async function pollStats() {
     $("#s-registrations").textContent = fmt(s.registrations);
     $("#s-forwarded").textContent = fmt(s.forwarding?.delivered);
     $("#s-fwd-dropped").textContent = fmt(s.forwarding?.dropped);
+    drawCluster(s.cluster);
     const now = performance.now();
     const out = t.deliveries + (s.forwarding?.delivered || 0);
     if (state.prev && now > state.prev.at) {
@@ -274,6 +275,25 @@ async function pollStats() {
   } catch {
     // Health polling reports the outage.
   }
+}
+
+// Cluster mode only: the live members, as each announces itself.
+function drawCluster(cluster) {
+  const section = $("#cluster");
+  section.hidden = !cluster;
+  if (!cluster) return;
+  $("#cluster-node").textContent =
+    `This page is served by node ${cluster.node.slice(0, 8)}; Redis ${cluster.healthy ? "reachable" : "unreachable"}.`;
+  const rows = (cluster.members || []).map((m) => {
+    const tr = document.createElement("tr");
+    for (const text of [m.node.slice(0, 8), m.address, fmt(m.subscribers), m.forwarding ? `yes (${fmt(m.destinations)} destinations)` : "no"]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  });
+  $("#members tbody").replaceChildren(...rows);
 }
 
 function draw() {

@@ -22,6 +22,7 @@
 
 pub mod documents;
 pub mod follow;
+pub mod members;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -136,6 +136,19 @@ async fn every_node_delivers_every_nodes_events_once_in_one_order() {
         seen.push(got);
     }
     assert_eq!(seen[0], seen[1], "same events, same ids, same order");
+    // Every node lists the three members (each announces itself every
+    // 2 s), with their subscribers and the one forwarder.
+    eventually("the member list", Duration::from_secs(6), || async {
+        let stats = nodes[2].get("/api/stats").await.body;
+        let members = stats["cluster"]["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        members.len() == 3
+            && members.iter().all(|m| m["subscribers"] == 1)
+            && members.iter().filter(|m| m["forwarding"] == true).count() == 1
+    })
+    .await;
     assert_eq!(seen[0], seen[2]);
     let ids: Vec<&String> = seen[0].iter().map(|(id, _)| id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");

@@ -4,6 +4,7 @@
 mod auth;
 mod binary;
 mod cluster;
+mod compose;
 mod event_types;
 mod faults;
 mod forward;

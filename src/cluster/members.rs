@@ -1,0 +1,108 @@
+//! Who is in the cluster: each node announces itself every
+//! [`ANNOUNCE_EVERY`] with a key that expires after [`MEMBER_TTL`]
+//! (`<prefix>:member:<node>`), so a dead node drops out on its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::Cluster;
+use crate::hub::Hub;
+
+/// How often a node announces itself.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+/// How long an announcement lasts.
+pub const MEMBER_TTL: Duration = Duration::from_secs(6);
+
+/// One node, as it announces itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id (also its name in the forwarding lease).
+    pub node: String,
+    /// The address it listens on.
+    pub address: String,
+    /// Its version.
+    pub version: String,
+    /// SSE subscribers connected to it.
+    pub subscribers: usize,
+    /// Whether it holds the forwarding lease.
+    pub forwarding: bool,
+    /// Destinations it forwards to (when it holds the lease).
+    pub destinations: usize,
+}
+
+impl Cluster {
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn member_key(&self, node: &str) -> String {
+        format!("{}:member:{node}", self.config.prefix)
+    }
+
+    /// Announces this node until the process ends.
+    pub fn start_announcing(
+        self: &Arc<Self>,
+        address: String,
+        hub: Arc<Hub>,
+        forwarding: Arc<crate::forward::Forwarding>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let holds = me.metrics.forwarding.get() == 1;
+                let member = Member {
+                    node: me.node_id.clone(),
+                    address: address.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    subscribers: hub.subscriber_count(),
+                    forwarding: holds,
+                    destinations: if holds {
+                        forwarding.destinations().totals().destinations
+                    } else {
+                        0
+                    },
+                };
+                let doc = serde_json::to_string(&member).unwrap_or_default();
+                let _: redis::RedisResult<()> = me
+                    .commands
+                    .clone()
+                    .pset_ex(
+                        me.member_key(&me.node_id),
+                        doc,
+                        MEMBER_TTL.as_millis() as u64,
+                    )
+                    .await;
+                tokio::time::sleep(ANNOUNCE_EVERY).await;
+            }
+        })
+    }
+
+    /// The live members, by node id.
+    pub async fn members(&self) -> Result<Vec<Member>, super::ClusterError> {
+        let mut conn = self.commands.clone();
+        let pattern = self.member_key("*");
+        let mut keys: Vec<String> = Vec::new();
+        {
+            let mut iter = conn.scan_match::<_, String>(&pattern).await?;
+            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+                keys.push(k?);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut members: Vec<Member> = docs
+            .into_iter()
+            .flatten()
+            .filter_map(|d| serde_json::from_str(&d).ok())
+            .collect();
+        members.sort_by(|a, b| a.address.cmp(&b.address).then(a.node.cmp(&b.node)));
+        Ok(members)
+    }
+}
