@@ -32,8 +32,16 @@ if [ -x "$SHARED/peers/nchan.sh" ]; then
   [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] && HAVE_NCHAN=1
 fi
 
+# Ingest: wrk, 8 connections, 5 s, a 200-byte JSON POST.
+BODY='{"seq":1,"ts":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
+printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = '"'"'%s'"'"'\n' "$BODY" > "$OUT/post.lua"
+ingest() { # label url
+  local rps; rps=$(timeout 30 taskset -c 1 wrk -t1 -c8 -d5s -s "$OUT/post.lua" "$2" | awk '/Requests\/sec/ {print $2}')
+  echo "{\"label\":\"$1\",\"ingest_per_s\":${rps:-0}}" >> "$RESULTS"
+}
+
 # BENCH_SCENARIOS="5 6" make bench runs only those sections.
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7} "
 want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 
 SERVER_PID=""
@@ -92,12 +100,6 @@ fi
 if want 4; then
 echo "== 4. ingest with no subscribers (wrk -t1 -c8 -d5s, 200-byte POST)"
 if command -v wrk >/dev/null; then
-  BODY='{"seq":1,"ts":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
-  printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = '"'"'%s'"'"'\n' "$BODY" > "$OUT/post.lua"
-  ingest() { # label url
-    local rps; rps=$(timeout 30 taskset -c 1 wrk -t1 -c8 -d5s -s "$OUT/post.lua" "$2" | awk '/Requests\/sec/ {print $2}')
-    echo "{\"label\":\"$1\",\"ingest_per_s\":${rps:-0}}" >> "$RESULTS"
-  }
   start_gateway; ingest "ingest ratatoskr" "http://127.0.0.1:$GW_PORT/api/events"; stop_server
   if [ -n "$SSEBENCH" ]; then start_roofline; ingest "ingest roofline" "http://127.0.0.1:$ROOF_PORT/pub"; stop_server; fi
   if [ "$HAVE_NCHAN" = 1 ]; then
@@ -152,6 +154,40 @@ for round in 1 2 3; do
     stop_server
   done
 done
+
+fi
+if want 7; then
+echo "== 7. one node on Redis (cluster mode) against the embedded mode, alternated"
+if command -v redis-server >/dev/null; then
+  REDIS_PORT=16379
+  redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --logfile "" >/dev/null &
+  REDIS_PID=$!
+  sleep 0.3
+  for round in 1 2; do
+    for mode in embedded redis; do
+      extra=()
+      [ $mode = redis ] && extra=(--redis-url "redis://127.0.0.1:$REDIS_PORT/" --redis-prefix "bench$round$RANDOM")
+      start_gateway "${extra[@]}"
+      run "cluster-broadcast-5000 $mode" -n 5000 -m 300 --pid "$SERVER_PID" --sub-url "http://127.0.0.1:$GW_PORT/events" --pub-url "http://127.0.0.1:$GW_PORT/api/events"
+      stop_server
+      start_gateway "${extra[@]}"
+      run "cluster-paced-1000 $mode" -n 1000 -m 200 --rate 20 --pid "$SERVER_PID" --sub-url "http://127.0.0.1:$GW_PORT/events" --pub-url "http://127.0.0.1:$GW_PORT/api/events"
+      stop_server
+      if command -v wrk >/dev/null; then
+        start_gateway "${extra[@]}"; ingest "cluster-ingest $mode" "http://127.0.0.1:$GW_PORT/api/events"; stop_server
+      fi
+    done
+  done
+  # Redis's own capacity on this machine: XADD, pipelined 16 deep.
+  if command -v redis-benchmark >/dev/null; then
+    rps=$(taskset -c 1 redis-benchmark -p $REDIS_PORT -n 200000 -P 16 -q XADD benchstream MAXLEN '~' 100000 '*' f vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv \
+      | awk '{for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/) {print $i; exit}}')
+    echo "{\"label\":\"redis-xadd pipelined\",\"ingest_per_s\":${rps:-0}}" >> "$RESULTS"
+  fi
+  kill $REDIS_PID 2>/dev/null || true; wait $REDIS_PID 2>/dev/null || true
+else
+  echo "redis-server not installed: cluster scenario skipped" >&2
+fi
 
 fi
 python3 scripts/bench_report.py "$RESULTS" | tee "$OUT/report.md"
