@@ -61,11 +61,19 @@ async fn sigterm_tells_subscribers_and_exits_0() {
     assert!(status.success());
     use futures_util::StreamExt;
     let mut text = String::new();
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(10), body.next()).await
-    {
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    assert!(text.contains("event: shutdown"), "{text}");
+    // How the body ended, for the failure message.
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), body.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(std::str::from_utf8(&chunk).unwrap()),
+            Ok(Some(Err(e))) => break format!("error: {e:?}"),
+            Ok(None) => break "end".to_owned(),
+            Err(_) => break "nothing for 10 s".to_owned(),
+        }
+    };
+    assert!(
+        text.contains("event: shutdown"),
+        "body ended with {ended}; text: {text:?}"
+    );
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
