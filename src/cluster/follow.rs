@@ -153,9 +153,14 @@ impl Cluster {
     }
 
     /// After taking the lease at `from`: replays to each destination the
-    /// stream's events after its checkpoint and up to `from`.
-    async fn catch_up(&self, forwarding: &Forwarding, from: EventId, done: &AtomicBool) {
-        let checkpoints = self.load_checkpoints().await;
+    /// stream's events after its `checkpoints` entry and up to `from`.
+    async fn catch_up(
+        &self,
+        forwarding: &Forwarding,
+        from: EventId,
+        checkpoints: HashMap<String, EventId>,
+        done: &AtomicBool,
+    ) {
         for d in forwarding.destinations().live() {
             let Some(&since) = checkpoints.get(&Self::checkpoint_field(&d)) else {
                 continue;
@@ -272,7 +277,8 @@ impl Cluster {
                             caught_up.store(false, Ordering::Release);
                             written = me.load_checkpoints().await;
                             let (c, f, done) = (me.clone(), forwarding.clone(), caught_up.clone());
-                            tokio::spawn(async move { c.catch_up(&f, from, &done).await });
+                            let since = written.clone();
+                            tokio::spawn(async move { c.catch_up(&f, from, since, &done).await });
                         }
                     }
                     Ok(false) => {

@@ -61,7 +61,7 @@ impl Cluster {
                     subscribers: hub.subscriber_count(),
                     forwarding: holds,
                     destinations: if holds {
-                        forwarding.destinations().totals().destinations
+                        forwarding.destinations().len()
                     } else {
                         0
                     },

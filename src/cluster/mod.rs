@@ -26,7 +26,7 @@ pub mod members;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -145,8 +145,6 @@ pub struct Cluster {
     stream: String,
     /// Whether the last command or read reached Redis.
     healthy: AtomicBool,
-    /// The newest id this node's reader has published.
-    read_up_to: AtomicU64,
     /// This node's name in leases.
     node_id: String,
     metrics: ClusterMetrics,
@@ -195,7 +193,6 @@ impl Cluster {
             commands,
             stream,
             healthy: AtomicBool::new(true),
-            read_up_to: AtomicU64::new(0),
             node_id: uuid::Uuid::new_v4().simple().to_string(),
             metrics: metrics.register(ClusterMetrics::register),
         }))
@@ -244,7 +241,7 @@ impl Cluster {
                 .arg(self.config.stream_max_len)
                 .arg("*");
             for (k, v) in wire::encode(d) {
-                cmd.arg(k).arg(v);
+                cmd.arg(k).arg(&v[..]);
             }
         }
         let started = Instant::now();
@@ -288,7 +285,7 @@ impl Cluster {
             if page.ids.is_empty() {
                 return Ok((out, complete));
             }
-            for e in &page.ids {
+            for e in page.ids {
                 cursor = format!("({}", e.id);
                 let Ok(id) = wire::event_id(&e.id) else {
                     continue;
@@ -296,7 +293,7 @@ impl Cluster {
                 if id >= before {
                     return Ok((out, complete));
                 }
-                if let Ok(draft) = wire::decode(&e.id, &e.map) {
+                if let Ok(draft) = wire::decode(&e.id, e.map) {
                     out.push((id, draft));
                 }
             }
@@ -443,14 +440,14 @@ impl Cluster {
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
                     for entry in key.ids {
                         last = entry.id.clone();
-                        self.publish(&hub, &entry.id, &entry.map);
+                        self.publish(&hub, &entry.id, entry.map);
                     }
                 }
             }
         }
     }
 
-    fn publish(&self, hub: &Hub, stream_id: &str, fields: &HashMap<String, redis::Value>) {
+    fn publish(&self, hub: &Hub, stream_id: &str, fields: HashMap<String, redis::Value>) {
         let decoded =
             wire::event_id(stream_id).and_then(|id| Ok((id, wire::decode(stream_id, fields)?)));
         match decoded {
@@ -459,7 +456,6 @@ impl Cluster {
                     .saturating_sub(id.as_u64() >> 16);
                 self.metrics.reader_lag_ms.set(lag as i64);
                 hub.publish_at(id, draft);
-                self.read_up_to.fetch_max(id.as_u64(), Ordering::Relaxed);
             }
             Err(e) => {
                 self.metrics.skipped.inc();

@@ -57,8 +57,8 @@ struct Meta {
     metadata: BTreeMap<String, String>,
 }
 
-/// The entry's fields for `draft`.
-pub fn encode(draft: &EventDraft) -> Vec<(&'static str, Vec<u8>)> {
+/// The entry's fields for `draft`. The payload is shared, not copied.
+pub fn encode(draft: &EventDraft) -> Vec<(&'static str, Bytes)> {
     let meta = Meta {
         at: draft.received_at,
         device: draft.device.as_ref().map(|d| d.as_str().to_owned()),
@@ -70,26 +70,26 @@ pub fn encode(draft: &EventDraft) -> Vec<(&'static str, Vec<u8>)> {
     let mut fields = vec![
         (
             "m",
-            serde_json::to_vec(&meta).expect("plain fields serialise"),
+            Bytes::from(serde_json::to_vec(&meta).expect("plain fields serialise")),
         ),
-        ("d", draft.data.to_vec()),
+        ("d", draft.data.clone()),
     ];
     if let Some(w) = &draft.wrp {
-        fields.push(("w", w.to_msgpack()));
+        fields.push(("w", Bytes::from(w.to_msgpack())));
     }
     fields
 }
 
-/// The draft in an entry's fields.
+/// The draft in an entry's fields (taken, not copied).
 pub fn decode(
     stream_id: &str,
-    fields: &std::collections::HashMap<String, redis::Value>,
+    mut fields: std::collections::HashMap<String, redis::Value>,
 ) -> Result<EventDraft, WireError> {
     let bad = |why: String| WireError::Entry(stream_id.to_owned(), why);
-    let bytes = |name: &str| -> Result<Option<Vec<u8>>, WireError> {
-        match fields.get(name) {
+    let mut bytes = |name: &str| -> Result<Option<Vec<u8>>, WireError> {
+        match fields.remove(name) {
             None => Ok(None),
-            Some(redis::Value::BulkString(b)) => Ok(Some(b.clone())),
+            Some(redis::Value::BulkString(b)) => Ok(Some(b)),
             Some(other) => Err(bad(format!("field {name} is {other:?}"))),
         }
     };
@@ -146,9 +146,9 @@ mod tests {
         });
         let fields: std::collections::HashMap<String, redis::Value> = encode(&draft)
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), redis::Value::BulkString(v)))
+            .map(|(k, v)| (k.to_owned(), redis::Value::BulkString(v.to_vec())))
             .collect();
-        let back = decode("1-0", &fields).unwrap();
+        let back = decode("1-0", fields).unwrap();
         assert_eq!(back.device, draft.device);
         assert_eq!(back.event_type, draft.event_type);
         assert_eq!(back.metadata, draft.metadata);

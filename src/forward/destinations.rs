@@ -153,6 +153,16 @@ impl Destinations {
             .collect()
     }
 
+    /// How many destinations are live.
+    pub fn len(&self) -> usize {
+        self.pool.load().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every live destination.
     pub fn live(&self) -> Vec<Arc<Destination>> {
         self.pool
