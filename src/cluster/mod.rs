@@ -305,8 +305,8 @@ impl Cluster {
 
     /// Trims entries older than the maximum age (approximately).
     pub async fn trim(&self) {
-        let oldest_ms = chrono::Utc::now().timestamp_millis().max(0) as u64
-            - self.config.max_age.as_millis().min(u64::MAX as u128) as u64;
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let oldest_ms = trim_floor(now_ms, self.config.max_age);
         let started = Instant::now();
         let r: redis::RedisResult<i64> = redis::cmd("XTRIM")
             .arg(&self.stream)
@@ -473,5 +473,27 @@ impl Cluster {
         let wait = Duration::from_millis(fastrand::u64(1..=backoff.as_millis().max(1) as u64));
         tokio::time::sleep(wait).await;
         *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The oldest stream time kept: `max_age` before `now_ms`, or the epoch
+/// when `max_age` reaches further back (a subtraction that wrapped would
+/// trim every entry instead of none).
+fn trim_floor(now_ms: u64, max_age: Duration) -> u64 {
+    now_ms.saturating_sub(max_age.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_max_age_longer_than_the_epoch_trims_nothing() {
+        assert_eq!(trim_floor(10_000, Duration::from_secs(3)), 7_000);
+        assert_eq!(
+            trim_floor(10_000, Duration::from_secs(3600 * 24 * 365 * 100)),
+            0
+        );
+        assert_eq!(trim_floor(10_000, Duration::MAX), 0);
     }
 }
