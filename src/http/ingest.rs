@@ -299,21 +299,11 @@ async fn ingest_batch(
             }
             Err(e) => {
                 rejected += 1;
-                results.push(
-                    json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()}),
-                );
+                results.push(rejected_line(line, &e));
             }
         }
     }
-    app.metrics
-        .ingested(IngestFormat::Ndjson, IngestResult::Accepted, accepted);
-    app.metrics
-        .ingested(IngestFormat::Ndjson, IngestResult::Rejected, rejected);
-    let summary = json!({"accepted": accepted, "rejected": rejected, "results": results});
-    if accepted == 0 {
-        return Err(ApiError::bad_request("no line of the batch was accepted").with_extra(summary));
-    }
-    Ok((StatusCode::ACCEPTED, Json(summary)).into_response())
+    batch_reply(app, results, accepted, rejected)
 }
 
 /// A batch without an idempotency key, in cluster mode: every valid line
@@ -337,9 +327,7 @@ async fn ingest_batch_to_cluster(
                 results.push(serde_json::Value::Null);
                 drafts.push(d);
             }
-            Err(e) => results.push(
-                json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()}),
-            ),
+            Err(e) => results.push(rejected_line(line, &e)),
         }
     }
     let rejected = (results.len() - drafts.len()) as u64;
@@ -353,6 +341,22 @@ async fn ingest_batch_to_cluster(
             results[slot] = json!({"line": line, "id": id.to_string()});
         }
     }
+    batch_reply(app, results, accepted, rejected)
+}
+
+/// A refused line of a batch, as its result.
+fn rejected_line(line: usize, e: &ApiError) -> serde_json::Value {
+    json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()})
+}
+
+/// Counts a batch and answers it: 202 with every line's result, or 400
+/// (with the results) when no line was accepted.
+fn batch_reply(
+    app: &App,
+    results: Vec<serde_json::Value>,
+    accepted: u64,
+    rejected: u64,
+) -> Result<Response, ApiError> {
     app.metrics
         .ingested(IngestFormat::Ndjson, IngestResult::Accepted, accepted);
     app.metrics
