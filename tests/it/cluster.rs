@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::process::{temp_dir, Process};
-use crate::util::SseClient;
+use crate::util::{eventually, series_value, SseClient};
 
 /// A `redis-server` of the test's own, keeping nothing on disk.
 struct Redis {
@@ -328,24 +328,9 @@ async fn a_resume_across_an_emptied_redis_gets_a_gap() {
     b.stop().await;
 }
 
+/// A node's unlabelled series, 0 when it has none yet.
 async fn metric(n: &Process, name: &str) -> f64 {
-    let text = n.get("/metrics").await.text;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// Waits until `probe` holds, at most `within`.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    within: Duration,
-    mut probe: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !probe().await {
-        assert!(started.elapsed() < within, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    series_value(&n.get("/metrics").await.text, name).unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
 use crate::receiver::Receiver;
-use crate::util::{Gateway, Reply};
+use crate::util::{eventually, Gateway, Reply};
 
 const DEVICE: &str = "mac:112233445566";
 const WAIT: Duration = Duration::from_secs(10);
@@ -53,15 +53,6 @@ async fn settled(gw: &Gateway) -> Value {
             started.elapsed() < WAIT,
             "forwarding never settled: {stats}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Polls `probe` until it returns true, for at most `WAIT`.
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut probe: impl FnMut() -> F) {
-    let started = Instant::now();
-    while !probe().await {
-        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -185,7 +176,7 @@ async fn expired_registrations_stop_receiving_and_disappear() {
     rx.wait_for("/e", 1, WAIT).await;
     let id = created["id"].as_str().unwrap().to_owned();
     let path = format!("/api/registrations/{id}");
-    until("the registration to expire", || async {
+    eventually("the registration to expire", WAIT, || async {
         gw.get(&path).await.status == 404
     })
     .await;
@@ -195,7 +186,7 @@ async fn expired_registrations_stop_receiving_and_disappear() {
     rx.wait_for("/sentinel", 1, WAIT).await;
     settled(&gw).await;
     assert_eq!(rx.received("/e").len(), 1, "no delivery after expiry");
-    until("the sweeper", || async {
+    eventually("the sweeper", WAIT, || async {
         gw.metric("ratatoskr_registrations").await == 1.0
     })
     .await;
@@ -586,7 +577,7 @@ async fn a_failing_destination_is_paused_by_its_circuit() {
     rx.wait_for("/down", 3, WAIT).await;
     // The third failure opens the circuit before its permit is released,
     // so once nothing is in flight, no fourth attempt can start.
-    until("the third failure to be recorded", || async {
+    eventually("the third failure to be recorded", WAIT, || async {
         let items = gw.get("/api/registrations").await.body;
         let d = &items["items"][0]["delivery"];
         d["failed"] == 3 && d["in_flight"] == 0

@@ -14,6 +14,29 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A gateway running in this process.
+/// Polls `probe` every 10 ms until it holds; fails the test, naming
+/// `what`, once `within` has passed.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> F,
+) {
+    let started = std::time::Instant::now();
+    while !probe().await {
+        assert!(started.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of an unlabelled series in Prometheus text.
+pub fn series_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
 /// Whether this run makes every gateway a cluster node
 /// (`RATATOSKR_TEST_REDIS`, set by `make test` for its second pass).
 pub fn cluster_mode() -> bool {
@@ -179,13 +202,7 @@ impl Gateway {
             .text()
             .await
             .expect("text");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or_else(|| panic!("no series {name} in\n{text}"))
+        series_value(&text, name).unwrap_or_else(|| panic!("no series {name} in\n{text}"))
     }
 
     /// Stops the gateway; returns whether it drained in time.
