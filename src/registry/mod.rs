@@ -343,6 +343,11 @@ impl Registry {
     /// stored document did not change keep their compiled filters.
     pub fn reload(&self) -> Result<(), RegistryError> {
         let _w = lock(&self.writes);
+        self.reload_locked()
+    }
+
+    /// [`Registry::reload`], for a caller that holds `writes`.
+    fn reload_locked(&self) -> Result<(), RegistryError> {
         let current = self.current.load_full();
         let (next, _) = load_snapshot(&self.store, &self.metrics, Some(&current))?;
         let same = next.by_id.len() == current.by_id.len()
@@ -535,17 +540,13 @@ impl Registry {
 
     /// In a shared store, a conditional write that lost to another node's:
     /// this node catches up, and the client is told what the ETag is now.
+    /// Caller holds `writes`.
     fn lost_race(&self, id: &str) -> RegistryError {
-        let current = load_snapshot(&self.store, &self.metrics, Some(&self.current.load_full()))
-            .map(|(next, _)| {
-                let etag = next.by_id.get(id).map(|l| l.registration.etag());
-                self.publish(next);
-                etag
-            })
-            .ok()
-            .flatten();
-        match current {
-            Some(etag) => RegistryError::PreconditionFailed(etag),
+        if let Err(e) = self.reload_locked() {
+            return e;
+        }
+        match self.current.load().by_id.get(id) {
+            Some(l) => RegistryError::PreconditionFailed(l.registration.etag()),
             None => RegistryError::NotFound(id.into()),
         }
     }
