@@ -166,6 +166,9 @@ struct SseBody {
     /// When bytes last went out: a heartbeat is due one interval later.
     last_write: tokio::time::Instant,
     last_id: Option<EventId>,
+    /// Resumed, and no live event written yet: live events at or below
+    /// `last_id` are skipped until then (see `poll_frame`).
+    skipping_seen: bool,
     finished: bool,
 }
 
@@ -209,6 +212,7 @@ impl SseBody {
             heartbeat: Box::pin(tokio::time::sleep(every)),
             last_write: tokio::time::Instant::now(),
             last_id: resume,
+            skipping_seen: resume.is_some(),
             finished: false,
         }
     }
@@ -325,9 +329,13 @@ impl http_body::Body for SseBody {
             this.pending_closed = drained.closed.or(this.pending_closed);
             // Nothing at or below what the client has: in a cluster, an
             // event can reach this node's hub after a client that already
-            // holds its id (from the 202) resumed from it.
-            if let Some(last) = this.last_id {
-                this.batch.retain(|e| e.event.id > last);
+            // holds its id (from the 202) resumed from it. The queue is in
+            // id order, so once one live event passes, every later one does.
+            if this.skipping_seen {
+                if let Some(last) = this.last_id {
+                    this.batch.retain(|e| e.event.id > last);
+                }
+                this.skipping_seen = this.batch.is_empty();
             }
             if this.batch.is_empty() && this.pending_dropped == 0 && this.pending_closed.is_none() {
                 continue;
