@@ -44,6 +44,20 @@ impl std::fmt::Debug for RedisDocuments {
     }
 }
 
+/// Host and port of a Redis URL, for messages: never its password.
+fn where_(url: &str) -> String {
+    url::Url::parse(url).map_or_else(
+        |_| "the given address".to_owned(),
+        |u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("?"),
+                u.port().unwrap_or(6379)
+            )
+        },
+    )
+}
+
 /// A Redis command failed (the store answers 503).
 pub type DocError = String;
 
@@ -56,7 +70,13 @@ impl RedisDocuments {
             conn: Mutex::new(None),
             prefix: prefix.to_owned(),
         };
-        docs.with(|c| redis::cmd("PING").query::<String>(c).map(|_| ()))?;
+        docs.with(|c| redis::cmd("PING").query::<String>(c).map(|_| ()))
+            .map_err(|e| {
+                format!(
+                    "cannot reach Redis at {} (--redis-url): {e}; start it, or leave --redis-url out to run one embedded node",
+                    where_(url)
+                )
+            })?;
         Ok(docs)
     }
 

@@ -83,6 +83,19 @@ async fn a_damaged_store_is_named_and_explained() {
 }
 
 #[test]
+fn an_unreachable_redis_is_named_without_its_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://user:TOPSECRET@127.0.0.1:{port}/");
+    let r = run(&["--redis-url", &url], &[]);
+    assert_fatal(&r, &[&format!("127.0.0.1:{port}"), "--redis-url"]);
+    assert!(!String::from_utf8_lossy(&r.stderr).contains("TOPSECRET"));
+}
+
+#[test]
 fn bad_values_name_their_flag_or_variable() {
     let r = run(&["--heartbeat", "-5s"], &[]);
     assert_eq!(r.status.code(), Some(2));
