@@ -20,12 +20,12 @@
 //! resumes after the last id it saw, so nothing accepted meanwhile by
 //! other nodes is skipped.
 
+mod append;
 pub mod documents;
 pub mod follow;
 pub mod members;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 
 use crate::event::{EventDraft, EventId};
@@ -147,6 +147,8 @@ pub struct Cluster {
     healthy: AtomicBool,
     /// This node's name in leases.
     node_id: String,
+    /// To the appender task ([`append`]).
+    appends: tokio::sync::mpsc::Sender<append::Append>,
     metrics: ClusterMetrics,
 }
 
@@ -163,6 +165,8 @@ impl std::fmt::Debug for Cluster {
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the reader blocks in one XREAD.
 const READ_BLOCK: Duration = Duration::from_millis(1000);
+/// How long the reader waits before reading a busy stream again.
+const READ_LINGER: Duration = Duration::from_millis(1);
 /// Most entries per XREAD or XRANGE.
 const READ_BATCH: usize = 1000;
 
@@ -187,7 +191,8 @@ impl Cluster {
         .await
         .map_err(|_| ClusterError::Unavailable("timed out connecting".into()))??;
         let stream = format!("{}:events", config.prefix);
-        Ok(Arc::new(Self {
+        let (appends, queue) = tokio::sync::mpsc::channel(append::QUEUE);
+        let cluster = Arc::new(Self {
             config,
             client,
             commands,
@@ -195,7 +200,10 @@ impl Cluster {
             healthy: AtomicBool::new(true),
             node_id: uuid::Uuid::new_v4().simple().to_string(),
             metrics: metrics.register(ClusterMetrics::register),
-        }))
+            appends,
+        });
+        tokio::spawn(append::run(Arc::downgrade(&cluster), queue));
+        Ok(cluster)
     }
 
     /// Whether Redis answered the last command and the reader is connected.
@@ -229,27 +237,17 @@ impl Cluster {
         }
     }
 
-    /// Appends events to the stream, in one pipeline; their ids, in order.
+    /// Appends events to the stream, in one pipeline shared with the other
+    /// requests appending now; their ids, in order.
     pub async fn append(&self, drafts: &[EventDraft]) -> Result<Vec<EventId>, ClusterError> {
-        let mut pipe = redis::pipe();
-        for d in drafts {
-            let cmd = pipe
-                .cmd("XADD")
-                .arg(&self.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.stream_max_len)
-                .arg("*");
-            for (k, v) in wire::encode(d) {
-                cmd.arg(k).arg(&v[..]);
-            }
-        }
-        let started = Instant::now();
-        let ids: Vec<String> =
-            self.observe(started, pipe.query_async(&mut self.commands.clone()).await)?;
-        ids.iter()
-            .map(|id| wire::event_id(id).map_err(|e| ClusterError::Unavailable(e.to_string())))
-            .collect()
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let entries = drafts.iter().map(wire::encode).collect();
+        let stopped = || ClusterError::Unavailable("the appender stopped".into());
+        self.appends
+            .send(append::Append { entries, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Entries after `after` and before `before`, oldest first, at most
@@ -277,24 +275,33 @@ impl Cluster {
         let mut cursor = format!("({}", wire::stream_id(after));
         while out.len() < max {
             let started = Instant::now();
-            let page: StreamRangeReply = self.observe(
+            let page: redis::Value = self.observe(
                 started,
-                conn.xrange_count(&self.stream, &cursor, "+", READ_BATCH.min(max - out.len()))
+                redis::cmd("XRANGE")
+                    .arg(&self.stream)
+                    .arg(&cursor)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(READ_BATCH.min(max - out.len()))
+                    .query_async(&mut conn)
                     .await,
             )?;
-            if page.ids.is_empty() {
+            let page = wire::range_entries(page).map_err(|e| {
+                self.metrics.skipped.inc();
+                ClusterError::Unavailable(e.to_string())
+            })?;
+            if page.is_empty() {
                 return Ok((out, complete));
             }
-            for e in page.ids {
-                cursor = format!("({}", e.id);
-                let Ok(id) = wire::event_id(&e.id) else {
-                    continue;
-                };
-                if id >= before {
-                    return Ok((out, complete));
-                }
-                if let Ok(draft) = wire::decode(&e.id, e.map) {
-                    out.push((id, draft));
+            for e in page {
+                cursor = format!("({}", e.stream_id());
+                match e.decode() {
+                    Ok((id, _)) if id >= before => return Ok((out, complete)),
+                    Ok(entry) => out.push(entry),
+                    Err(e) => {
+                        self.metrics.skipped.inc();
+                        tracing::error!(error = %e, "a stream entry could not be read back; skipped");
+                    }
                 }
             }
         }
@@ -423,11 +430,15 @@ impl Cluster {
             self.healthy.store(true, Ordering::Relaxed);
             backoff = Duration::from_millis(100);
             loop {
-                let options = StreamReadOptions::default()
-                    .block(READ_BLOCK.as_millis() as usize)
-                    .count(READ_BATCH);
-                let reply: redis::RedisResult<Option<StreamReadReply>> = conn
-                    .xread_options(&[&self.stream], &[&last], &options)
+                let reply: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(READ_BATCH)
+                    .arg("BLOCK")
+                    .arg(READ_BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&self.stream)
+                    .arg(&last)
+                    .query_async(&mut conn)
                     .await;
                 let reply = match reply {
                     Ok(r) => r,
@@ -437,24 +448,45 @@ impl Cluster {
                         break;
                     }
                 };
-                for key in reply.map(|r| r.keys).unwrap_or_default() {
-                    for entry in key.ids {
-                        last = entry.id.clone();
-                        self.publish(&hub, &entry.id, entry.map);
+                let entries = match wire::read_entries(reply) {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        // Not a stream reply: nothing to skip past, so read
+                        // again from the same place after a pause.
+                        tracing::error!(error = %e, "the stream reader got an unexpected reply");
+                        self.disconnected(&e.to_string(), &mut backoff).await;
+                        break;
                     }
+                };
+                let Some(newest) = entries.last() else {
+                    continue;
+                };
+                last = newest.stream_id();
+                if let Ok(id) = wire::event_id(&last) {
+                    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                    let lag = now_ms.saturating_sub(id.as_u64() >> 16);
+                    self.metrics.reader_lag_ms.set(lag as i64);
+                }
+                let busy = entries.len() > 1 && entries.len() < READ_BATCH;
+                for entry in entries {
+                    self.publish(&hub, entry);
+                }
+                if busy {
+                    // More than one entry per read: the stream is busy, and
+                    // reading again at once would fetch a handful. Lingering
+                    // a moment reads them in one reply (one write, one
+                    // parse) for at most READ_LINGER of latency; a quiet
+                    // stream (one entry per read) never lingers, and one
+                    // that is behind (full batches) reads on at once.
+                    tokio::time::sleep(READ_LINGER).await;
                 }
             }
         }
     }
 
-    fn publish(&self, hub: &Hub, stream_id: &str, fields: HashMap<String, redis::Value>) {
-        let decoded =
-            wire::event_id(stream_id).and_then(|id| Ok((id, wire::decode(stream_id, fields)?)));
-        match decoded {
+    fn publish(&self, hub: &Hub, entry: wire::RawEntry) {
+        match entry.decode() {
             Ok((id, draft)) => {
-                let lag = (chrono::Utc::now().timestamp_millis().max(0) as u64)
-                    .saturating_sub(id.as_u64() >> 16);
-                self.metrics.reader_lag_ms.set(lag as i64);
                 hub.publish_at(id, draft);
             }
             Err(e) => {
