@@ -41,12 +41,12 @@ ingest() { # label url
 }
 
 # BENCH_SCENARIOS="5 6" make bench runs only those sections.
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8} "
 want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 
 SERVER_PID=""
 stop_server() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi; SERVER_PID=""; }
-cleanup() { stop_server || true; [ "$HAVE_NCHAN" = 1 ] && "$SHARED/peers/nchan.sh" stop >/dev/null 2>&1 || true; }
+cleanup() { stop_server || true; [ -z "${NODE_PIDS+x}" ] || stop_nodes || true; [ "$HAVE_NCHAN" = 1 ] && "$SHARED/peers/nchan.sh" stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server on $1 did not start" >&2; exit 1; }
 start_gateway() { taskset -c 0 "$GATEWAY" --listen 127.0.0.1:$GW_PORT --log warn --store memory "$@" & SERVER_PID=$!; wait_port $GW_PORT; }
@@ -187,6 +187,48 @@ if command -v redis-server >/dev/null; then
   kill $REDIS_PID 2>/dev/null || true; wait $REDIS_PID 2>/dev/null || true
 else
   echo "redis-server not installed: cluster scenario skipped" >&2
+fi
+
+fi
+if want 8; then
+echo "== 8. three nodes on one Redis, 3,000 subscribers spread over them, events posted to all three"
+# Two cores: this shows correctness (every event once, in order, on every
+# node), not scaling. All nodes share CPU 0, as one server does elsewhere.
+if command -v redis-server >/dev/null; then
+  REDIS_PORT=16379
+  redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --logfile "" >/dev/null &
+  REDIS_PID=$!
+  sleep 0.3
+  NODE_PIDS=()
+  start_nodes() { # count prefix
+    NODE_PIDS=()
+    for n in $(seq 0 $(($1 - 1))); do
+      taskset -c 0 "$GATEWAY" --listen 127.0.0.1:$((GW_PORT + n)) --log warn --store memory \
+        --redis-url "redis://127.0.0.1:$REDIS_PORT/" --redis-prefix "$2" & NODE_PIDS+=($!)
+      wait_port $((GW_PORT + n))
+    done
+  }
+  stop_nodes() { for p in "${NODE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; NODE_PIDS=(); }
+  node_urls() { # count path
+    for n in $(seq 0 $(($1 - 1))); do printf -- "%s http://127.0.0.1:%s%s " "$3" $((GW_PORT + n)) "$2"; done
+  }
+  for round in 1 2; do
+    for nodes in 1 3; do
+      start_nodes $nodes "bench8-$round-$nodes-$RANDOM"
+      # shellcheck disable=SC2046
+      run "three-nodes-broadcast-3000 nodes=$nodes" -n 3000 -m 300 \
+        $(node_urls $nodes /events --sub-url) $(node_urls $nodes /api/events --pub-url)
+      stop_nodes
+      start_nodes $nodes "bench8p-$round-$nodes-$RANDOM"
+      # shellcheck disable=SC2046
+      run "three-nodes-paced-3000 nodes=$nodes" -n 3000 -m 200 --rate 20 \
+        $(node_urls $nodes /events --sub-url) $(node_urls $nodes /api/events --pub-url)
+      stop_nodes
+    done
+  done
+  kill $REDIS_PID 2>/dev/null || true; wait $REDIS_PID 2>/dev/null || true
+else
+  echo "redis-server not installed: three-node scenario skipped" >&2
 fi
 
 fi

@@ -62,3 +62,39 @@ if all(plain) and all(fwd):
     print(f"| SSE fan-out with forwarders busy >= 0.9x without | median {fmt(med_f)} vs {fmt(med_p)} deliveries/s ({ratio(med_f, med_p)}), "
           f"best {ratio(max(fwd), max(plain))}; runs {', '.join(fmt(v) for v in fwd)} vs {', '.join(fmt(v) for v in plain)}; "
           f"webhooks delivered {', '.join(fmt(v) for v in sinks)} |")
+
+
+# Scenario 7: one node on Redis against the embedded mode, same run.
+cl = [(l, r) for l, r in by.items() if l.startswith("cluster-")]
+if cl:
+    print()
+    print("| cluster measure | embedded | Redis | ratio | goal |")
+    print("|---|---|---|---|---|")
+
+    def both(scen, key):
+        return [[r[key] for l, r in cl if l == f"{scen} {m}" and key in r] for m in ("embedded", "redis")]
+
+    def median(vs):
+        return sorted(vs)[len(vs) // 2] if vs else None
+
+    for scen, key, name, goal, diff in (
+        ("cluster-broadcast-5000", "deliveries_per_s", "broadcast deliveries/s, 5,000 subscribers", ">= 0.8x", False),
+        ("cluster-paced-1000", "latency_ms_p99", "p99 ms, 1,000 subscribers x 20 events/s", "<= +1 ms", True),
+        ("cluster-ingest", "ingest_per_s", "ingest POST/s, wrk 8 connections", ">= 0.7x", False),
+    ):
+        e, r = both(scen, key)
+        me, mr = median(e), median(r)
+        rel = "n/a" if me is None or mr is None else (f"{mr - me:+.1f} ms" if diff else ratio(mr, me))
+        print(f"| {name} | {', '.join(fmt(v) for v in e)} | {', '.join(fmt(v) for v in r)} | {rel} | {goal} |")
+    x = get("redis-xadd pipelined", "ingest_per_s")
+    if x:
+        print(f"| Redis's own XADD/s (redis-benchmark, pipelined 16) | | {fmt(x)} | | |")
+
+# Scenario 8: three nodes on one Redis.
+three = [(l, r) for l, r in by.items() if l.startswith("three-nodes-")]
+if three:
+    print()
+    print("| three nodes on one Redis | deliveries/s | p99 ms | missing | duplicates | out of order |")
+    print("|---|---|---|---|---|---|")
+    for l, r in three:
+        print(f"| {l} | {fmt(r['deliveries_per_s'])} | {fmt(r['latency_ms_p99'])} | {r['missing']} | {r['duplicates']} | {r.get('out_of_order', 'n/a')} |")

@@ -25,12 +25,17 @@ use tokio::net::TcpStream;
     about = "Load generator for SSE broadcast gateways"
 )]
 struct Args {
-    /// Subscriber URL (http only); `{i}` becomes the subscriber's device index.
+    /// Subscriber URL (http only); `{i}` becomes the subscriber's device
+    /// index. Repeat it to spread subscribers over several nodes (round
+    /// robin).
     #[arg(long, default_value = "http://127.0.0.1:8080/events")]
-    sub_url: String,
+    sub_url: Vec<String>,
     /// Publish URL; `{d}` becomes `seq % devices` (device-targeted events).
+    /// Repeat it to post to several nodes in turn (one keep-alive
+    /// connection each; each event is answered before the next is sent, so
+    /// the posting order is the events' order).
     #[arg(long, default_value = "http://127.0.0.1:8080/api/events")]
-    pub_url: String,
+    pub_url: Vec<String>,
     /// Subscribers.
     #[arg(short = 'n', long, default_value_t = 1000)]
     subscribers: usize,
@@ -58,6 +63,14 @@ struct Args {
     /// Label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+}
+
+impl Args {
+    /// Whether events go to one device each and subscribers take one each.
+    fn device_targeted(&self) -> bool {
+        self.pub_url.iter().all(|u| u.contains("{d}"))
+            && self.sub_url.iter().all(|u| u.contains("{i}"))
+    }
 }
 
 fn now_ns() -> u64 {
@@ -177,7 +190,8 @@ async fn subscriber(
     stop: Rc<tokio::sync::Notify>,
 ) {
     let device = index % args.devices.max(1);
-    let (host, path) = host_and_path(&args.sub_url.replace("{i}", &device.to_string()));
+    let url = &args.sub_url[index % args.sub_url.len()];
+    let (host, path) = host_and_path(&url.replace("{i}", &device.to_string()));
     let Ok(mut s) = TcpStream::connect(&host).await else {
         totals.failed.fetch_add(1, Relaxed);
         return;
@@ -190,10 +204,7 @@ async fn subscriber(
     }
     let expected: Vec<u64> = (0..args.events)
         .filter(|s| {
-            args.devices <= 1
-                || !args.pub_url.contains("{d}")
-                || !args.sub_url.contains("{i}")
-                || (*s as usize) % args.devices == device
+            args.devices <= 1 || !args.device_targeted() || (*s as usize) % args.devices == device
         })
         .collect();
     let mut seen = Seen {
@@ -292,11 +303,15 @@ fn feed(raw: &[u8], chunked: &mut Option<Dechunk>, body: &mut Vec<u8>) {
 
 /// Publishes every event over one keep-alive connection; returns (ok, errors, seconds).
 fn publish(args: &Args) -> (u64, u64, f64) {
-    let (host, path) = host_and_path(&args.pub_url);
-    let Ok(mut s) = std::net::TcpStream::connect(&host) else {
-        return (0, args.events, 0.0);
-    };
-    let _ = s.set_nodelay(true);
+    let mut nodes = Vec::new();
+    for url in &args.pub_url {
+        let (host, path) = host_and_path(url);
+        let Ok(s) = std::net::TcpStream::connect(&host) else {
+            return (0, args.events, 0.0);
+        };
+        let _ = s.set_nodelay(true);
+        nodes.push((s, host, path));
+    }
     let pad = "x".repeat(args.body_size.saturating_sub(60));
     let started = Instant::now();
     let (mut ok, mut errors) = (0, 0);
@@ -308,6 +323,8 @@ fn publish(args: &Args) -> (u64, u64, f64) {
                 std::thread::sleep(wait);
             }
         }
+        let n = nodes.len();
+        let (s, host, path) = &mut nodes[seq as usize % n];
         let target = path.replace("{d}", &(seq % args.devices.max(1) as u64).to_string());
         let body = format!("{{\"seq\":{seq},\"ts\":{},\"pad\":\"{pad}\"}}", now_ns());
         let req = format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
@@ -424,18 +441,17 @@ fn main() {
         (0, 0, 0.0)
     };
     // Subscribers without a device in their URL take every event.
-    let expected: u64 =
-        if args.devices > 1 && args.pub_url.contains("{d}") && args.sub_url.contains("{i}") {
-            (0..args.subscribers)
-                .map(|i| {
-                    (0..args.events)
-                        .filter(|s| (*s as usize) % args.devices == i % args.devices)
-                        .count() as u64
-                })
-                .sum()
-        } else {
-            connected * args.events
-        };
+    let expected: u64 = if args.devices > 1 && args.device_targeted() {
+        (0..args.subscribers)
+            .map(|i| {
+                (0..args.events)
+                    .filter(|s| (*s as usize) % args.devices == i % args.devices)
+                    .count() as u64
+            })
+            .sum()
+    } else {
+        connected * args.events
+    };
     let mut progress = (totals.delivered.load(Relaxed), Instant::now());
     while args.events > 0 && totals.delivered.load(Relaxed) < expected && Instant::now() < deadline
     {
