@@ -65,7 +65,8 @@ if all(plain) and all(fwd):
 
 
 # Scenario 7: one node on Redis against the embedded mode, same run.
-cl = [(l, r) for l, r in by.items() if l.startswith("cluster-")]
+# Labels repeat across rounds: read every row, not the last one per label.
+cl = [(r["label"], r) for r in rows if r["label"].startswith("cluster-")]
 if cl:
     print()
     print("| cluster measure | embedded | Redis | ratio | goal |")
@@ -91,7 +92,7 @@ if cl:
         print(f"| Redis's own XADD/s (redis-benchmark, pipelined 16) | | {fmt(x)} | | |")
 
 # Scenario 8: three nodes on one Redis.
-three = [(l, r) for l, r in by.items() if l.startswith("three-nodes-")]
+three = [(r["label"], r) for r in rows if r["label"].startswith("three-nodes-")]
 if three:
     print()
     print("| three nodes on one Redis | deliveries/s | p99 ms | missing | duplicates | out of order |")
