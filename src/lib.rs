@@ -276,6 +276,7 @@ async fn sweep(
         tick.tick().await;
         if let Some(c) = &cluster {
             c.trim().await;
+            c.measure_lag().await;
         }
         // These write the store: off the async workers.
         let (r, h, m, s) = (registry.clone(), hub.clone(), mark.clone(), store.clone());

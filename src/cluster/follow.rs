@@ -298,6 +298,12 @@ impl Cluster {
                     }
                 }
                 me.metrics.forwarding.set(i64::from(held_since.is_some()));
+                let owned = if held_since.is_some() {
+                    forwarding.destinations().len()
+                } else {
+                    0
+                };
+                me.metrics.destinations_owned.set(owned as i64);
             }
         })
     }

@@ -26,7 +26,7 @@ pub mod follow;
 pub mod members;
 pub mod wire;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,10 +79,13 @@ struct ClusterMetrics {
     round_trip: Histogram,
     connected: Gauge,
     reader_lag_ms: Gauge,
+    reader_lag_entries: Gauge,
     reader_reconnects: Counter,
     skipped: Counter,
+    history_lost: Counter,
     lease_takeovers: Counter,
     forwarding: Gauge,
+    destinations_owned: Gauge,
 }
 
 impl ClusterMetrics {
@@ -91,10 +94,13 @@ impl ClusterMetrics {
             round_trip: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             connected: Gauge::default(),
             reader_lag_ms: Gauge::default(),
+            reader_lag_entries: Gauge::default(),
             reader_reconnects: Counter::default(),
             skipped: Counter::default(),
+            history_lost: Counter::default(),
             lease_takeovers: Counter::default(),
             forwarding: Gauge::default(),
+            destinations_owned: Gauge::default(),
         };
         registry.register(
             "cluster_lease_takeovers",
@@ -105,6 +111,11 @@ impl ClusterMetrics {
             "cluster_forwarding",
             "1 while this node holds the forwarding lease (and forwards for the cluster)",
             m.forwarding.clone(),
+        );
+        registry.register(
+            "cluster_destinations_owned",
+            "Destinations this node forwards for the cluster (all of them while it holds the lease)",
+            m.destinations_owned.clone(),
         );
         registry.register(
             "redis_round_trip_seconds",
@@ -118,13 +129,23 @@ impl ClusterMetrics {
         );
         registry.register(
             "cluster_reader_lag_milliseconds",
-            "How far behind the stream's newest entry the last entry this node read was, when read",
+            "Milliseconds between the stream's newest entry and the last one this node's reader read (measured each second)",
             m.reader_lag_ms.clone(),
+        );
+        registry.register(
+            "cluster_reader_lag_entries",
+            "Stream entries this node's reader has not read yet (measured each second; Redis 7's entries-added)",
+            m.reader_lag_entries.clone(),
         );
         registry.register(
             "cluster_reader_reconnects",
             "Times this node's stream reader reconnected to Redis",
             m.reader_reconnects.clone(),
+        );
+        registry.register(
+            "cluster_history_lost",
+            "Times this node found the stream had lost entries it had not read (live subscribers were sent a gap)",
+            m.history_lost.clone(),
         );
         registry.register(
             "cluster_entries_skipped",
@@ -133,6 +154,18 @@ impl ClusterMetrics {
         );
         m
     }
+}
+
+/// The reader's progress.
+#[derive(Debug)]
+struct ReaderProgress {
+    /// The last event id read.
+    last: AtomicU64,
+    /// Entries read since start.
+    read: AtomicU64,
+    /// The stream's `entries-added` less `read` when first measured
+    /// (`u64::MAX` before).
+    base: AtomicU64,
 }
 
 /// A node's connection to the cluster.
@@ -147,6 +180,8 @@ pub struct Cluster {
     healthy: AtomicBool,
     /// This node's name in leases.
     node_id: String,
+    /// How far the reader got, for [`Cluster::measure_lag`].
+    progress: ReaderProgress,
     /// To the appender task ([`append`]).
     appends: tokio::sync::mpsc::Sender<append::Append>,
     metrics: ClusterMetrics,
@@ -201,6 +236,11 @@ impl Cluster {
             node_id: uuid::Uuid::new_v4().simple().to_string(),
             metrics: metrics.register(ClusterMetrics::register),
             appends,
+            progress: ReaderProgress {
+                last: AtomicU64::new(0),
+                read: AtomicU64::new(0),
+                base: AtomicU64::new(u64::MAX),
+            },
         });
         tokio::spawn(append::run(Arc::downgrade(&cluster), queue));
         Ok(cluster)
@@ -310,6 +350,49 @@ impl Cluster {
         Ok((out, complete))
     }
 
+    /// Sets the reader's lag gauges from the stream's head (once a second,
+    /// from the sweeper): milliseconds between the newest entry and the
+    /// last one read, and entries behind. Entries are counted from Redis's
+    /// `entries-added` (Redis 7), relative to the first measurement, which
+    /// assumes the reader was caught up then; a count that goes below what
+    /// was read (a Redis that came back empty) starts over.
+    pub async fn measure_lag(&self) {
+        let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.stream)
+            .query_async(&mut self.commands.clone())
+            .await;
+        let Ok(info) = info else {
+            return; // no stream yet, or Redis away (said elsewhere)
+        };
+        let read_ms = EventId::from_u64(self.progress.last.load(Ordering::Relaxed)).unix_ms();
+        if let Some(head) =
+            wire::info_field(&info, "last-generated-id").and_then(|h| wire::event_id(&h).ok())
+        {
+            let behind = head.unix_ms().saturating_sub(read_ms);
+            self.metrics.reader_lag_ms.set(behind as i64);
+        }
+        let Some(added) =
+            wire::info_field(&info, "entries-added").and_then(|a| a.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let read = self.progress.read.load(Ordering::Relaxed);
+        let base = self.progress.base.load(Ordering::Relaxed);
+        let behind = match added.checked_sub(read) {
+            Some(unread_since_start) if base != u64::MAX && unread_since_start >= base => {
+                unread_since_start - base
+            }
+            _ => {
+                self.progress
+                    .base
+                    .store(added.saturating_sub(read), Ordering::Relaxed);
+                0
+            }
+        };
+        self.metrics.reader_lag_entries.set(behind as i64);
+    }
+
     /// Trims entries older than the maximum age (approximately).
     pub async fn trim(&self) {
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
@@ -411,6 +494,7 @@ impl Cluster {
 
     async fn read_forever(self: Arc<Self>, hub: Arc<Hub>, mut last: String) {
         let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
         loop {
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(RESPONSE_TIMEOUT))
@@ -426,6 +510,14 @@ impl Cluster {
                     continue;
                 }
             };
+            if let Err(e) = self.check_history(&mut conn, &hub, &last).await {
+                self.disconnected(&e.to_string(), &mut backoff).await;
+                continue;
+            }
+            if connected_before {
+                self.metrics.reader_reconnects.inc();
+            }
+            connected_before = true;
             self.metrics.connected.set(1);
             self.healthy.store(true, Ordering::Relaxed);
             backoff = Duration::from_millis(100);
@@ -443,7 +535,6 @@ impl Cluster {
                 let reply = match reply {
                     Ok(r) => r,
                     Err(e) => {
-                        self.metrics.reader_reconnects.inc();
                         self.disconnected(&e.to_string(), &mut backoff).await;
                         break;
                     }
@@ -463,10 +554,11 @@ impl Cluster {
                 };
                 last = newest.stream_id();
                 if let Ok(id) = wire::event_id(&last) {
-                    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-                    let lag = now_ms.saturating_sub(id.as_u64() >> 16);
-                    self.metrics.reader_lag_ms.set(lag as i64);
+                    self.progress.last.store(id.as_u64(), Ordering::Relaxed);
                 }
+                self.progress
+                    .read
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
                 let busy = entries.len() > 1 && entries.len() < READ_BATCH;
                 for entry in entries {
                     self.publish(&hub, entry);
@@ -482,6 +574,59 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// On (re)connecting: whether events after the last one this node read
+    /// may be gone. They may when the stream no longer exists (Redis
+    /// restarted empty), or when it no longer holds that entry although
+    /// entries were added after it (a new stream, or one trimmed past a node
+    /// that was away). Every live subscriber is then told so (`gap`)
+    /// instead of waiting for them. A quiet stream trimmed down to nothing
+    /// by age, with nothing added since, lost nothing this node had not
+    /// read, and says nothing. (Redis does not record what trimming removed
+    /// — `max-deleted-entry-id` follows XDEL only — so a quiet stream that
+    /// was trimmed empty *and* received entries while this node was away
+    /// is reported too: a gap notice that was not needed, never a silent
+    /// loss.)
+    async fn check_history(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        hub: &Hub,
+        last: &str,
+    ) -> redis::RedisResult<()> {
+        if last == "0-0" {
+            return Ok(());
+        }
+        let (exists, held): (bool, redis::Value) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(&self.stream)
+            .cmd("XRANGE")
+            .arg(&self.stream)
+            .arg(last)
+            .arg(last)
+            .query_async(conn)
+            .await?;
+        let lost = if !exists {
+            true
+        } else if wire::range_entries(held).is_ok_and(|e| !e.is_empty()) {
+            false
+        } else {
+            let info: redis::Value = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&self.stream)
+                .query_async(conn)
+                .await?;
+            wire::info_field(&info, "last-generated-id").is_none_or(|newest| newest != last)
+        };
+        if lost {
+            self.metrics.history_lost.inc();
+            tracing::error!(
+                last_read = last,
+                "the shared stream lost entries this node had not read (Redis restarted empty, or trimmed past it): live subscribers are told of a gap"
+            );
+            hub.history_lost();
+        }
+        Ok(())
     }
 
     fn publish(&self, hub: &Hub, entry: wire::RawEntry) {

@@ -51,6 +51,28 @@ pub fn added_id(reply: &redis::Value) -> Result<EventId, WireError> {
     }
 }
 
+/// A field of an XINFO reply (a flat `name, value, …` list in RESP2, a
+/// map in RESP3), as text.
+pub fn info_field(reply: &redis::Value, name: &str) -> Option<String> {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    };
+    match reply {
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .find(|kv| text(&kv[0]).as_deref() == Some(name))
+            .and_then(|kv| kv.get(1).and_then(text)),
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some(name))
+            .and_then(|(_, v)| text(v)),
+        _ => None,
+    }
+}
+
 /// The stream id for an event id.
 pub fn stream_id(id: EventId) -> String {
     format!("{}-{}", id.as_u64() >> 16, id.as_u64() & 0xffff)
@@ -321,5 +343,23 @@ mod tests {
             event_id("7-2").unwrap()
         );
         assert!(added_id(&redis::Value::Nil).is_err());
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        let info = redis::Value::Array(vec![
+            bulk("length"),
+            redis::Value::Int(0),
+            bulk("max-deleted-entry-id"),
+            bulk("5-1"),
+        ]);
+        assert_eq!(
+            info_field(&info, "max-deleted-entry-id").as_deref(),
+            Some("5-1")
+        );
+        assert_eq!(info_field(&info, "length").as_deref(), Some("0"));
+        assert_eq!(info_field(&info, "nope"), None);
+        let info3 = redis::Value::Map(vec![(bulk("max-deleted-entry-id"), bulk("0-0"))]);
+        assert_eq!(
+            info_field(&info3, "max-deleted-entry-id").as_deref(),
+            Some("0-0")
+        );
     }
 }

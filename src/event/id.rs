@@ -25,6 +25,11 @@ impl EventId {
         self.0
     }
 
+    /// The millisecond this id was issued in (ids are `unix_ms << 16 | seq`).
+    pub const fn unix_ms(self) -> u64 {
+        self.0 >> 16
+    }
+
     /// The smallest id that could be issued at `unix_ms`.
     pub const fn floor_at(unix_ms: u64) -> Self {
         Self(unix_ms << 16)

@@ -43,6 +43,10 @@ pub struct DestinationMetrics {
     pub oldest_age: F64Gauge,
     /// Time from dequeue to a final answer (including retries).
     pub latency: Histogram,
+    /// How far, in event time, the point up to which this destination is
+    /// finished trails the newest event routed (cluster mode: what its
+    /// checkpoint would replay after a failover).
+    pub checkpoint_lag: F64Gauge,
 }
 
 /// Every forwarding series.
@@ -60,6 +64,7 @@ pub struct ForwardMetrics {
     bytes: Family<DestinationLabels, Gauge>,
     oldest_age: Family<DestinationLabels, F64Gauge>,
     latency: HistogramFamily<DestinationLabels>,
+    checkpoint_lag: Family<DestinationLabels, F64Gauge>,
 }
 
 impl ForwardMetrics {
@@ -78,6 +83,7 @@ impl ForwardMetrics {
             bytes: Family::default(),
             oldest_age: Family::default(),
             latency: Family::new_with_constructor(delivery_histogram),
+            checkpoint_lag: Family::default(),
         };
         registry.register(
             "forward_router_panics",
@@ -139,6 +145,11 @@ impl ForwardMetrics {
             "Time to deliver one event or batch, retries included",
             m.latency.clone(),
         );
+        registry.register(
+            "destination_checkpoint_lag_seconds",
+            "How far, in event time, a destination's finished point trails the newest event routed (updated with each cluster checkpoint)",
+            m.checkpoint_lag.clone(),
+        );
         m
     }
 
@@ -157,6 +168,7 @@ impl ForwardMetrics {
             queue_bytes: self.bytes.get_or_create(&l).clone(),
             oldest_age: self.oldest_age.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
+            checkpoint_lag: self.checkpoint_lag.get_or_create(&l).clone(),
         }
     }
 
@@ -174,6 +186,7 @@ impl ForwardMetrics {
         self.bytes.remove(&l);
         self.oldest_age.remove(&l);
         self.latency.remove(&l);
+        self.checkpoint_lag.remove(&l);
     }
 
     /// The router panicked on an event and skipped it.

@@ -149,6 +149,10 @@ impl Outbox {
             Some(&oldest) => oldest - 1,
             None => p.offered.max(routed.as_u64()),
         };
+        let behind_ms = routed
+            .unix_ms()
+            .saturating_sub(crate::event::EventId::from_u64(done).unix_ms());
+        self.metrics.checkpoint_lag.set(behind_ms as f64 / 1000.0);
         (done > 0).then(|| crate::event::EventId::from_u64(done))
     }
 

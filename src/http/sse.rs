@@ -161,6 +161,8 @@ struct SseBody {
     pending_dropped: u64,
     /// Why the queue closed, to report after `batch` is written.
     pending_closed: Option<CloseReason>,
+    /// Events before `batch` may be missing: said before it is written.
+    pending_gap: bool,
     heartbeat_every: Duration,
     heartbeat: Pin<Box<Sleep>>,
     /// When bytes last went out: a heartbeat is due one interval later.
@@ -208,6 +210,7 @@ impl SseBody {
             batch: Vec::new(),
             pending_dropped: 0,
             pending_closed: None,
+            pending_gap: false,
             heartbeat_every: every,
             heartbeat: Box::pin(tokio::time::sleep(every)),
             last_write: tokio::time::Instant::now(),
@@ -257,12 +260,23 @@ impl SseBody {
         };
         // The common case, one event and nothing to report: write the shared
         // frame itself, with no copy.
-        if take == 1 && dropped == 0 && closed.is_none() {
+        if take == 1 && dropped == 0 && closed.is_none() && !self.pending_gap {
             let e = self.batch.remove(0);
             self.last_id = Some(e.event.id);
             return e.frame(format).clone();
         }
         let mut out = BytesMut::with_capacity(size + 128);
+        if std::mem::take(&mut self.pending_gap) {
+            let data = json!({
+                "last_event_id": self.last_id.map(|id| id.to_string()),
+                "detail": "events after last_event_id may be missing: the cluster's Redis lost its stream (restarted without persistence, or trimmed past this node while it was away)",
+            });
+            out.extend_from_slice(&frame::event(
+                None,
+                Some("gap"),
+                data.to_string().as_bytes(),
+            ));
+        }
         for e in self.batch.drain(..take) {
             out.extend_from_slice(e.frame(format));
             self.last_id = Some(e.event.id);
@@ -327,6 +341,7 @@ impl http_body::Body for SseBody {
         while let Poll::Ready(drained) = queue.poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS) {
             this.pending_dropped += drained.dropped;
             this.pending_closed = drained.closed.or(this.pending_closed);
+            this.pending_gap |= drained.gap;
             // Nothing at or below what the client has: in a cluster, an
             // event can reach this node's hub after a client that already
             // holds its id (from the 202) resumed from it. The queue is in
@@ -337,7 +352,11 @@ impl http_body::Body for SseBody {
                 }
                 this.skipping_seen = this.batch.is_empty();
             }
-            if this.batch.is_empty() && this.pending_dropped == 0 && this.pending_closed.is_none() {
+            if this.batch.is_empty()
+                && this.pending_dropped == 0
+                && this.pending_closed.is_none()
+                && !this.pending_gap
+            {
                 continue;
             }
             this.last_write = tokio::time::Instant::now();

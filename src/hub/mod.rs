@@ -253,6 +253,18 @@ struct Index {
     count: usize,
 }
 
+impl Index {
+    /// Every subscriber's queue (one taking several devices appears once
+    /// per device).
+    fn queues(&self) -> Vec<Arc<SubscriberQueue>> {
+        self.any_device
+            .values()
+            .chain(self.by_device.values().flat_map(|m| m.values()))
+            .map(|e| e.queue.clone())
+            .collect()
+    }
+}
+
 /// What one publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FanOut {
@@ -475,19 +487,22 @@ impl Hub {
     /// Closes every subscription (each stream writes a final notice and
     /// ends) and refuses new ones.
     pub fn close(&self, reason: CloseReason) {
-        let state = {
+        let queues = {
             let mut state = self.lock();
             state.closed = true;
-            state
-                .index
-                .any_device
-                .values()
-                .chain(state.index.by_device.values().flat_map(|m| m.values()))
-                .map(|e| e.queue.clone())
-                .collect::<Vec<_>>()
+            state.index.queues()
         };
-        for q in state {
+        for q in queues {
             q.close(reason);
+        }
+    }
+
+    /// Tells every live subscriber that events may be missing before the
+    /// next ones (a `gap` notice), without ending any stream.
+    pub fn history_lost(&self) {
+        let queues = self.lock().index.queues();
+        for q in queues {
+            q.mark_gap();
         }
     }
 

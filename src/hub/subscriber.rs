@@ -51,6 +51,9 @@ pub struct Drained {
     pub dropped: u64,
     /// Set once the hub has closed the queue.
     pub closed: Option<CloseReason>,
+    /// Events before the ones drained may never have reached this node
+    /// (see [`SubscriberQueue::mark_gap`]).
+    pub gap: bool,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +64,7 @@ struct State {
     waker: Option<Waker>,
     dropped: u64,
     closed: Option<CloseReason>,
+    gap: bool,
 }
 
 /// A bounded, single-consumer queue of events for one subscriber.
@@ -126,6 +130,20 @@ impl SubscriberQueue {
         }
     }
 
+    /// Tells the consumer, before the next events, that events it should
+    /// have had may be missing: in a cluster, the shared stream lost
+    /// history this node had not read yet.
+    pub fn mark_gap(&self) {
+        let waker = {
+            let mut s = self.lock();
+            s.gap = true;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Moves up to `max` queued events into `out`. Pending (with the waker
     /// registered) when there is nothing to report.
     pub fn poll_drain(
@@ -135,7 +153,7 @@ impl SubscriberQueue {
         max: usize,
     ) -> Poll<Drained> {
         let mut s = self.lock();
-        if s.items.is_empty() && s.dropped == 0 && s.closed.is_none() {
+        if s.items.is_empty() && s.dropped == 0 && s.closed.is_none() && !s.gap {
             match &mut s.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 slot => *slot = Some(cx.waker().clone()),
@@ -150,6 +168,7 @@ impl SubscriberQueue {
         Poll::Ready(Drained {
             dropped: std::mem::take(&mut s.dropped),
             closed,
+            gap: std::mem::take(&mut s.gap),
         })
     }
 
@@ -207,6 +226,26 @@ mod tests {
             counter.0.load(std::sync::atomic::Ordering::SeqCst),
             1,
             "one wake per batch"
+        );
+    }
+
+    #[test]
+    fn a_gap_wakes_the_consumer_once_and_is_reported_once() {
+        let q = SubscriberQueue::new(8, usize::MAX);
+        let counter = Arc::new(CountingWaker(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        assert!(q.poll_drain(&mut cx, &mut out, 8).is_pending());
+        q.mark_gap();
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let Poll::Ready(d) = q.poll_drain(&mut cx, &mut out, 8) else {
+            panic!("a gap alone is something to report")
+        };
+        assert!(d.gap && out.is_empty() && d.closed.is_none());
+        assert!(
+            q.poll_drain(&mut cx, &mut out, 8).is_pending(),
+            "reported once"
         );
     }
 

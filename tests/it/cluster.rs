@@ -59,6 +59,17 @@ impl Redis {
         Some(Self { child, port })
     }
 
+    /// Runs one inline command (`XTRIM k MAXLEN 0`), returning the reply's
+    /// first line.
+    fn command(&self, line: &str) -> String {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut reply = String::new();
+        std::io::BufReader::new(s).read_line(&mut reply).unwrap();
+        reply
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -296,16 +307,27 @@ async fn without_redis_ingest_is_refused_streams_stay_and_it_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     post(&a, "mac:112233445566", &json!({"n": 3})).await;
+    let mut notices = Vec::new();
     let after = loop {
         let e = sub
             .next_event(Duration::from_secs(10))
             .await
             .expect("delivery resumes");
-        if e.event.is_none() {
-            break e;
+        match e.event.clone() {
+            None => break e,
+            Some(name) => notices.push((name, e.json())),
         }
     };
     assert_eq!(after.json()["n"], 3);
+    // The live stream is told that what the lost stream held after event 1
+    // (nothing here, but the node cannot know) may be missing.
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].0, "gap");
+    assert!(notices[0].1["last_event_id"].is_string(), "{notices:?}");
+    assert_eq!(
+        metric(&a, "ratatoskr_cluster_history_lost_total").await,
+        1.0
+    );
     a.stop().await;
 }
 
@@ -326,6 +348,49 @@ async fn a_resume_across_an_emptied_redis_gets_a_gap() {
     assert_eq!(first.event.as_deref(), Some("gap"), "{first:?}");
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_that_lost_nothing_sends_no_gap_even_if_the_stream_was_trimmed_empty() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &["--redis-prefix", "quiet"]);
+    let mut sub = a.subscribe("/events").await;
+    post(&a, "mac:112233445566", &json!({"n": 1})).await;
+    post(&a, "mac:112233445566", &json!({"n": 2})).await;
+    assert_eq!(take(&mut sub, 2).await.len(), 2);
+    // Age trimming of a quiet stream removes what every node has read; then
+    // the connections drop (a network blip), and the reader reconnects.
+    assert!(redis
+        .command("XTRIM quiet:events MAXLEN 0")
+        .starts_with(':'));
+    redis.command("CLIENT KILL TYPE normal");
+    eventually("the reader reconnects", Duration::from_secs(10), || async {
+        metric(&a, "ratatoskr_cluster_reader_reconnects_total").await >= 1.0
+    })
+    .await;
+    // The command connection may answer its first request after the blip
+    // with a 503 (nothing stored); a client retries.
+    eventually(
+        "an event is accepted again",
+        Duration::from_secs(10),
+        || async {
+            a.post_json(
+                "/api/events?device=mac:112233445566&type=t",
+                &json!({"n": 3}),
+            )
+            .await
+            .status
+                == 202
+        },
+    )
+    .await;
+    // `take` fails on any notice: no gap, since nothing was lost.
+    assert_eq!(take(&mut sub, 1).await[0].1, 3);
+    assert_eq!(
+        metric(&a, "ratatoskr_cluster_history_lost_total").await,
+        0.0
+    );
+    a.stop().await;
 }
 
 /// A node's unlabelled series, 0 when it has none yet.
@@ -388,6 +453,30 @@ async fn a_registration_made_on_one_node_forwards_once_for_events_posted_anywher
         (0..10).collect::<Vec<_>>(),
         "each event once, not once per node"
     );
+    // The forwarder owns the one destination. Every node keeps it ready
+    // for a takeover, with its checkpoint-lag series.
+    eventually("destinations owned", Duration::from_secs(5), || async {
+        let mut owned = 0.0;
+        for n in &nodes {
+            owned += metric(n, "ratatoskr_cluster_destinations_owned").await;
+        }
+        owned == 1.0
+    })
+    .await;
+    let mut lag_series = 0;
+    for n in &nodes {
+        let text = n.get("/metrics").await.text;
+        lag_series += text
+            .lines()
+            .filter(|l| l.starts_with("ratatoskr_destination_checkpoint_lag_seconds{"))
+            .count();
+        // Each reader is caught up.
+        assert_eq!(
+            series_value(&text, "ratatoskr_cluster_reader_lag_entries"),
+            Some(0.0)
+        );
+    }
+    assert_eq!(lag_series, 3, "one destination, on each node");
     // If-Match holds across nodes: a stale ETag loses on any node.
     let etag = created.headers["etag"].to_str().unwrap().to_owned();
     let body = json!({"device": "mac:112233445566", "duration": 600,
