@@ -64,7 +64,7 @@ pub type DocError = String;
 impl RedisDocuments {
     /// Connects now, so that a bad URL or an unreachable Redis stops the start.
     pub fn connect(url: &str, prefix: &str) -> Result<Self, DocError> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+        let client = super::open_client(url).map_err(|e| format!("--redis-url: {e}"))?;
         let docs = Self {
             client,
             conn: Mutex::new(None),

@@ -212,8 +212,7 @@ impl Cluster {
         config: ClusterConfig,
         metrics: &crate::telemetry::Metrics,
     ) -> Result<Arc<Self>, ClusterError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| ClusterError::Url(e.to_string()))?;
+        let client = open_client(&config.url).map_err(|e| ClusterError::Url(e.to_string()))?;
         let manager = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
@@ -651,6 +650,18 @@ impl Cluster {
         tokio::time::sleep(wait).await;
         *backoff = (*backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A Redis client for `url`. For `rediss://`, rustls needs one process-wide
+/// crypto provider, and cannot choose by itself because the dependency
+/// tree enables two (ring through reqwest, aws-lc-rs through the AWS SDK):
+/// without this, the first TLS connection panics. aws-lc-rs, as the AWS
+/// SDK uses. The server's certificate is checked against the system's
+/// roots (`SSL_CERT_FILE` selects another bundle).
+pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
+    // Fails only if a provider is installed already: then that one serves.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    redis::Client::open(url)
 }
 
 /// The oldest stream time kept: `max_age` before `now_ms`, or the epoch

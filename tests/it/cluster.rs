@@ -23,17 +23,14 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Option<Self> {
+        Self::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// Listening on `port` as `listen` says (`--port`, or `--tls-port`).
+    fn start_with(port: u16, listen: &[&str]) -> Option<Self> {
         let spawned = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -391,6 +388,130 @@ async fn a_reconnect_that_lost_nothing_sends_no_gap_even_if_the_stream_was_trimm
         0.0
     );
     a.stop().await;
+}
+
+/// A certificate authority and a certificate for 127.0.0.1 signed by it,
+/// made with the `openssl` command: (CA file, certificate, key).
+fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (CI installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ratatoskr test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "redis.key",
+        "-out",
+        "redis.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "redis.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "redis.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (path("ca.pem"), path("redis.pem"), path("redis.key"))
+}
+
+#[tokio::test]
+async fn a_node_joins_over_tls_and_refuses_a_certificate_it_cannot_verify() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is required in CI"
+        );
+        return;
+    }
+    let dir = temp_dir("tls");
+    let (ca, cert, key) = test_certificates(&dir);
+    let port = free_port();
+    let port_s = port.to_string();
+    let Some(_redis) = Redis::start_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_s,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    ) else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{port}/");
+    // Trusting the test CA: a member like any other, over TLS.
+    let trust = format!("SSL_CERT_FILE={ca}");
+    let n = Process::start_under(&["env", &trust], &temp_dir("node"), &["--redis-url", &url]);
+    let mut sub = n.subscribe("/events").await;
+    post(&n, "mac:112233445566", &json!({"n": 1})).await;
+    assert_eq!(take(&mut sub, 1).await[0].1, 1);
+    assert_eq!(n.get("/ready").await.status, 200);
+    n.stop().await;
+    // With the system's roots only, the certificate cannot be verified:
+    // the node does not start, and says why.
+    let out = Command::new(crate::process::BIN)
+        .args(["--listen", "127.0.0.1:0", "--redis-url", &url])
+        .env_remove("SSL_CERT_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("certificate") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
 }
 
 /// A node's unlabelled series, 0 when it has none yet.
