@@ -288,6 +288,16 @@ impl Store {
         matches!(self.backend, Backend::Redis(_))
     }
 
+    /// As [`Store::put`], but only if `key` holds nothing yet. Returns
+    /// whether it was written. Only a shared store checks: one node
+    /// serialises its own writes, and its caller checked already.
+    pub fn put_new(&self, c: Collection, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redis(d) => d.put_new(c.name(), key, value).map_err(StoreError::Io),
+            _ => self.put(c, key, value).map(|()| true),
+        }
+    }
+
     /// As [`Store::put`], but only if the stored value is still `expected`
     /// (when given), and expiring at `expires_at_ms` (Unix ms) where the
     /// backend can (Redis). Returns whether it was written. Only a shared

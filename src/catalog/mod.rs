@@ -174,6 +174,8 @@ pub struct Catalog {
     types: RwLock<HashMap<String, Arc<Compiled>>>,
     /// Serialises definition changes (check, store write, swap).
     writes: std::sync::Mutex<()>,
+    /// Counts definitions loaded disabled (on every load).
+    disabled: crate::store::StoredDisabled,
 }
 
 impl Catalog {
@@ -189,6 +191,7 @@ impl Catalog {
             strict,
             types: RwLock::new(types),
             writes: Default::default(),
+            disabled: disabled.clone(),
         })
     }
 
@@ -240,7 +243,18 @@ impl Catalog {
         }
         let def = compiled.def.clone();
         let doc = serde_json::to_vec(&def).expect("definitions serialise");
-        self.store.put(Collection::EventTypes, name, &doc)?;
+        if create_only {
+            // Another node may have made it since this one last heard: the
+            // store decides, and this node catches up on losing.
+            if !self.store.put_new(Collection::EventTypes, name, &doc)? {
+                if let Ok(types) = load_types(&self.store, &self.disabled) {
+                    *write(&self.types) = types;
+                }
+                return Err(CatalogError::Exists(name.into()));
+            }
+        } else {
+            self.store.put(Collection::EventTypes, name, &doc)?;
+        }
         write(&self.types).insert(name.into(), Arc::new(compiled));
         Ok((def, previous.is_none()))
     }

@@ -159,6 +159,24 @@ impl RedisDocuments {
         Ok(written)
     }
 
+    /// Writes a document only if its key holds nothing (SET NX): a create
+    /// that two nodes race for is won by one. Returns whether it was.
+    pub fn put_new(&self, collection: &str, key: &str, value: &[u8]) -> Result<bool, DocError> {
+        let k = self.key(collection, key);
+        let written = self.with(|c| {
+            redis::cmd("SET")
+                .arg(&k)
+                .arg(value)
+                .arg("NX")
+                .query::<Option<String>>(c)
+                .map(|r| r.is_some())
+        })?;
+        if written {
+            self.announce(collection);
+        }
+        Ok(written)
+    }
+
     /// Deletes documents; with `expected` (one key only), only if it still
     /// holds exactly that. Returns whether the condition held.
     pub fn delete(

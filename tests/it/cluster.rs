@@ -514,6 +514,38 @@ async fn a_node_joins_over_tls_and_refuses_a_certificate_it_cannot_verify() {
     );
 }
 
+#[tokio::test]
+async fn an_event_type_created_on_two_nodes_at_once_is_created_once() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = [node(&redis, &[]), node(&redis, &[])];
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let body = json!({"name": name, "description": "d"});
+        let attempts = (0..8).map(|i| nodes[i % 2].post_json("/api/event-types", &body));
+        let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+            .await
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 201).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 201 || *s == 409),
+            "{statuses:?}"
+        );
+        // Both nodes know it at once (the loser caught up when it lost).
+        for n in &nodes {
+            assert_eq!(n.get(&format!("/api/event-types/{name}")).await.status, 200);
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A node's unlabelled series, 0 when it has none yet.
 async fn metric(n: &Process, name: &str) -> f64 {
     series_value(&n.get("/metrics").await.text, name).unwrap_or(0.0)
