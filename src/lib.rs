@@ -141,7 +141,7 @@ pub async fn run_with_store(
     )?;
     // The registry matches; forwarding delivers. The destinations follow
     // the registry's snapshots, and the router asks the registry.
-    let destinations = Destinations::new(delivery.clone());
+    let destinations = Destinations::new(delivery.clone(), config.redis_url.is_some());
     let live = destinations.clone();
     registry.on_change(move |snapshot| live.reconcile(snapshot.destinations()));
     let forwarding = Forwarding::start(
@@ -178,13 +178,12 @@ pub async fn run_with_store(
     let mut cluster_tasks = Vec::new();
     if let Some(c) = &cluster {
         cluster_tasks.push(c.start_reader(hub.clone()).await?);
-        // Only the lease holder forwards; the others wait for it to go.
-        forwarding.set_active(false);
+        // Each destination is forwarded by the node holding its lease.
         cluster_tasks.push(c.start_leasing(forwarding.clone(), hub.clone()));
         let address = listener
             .local_addr()
             .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-        cluster_tasks.push(c.start_announcing(address, hub.clone(), forwarding.clone()));
+        cluster_tasks.push(c.start_announcing(address, hub.clone()));
         cluster_tasks.push(c.start_following(cluster::follow::Followers {
             registry: registry.clone(),
             catalog: catalog.clone(),

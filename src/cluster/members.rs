@@ -27,9 +27,9 @@ pub struct Member {
     pub version: String,
     /// SSE subscribers connected to it.
     pub subscribers: usize,
-    /// Whether it holds the forwarding lease.
+    /// Whether it forwards to any destination.
     pub forwarding: bool,
-    /// Destinations it forwards to (when it holds the lease).
+    /// Destinations it forwards to (whose lease it holds).
     pub destinations: usize,
 }
 
@@ -48,23 +48,18 @@ impl Cluster {
         self: &Arc<Self>,
         address: String,
         hub: Arc<Hub>,
-        forwarding: Arc<crate::forward::Forwarding>,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                let holds = me.metrics.forwarding.get() == 1;
+                let owned = me.metrics.destinations_owned.get().max(0) as usize;
                 let member = Member {
                     node: me.node_id.clone(),
                     address: address.clone(),
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                     subscribers: hub.subscriber_count(),
-                    forwarding: holds,
-                    destinations: if holds {
-                        forwarding.destinations().len()
-                    } else {
-                        0
-                    },
+                    forwarding: owned > 0,
+                    destinations: owned,
                 };
                 let doc = serde_json::to_string(&member).unwrap_or_default();
                 let _: redis::RedisResult<()> = me

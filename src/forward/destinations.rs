@@ -7,6 +7,7 @@
 //! routing an event takes no lock that a registration change waits on.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,13 @@ use crate::sync::lock;
 struct Entry {
     outbox: Arc<Outbox>,
     sink: SharedSink,
+    /// Live events after this id go to the outbox; [`NOT_OWNED`]: none do
+    /// (in a cluster, another node forwards to this destination).
+    owned_after: AtomicU64,
 }
+
+/// An [`Entry::owned_after`] that takes no event.
+const NOT_OWNED: u64 = u64::MAX;
 
 type Pool = HashMap<Destination, Arc<Entry>>;
 
@@ -52,15 +59,24 @@ pub struct Destinations {
     pool: ArcSwap<Pool>,
     /// Serialises reconciliations (each builds the next pool from the last).
     changes: Mutex<()>,
+    /// Whether destinations are shared with other nodes (a cluster): then
+    /// each starts not owned, and this node forwards only to those it
+    /// takes ([`Destinations::take`]).
+    shared: bool,
+    /// How many live destinations this node owns.
+    owned: AtomicUsize,
 }
 
 impl Destinations {
-    /// No destinations yet.
-    pub fn new(ctx: Arc<DeliveryContext>) -> Arc<Self> {
+    /// No destinations yet. `shared`: in a cluster, where each destination
+    /// is forwarded by the node holding its lease.
+    pub fn new(ctx: Arc<DeliveryContext>, shared: bool) -> Arc<Self> {
         Arc::new(Self {
             ctx,
             pool: ArcSwap::default(),
             changes: Mutex::default(),
+            shared,
+            owned: AtomicUsize::new(0),
         })
     }
 
@@ -92,6 +108,9 @@ impl Destinations {
         }
         let labels: HashSet<&str> = next.values().map(|e| e.outbox.label.as_str()).collect();
         for e in &gone {
+            if e.owned_after.swap(NOT_OWNED, Ordering::AcqRel) != NOT_OWNED {
+                self.owned.fetch_sub(1, Ordering::AcqRel);
+            }
             e.outbox.close();
             if !labels.contains(e.outbox.label.as_str()) {
                 self.ctx.metrics.destination_removed(&e.outbox.label);
@@ -112,16 +131,78 @@ impl Destinations {
         self.ctx
             .runtime
             .spawn(work(outbox.clone(), self.ctx.clone(), sink.clone()));
-        Arc::new(Entry { outbox, sink })
+        let owned_after = if self.shared { NOT_OWNED } else { 0 };
+        if !self.shared {
+            self.owned.fetch_add(1, Ordering::AcqRel);
+        }
+        Arc::new(Entry {
+            outbox,
+            sink,
+            owned_after: AtomicU64::new(owned_after),
+        })
     }
 
-    /// Offers `p` to `d`'s outbox; a full one drops it and, at most once
-    /// per notice interval, tells the destination. Never waits.
+    /// Whether this node forwards to any destination (the tap skips
+    /// routing altogether when it does not).
+    pub fn any_owned(&self) -> bool {
+        self.owned.load(Ordering::Acquire) > 0
+    }
+
+    /// Starts forwarding to `d` the live events after `after` (cluster: its
+    /// lease was just taken; the caller replays the older ones). False if
+    /// `d` is not live.
+    pub fn take(&self, d: &Destination, after: crate::event::EventId) -> bool {
+        let pool = self.pool.load();
+        let Some(entry) = pool.get(d) else {
+            return false;
+        };
+        if entry.owned_after.swap(after.as_u64(), Ordering::AcqRel) == NOT_OWNED {
+            self.owned.fetch_add(1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// Stops forwarding live events to `d` (its lease went to another
+    /// node). What its outbox holds is still delivered.
+    pub fn release(&self, d: &Destination) {
+        let pool = self.pool.load();
+        if let Some(entry) = pool.get(d) {
+            if entry.owned_after.swap(NOT_OWNED, Ordering::AcqRel) != NOT_OWNED {
+                self.owned.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Whether this node forwards to `d` now.
+    pub fn owns(&self, d: &Destination) -> bool {
+        self.pool
+            .load()
+            .get(d)
+            .is_some_and(|e| e.owned_after.load(Ordering::Acquire) != NOT_OWNED)
+    }
+
+    /// Offers `p` to `d`'s outbox, if this node forwards to `d` and `p` is
+    /// after the point it took `d` from; a full one drops it and, at most
+    /// once per notice interval, tells the destination. Never waits.
     pub fn push(&self, d: &Destination, p: &Arc<Published>) {
+        self.offer(d, p, false);
+    }
+
+    /// As [`Destinations::push`], for an event older than that point (a
+    /// takeover's replay from the checkpoint).
+    pub fn push_replayed(&self, d: &Destination, p: &Arc<Published>) {
+        self.offer(d, p, true);
+    }
+
+    fn offer(&self, d: &Destination, p: &Arc<Published>, replayed: bool) {
         let pool = self.pool.load();
         let Some(entry) = pool.get(d) else {
             return;
         };
+        let after = entry.owned_after.load(Ordering::Acquire);
+        if after == NOT_OWNED || (!replayed && p.event.id.as_u64() <= after) {
+            return;
+        }
         if let Pushed::Dropped { notice_due: true } = entry.outbox.push(p.clone()) {
             notify_dropped(entry.outbox.clone(), self.ctx.clone(), entry.sink.clone());
         }
@@ -140,8 +221,8 @@ impl Destinations {
             .collect()
     }
 
-    /// Each live destination and how far it is finished (see
-    /// [`Outbox::checkpoint`]), for the cluster's checkpoints.
+    /// Each destination this node forwards to and how far it is finished
+    /// (see [`Outbox::checkpoint`]), for the cluster's checkpoints.
     pub fn checkpoints(
         &self,
         routed: crate::event::EventId,
@@ -149,8 +230,14 @@ impl Destinations {
         self.pool
             .load()
             .values()
+            .filter(|e| e.owned_after.load(Ordering::Acquire) != NOT_OWNED)
             .filter_map(|e| Some((e.outbox.destination.clone(), e.outbox.checkpoint(routed)?)))
             .collect()
+    }
+
+    /// How many destinations this node forwards to.
+    pub fn owned_count(&self) -> usize {
+        self.owned.load(Ordering::Acquire)
     }
 
     /// How many destinations are live.

@@ -45,9 +45,6 @@ pub struct Forwarding {
     matcher: Arc<dyn Matcher>,
     destinations: Arc<Destinations>,
     metrics: Arc<ForwardMetrics>,
-    /// Whether this node forwards (always, except in a cluster, where only
-    /// the lease holder does).
-    active: std::sync::atomic::AtomicBool,
     /// The newest event the router has finished routing.
     routed: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -108,7 +105,6 @@ impl Forwarding {
             matcher,
             destinations,
             metrics,
-            active: std::sync::atomic::AtomicBool::new(true),
             routed,
         })
     }
@@ -123,7 +119,7 @@ impl Forwarding {
             wanted.clear();
             self.matcher.matching(&p.event, &mut wanted);
             if wanted.iter().any(|d| **d == *only) {
-                self.destinations.push(only, p);
+                self.destinations.push_replayed(only, p);
                 sent += 1;
             }
         }
@@ -135,11 +131,6 @@ impl Forwarding {
     pub fn checkpoints(&self) -> Vec<(Arc<Destination>, crate::event::EventId)> {
         let routed = crate::event::EventId::from_u64(self.routed.load(Ordering::Acquire));
         self.destinations.checkpoints(routed)
-    }
-
-    /// Starts or stops taking events (cluster mode: the forwarding lease).
-    pub fn set_active(&self, active: bool) {
-        self.active.store(active, Ordering::Release);
     }
 
     /// The live destinations (statistics, gauges).
@@ -169,7 +160,9 @@ impl Forwarding {
 
 impl Tap for Forwarding {
     fn offer(&self, event: &Arc<Published>) {
-        if self.matcher.is_empty() || !self.active.load(Ordering::Acquire) {
+        // In a cluster, a node that holds no destination's lease routes
+        // nothing.
+        if self.matcher.is_empty() || !self.destinations.any_owned() {
             return;
         }
         let weight = event.weight();

@@ -145,7 +145,7 @@ async fn every_node_delivers_every_nodes_events_once_in_one_order() {
     }
     assert_eq!(seen[0], seen[1], "same events, same ids, same order");
     // Every node lists the three members (each announces itself every
-    // 2 s), with their subscribers and the one forwarder.
+    // 2 s), with their subscribers; with no registration, none forwards.
     eventually("the member list", Duration::from_secs(6), || async {
         let stats = nodes[2].get("/api/stats").await.body;
         let members = stats["cluster"]["members"]
@@ -154,7 +154,9 @@ async fn every_node_delivers_every_nodes_events_once_in_one_order() {
             .unwrap_or_default();
         members.len() == 3
             && members.iter().all(|m| m["subscribers"] == 1)
-            && members.iter().filter(|m| m["forwarding"] == true).count() == 1
+            && members
+                .iter()
+                .all(|m| m["forwarding"] == false && m["destinations"] == 0)
     })
     .await;
     assert_eq!(seen[0], seen[2]);
@@ -652,6 +654,91 @@ async fn a_registration_made_on_one_node_forwards_once_for_events_posted_anywher
     .await;
     assert_eq!(put(&nodes[2]).await.unwrap().status(), 412);
     for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Destinations owned by each node.
+async fn owned(nodes: &[Process]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(metric(n, "ratatoskr_cluster_destinations_owned").await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn destinations_spread_over_the_nodes_and_a_dead_nodes_share_moves_to_the_others() {
+    let Some(redis) = Redis::start() else { return };
+    let rx = crate::receiver::Receiver::start().await;
+    let mut nodes: Vec<Process> = (0..3).map(|_| node(&redis, &[])).collect();
+    for d in 0..6 {
+        let r = nodes[d % 3]
+            .post_json(
+                "/api/registrations",
+                &json!({"device": "mac:112233445566", "duration": 600,
+                        "destination": {"type": "http", "url": rx.url(&format!("/d{d}"))}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // Two each: a node that took more hands one over per round.
+    eventually(
+        "two destinations per node",
+        Duration::from_secs(30),
+        || async { owned(&nodes).await == [2.0, 2.0, 2.0] },
+    )
+    .await;
+    for i in 0..5 {
+        post(&nodes[i % 3], "mac:112233445566", &json!({"n": i})).await;
+    }
+    for d in 0..6 {
+        let got = rx
+            .wait_for(&format!("/d{d}"), 5, Duration::from_secs(10))
+            .await;
+        assert_eq!(got.len(), 5, "destination {d}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for d in 0..6 {
+        assert_eq!(
+            rx.received(&format!("/d{d}")).len(),
+            5,
+            "each event once to destination {d}"
+        );
+    }
+    // A node dies: its two destinations go to the others within the lease.
+    nodes[0].kill();
+    let survivors = &nodes[1..];
+    eventually(
+        "the dead node's share taken",
+        Duration::from_secs(15),
+        || async { owned(survivors).await == [3.0, 3.0] },
+    )
+    .await;
+    for i in 5..10 {
+        post(&survivors[i % 2], "mac:112233445566", &json!({"n": i})).await;
+    }
+    for d in 0..6 {
+        let got = rx
+            .wait_for(&format!("/d{d}"), 10, Duration::from_secs(10))
+            .await;
+        let mut ns: Vec<i64> = got
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<Value>(&r.body).unwrap()["n"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        ns.sort();
+        ns.dedup();
+        assert_eq!(
+            ns,
+            (0..10).collect::<Vec<_>>(),
+            "destination {d}, at least once"
+        );
+    }
+    for n in nodes.into_iter().skip(1) {
         n.stop().await;
     }
 }
