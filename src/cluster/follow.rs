@@ -189,7 +189,16 @@ impl Cluster {
             .query_async(&mut self.commands.clone())
             .await
             .unwrap_or_default();
-        if let Some(since) = since.and_then(|s| s.parse::<EventId>().ok()) {
+        // No checkpoint: a destination no node has forwarded to yet. It
+        // wants what came since its registrations last changed.
+        let since = since.and_then(|s| s.parse::<EventId>().ok()).or_else(|| {
+            let at = forwarding.wanted_since(d)?;
+            let ms = u64::try_from(at.timestamp_millis()).ok()?;
+            Some(EventId::from_u64(
+                EventId::floor_at(ms).as_u64().saturating_sub(1),
+            ))
+        });
+        if let Some(since) = since {
             if since < from {
                 let before = EventId::from_u64(from.as_u64() + 1);
                 match self.range(since, before, 1_000_000).await {
@@ -198,7 +207,7 @@ impl Cluster {
                             .into_iter()
                             .map(|(id, draft)| Arc::new(Published::new(Event { id, draft })))
                             .collect();
-                        let sent = forwarding.replay_to(d, &events);
+                        let sent = forwarding.replay_to(Arc::new(d.clone()), events).await;
                         tracing::info!(destination = %d.label(), sent, "takeover: replayed events after the last checkpoint");
                         if !complete {
                             tracing::warn!(destination = %d.label(), "takeover: the stream no longer holds every event after the checkpoint; some were not forwarded");
@@ -330,6 +339,13 @@ impl Cluster {
             .collect();
         for field in gone {
             self.give_up(forwarding, leases, &field, true).await;
+            // Its progress means nothing now: a destination named again
+            // later starts from when it is wanted again, not from here.
+            let _: redis::RedisResult<i64> = redis::cmd("HDEL")
+                .arg(self.checkpoints_key())
+                .arg(&field)
+                .query_async(&mut self.commands.clone())
+                .await;
         }
         // Renew, in one pipeline; a lease that is no longer ours is lost.
         let fields: Vec<String> = leases.owned.keys().cloned().collect();
@@ -391,12 +407,17 @@ impl Cluster {
                 renewed: Instant::now(),
             };
             let mut next_round = Instant::now();
+            let mut destinations_seen = 0;
             loop {
                 me.write_checkpoints(&forwarding, &mut leases).await;
-                if Instant::now() < next_round {
+                // A new (or removed) destination starts a round at once, so
+                // that a new one is taken within a checkpoint interval.
+                let destinations_now = forwarding.destinations().len();
+                if Instant::now() < next_round && destinations_now == destinations_seen {
                     tokio::time::sleep(CHECKPOINT_EVERY).await;
                     continue;
                 }
+                destinations_seen = destinations_now;
                 next_round = Instant::now() + LEASE_TTL / 3;
                 if me
                     .lease_round(&forwarding, &hub, &mut leases)

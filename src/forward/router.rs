@@ -25,6 +25,16 @@ pub trait Matcher: Send + Sync + 'static {
     /// Appends to `out` each destination with a live registration that
     /// matches `event`, once per destination.
     fn matching(&self, event: &Event, out: &mut Vec<Arc<Destination>>);
+
+    /// Whether a live registration naming `d` matches `event` (evaluating
+    /// only those).
+    fn wants(&self, event: &Event, d: &Destination) -> bool;
+
+    /// Since when `d` has been wanted: the earliest last change of a live
+    /// registration naming it (cluster: where a takeover with no
+    /// checkpoint replays from, so a new destination misses nothing that
+    /// came before a node took its lease).
+    fn wanted_since(&self, d: &Destination) -> Option<chrono::DateTime<chrono::Utc>>;
 }
 
 /// How much the inbox between the hub and the router may hold.
@@ -45,6 +55,8 @@ pub struct Forwarding {
     matcher: Arc<dyn Matcher>,
     destinations: Arc<Destinations>,
     metrics: Arc<ForwardMetrics>,
+    /// The forwarding runtime (low priority), where filters run.
+    runtime: tokio::runtime::Handle,
     /// The newest event the router has finished routing.
     routed: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -105,6 +117,7 @@ impl Forwarding {
             matcher,
             destinations,
             metrics,
+            runtime: runtime.clone(),
             routed,
         })
     }
@@ -112,18 +125,26 @@ impl Forwarding {
     /// Cluster takeover: offers `events` (older ones, from the shared
     /// stream) to `only`, where its registrations match them. They join
     /// its buffer like live ones; a buffer that fills drops and notifies.
-    pub fn replay_to(&self, only: &Destination, events: &[Arc<Published>]) -> usize {
-        let mut wanted = Vec::new();
-        let mut sent = 0;
-        for p in events {
-            wanted.clear();
-            self.matcher.matching(&p.event, &mut wanted);
-            if wanted.iter().any(|d| **d == *only) {
-                self.destinations.push_replayed(only, p);
-                sent += 1;
+    /// The filters run on the forwarding runtime, as live routing does, so
+    /// a costly one never holds up the API's threads.
+    pub async fn replay_to(&self, only: Arc<Destination>, events: Vec<Arc<Published>>) -> usize {
+        let (matcher, destinations) = (self.matcher.clone(), self.destinations.clone());
+        let replay = self.runtime.spawn(async move {
+            let mut sent = 0;
+            for p in &events {
+                if matcher.wants(&p.event, &only) {
+                    destinations.push_replayed(&only, p);
+                    sent += 1;
+                }
             }
-        }
-        sent
+            sent
+        });
+        replay.await.unwrap_or(0)
+    }
+
+    /// Since when `d` has been wanted (see [`Matcher::wanted_since`]).
+    pub fn wanted_since(&self, d: &Destination) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.matcher.wanted_since(d)
     }
 
     /// Each live destination and how far it is finished, for the cluster's

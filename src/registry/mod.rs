@@ -227,6 +227,19 @@ impl Snapshot {
     /// Appends each destination with a live registration matching `event`
     /// at `now`, once per destination.
     pub fn matching(&self, event: &Event, now: DateTime<Utc>, out: &mut Vec<Arc<Destination>>) {
+        self.matching_only(event, now, None, out);
+    }
+
+    /// As [`Snapshot::matching`], evaluating only the registrations that
+    /// name `only` when given (a takeover's replay to one destination must
+    /// not run every other registration's filters).
+    fn matching_only(
+        &self,
+        event: &Event,
+        now: DateTime<Utc>,
+        only: Option<&Destination>,
+        out: &mut Vec<Arc<Destination>>,
+    ) {
         let by_device = event
             .draft
             .device
@@ -241,6 +254,9 @@ impl Snapshot {
             let Some(destination) = &live.destination else {
                 continue;
             };
+            if only.is_some_and(|o| **destination != *o) {
+                continue;
+            }
             if live.registration.expires_at <= now || !live.wants_device(event) {
                 continue;
             }
@@ -669,6 +685,24 @@ impl Matcher for Registry {
 
     fn matching(&self, event: &Event, out: &mut Vec<Arc<Destination>>) {
         self.current.load().matching(event, Utc::now(), out);
+    }
+
+    fn wants(&self, event: &Event, d: &Destination) -> bool {
+        let mut out = Vec::with_capacity(1);
+        self.current
+            .load()
+            .matching_only(event, Utc::now(), Some(d), &mut out);
+        !out.is_empty()
+    }
+
+    fn wanted_since(&self, d: &Destination) -> Option<DateTime<Utc>> {
+        self.current
+            .load()
+            .by_id
+            .values()
+            .filter(|l| l.destination.as_deref() == Some(d))
+            .map(|l| l.registration.updated_at)
+            .min()
     }
 }
 
