@@ -16,6 +16,10 @@ use super::ssrf::{AddressPolicy, GuardedResolver};
 pub enum Failure {
     /// May succeed later (5xx, 408, 429, timeout, connection error).
     Retryable(String),
+    /// May succeed later, and the receiver said when (`Retry-After` on a
+    /// 429 or 503): the next attempt waits that long, at most
+    /// [`MAX_RETRY_AFTER`], instead of the backoff.
+    RetryAfter(String, Duration),
     /// Will not succeed by retrying (other 4xx, refused address).
     Permanent(String),
 }
@@ -135,15 +139,20 @@ async fn deliver(outbox: &Outbox, ctx: &DeliveryContext, sink: &impl Sink, batch
     let n = batch.len() as u64;
     let mut attempt = 0;
     let result = loop {
-        match sink.send(batch).await {
+        let wait = match sink.send(batch).await {
             Err(Failure::Retryable(why)) if attempt < s.retries && !outbox.is_closed() => {
-                outbox.metrics.retried.inc();
                 tracing::debug!(destination = %outbox.label, attempt, %why, "retrying");
-                tokio::time::sleep(backoff(s.backoff, attempt)).await;
-                attempt += 1;
+                backoff(s.backoff, attempt)
+            }
+            Err(Failure::RetryAfter(why, after)) if attempt < s.retries && !outbox.is_closed() => {
+                tracing::debug!(destination = %outbox.label, attempt, %why, ?after, "retrying when the receiver asked");
+                after.min(MAX_RETRY_AFTER)
             }
             other => break other,
-        }
+        };
+        outbox.metrics.retried.inc();
+        tokio::time::sleep(wait).await;
+        attempt += 1;
     };
     outbox
         .metrics
@@ -155,7 +164,7 @@ async fn deliver(outbox: &Outbox, ctx: &DeliveryContext, sink: &impl Sink, batch
             outbox.metrics.failed.inc_by(refused as u64);
             outbox.record_success();
         }
-        Err(Failure::Retryable(why) | Failure::Permanent(why)) => {
+        Err(Failure::Retryable(why) | Failure::RetryAfter(why, _) | Failure::Permanent(why)) => {
             outbox.metrics.failed.inc_by(n);
             tracing::info!(destination = %outbox.label, %why, events = n, "delivery failed");
             if outbox.record_failure(s.circuit_failures, s.circuit_pause) {
@@ -189,6 +198,10 @@ pub(super) fn notify_dropped(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>, sha
         }
     });
 }
+
+/// The longest a receiver's `Retry-After` is honoured: a delivery waiting
+/// holds one of the destination's concurrency slots.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Full jitter: a random delay up to `base * 2^attempt` (at least 1 ms),
 /// so that many failing deliveries do not retry in step.

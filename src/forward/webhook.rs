@@ -122,9 +122,33 @@ impl WebhookSink {
             // The URL may carry a token in its query: keep it out of errors and logs.
             .map_err(|e| Failure::Retryable(describe(&e.without_url())))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
         drain(response).await;
-        classify(status)
+        match (classify(status), retry_after) {
+            (Err(Failure::Retryable(why)), Some(after))
+                if status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                Err(Failure::RetryAfter(why, after))
+            }
+            (outcome, _) => outcome,
+        }
     }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (as a wait from `now`;
+/// a date in the past is no wait). `None` when it is neither.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 /// 2xx is delivered; 408, 429 and 5xx are worth retrying; any other
@@ -195,5 +219,25 @@ mod tests {
             assert!(matches!(classify(s), Err(Failure::Permanent(_))), "{s}");
         }
         assert!(classify(StatusCode::NO_CONTENT).is_ok());
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        assert_eq!(
+            retry_after("7", now),
+            Some(std::time::Duration::from_secs(7))
+        );
+        assert_eq!(retry_after(" 0 ", now), Some(std::time::Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + std::time::Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&later, now),
+            Some(std::time::Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - std::time::Duration::from_secs(30));
+        assert_eq!(retry_after(&past, now), Some(std::time::Duration::ZERO));
+        for bad in ["", "-1", "soon", "1.5", "99999999999999999999999"] {
+            assert_eq!(retry_after(bad, now), None, "{bad:?}");
+        }
     }
 }

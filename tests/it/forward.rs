@@ -280,6 +280,38 @@ async fn a_slow_destination_does_not_delay_another() {
 }
 
 #[tokio::test]
+async fn a_receiver_that_asks_for_time_with_retry_after_gets_it() {
+    let rx = Receiver::start().await;
+    rx.script("/busy", &[429]);
+    rx.retry_after("/busy", "2");
+    rx.script("/down", &[503]);
+    rx.retry_after(
+        "/down",
+        &httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3)),
+    );
+    // The backoff alone would retry within 10 ms.
+    let gw = Gateway::start_with(|c| c.retry_backoff = Duration::from_millis(10)).await;
+    for path in ["/busy", "/down"] {
+        register_ok(
+            &gw,
+            &json!({"device": DEVICE, "duration": 60,
+                    "destination": {"type": "http", "url": rx.url(path)}}),
+        )
+        .await;
+    }
+    publish(&gw, DEVICE, "t", &json!("x")).await;
+    for (path, at_least) in [("/busy", 1900), ("/down", 1500)] {
+        let got = rx.wait_for(path, 2, WAIT).await;
+        assert_eq!(got.len(), 2, "{path}: refused, then delivered");
+        let waited = got[1].at - got[0].at;
+        assert!(
+            waited >= Duration::from_millis(at_least),
+            "{path} retried after {waited:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn retries_on_5xx_but_not_on_4xx() {
     let rx = Receiver::start().await;
     rx.script("/flaky", &[503, 500]);

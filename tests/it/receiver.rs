@@ -17,6 +17,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -34,6 +36,7 @@ struct Inner {
     arrived: Notify,
     statuses: Mutex<HashMap<String, VecDeque<u16>>>,
     delays: Mutex<HashMap<String, Duration>>,
+    retry_after: Mutex<HashMap<String, String>>,
 }
 
 pub struct Receiver {
@@ -47,7 +50,7 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, HeaderMap) {
     let path = uri.path().to_owned();
     let delay = inner.delays.lock().unwrap().get(&path).copied();
     let status = inner
@@ -58,16 +61,23 @@ async fn record(
         .and_then(VecDeque::pop_front)
         .unwrap_or(200);
     // Recorded on arrival, so a request the sender gives up on still counts.
+    let mut answer = HeaderMap::new();
+    if status != 200 {
+        if let Some(v) = inner.retry_after.lock().unwrap().get(&path) {
+            answer.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+        }
+    }
     inner.requests.lock().unwrap().push(Received {
         path,
         headers,
         body,
+        at: Instant::now(),
     });
     inner.arrived.notify_waiters();
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    StatusCode::from_u16(status).unwrap()
+    (StatusCode::from_u16(status).unwrap(), answer)
 }
 
 impl Receiver {
@@ -86,6 +96,15 @@ impl Receiver {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends `Retry-After: value` with every scripted (non-200) answer on `path`.
+    pub fn retry_after(&self, path: &str, value: &str) {
+        self.inner
+            .retry_after
+            .lock()
+            .unwrap()
+            .insert(path.into(), value.into());
     }
 
     /// Answers the next requests to `path` with these statuses, then 200.
