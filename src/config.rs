@@ -80,6 +80,12 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_MAX_SUBSCRIBERS", default_value_t = 50_000)]
     pub max_subscribers: usize,
 
+    /// Most concurrent SSE streams from one client address; further ones
+    /// get 429. 0: no cap (the default: behind a proxy or a NAT many
+    /// clients share one address).
+    #[arg(long, env = "RATATOSKR_MAX_STREAMS_PER_IP", default_value_t = 0)]
+    pub max_streams_per_ip: usize,
+
     /// Most concurrent TCP connections (further ones are closed at once).
     #[arg(long, env = "RATATOSKR_MAX_CONNECTIONS", default_value_t = 60_000)]
     pub max_connections: usize,
@@ -140,6 +146,12 @@ pub struct Config {
     /// Events queued per destination; further events are dropped and the destination notified.
     #[arg(long, env = "RATATOSKR_DESTINATION_BUFFER", default_value_t = 10_000)]
     pub destination_buffer: usize,
+
+    /// Destinations with metric series of their own; past this many, a
+    /// destination's counters go to `destination="other"` (consumers choose
+    /// destinations: the series must not grow without bound).
+    #[arg(long, env = "RATATOSKR_METRICS_MAX_DESTINATIONS", default_value_t = crate::forward::metrics::DEFAULT_LABEL_CAP)]
+    pub metrics_max_destinations: usize,
 
     /// Bytes queued per destination (events' payloads and frames); an
     /// event that does not fit is dropped as on a full buffer. One event

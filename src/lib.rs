@@ -126,7 +126,10 @@ pub async fn run_with_store(
             notice_interval: config.notice_interval,
         },
         Arc::new(AddressPolicy::new(config.allow_destination_nets.clone())),
-        Arc::new(metrics.register(ForwardMetrics::register)),
+        Arc::new(
+            metrics
+                .register(|r| ForwardMetrics::with_label_cap(r, config.metrics_max_destinations)),
+        ),
         forward_runtime.handle().clone(),
     )
     .map_err(StartError::Client)?;
@@ -211,6 +214,8 @@ pub async fn run_with_store(
     };
     let app = Arc::new(AppState {
         idempotency: IdempotencyCache::new(config.idempotency_window, config.idempotency_max_keys),
+        streams_per_ip: metrics
+            .register(|r| http::per_ip::StreamsPerIp::register(r, config.max_streams_per_ip)),
         config,
         hub: hub.clone(),
         metrics: metrics.clone(),

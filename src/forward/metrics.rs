@@ -1,5 +1,12 @@
 //! Forwarding's own series: the router, the drop notices, and one set of
 //! series per destination label.
+//!
+//! Consumers choose destinations, so the labels are capped
+//! ([`ForwardMetrics::with_label_cap`]): past the cap, a new destination's
+//! counters and latency go to the label `other`, and its gauges (queue
+//! depth, bytes, age, checkpoint lag) are not exported, since summing one
+//! destination's level into another's means nothing. A labelled
+//! destination that goes frees its slot.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +56,9 @@ pub struct DestinationMetrics {
     pub checkpoint_lag: F64Gauge,
 }
 
+/// Destinations with series of their own, by default.
+pub const DEFAULT_LABEL_CAP: usize = 100;
+
 /// Every forwarding series.
 #[derive(Debug)]
 pub struct ForwardMetrics {
@@ -65,11 +75,25 @@ pub struct ForwardMetrics {
     oldest_age: Family<DestinationLabels, F64Gauge>,
     latency: HistogramFamily<DestinationLabels>,
     checkpoint_lag: Family<DestinationLabels, F64Gauge>,
+    folded: Counter,
+    /// Most destination labels exported on their own.
+    label_cap: usize,
+    /// The labels exported on their own now.
+    labelled: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// The label that destinations past the cap share.
+pub const OTHER: &str = "other";
+
 impl ForwardMetrics {
-    /// Registers the series into `registry`.
+    /// Registers the series into `registry`, with the default label cap.
     pub fn register(registry: &mut Registry) -> Self {
+        Self::with_label_cap(registry, DEFAULT_LABEL_CAP)
+    }
+
+    /// Registers the series into `registry`; at most `label_cap`
+    /// destinations get series of their own.
+    pub fn with_label_cap(registry: &mut Registry, label_cap: usize) -> Self {
         let m = Self {
             router_panics: Counter::default(),
             inbox_dropped: Counter::default(),
@@ -84,6 +108,9 @@ impl ForwardMetrics {
             oldest_age: Family::default(),
             latency: Family::new_with_constructor(delivery_histogram),
             checkpoint_lag: Family::default(),
+            folded: Counter::default(),
+            label_cap,
+            labelled: Default::default(),
         };
         registry.register(
             "forward_router_panics",
@@ -146,6 +173,11 @@ impl ForwardMetrics {
             m.latency.clone(),
         );
         registry.register(
+            "destination_labels_folded",
+            "Destinations started past the label cap, whose series went to destination=\"other\"",
+            m.folded.clone(),
+        );
+        registry.register(
             "destination_checkpoint_lag_seconds",
             "How far, in event time, a destination's finished point trails the newest event routed (updated with each cluster checkpoint)",
             m.checkpoint_lag.clone(),
@@ -153,10 +185,34 @@ impl ForwardMetrics {
         m
     }
 
-    /// The series of one destination label (created on first use).
+    /// The series of one destination label (created on first use), or,
+    /// past the label cap, the shared `other` counters with gauges that
+    /// are not exported.
     pub fn destination(&self, label: &str) -> DestinationMetrics {
+        let own = {
+            let mut labelled = crate::sync::lock(&self.labelled);
+            labelled.contains(label)
+                || (labelled.len() < self.label_cap && labelled.insert(label.to_owned()))
+        };
+        if !own {
+            self.folded.inc();
+        }
         let l = DestinationLabels {
-            destination: label.to_owned(),
+            destination: if own { label } else { OTHER }.to_owned(),
+        };
+        let gauge = |family: &Family<DestinationLabels, Gauge>| {
+            if own {
+                family.get_or_create(&l).clone()
+            } else {
+                Gauge::default()
+            }
+        };
+        let f64_gauge = |family: &Family<DestinationLabels, F64Gauge>| {
+            if own {
+                family.get_or_create(&l).clone()
+            } else {
+                F64Gauge::default()
+            }
         };
         DestinationMetrics {
             delivered: self.delivered.get_or_create(&l).clone(),
@@ -164,16 +220,21 @@ impl ForwardMetrics {
             retried: self.retried.get_or_create(&l).clone(),
             dropped: self.dropped.get_or_create(&l).clone(),
             abandoned: self.abandoned.get_or_create(&l).clone(),
-            queue_depth: self.depth.get_or_create(&l).clone(),
-            queue_bytes: self.bytes.get_or_create(&l).clone(),
-            oldest_age: self.oldest_age.get_or_create(&l).clone(),
+            queue_depth: gauge(&self.depth),
+            queue_bytes: gauge(&self.bytes),
+            oldest_age: f64_gauge(&self.oldest_age),
             latency: self.latency.get_or_create(&l).clone(),
-            checkpoint_lag: self.checkpoint_lag.get_or_create(&l).clone(),
+            checkpoint_lag: f64_gauge(&self.checkpoint_lag),
         }
     }
 
-    /// Stops exporting a destination label that no live destination has.
+    /// Stops exporting a destination label that no live destination has
+    /// (and frees its slot under the cap). `other` stays: its counters are
+    /// cumulative over every folded destination.
     pub fn destination_removed(&self, label: &str) {
+        if !crate::sync::lock(&self.labelled).remove(label) {
+            return;
+        }
         let l = DestinationLabels {
             destination: label.to_owned(),
         };
@@ -207,5 +268,62 @@ impl ForwardMetrics {
     /// A drop notice went out.
     pub fn notice_sent(&self) {
         self.notices.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exported(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn destinations_past_the_cap_share_other_and_a_freed_slot_is_reused() {
+        let mut registry = Registry::default();
+        let m = ForwardMetrics::with_label_cap(&mut registry, 2);
+        let a = m.destination("http:a");
+        let b = m.destination("http:b");
+        let c = m.destination("http:c");
+        let d = m.destination("http:d");
+        for x in [&a, &b, &c, &d] {
+            x.delivered.inc();
+            x.queue_depth.set(7);
+        }
+        let text = exported(&registry);
+        assert!(
+            text.contains(r#"destination_delivered_total{destination="http:a"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"destination_delivered_total{destination="other"} 2"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("http:c") && !text.contains("http:d"),
+            "{text}"
+        );
+        // A folded destination's level is not summed into anything.
+        assert!(
+            !text.contains(r#"destination_queue_depth{destination="other"}"#),
+            "{text}"
+        );
+        assert!(text.contains("destination_labels_folded_total 2"), "{text}");
+        // The same label again is not a new slot; a removed one frees it.
+        m.destination("http:a");
+        m.destination_removed("http:a");
+        m.destination_removed("http:c"); // folded: nothing to remove
+        let e = m.destination("http:e");
+        e.delivered.inc();
+        let text = exported(&registry);
+        assert!(
+            text.contains(r#"destination_delivered_total{destination="http:e"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("http:a"), "{text}");
+        assert!(text.contains(r#"destination="other"} 2"#), "{text}");
     }
 }

@@ -8,6 +8,7 @@ pub mod health;
 pub mod hooks;
 pub mod ingest;
 pub mod metrics;
+pub mod per_ip;
 pub mod query;
 pub mod registrations;
 pub mod sse;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Idempotency-Key memory.
     pub idempotency: IdempotencyCache,
+    /// Open SSE streams per client address (`--max-streams-per-ip`).
+    pub streams_per_ip: Arc<per_ip::StreamsPerIp>,
     /// Lifecycle phase for `/ready`.
     pub readiness: Readiness,
     /// When the process started.

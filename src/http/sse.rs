@@ -41,6 +41,8 @@ use crate::telemetry::{Metrics, StreamEnd};
 /// queue holds shared frames, a chunk copies them). One event larger than
 /// this is written alone, as its shared frame, without a copy.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
+/// When a client refused at the per-address stream cap may try again.
+const STREAM_CAP_RETRY: Duration = Duration::from_secs(5);
 /// Most events drained from a queue per chunk.
 const MAX_BATCH_EVENTS: usize = 256;
 
@@ -48,6 +50,7 @@ const MAX_BATCH_EVENTS: usize = 256;
 pub async fn subscribe(
     State(app): State<App>,
     RawQuery(query): RawQuery,
+    peer: Option<axum::Extension<crate::server::PeerAddr>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = QueryPairs::parse(
@@ -81,6 +84,18 @@ pub async fn subscribe(
         })
         .transpose()?;
 
+    let slot = match peer {
+        Some(axum::Extension(peer)) => app.streams_per_ip.open(peer.0.ip()).map_err(|cap| {
+            ApiError::too_many_requests(
+                format!(
+                    "this address has {} streams open already (--max-streams-per-ip)",
+                    cap.0
+                ),
+                STREAM_CAP_RETRY,
+            )
+        })?,
+        None => None,
+    };
     let mut subscription = app.hub.subscribe(filter, resume).map_err(|e| match e {
         SubscribeError::ShuttingDown | SubscribeError::Full(_) => {
             ApiError::unavailable(e.to_string())
@@ -89,7 +104,8 @@ pub async fn subscribe(
     if let (Some(cluster), Some(last)) = (&app.cluster, resume) {
         resume_from_cluster(&app, cluster, &mut subscription, last).await;
     }
-    let body = SseBody::new(subscription, format, &app, resume);
+    let mut body = SseBody::new(subscription, format, &app, resume);
+    body.slot = slot;
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
@@ -172,6 +188,8 @@ struct SseBody {
     /// `last_id` are skipped until then (see `poll_frame`).
     skipping_seen: bool,
     finished: bool,
+    /// This stream's place under `--max-streams-per-ip` (freed on drop).
+    slot: Option<super::per_ip::StreamSlot>,
 }
 
 impl SseBody {
@@ -216,6 +234,7 @@ impl SseBody {
             last_write: tokio::time::Instant::now(),
             last_id: resume,
             skipping_seen: resume.is_some(),
+            slot: None,
             finished: false,
         }
     }

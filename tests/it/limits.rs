@@ -65,6 +65,29 @@ async fn subscribers_over_the_limit_get_503() {
 }
 
 #[tokio::test]
+async fn streams_over_the_per_address_cap_get_429_until_one_closes() {
+    let gw = Gateway::start_with(|c| c.max_streams_per_ip = 2).await;
+    let a = gw.subscribe("/events").await;
+    let _b = gw.subscribe("/events?device=x").await;
+    let refused = gw.get("/events").await;
+    refused.assert_problem(429);
+    assert!(refused.headers.get("retry-after").is_some());
+    assert!(
+        refused.text.contains("--max-streams-per-ip"),
+        "{}",
+        refused.text
+    );
+    assert_eq!(gw.metric("ratatoskr_sse_refused_per_ip_total").await, 1.0);
+    // Other requests from the same address are not affected.
+    assert_eq!(gw.get("/health").await.status, 200);
+    drop(a);
+    gw.wait_subscribers(1).await;
+    let mut c = gw.subscribe("/events").await;
+    gw.post_json(&serde_json::json!({"n": 1})).await;
+    assert!(c.next_event(Duration::from_secs(5)).await.is_some());
+}
+
+#[tokio::test]
 async fn slow_headers_are_cut_off() {
     let gw = Gateway::start_with(|c| c.header_timeout = Duration::from_millis(500)).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
