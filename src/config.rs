@@ -233,9 +233,51 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<crate::http::auth::Secret>,
 
+    /// HS256 secret (16+ characters) for JSON Web Tokens; turns auth on.
+    #[arg(long, env = "RATATOSKR_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<crate::http::auth::Secret>,
+
+    /// A PEM file with an RSA, EC or Ed25519 public key for JSON Web
+    /// Tokens (RS*/PS*, ES*, EdDSA); turns auth on.
+    #[arg(long, env = "RATATOSKR_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// A JWKS file (`{"keys": [...]}`) for JSON Web Tokens, keys chosen by
+    /// `kid`; turns auth on.
+    #[arg(long, env = "RATATOSKR_JWKS_FILE")]
+    pub jwks_file: Option<std::path::PathBuf>,
+
+    /// Audiences a token's `aud` must name one of (comma-separated);
+    /// unset: `aud` is not checked.
+    #[arg(long, env = "RATATOSKR_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Issuers a token's `iss` must be one of (comma-separated); unset:
+    /// `iss` is not checked.
+    #[arg(long, env = "RATATOSKR_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Clock skew allowed on a token's `exp` and `nbf`.
+    #[arg(long, env = "RATATOSKR_JWT_LEEWAY", default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub jwt_leeway: Duration,
+
     /// Refuse events whose type has no definition in /api/event-types.
     #[arg(long, env = "RATATOSKR_STRICT_EVENT_TYPES")]
     pub strict_event_types: bool,
+}
+
+impl Config {
+    /// The JSON Web Token settings.
+    pub fn jwt(&self) -> crate::auth::jwt::JwtSettings {
+        crate::auth::jwt::JwtSettings {
+            secret: self.jwt_secret.clone(),
+            public_key: self.jwt_public_key.clone(),
+            jwks: self.jwks_file.clone(),
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            leeway_secs: self.jwt_leeway.as_secs(),
+        }
+    }
 }
 
 /// Which store keeps registrations and event types.

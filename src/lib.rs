@@ -5,6 +5,7 @@
 //! replay and fans it out to matching subscribers, whose `http::sse` streams
 //! write it. [`run`] wires the parts together and owns their lifecycle.
 
+pub mod auth;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
@@ -62,6 +63,9 @@ pub enum StartError {
     /// Cluster mode: Redis could not be reached at start.
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    /// A JSON Web Token key could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] auth::jwt::KeyError),
 }
 
 /// How often expired registrations are swept and sampled gauges refreshed.
@@ -212,7 +216,9 @@ pub async fn run_with_store(
         write_timeout: config.write_timeout,
         grace: config.shutdown_grace,
     };
+    let verifier = auth::jwt::Verifier::load(&config.jwt())?;
     let app = Arc::new(AppState {
+        verifier,
         idempotency: IdempotencyCache::new(config.idempotency_window, config.idempotency_max_keys),
         streams_per_ip: metrics
             .register(|r| http::per_ip::StreamsPerIp::register(r, config.max_streams_per_ip)),

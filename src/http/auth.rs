@@ -1,13 +1,20 @@
-//! Optional bearer-token protection (`--api-token`).
+//! Authentication: who a request is ([`Principal`]), from its token.
 //!
-//! When a token is configured, the API, the stream and the xmidt hook
-//! endpoints need it, as `Authorization: Bearer <token>` or, for clients
-//! that cannot set headers (a browser's `EventSource`), `?access_token=` on
-//! `GET /events` only (a query string ends up in logs and histories, so it
-//! is not accepted where a header can be set).
-//! The dashboard page, its assets, `/health`, `/ready` and `/metrics` stay
-//! open, so that the page can load and ask for the token, and probes and
-//! scrapers need no secret. Tokens are compared in constant time.
+//! Off unless `--api-token` or a JSON Web Token key is configured; then the
+//! API, the stream and the xmidt hook endpoints need a token:
+//! - `Authorization: Bearer <token>` first;
+//! - else the `ratatoskr_token` cookie (HttpOnly, for a browser on the
+//!   same site);
+//! - else, on `GET /events` only, `?access_token=` (a browser's
+//!   `EventSource` cannot set headers; a query string ends up in access
+//!   logs and histories, so it is not accepted where a header can be set).
+//!
+//! The `--api-token` is an admin; a JWT is what its `ratatoskr` claim says
+//! ([`crate::auth`]). Management routes also need an admin
+//! ([`require_admin`]). The dashboard page, its assets, `/health`, `/ready`
+//! and `/metrics` stay open, so that the page can load and ask for the
+//! token, and probes and scrapers need no secret. The API token is
+//! compared in constant time.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -16,7 +23,11 @@ use http::{header, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 
 use super::App;
+use crate::auth::Principal;
 use crate::error::ApiError;
+
+/// The cookie a browser may carry its token in.
+pub const COOKIE: &str = "ratatoskr_token";
 
 /// A secret string whose `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -45,32 +56,91 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Refuses requests without the configured token (401).
-pub async fn require_token(State(app): State<App>, request: Request, next: Next) -> Response {
-    let Some(expected) = &app.config.api_token else {
+/// Finds who the request is and puts the [`Principal`] in its extensions;
+/// refuses a missing or invalid token (401).
+pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
+    if app.config.api_token.is_none() && app.verifier.is_none() {
+        request.extensions_mut().insert(Principal::Anyone);
         return next.run(request).await;
-    };
+    }
     // CORS preflights carry no credentials by design.
     if request.method() == Method::OPTIONS {
         return next.run(request).await;
     }
     // A query token only where a header cannot be set: EventSource.
     let query_allowed = request.method() == Method::GET && request.uri().path() == "/events";
-    let given = bearer(&request).or_else(|| query_allowed.then(|| from_query(&request)).flatten());
-    if given.is_some_and(|t| same(&t, expected.expose())) {
-        return next.run(request).await;
+    let given = bearer(&request)
+        .or_else(|| cookie(&request))
+        .or_else(|| query_allowed.then(|| from_query(&request)).flatten());
+    let principal = match given {
+        None => Err(if query_allowed {
+            "this gateway requires a token: Authorization: Bearer <token>, the ratatoskr_token cookie, or ?access_token=".to_owned()
+        } else {
+            "this gateway requires a token: Authorization: Bearer <token> or the ratatoskr_token cookie (?access_token= is accepted only on GET /events)".to_owned()
+        }),
+        Some(token) => {
+            if app
+                .config
+                .api_token
+                .as_ref()
+                .is_some_and(|t| same(&token, t.expose()))
+            {
+                Ok(Principal::Admin)
+            } else if let Some(verifier) = &app.verifier {
+                verifier.verify(&token).map_err(|e| e.to_string())
+            } else {
+                Err("the token is not valid".to_owned())
+            }
+        }
+    };
+    match principal {
+        Ok(p) => {
+            request.extensions_mut().insert(p);
+            next.run(request).await
+        }
+        Err(why) => {
+            let mut response = ApiError::unauthorized(why).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ratatoskr\""),
+            );
+            response
+        }
     }
-    let mut response = ApiError::unauthorized(if query_allowed {
-        "this gateway requires a token: Authorization: Bearer <token>, or ?access_token="
-    } else {
-        "this gateway requires a token: Authorization: Bearer <token> (?access_token= is accepted only on GET /events)"
-    })
-    .into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"ratatoskr\""),
-    );
-    response
+}
+
+/// Refuses anyone but an admin (403): management of registrations, event
+/// types and hooks, and the gateway-wide statistics.
+pub async fn require_admin(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Principal>() {
+        Some(p) if p.is_admin() => next.run(request).await,
+        // OPTIONS passes authentication without a principal.
+        None if request.method() == Method::OPTIONS => next.run(request).await,
+        _ => ApiError::forbidden("this needs an admin token").into_response(),
+    }
+}
+
+/// The request's principal, as [`authenticate`] set it. With auth on, a
+/// request it did not see is nobody: a scope that allows nothing.
+pub fn principal(app: &App, set: Option<axum::Extension<Principal>>) -> Principal {
+    match set {
+        Some(axum::Extension(p)) => p,
+        None if app.config.api_token.is_none() && app.verifier.is_none() => Principal::Anyone,
+        None => Principal::Scoped(std::sync::Arc::new(crate::auth::Scope::nothing())),
+    }
+}
+
+fn cookie(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE && !value.is_empty()).then(|| value.to_owned())
+        })
 }
 
 fn bearer(request: &Request) -> Option<String> {

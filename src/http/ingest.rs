@@ -24,6 +24,7 @@ use serde_json::json;
 use super::body::read_body;
 use super::query::QueryPairs;
 use super::App;
+use crate::auth::Principal;
 use crate::catalog::Rejection;
 use crate::error::ApiError;
 use crate::event::{json as json_event, wrp, DeviceId, EventDraft, EventId};
@@ -46,14 +47,17 @@ struct Overrides {
 pub async fn post_events(
     State(app): State<App>,
     peer: Option<Extension<PeerAddr>>,
+    who: Option<Extension<Principal>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
     let format = format_of(&headers);
+    let who = super::auth::principal(&app, who);
     let result = ingest(
         &app,
+        &who,
         format,
         peer.map(|p| p.0),
         query.as_deref(),
@@ -77,6 +81,7 @@ pub async fn post_events(
 
 async fn ingest(
     app: &App,
+    who: &Principal,
     format: Option<IngestFormat>,
     peer: Option<PeerAddr>,
     query: Option<&str>,
@@ -111,10 +116,18 @@ async fn ingest(
     };
 
     if format == IngestFormat::Ndjson {
-        return ingest_batch(app, base, &overrides, idempotency_key.as_deref(), &body).await;
+        return ingest_batch(
+            app,
+            who,
+            base,
+            &overrides,
+            idempotency_key.as_deref(),
+            &body,
+        )
+        .await;
     }
     let draft = decode_one(app, format, base, &overrides, &body)?;
-    let Outcome { id, replayed, .. } = publish(app, draft, idempotency_key.as_deref()).await?;
+    let Outcome { id, replayed, .. } = publish(app, who, draft, idempotency_key.as_deref()).await?;
     app.metrics.ingested(
         format,
         if replayed {
@@ -145,7 +158,13 @@ struct Outcome {
 
 /// Publishes unless the idempotency key was seen: to the local hub, or in
 /// cluster mode to the shared stream (answered only once Redis has it).
-async fn publish(app: &App, draft: EventDraft, key: Option<&str>) -> Result<Outcome, ApiError> {
+async fn publish(
+    app: &App,
+    who: &Principal,
+    draft: EventDraft,
+    key: Option<&str>,
+) -> Result<Outcome, ApiError> {
+    may_publish(who, &draft)?;
     conform(app, &draft)?;
     if let Some(cluster) = &app.cluster {
         return publish_to_cluster(cluster, draft, key).await;
@@ -232,6 +251,21 @@ async fn publish_to_cluster(
     }
 }
 
+/// A scoped token publishes only for its devices and types (403).
+fn may_publish(who: &Principal, draft: &EventDraft) -> Result<(), ApiError> {
+    let Some(scope) = who.scope() else {
+        return Ok(());
+    };
+    if scope.may_publish(draft.device.as_ref(), draft.event_type.as_deref()) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "this token may not publish events of type {:?} for device {:?}",
+        draft.event_type.as_deref().unwrap_or(""),
+        draft.device.as_ref().map_or("", |d| d.as_str())
+    )))
+}
+
 /// Checks the event against its type's definition (schema, strict mode).
 fn conform(app: &App, draft: &EventDraft) -> Result<(), ApiError> {
     app.catalog.check(draft).map_err(|rejection| {
@@ -257,6 +291,7 @@ const BATCH_PACING_BUDGET: std::time::Duration = std::time::Duration::from_secs(
 /// never made to lag by one large batch.
 async fn ingest_batch(
     app: &App,
+    who: &Principal,
     base: EventDraft,
     overrides: &Overrides,
     key: Option<&str>,
@@ -272,7 +307,7 @@ async fn ingest_batch(
     let mut results = Vec::with_capacity(lines.len());
     let (mut accepted, mut rejected) = (0u64, 0u64);
     if let (Some(cluster), None) = (&app.cluster, key) {
-        return ingest_batch_to_cluster(app, cluster, base, overrides, lines).await;
+        return ingest_batch_to_cluster(app, who, cluster, base, overrides, lines).await;
     }
     let half_full = (app.config.subscriber_buffer / 2).max(1);
     let mut paced = std::time::Duration::ZERO;
@@ -281,7 +316,7 @@ async fn ingest_batch(
         let outcome = match decoded {
             Ok(draft) => {
                 let line_key = key.map(|k| format!("{k}#{line}"));
-                publish(app, draft, line_key.as_deref()).await
+                publish(app, who, draft, line_key.as_deref()).await
             }
             Err(e) => Err(e),
         };
@@ -310,6 +345,7 @@ async fn ingest_batch(
 /// goes to Redis in one pipeline.
 async fn ingest_batch_to_cluster(
     app: &App,
+    who: &Principal,
     cluster: &crate::cluster::Cluster,
     base: EventDraft,
     overrides: &Overrides,
@@ -320,6 +356,7 @@ async fn ingest_batch_to_cluster(
     let mut slots = Vec::new();
     for (line, text) in lines {
         let checked = decode_one(app, IngestFormat::Json, base.clone(), overrides, &text)
+            .and_then(|d| may_publish(who, &d).map(|()| d))
             .and_then(|d| conform(app, &d).map(|()| d));
         match checked {
             Ok(d) => {

@@ -55,6 +55,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Idempotency-Key memory.
     pub idempotency: IdempotencyCache,
+    /// Checks JSON Web Tokens, when keys are configured.
+    pub verifier: Option<Arc<crate::auth::jwt::Verifier>>,
     /// Open SSE streams per client address (`--max-streams-per-ip`).
     pub streams_per_ip: Arc<per_ip::StreamsPerIp>,
     /// Lifecycle phase for `/ready`.
@@ -92,9 +94,8 @@ pub fn router(app: App) -> Router {
     let events = Router::new()
         .route("/events", get(sse::subscribe).options(preflight))
         .layer(cors(&app.config));
-    let protected = Router::new()
-        .route("/api/events", post(ingest::post_events))
-        .merge(events)
+    // Management, and the gateway-wide figures: admins only.
+    let admin = Router::new()
         .route("/api/stats", get(metrics::stats))
         .route(
             "/api/registrations",
@@ -120,9 +121,14 @@ pub fn router(app: App) -> Router {
                 .put(event_types::put)
                 .delete(event_types::delete),
         )
+        .route_layer(middleware::from_fn(auth::require_admin));
+    let protected = Router::new()
+        .route("/api/events", post(ingest::post_events))
+        .merge(events)
+        .merge(admin)
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
-            auth::require_token,
+            auth::authenticate,
         ));
     Router::new()
         .merge(protected)

@@ -51,6 +51,7 @@ pub async fn subscribe(
     State(app): State<App>,
     RawQuery(query): RawQuery,
     peer: Option<axum::Extension<crate::server::PeerAddr>>,
+    who: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = QueryPairs::parse(
@@ -59,6 +60,7 @@ pub async fn subscribe(
     )?;
     let filter = EventFilter::new(q.all("device"), q.all("type"))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let filter = scoped(super::auth::principal(&app, who), filter)?;
     let format = match q.one("format")? {
         None | Some("data") => Format::Data,
         Some("envelope") => Format::Envelope,
@@ -116,6 +118,29 @@ pub async fn subscribe(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// A scoped token sees only its devices: a device it names outside them is
+/// refused (403, not an empty stream), and naming none means all of them
+/// (never everything). Resumes and replays go through the same filter.
+fn scoped(who: crate::auth::Principal, filter: EventFilter) -> Result<EventFilter, ApiError> {
+    let Some(scope) = who.scope() else {
+        return Ok(filter);
+    };
+    if scope.subscribe.is_empty() {
+        return Err(ApiError::forbidden(
+            "this token may not subscribe to any device",
+        ));
+    }
+    if let Some(outside) = filter.devices().iter().find(|d| !scope.subscribe.allows(d)) {
+        return Err(ApiError::forbidden(format!(
+            "this token may not subscribe to device {outside}"
+        )));
+    }
+    if !filter.devices().is_empty() {
+        return Ok(filter);
+    }
+    Ok(filter.within(scope.subscribe.to_filter_scope()))
 }
 
 /// Cluster mode: what the local ring does not cover (this node started

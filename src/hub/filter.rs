@@ -39,6 +39,27 @@ pub struct EventFilter {
     devices: Vec<DeviceId>,
     types: Option<Arc<TypeMatcher>>,
     type_patterns: Vec<String>,
+    /// A token's device scope, for a subscriber that named no device: the
+    /// devices it may see, as exact ids and bounded globs (checked per
+    /// event, since the hub cannot index a glob).
+    scope: Option<Arc<DeviceScope>>,
+}
+
+/// Devices a scoped subscriber may see (see [`EventFilter::within`]).
+#[derive(Debug)]
+pub struct DeviceScope {
+    /// Exact ids.
+    pub exact: Vec<DeviceId>,
+    /// Bounded globs over canonical ids.
+    pub globs: Option<Arc<GlobSet>>,
+}
+
+impl DeviceScope {
+    fn allows(&self, device: Option<&DeviceId>) -> bool {
+        device.is_some_and(|d| {
+            self.exact.contains(d) || self.globs.as_ref().is_some_and(|g| g.is_match(d.as_str()))
+        })
+    }
 }
 
 /// Compiled type globs, shared by every filter with the same set.
@@ -231,7 +252,15 @@ impl EventFilter {
             devices: ids,
             types,
             type_patterns: patterns,
+            scope: None,
         })
+    }
+
+    /// This filter, limited to `scope` (for a subscriber with a scoped
+    /// token that named no device).
+    pub fn within(mut self, scope: Arc<DeviceScope>) -> Self {
+        self.scope = Some(scope);
+        self
     }
 
     /// The devices this filter is limited to (empty: any device).
@@ -242,6 +271,16 @@ impl EventFilter {
     /// The type globs as given.
     pub fn type_patterns(&self) -> &[String] {
         &self.type_patterns
+    }
+
+    /// Whether the event passes, once the hub's index has chosen this
+    /// subscriber by device: its type, and its token's device scope.
+    pub fn matches_indexed(&self, event: &Event) -> bool {
+        self.matches_type(event)
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|s| s.allows(event.draft.device.as_ref()))
     }
 
     /// Whether the event's type passes (the device part is done by the hub's index).
@@ -261,7 +300,7 @@ impl EventFilter {
                 .device
                 .as_ref()
                 .is_some_and(|d| self.devices.contains(d));
-        device_ok && self.matches_type(event)
+        device_ok && self.matches_indexed(event)
     }
 }
 

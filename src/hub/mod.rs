@@ -374,7 +374,7 @@ impl Hub {
                 .values()
                 .chain(device_entries.into_iter().flat_map(|m| m.values()))
             {
-                if !entry.filter.matches_type(&published.event) {
+                if !entry.filter.matches_indexed(&published.event) {
                     continue;
                 }
                 match entry.queue.offer(&published) {

@@ -11,6 +11,7 @@ mod forward;
 mod health;
 mod hostile;
 mod ingest;
+mod jwt;
 mod limits;
 mod persistence;
 mod process;

@@ -1,0 +1,410 @@
+//! JSON Web Tokens: who may subscribe to and publish for which devices,
+//! and who may manage. Tokens are minted here with `jsonwebtoken`, keys
+//! made with the `openssl` command; the gateway is checked from outside.
+
+use std::process::Command;
+use std::time::Duration;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::util::Gateway;
+
+const SECRET: &str = "a-jwt-secret-of-some-good-length-0123";
+const MINE: &str = "mac:112233445566";
+const ALSO_MINE: &str = "serial:abc-7";
+const NOT_MINE: &str = "mac:665544332211";
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn hs256(claims: Value) -> String {
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+}
+
+fn scoped(claim: Value) -> String {
+    hs256(json!({"sub": "user-1", "exp": now() + 600, "ratatoskr": claim}))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn gateway() -> Gateway {
+    Gateway::start_with(|c| c.jwt_secret = Some(SECRET.parse().unwrap())).await
+}
+
+async fn publish_as(gw: &Gateway, token: &str, device: &str, ty: &str, n: i64) -> u16 {
+    gw.post_with(
+        &format!("/api/events?device={device}&type={ty}"),
+        "application/json",
+        json!({"n": n}).to_string(),
+        &[("authorization", &bearer(token))],
+    )
+    .await
+    .status
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401_whatever_is_wrong_with_them() {
+    let gw = Gateway::start_with(|c| {
+        c.jwt_secret = Some(SECRET.parse().unwrap());
+        c.jwt_audience = vec!["ratatoskr".into()];
+        c.jwt_leeway = Duration::from_secs(5);
+    })
+    .await;
+    let admin = json!({"admin": true});
+    let other_key = EncodingKey::from_secret(b"some-other-secret-of-good-length").unwrap();
+    let none = {
+        use base64::Engine;
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(json!({"exp": now() + 600, "aud": "ratatoskr", "ratatoskr": admin}))
+        )
+    };
+    let cases = [
+        (
+            "expired",
+            hs256(json!({"exp": now() - 60, "aud": "ratatoskr", "ratatoskr": admin})),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            hs256(
+                json!({"exp": now() + 600, "nbf": now() + 300, "aud": "ratatoskr", "ratatoskr": admin}),
+            ),
+            "not valid yet",
+        ),
+        (
+            "no exp",
+            hs256(json!({"aud": "ratatoskr", "ratatoskr": admin})),
+            "exp",
+        ),
+        (
+            "wrong audience",
+            hs256(json!({"exp": now() + 600, "aud": "someone-else", "ratatoskr": admin})),
+            "audience",
+        ),
+        (
+            "no audience",
+            hs256(json!({"exp": now() + 600, "ratatoskr": admin})),
+            "audience",
+        ),
+        (
+            "wrong signature",
+            encode(
+                &Header::new(Algorithm::HS256),
+                &json!({"exp": now() + 600, "aud": "ratatoskr", "ratatoskr": admin}),
+                &other_key,
+            )
+            .unwrap(),
+            "signature",
+        ),
+        ("alg none", none, "not a valid JWT"),
+        ("garbage", "not-a-token".to_owned(), "not a valid JWT"),
+    ];
+    for (what, token, says) in cases {
+        let r = gw
+            .post_with(
+                "/api/events",
+                "application/json",
+                "1",
+                &[("authorization", &bearer(&token))],
+            )
+            .await;
+        r.assert_problem(401);
+        assert!(r.text.contains(says), "{what}: {}", r.text);
+        assert_eq!(
+            r.headers["www-authenticate"], "Bearer realm=\"ratatoskr\"",
+            "{what}"
+        );
+    }
+    gw.get("/events").await.assert_problem(401);
+    // The same token, right audience: accepted.
+    let good = hs256(json!({"exp": now() + 600, "aud": "ratatoskr", "ratatoskr": admin}));
+    assert_eq!(publish_as(&gw, &good, MINE, "t", 1).await, 202);
+}
+
+#[tokio::test]
+async fn a_scoped_subscriber_sees_its_devices_only_live_and_on_resume() {
+    let gw = gateway().await;
+    let admin = scoped(json!({"admin": true}));
+    let reader = scoped(json!({"subscribe": [MINE, "serial:abc*"]}));
+    // Events before the subscription, for the resume below.
+    let mut ids = Vec::new();
+    for (i, device) in [MINE, NOT_MINE, ALSO_MINE].iter().enumerate() {
+        let r = gw
+            .post_with(
+                &format!("/api/events?device={device}"),
+                "application/json",
+                json!({"n": i}).to_string(),
+                &[("authorization", &bearer(&admin))],
+            )
+            .await;
+        assert_eq!(r.status, 202);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    // Asking for a device outside the scope is refused, not an empty stream.
+    let r = gw
+        .http
+        .get(gw.url(&format!("/events?device={NOT_MINE}")))
+        .header("authorization", bearer(&reader))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // No device named: exactly the scope, from the resume point on.
+    let mut sub = gw
+        .subscribe_with(
+            "/events",
+            &[
+                ("authorization", &bearer(&reader)),
+                ("last-event-id", &format!("{:016x}", 0x1u64)),
+            ],
+        )
+        .await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = sub
+            .next_event(Duration::from_secs(5))
+            .await
+            .expect("replayed");
+        // A `gap` notice (the id is older than the ring) carries no event.
+        if e.event.is_some() {
+            assert!(!e.data.contains(NOT_MINE), "{}", e.data);
+            continue;
+        }
+        seen.push(e.json()["n"].as_i64().unwrap());
+    }
+    assert_eq!(seen, [0, 2], "the replay holds only the scope's devices");
+    for (device, n) in [
+        (NOT_MINE, 10),
+        (MINE, 11),
+        ("serial:xyz", 12),
+        (ALSO_MINE, 13),
+    ] {
+        assert_eq!(publish_as(&gw, &admin, device, "t", n).await, 202);
+    }
+    let live: Vec<i64> = [sub.expect_event().await, sub.expect_event().await]
+        .iter()
+        .map(|e| e.json()["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(live, [11, 13]);
+    sub.expect_silence(Duration::from_millis(300)).await;
+    // A device inside the scope, named: fine.
+    let _one = gw
+        .subscribe_with(
+            &format!("/events?device={MINE}"),
+            &[("authorization", &bearer(&reader))],
+        )
+        .await;
+    // A token with no subscribe scope subscribes to nothing.
+    let r = gw
+        .http
+        .get(gw.url("/events"))
+        .header("authorization", bearer(&scoped(json!({"publish": [MINE]}))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn a_scoped_publisher_publishes_for_its_devices_and_types_only() {
+    let gw = gateway().await;
+    let publisher = scoped(json!({"publish": [MINE, "serial:*"], "types": ["status-*"]}));
+    assert_eq!(publish_as(&gw, &publisher, MINE, "status-up", 1).await, 202);
+    assert_eq!(
+        publish_as(&gw, &publisher, ALSO_MINE, "status-down", 2).await,
+        202
+    );
+    assert_eq!(
+        publish_as(&gw, &publisher, NOT_MINE, "status-up", 3).await,
+        403
+    );
+    assert_eq!(publish_as(&gw, &publisher, MINE, "reboot", 4).await, 403);
+    // In a batch, each line on its own.
+    let r = gw
+        .post_with(
+            "/api/events?type=status-up",
+            "application/x-ndjson",
+            format!("{{\"device\":\"{MINE}\",\"n\":5}}\n{{\"device\":\"{NOT_MINE}\",\"n\":6}}\n"),
+            &[("authorization", &bearer(&publisher))],
+        )
+        .await;
+    assert_eq!(r.body["accepted"], 1, "{}", r.text);
+    assert_eq!(r.body["rejected"], 1, "{}", r.text);
+    // Management needs an admin.
+    for path in [
+        "/api/registrations",
+        "/api/event-types",
+        "/hooks",
+        "/api/stats",
+    ] {
+        let r = gw
+            .http
+            .get(gw.url(path))
+            .header("authorization", bearer(&publisher))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    let admin = scoped(json!({"admin": true}));
+    let r = gw
+        .http
+        .get(gw.url("/api/registrations"))
+        .header("authorization", bearer(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn the_header_wins_over_the_cookie_and_the_query_token_is_for_the_stream_only() {
+    let gw = gateway().await;
+    let good = scoped(json!({"admin": true}));
+    let cookie = format!("theme=dark; ratatoskr_token={good}");
+    // The cookie alone.
+    let r = gw
+        .post_with(
+            "/api/events",
+            "application/json",
+            "1",
+            &[("cookie", &cookie)],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    // A bad header and a good cookie: the header is the one checked.
+    gw.post_with(
+        "/api/events",
+        "application/json",
+        "1",
+        &[("cookie", &cookie), ("authorization", "Bearer wrong")],
+    )
+    .await
+    .assert_problem(401);
+    // ?access_token= on the stream, not on the API.
+    let _sse = gw.subscribe(&format!("/events?access_token={good}")).await;
+    gw.post(
+        &format!("/api/events?access_token={good}"),
+        "application/json",
+        "1",
+    )
+    .await
+    .assert_problem(401);
+}
+
+#[tokio::test]
+async fn asymmetric_keys_verify_their_own_algorithms_and_no_confusion() {
+    let dir = crate::process::temp_dir("jwt-keys");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "rsa.key",
+    ]);
+    openssl(&["pkey", "-in", "rsa.key", "-pubout", "-out", "rsa.pub"]);
+    let private = std::fs::read(dir.join("rsa.key")).unwrap();
+    let public = std::fs::read(dir.join("rsa.pub")).unwrap();
+    let path = dir.join("rsa.pub");
+    let gw = Gateway::start_with(|c| c.jwt_public_key = Some(path)).await;
+    let claims = json!({"exp": now() + 600, "ratatoskr": {"admin": true}});
+    let rs256 = encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let ok = gw
+        .post_with(
+            "/api/events",
+            "application/json",
+            "1",
+            &[("authorization", &bearer(&rs256))],
+        )
+        .await;
+    assert_eq!(ok.status, 202, "{}", ok.text);
+    // HS256 "signed" with the public key's bytes as the secret: no HMAC
+    // key is configured, so there is nothing to verify it with.
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&public).unwrap(),
+    )
+    .unwrap();
+    gw.post_with(
+        "/api/events",
+        "application/json",
+        "1",
+        &[("authorization", &bearer(&confused))],
+    )
+    .await
+    .assert_problem(401);
+}
+
+#[tokio::test]
+async fn a_jwks_file_serves_its_keys_by_kid() {
+    use base64::Engine;
+    let dir = crate::process::temp_dir("jwks");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&["genpkey", "-algorithm", "ed25519", "-out", "ed.key"]);
+    openssl(&[
+        "pkey", "-in", "ed.key", "-pubout", "-outform", "DER", "-out", "ed.der",
+    ]);
+    // An Ed25519 SubjectPublicKeyInfo ends with the 32-byte key.
+    let der = std::fs::read(dir.join("ed.der")).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+    let jwks =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}]});
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    let gw = Gateway::start_with(|c| c.jwks_file = Some(path)).await;
+    let key = EncodingKey::from_ed_pem(&std::fs::read(dir.join("ed.key")).unwrap()).unwrap();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let token = encode(
+        &header,
+        &json!({"exp": now() + 600, "ratatoskr": {"publish": [MINE]}}),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(publish_as(&gw, &token, MINE, "t", 1).await, 202);
+    assert_eq!(publish_as(&gw, &token, NOT_MINE, "t", 2).await, 403);
+    // An HS256 token: no HMAC key in the set.
+    assert_eq!(
+        publish_as(&gw, &hs256(json!({"exp": now() + 600})), MINE, "t", 3).await,
+        401
+    );
+}
