@@ -80,6 +80,19 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_MAX_SUBSCRIBERS", default_value_t = 50_000)]
     pub max_subscribers: usize,
 
+    /// Ingest requests per second per client address, and per credential
+    /// (a burst of one second's worth); over it: 429 with Retry-After.
+    /// 0: no limit (the default: behind a proxy or NAT clients share an
+    /// address).
+    #[arg(long, env = "RATATOSKR_RATE_LIMIT_INGEST", default_value_t = 0)]
+    pub rate_limit_ingest: u32,
+
+    /// Registration, event-type and hook changes per second per client
+    /// address, and per credential; over it: 429 with Retry-After. 0: no
+    /// limit.
+    #[arg(long, env = "RATATOSKR_RATE_LIMIT_CHANGES", default_value_t = 0)]
+    pub rate_limit_changes: u32,
+
     /// Most concurrent SSE streams from one client address; further ones
     /// get 429. 0: no cap (the default: behind a proxy or a NAT many
     /// clients share one address).

@@ -203,12 +203,16 @@ pub async fn run_with_store(
         None => Some(id_mark::IdMark::open(store.clone(), &hub)?),
         Some(_) => None,
     };
+    let rate_limits = metrics.register(|r| {
+        http::rate::RateLimits::register(r, config.rate_limit_ingest, config.rate_limit_changes)
+    });
     let sweeper = tokio::spawn(sweep(
         registry.clone(),
         hub.clone(),
         mark,
         store.clone(),
         cluster.clone(),
+        rate_limits.clone(),
     ));
     let limits = ServerLimits {
         max_connections: server::connection_cap(config.max_connections),
@@ -220,6 +224,7 @@ pub async fn run_with_store(
     let app = Arc::new(AppState {
         verifier,
         idempotency: IdempotencyCache::new(config.idempotency_window, config.idempotency_max_keys),
+        rate_limits: rate_limits.clone(),
         streams_per_ip: metrics
             .register(|r| http::per_ip::StreamsPerIp::register(r, config.max_streams_per_ip)),
         config,
@@ -278,12 +283,14 @@ async fn sweep(
     mark: Option<id_mark::IdMark>,
     store: Arc<Store>,
     cluster: Option<Arc<cluster::Cluster>>,
+    rate_limits: Arc<http::rate::RateLimits>,
 ) {
     let mark = Arc::new(std::sync::Mutex::new(mark));
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
+        rate_limits.sweep();
         if let Some(c) = &cluster {
             c.trim().await;
             c.measure_lag().await;

@@ -26,6 +26,10 @@ use super::App;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
+/// A credential's rate-limit key: a digest of the token (never the token).
+#[derive(Debug, Clone)]
+pub struct ClientKey(pub String);
+
 /// The cookie a browser may carry its token in.
 pub const COOKIE: &str = "ratatoskr_token";
 
@@ -78,16 +82,16 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
         } else {
             "this gateway requires a token: Authorization: Bearer <token> or the ratatoskr_token cookie (?access_token= is accepted only on GET /events)".to_owned()
         }),
-        Some(token) => {
+        Some(ref token) => {
             if app
                 .config
                 .api_token
                 .as_ref()
-                .is_some_and(|t| same(&token, t.expose()))
+                .is_some_and(|t| same(token, t.expose()))
             {
                 Ok(Principal::Admin)
             } else if let Some(verifier) = &app.verifier {
-                verifier.verify(&token).map_err(|e| e.to_string())
+                verifier.verify(token).map_err(|e| e.to_string())
             } else {
                 Err("the token is not valid".to_owned())
             }
@@ -95,6 +99,12 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
     };
     match principal {
         Ok(p) => {
+            if let Some(token) = &given {
+                let digest = Sha256::digest(token.as_bytes());
+                request
+                    .extensions_mut()
+                    .insert(ClientKey(hex::encode(&digest[..12])));
+            }
             request.extensions_mut().insert(p);
             next.run(request).await
         }

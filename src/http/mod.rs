@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod per_ip;
 pub mod query;
+pub mod rate;
 pub mod registrations;
 pub mod sse;
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub idempotency: IdempotencyCache,
     /// Checks JSON Web Tokens, when keys are configured.
     pub verifier: Option<Arc<crate::auth::jwt::Verifier>>,
+    /// Rate limits on ingest and changes.
+    pub rate_limits: Arc<rate::RateLimits>,
     /// Open SSE streams per client address (`--max-streams-per-ip`).
     pub streams_per_ip: Arc<per_ip::StreamsPerIp>,
     /// Lifecycle phase for `/ready`.
@@ -121,9 +124,19 @@ pub fn router(app: App) -> Router {
                 .put(event_types::put)
                 .delete(event_types::delete),
         )
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            rate::limit_changes,
+        ))
         .route_layer(middleware::from_fn(auth::require_admin));
-    let protected = Router::new()
+    let ingest = Router::new()
         .route("/api/events", post(ingest::post_events))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            rate::limit_ingest,
+        ));
+    let protected = Router::new()
+        .merge(ingest)
         .merge(events)
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(

@@ -88,6 +88,74 @@ async fn streams_over_the_per_address_cap_get_429_until_one_closes() {
 }
 
 #[tokio::test]
+async fn over_the_rate_limits_requests_get_429_with_retry_after() {
+    let gw = Gateway::start_with(|c| {
+        c.rate_limit_ingest = 3;
+        c.rate_limit_changes = 2;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        statuses.push(
+            gw.post("/api/events", "application/json", n.to_string())
+                .await
+                .status,
+        );
+    }
+    assert_eq!(&statuses[..3], [202, 202, 202], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    let refused = gw.post("/api/events", "application/json", "9").await;
+    refused.assert_problem(429);
+    assert!(refused.headers.get("retry-after").is_some());
+    assert!(
+        refused.text.contains("--rate-limit-ingest"),
+        "{}",
+        refused.text
+    );
+    // Reads are not changes; changes have their own allowance.
+    for _ in 0..5 {
+        assert_eq!(gw.get("/api/event-types").await.status, 200);
+    }
+    let mut changes = Vec::new();
+    for i in 0..4 {
+        changes.push(
+            gw.post(
+                "/api/event-types",
+                "application/json",
+                serde_json::json!({"name": format!("t{i}")}).to_string(),
+            )
+            .await
+            .status,
+        );
+    }
+    assert_eq!(&changes[..2], [201, 201], "{changes:?}");
+    assert!(changes[2..].contains(&429), "{changes:?}");
+    // The allowance comes back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        gw.post("/api/events", "application/json", "1").await.status,
+        202
+    );
+    let text = gw
+        .http
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"ratatoskr_rate_limited_total{limit="ingest",by="ip"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ratatoskr_rate_limited_total{limit="changes",by="ip"}"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn slow_headers_are_cut_off() {
     let gw = Gateway::start_with(|c| c.header_timeout = Duration::from_millis(500)).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
