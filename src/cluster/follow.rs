@@ -178,11 +178,11 @@ impl Cluster {
     async fn catch_up(
         &self,
         forwarding: &Forwarding,
-        d: &Destination,
+        d: Arc<Destination>,
+        field: String,
         from: EventId,
         done: &AtomicBool,
     ) {
-        let field = Self::checkpoint_field(d);
         let since: Option<String> = redis::cmd("HGET")
             .arg(self.checkpoints_key())
             .arg(&field)
@@ -192,7 +192,7 @@ impl Cluster {
         // No checkpoint: a destination no node has forwarded to yet. It
         // wants what came since its registrations last changed.
         let since = since.and_then(|s| s.parse::<EventId>().ok()).or_else(|| {
-            let at = forwarding.wanted_since(d)?;
+            let at = forwarding.wanted_since(&d)?;
             let ms = u64::try_from(at.timestamp_millis()).ok()?;
             Some(EventId::from_u64(
                 EventId::floor_at(ms).as_u64().saturating_sub(1),
@@ -207,7 +207,7 @@ impl Cluster {
                             .into_iter()
                             .map(|(id, draft)| Arc::new(Published::new(Event { id, draft })))
                             .collect();
-                        let sent = forwarding.replay_to(Arc::new(d.clone()), events).await;
+                        let sent = forwarding.replay_to(d.clone(), events).await;
                         tracing::info!(destination = %d.label(), sent, "takeover: replayed events after the last checkpoint");
                         if !complete {
                             tracing::warn!(destination = %d.label(), "takeover: the stream no longer holds every event after the checkpoint; some were not forwarded");
@@ -227,17 +227,19 @@ impl Cluster {
     async fn write_checkpoints(&self, forwarding: &Forwarding, leases: &mut Leases) {
         let mut pipe = redis::pipe();
         let mut any = false;
-        for (d, id) in forwarding.checkpoints() {
-            let field = Self::checkpoint_field(&d);
-            let Some(lease) = leases.owned.get_mut(&field) else {
+        for (field, lease) in &mut leases.owned {
+            if !lease.caught_up.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(id) = forwarding.checkpoint(&lease.destination) else {
                 continue;
             };
-            if !lease.caught_up.load(Ordering::Acquire) || lease.written >= Some(id) {
+            if lease.written >= Some(id) {
                 continue;
             }
             pipe.cmd("HSET")
                 .arg(self.checkpoints_key())
-                .arg(&field)
+                .arg(field)
                 .arg(id.to_string())
                 .ignore();
             lease.written = Some(id);
@@ -279,7 +281,7 @@ impl Cluster {
         tracing::info!(node = %self.node_id, destination = %d.label(), "this node now forwards to this destination");
         let caught_up = Arc::new(AtomicBool::new(false));
         leases.owned.insert(
-            field,
+            field.clone(),
             Lease {
                 destination: d.clone(),
                 caught_up: caught_up.clone(),
@@ -287,7 +289,7 @@ impl Cluster {
             },
         );
         let (me, f) = (self.clone(), forwarding.clone());
-        tokio::spawn(async move { me.catch_up(&f, &d, from, &caught_up).await });
+        tokio::spawn(async move { me.catch_up(&f, d, field, from, &caught_up).await });
         Ok(())
     }
 

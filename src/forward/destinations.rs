@@ -108,9 +108,7 @@ impl Destinations {
         }
         let labels: HashSet<&str> = next.values().map(|e| e.outbox.label.as_str()).collect();
         for e in &gone {
-            if e.owned_after.swap(NOT_OWNED, Ordering::AcqRel) != NOT_OWNED {
-                self.owned.fetch_sub(1, Ordering::AcqRel);
-            }
+            self.disown(e);
             e.outbox.close();
             if !labels.contains(e.outbox.label.as_str()) {
                 self.ctx.metrics.destination_removed(&e.outbox.label);
@@ -165,20 +163,16 @@ impl Destinations {
     /// Stops forwarding live events to `d` (its lease went to another
     /// node). What its outbox holds is still delivered.
     pub fn release(&self, d: &Destination) {
-        let pool = self.pool.load();
-        if let Some(entry) = pool.get(d) {
-            if entry.owned_after.swap(NOT_OWNED, Ordering::AcqRel) != NOT_OWNED {
-                self.owned.fetch_sub(1, Ordering::AcqRel);
-            }
+        if let Some(entry) = self.pool.load().get(d) {
+            self.disown(entry);
         }
     }
 
-    /// Whether this node forwards to `d` now.
-    pub fn owns(&self, d: &Destination) -> bool {
-        self.pool
-            .load()
-            .get(d)
-            .is_some_and(|e| e.owned_after.load(Ordering::Acquire) != NOT_OWNED)
+    /// Marks `entry` not owned, counting it out if it was.
+    fn disown(&self, entry: &Entry) {
+        if entry.owned_after.swap(NOT_OWNED, Ordering::AcqRel) != NOT_OWNED {
+            self.owned.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Offers `p` to `d`'s outbox, if this node forwards to `d` and `p` is
@@ -221,23 +215,19 @@ impl Destinations {
             .collect()
     }
 
-    /// Each destination this node forwards to and how far it is finished
-    /// (see [`Outbox::checkpoint`]), for the cluster's checkpoints.
-    pub fn checkpoints(
+    /// How far `d` is finished (see [`Outbox::checkpoint`]), if this node
+    /// forwards to it: for the cluster's checkpoints.
+    pub fn checkpoint(
         &self,
+        d: &Destination,
         routed: crate::event::EventId,
-    ) -> Vec<(Arc<Destination>, crate::event::EventId)> {
-        self.pool
-            .load()
-            .values()
-            .filter(|e| e.owned_after.load(Ordering::Acquire) != NOT_OWNED)
-            .filter_map(|e| Some((e.outbox.destination.clone(), e.outbox.checkpoint(routed)?)))
-            .collect()
-    }
-
-    /// How many destinations this node forwards to.
-    pub fn owned_count(&self) -> usize {
-        self.owned.load(Ordering::Acquire)
+    ) -> Option<crate::event::EventId> {
+        let pool = self.pool.load();
+        let entry = pool.get(d)?;
+        if entry.owned_after.load(Ordering::Acquire) == NOT_OWNED {
+            return None;
+        }
+        entry.outbox.checkpoint(routed)
     }
 
     /// How many destinations are live.

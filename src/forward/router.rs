@@ -147,11 +147,11 @@ impl Forwarding {
         self.matcher.wanted_since(d)
     }
 
-    /// Each live destination and how far it is finished, for the cluster's
-    /// checkpoints (see [`super::Outbox::checkpoint`]).
-    pub fn checkpoints(&self) -> Vec<(Arc<Destination>, crate::event::EventId)> {
+    /// How far `d` is finished, if this node forwards to it, for the
+    /// cluster's checkpoints (see [`super::Outbox::checkpoint`]).
+    pub fn checkpoint(&self, d: &Destination) -> Option<crate::event::EventId> {
         let routed = crate::event::EventId::from_u64(self.routed.load(Ordering::Acquire));
-        self.destinations.checkpoints(routed)
+        self.destinations.checkpoint(d, routed)
     }
 
     /// The live destinations (statistics, gauges).
