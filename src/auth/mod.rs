@@ -22,7 +22,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 use crate::event::DeviceId;
-use crate::hub::filter::{wildcards, MAX_FILTER_WILDCARDS, MAX_WILDCARDS};
+use crate::hub::filter::{wildcards, DeviceScope, MAX_FILTER_WILDCARDS, MAX_WILDCARDS};
 
 /// Most entries in one list of a claim.
 pub const MAX_SCOPE_ENTRIES: usize = 1_000;
@@ -135,7 +135,7 @@ impl Scope {
     pub fn may_publish(&self, device: Option<&DeviceId>, event_type: Option<&str>) -> bool {
         let device_ok = match device {
             Some(d) => self.publish.allows(d),
-            None => self.publish.allows_text(""),
+            None => self.publish.0.glob_matches(""),
         };
         let type_ok = self
             .types
@@ -145,13 +145,10 @@ impl Scope {
     }
 }
 
-/// A set of devices: exact ids (indexed by the hub) and globs.
+/// A set of devices: exact ids (indexed by the hub) and globs. Shared
+/// with every stream the token opens (their filters hold the same set).
 #[derive(Debug, Clone, Default)]
-pub struct DeviceSet {
-    exact: Vec<DeviceId>,
-    globs: Option<Arc<GlobSet>>,
-    glob_patterns: Vec<String>,
-}
+pub struct DeviceSet(Arc<DeviceScope>);
 
 impl DeviceSet {
     fn new(field: &'static str, entries: &[String]) -> Result<Self, ScopeError> {
@@ -174,54 +171,24 @@ impl DeviceSet {
         let globs = if patterns.is_empty() {
             None
         } else {
-            Some(Arc::new(globs(field, &patterns)?))
+            Some(globs(field, &patterns)?)
         };
-        Ok(Self {
-            exact,
-            globs,
-            glob_patterns: patterns,
-        })
+        Ok(Self(Arc::new(DeviceScope { exact, globs })))
     }
 
     /// Whether `device` is in this set.
     pub fn allows(&self, device: &DeviceId) -> bool {
-        self.exact.contains(device) || self.allows_glob(device.as_str())
-    }
-
-    fn allows_text(&self, text: &str) -> bool {
-        self.allows_glob(text)
-    }
-
-    fn allows_glob(&self, text: &str) -> bool {
-        self.globs.as_ref().is_some_and(|g| g.is_match(text))
+        self.0.allows(device)
     }
 
     /// Whether it holds no device at all.
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.globs.is_none()
-    }
-
-    /// The exact ids.
-    pub fn exact(&self) -> &[DeviceId] {
-        &self.exact
-    }
-
-    /// The compiled globs, if any.
-    pub fn globs(&self) -> Option<&Arc<GlobSet>> {
-        self.globs.as_ref()
-    }
-
-    /// The globs as given.
-    pub fn glob_patterns(&self) -> &[String] {
-        &self.glob_patterns
+        self.0.is_empty()
     }
 
     /// The same set, as a stream filter's device scope.
-    pub fn to_filter_scope(&self) -> Arc<crate::hub::filter::DeviceScope> {
-        Arc::new(crate::hub::filter::DeviceScope {
-            exact: self.exact.clone(),
-            globs: self.globs.clone(),
-        })
+    pub fn as_filter_scope(&self) -> Arc<DeviceScope> {
+        self.0.clone()
     }
 }
 

@@ -140,7 +140,7 @@ fn scoped(who: crate::auth::Principal, filter: EventFilter) -> Result<EventFilte
     if !filter.devices().is_empty() {
         return Ok(filter);
     }
-    Ok(filter.within(scope.subscribe.to_filter_scope()))
+    Ok(filter.within(scope.subscribe.as_filter_scope()))
 }
 
 /// Cluster mode: what the local ring does not cover (this node started

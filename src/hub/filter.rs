@@ -45,20 +45,31 @@ pub struct EventFilter {
     scope: Option<Arc<DeviceScope>>,
 }
 
-/// Devices a scoped subscriber may see (see [`EventFilter::within`]).
-#[derive(Debug)]
+/// A set of devices a token grants (see [`EventFilter::within`] and
+/// `crate::auth`): exact ids, and bounded globs over canonical ids.
+#[derive(Debug, Default)]
 pub struct DeviceScope {
     /// Exact ids.
     pub exact: Vec<DeviceId>,
     /// Bounded globs over canonical ids.
-    pub globs: Option<Arc<GlobSet>>,
+    pub globs: Option<GlobSet>,
 }
 
 impl DeviceScope {
-    fn allows(&self, device: Option<&DeviceId>) -> bool {
-        device.is_some_and(|d| {
-            self.exact.contains(d) || self.globs.as_ref().is_some_and(|g| g.is_match(d.as_str()))
-        })
+    /// Whether `device` is in the set.
+    pub fn allows(&self, device: &DeviceId) -> bool {
+        self.exact.contains(device) || self.glob_matches(device.as_str())
+    }
+
+    /// Whether a glob matches `text` (`""` stands for an event with no
+    /// device).
+    pub fn glob_matches(&self, text: &str) -> bool {
+        self.globs.as_ref().is_some_and(|g| g.is_match(text))
+    }
+
+    /// Whether it holds no device at all.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.globs.is_none()
     }
 }
 
@@ -280,7 +291,7 @@ impl EventFilter {
             && self
                 .scope
                 .as_ref()
-                .is_none_or(|s| s.allows(event.draft.device.as_ref()))
+                .is_none_or(|s| event.draft.device.as_ref().is_some_and(|d| s.allows(d)))
     }
 
     /// Whether the event's type passes (the device part is done by the hub's index).
