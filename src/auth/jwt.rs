@@ -113,7 +113,8 @@ impl std::fmt::Debug for Key {
 #[derive(Debug)]
 pub struct Verifier {
     keys: Vec<Key>,
-    settings: JwtSettings,
+    /// One per algorithm the keys can verify, built once at load.
+    validations: Vec<Validation>,
 }
 
 #[derive(Deserialize)]
@@ -144,10 +145,15 @@ impl Verifier {
         if let Some(path) = &settings.jwks {
             keys.extend(jwks_keys(path)?);
         }
-        Ok(Some(Arc::new(Self {
-            keys,
-            settings: settings.clone(),
-        })))
+        let mut validations: Vec<Validation> = Vec::new();
+        for k in &keys {
+            for &alg in k.family.algorithms() {
+                if !validations.iter().any(|v| v.algorithms == [alg]) {
+                    validations.push(validation(alg, settings));
+                }
+            }
+        }
+        Ok(Some(Arc::new(Self { keys, validations })))
     }
 
     /// The principal a token stands for.
@@ -163,25 +169,16 @@ impl Verifier {
             .iter()
             .filter(|k| k.family == family)
             .filter(|k| by_kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)));
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.settings.leeway_secs;
-        validation.validate_nbf = true;
-        validation.validate_aud = !self.settings.audience.is_empty();
-        // A configured audience or issuer must be present, not only right
-        // when present.
-        let mut required = vec!["exp"];
-        if validation.validate_aud {
-            validation.set_audience(&self.settings.audience);
-            required.push("aud");
-        }
-        if !self.settings.issuer.is_empty() {
-            validation.set_issuer(&self.settings.issuer);
-            required.push("iss");
-        }
-        validation.set_required_spec_claims(&required);
+        let Some(validation) = self
+            .validations
+            .iter()
+            .find(|v| v.algorithms == [header.alg])
+        else {
+            return Err(TokenError::NoKey);
+        };
         let mut refused = TokenError::NoKey;
         for k in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
+            match jsonwebtoken::decode::<Claims>(token, &k.key, validation) {
                 Ok(data) => {
                     let claim = data.claims.ratatoskr.unwrap_or_default();
                     return Ok(match Scope::from_claim(claim)? {
@@ -211,6 +208,27 @@ impl Verifier {
         }
         Err(refused)
     }
+}
+
+/// What a token of `alg` must satisfy: `exp` (and `nbf` when present)
+/// within the leeway, and a configured audience or issuer present and
+/// right, not only right when present.
+fn validation(alg: jsonwebtoken::Algorithm, settings: &JwtSettings) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = settings.leeway_secs;
+    v.validate_nbf = true;
+    v.validate_aud = !settings.audience.is_empty();
+    let mut required = vec!["exp"];
+    if v.validate_aud {
+        v.set_audience(&settings.audience);
+        required.push("aud");
+    }
+    if !settings.issuer.is_empty() {
+        v.set_issuer(&settings.issuer);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
+    v
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, KeyError> {

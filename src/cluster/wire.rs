@@ -117,8 +117,8 @@ pub fn encode(draft: &EventDraft) -> Vec<(&'static str, Bytes)> {
 /// One stream entry as Redis sent it: its id and its `field, value, …` list.
 ///
 /// Replies are walked as raw values rather than through the client's typed
-/// stream replies, which build a `HashMap` and a `String` per entry: on the
-/// reader's path that was a quarter of a node's ingest cost.
+/// stream replies, which build a `HashMap` and a `String` per entry: every
+/// node's reader decodes every entry, so this is on each event's path.
 #[derive(Debug)]
 pub struct RawEntry {
     id: Vec<u8>,
@@ -133,9 +133,13 @@ impl RawEntry {
 
     /// The event id and the draft in this entry (fields taken, not copied).
     pub fn decode(self) -> Result<(EventId, EventDraft), WireError> {
-        let stream_id = self.stream_id();
-        let id = event_id(&stream_id)?;
-        let bad = |why: String| WireError::Entry(stream_id.clone(), why);
+        // The id as text only for an error message.
+        let raw_id = self.id;
+        let text_id = || String::from_utf8_lossy(&raw_id).into_owned();
+        let id = std::str::from_utf8(&raw_id)
+            .map_err(|_| WireError::Id(text_id()))
+            .and_then(event_id)?;
+        let bad = |why: String| WireError::Entry(text_id(), why);
         let (mut m, mut d, mut w) = (None, None, None);
         let mut fields = self.fields.into_iter();
         while let (Some(name), Some(value)) = (fields.next(), fields.next()) {

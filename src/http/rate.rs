@@ -102,30 +102,28 @@ impl RateLimits {
         let Some(limit) = limit else {
             return Ok(());
         };
-        let now = DefaultClock::default().now();
+        // The clock is read only for a refusal (its Retry-After).
+        let refused = |by: &'static str, not_until: governor::NotUntil<_>| {
+            self.refused
+                .get_or_create(&Labels { limit: name, by })
+                .inc();
+            not_until.wait_time_from(DefaultClock::default().now())
+        };
         if let Some(ip) = ip {
-            if let Err(not_until) = limit.by_ip.check_key(&ip) {
-                self.refused
-                    .get_or_create(&Labels {
-                        limit: name,
-                        by: "ip",
-                    })
-                    .inc();
-                return Err(not_until.wait_time_from(now));
-            }
+            limit.by_ip.check_key(&ip).map_err(|n| refused("ip", n))?;
         }
         if let Some(key) = key {
-            if let Err(not_until) = limit.by_key.check_key(&key.to_owned()) {
-                self.refused
-                    .get_or_create(&Labels {
-                        limit: name,
-                        by: "key",
-                    })
-                    .inc();
-                return Err(not_until.wait_time_from(now));
-            }
+            limit
+                .by_key
+                .check_key(&key.to_owned())
+                .map_err(|n| refused("key", n))?;
         }
         Ok(())
+    }
+
+    /// Whether any limit is set (credentials then need a rate-limit key).
+    pub fn any(&self) -> bool {
+        self.ingest.is_some() || self.changes.is_some()
     }
 
     /// Forgets clients whose allowance is full again (every second).
