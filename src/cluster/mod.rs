@@ -356,9 +356,8 @@ impl Cluster {
     /// assumes the reader was caught up then; a count that goes below what
     /// was read (a Redis that came back empty) starts over.
     pub async fn measure_lag(&self) {
-        let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&self.stream)
+        let info: redis::RedisResult<redis::Value> = self
+            .stream_info()
             .query_async(&mut self.commands.clone())
             .await;
         let Ok(info) = info else {
@@ -390,6 +389,13 @@ impl Cluster {
             }
         };
         self.metrics.reader_lag_entries.set(behind as i64);
+    }
+
+    /// `XINFO STREAM` on the events stream (read with [`wire::info_field`]).
+    fn stream_info(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("STREAM").arg(&self.stream);
+        cmd
     }
 
     /// Trims entries older than the maximum age (approximately).
@@ -610,11 +616,7 @@ impl Cluster {
         } else if wire::range_entries(held).is_ok_and(|e| !e.is_empty()) {
             false
         } else {
-            let info: redis::Value = redis::cmd("XINFO")
-                .arg("STREAM")
-                .arg(&self.stream)
-                .query_async(conn)
-                .await?;
+            let info: redis::Value = self.stream_info().query_async(conn).await?;
             wire::info_field(&info, "last-generated-id").is_none_or(|newest| newest != last)
         };
         if lost {
