@@ -120,23 +120,22 @@ impl SubscriberQueue {
 
     /// Ends the subscription; the consumer sees `reason` after what is queued.
     pub fn close(&self, reason: CloseReason) {
-        let waker = {
-            let mut s = self.lock();
-            s.closed = Some(reason);
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.tell(|s| s.closed = Some(reason));
     }
 
     /// Tells the consumer, before the next events, that events it should
     /// have had may be missing: in a cluster, the shared stream lost
     /// history this node had not read yet.
     pub fn mark_gap(&self) {
+        self.tell(|s| s.gap = true);
+    }
+
+    /// Records something the consumer must report, and wakes it (outside
+    /// the lock).
+    fn tell(&self, change: impl FnOnce(&mut State)) {
         let waker = {
             let mut s = self.lock();
-            s.gap = true;
+            change(&mut s);
             s.waker.take()
         };
         if let Some(w) = waker {
