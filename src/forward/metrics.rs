@@ -56,6 +56,20 @@ pub struct DestinationMetrics {
     pub checkpoint_lag: F64Gauge,
 }
 
+/// `family`'s series for `l` when the destination has its own labels, else
+/// a detached metric of the same kind.
+fn level<M: Default + Clone>(
+    own: bool,
+    family: &Family<DestinationLabels, M>,
+    l: &DestinationLabels,
+) -> M {
+    if own {
+        family.get_or_create(l).clone()
+    } else {
+        M::default()
+    }
+}
+
 /// Destinations with series of their own, by default.
 pub const DEFAULT_LABEL_CAP: usize = 100;
 
@@ -200,31 +214,17 @@ impl ForwardMetrics {
         let l = DestinationLabels {
             destination: if own { label } else { OTHER }.to_owned(),
         };
-        let gauge = |family: &Family<DestinationLabels, Gauge>| {
-            if own {
-                family.get_or_create(&l).clone()
-            } else {
-                Gauge::default()
-            }
-        };
-        let f64_gauge = |family: &Family<DestinationLabels, F64Gauge>| {
-            if own {
-                family.get_or_create(&l).clone()
-            } else {
-                F64Gauge::default()
-            }
-        };
         DestinationMetrics {
             delivered: self.delivered.get_or_create(&l).clone(),
             failed: self.failed.get_or_create(&l).clone(),
             retried: self.retried.get_or_create(&l).clone(),
             dropped: self.dropped.get_or_create(&l).clone(),
             abandoned: self.abandoned.get_or_create(&l).clone(),
-            queue_depth: gauge(&self.depth),
-            queue_bytes: gauge(&self.bytes),
-            oldest_age: f64_gauge(&self.oldest_age),
+            queue_depth: level(own, &self.depth, &l),
+            queue_bytes: level(own, &self.bytes, &l),
+            oldest_age: level(own, &self.oldest_age, &l),
             latency: self.latency.get_or_create(&l).clone(),
-            checkpoint_lag: f64_gauge(&self.checkpoint_lag),
+            checkpoint_lag: level(own, &self.checkpoint_lag, &l),
         }
     }
 
