@@ -194,7 +194,6 @@ pub async fn run_with_store(
         cluster_tasks.push(c.start_following(cluster::follow::Followers {
             registry: registry.clone(),
             catalog: catalog.clone(),
-            disabled: stored_disabled.clone(),
         }));
     }
     // The id high-water mark is the embedded mode's: in a cluster, ids are

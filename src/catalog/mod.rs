@@ -197,9 +197,14 @@ impl Catalog {
 
     /// Re-reads every definition from the store (cluster mode: another
     /// node changed one) and swaps them in.
-    pub fn reload(&self, disabled: &crate::store::StoredDisabled) -> Result<(), StoreError> {
+    pub fn reload(&self) -> Result<(), StoreError> {
         let _w = crate::sync::lock(&self.writes);
-        let types = load_types(&self.store, disabled)?;
+        self.reload_locked()
+    }
+
+    /// [`Catalog::reload`], for a caller that holds `writes`.
+    fn reload_locked(&self) -> Result<(), StoreError> {
+        let types = load_types(&self.store, &self.disabled)?;
         *write(&self.types) = types;
         Ok(())
     }
@@ -247,8 +252,8 @@ impl Catalog {
             // Another node may have made it since this one last heard: the
             // store decides, and this node catches up on losing.
             if !self.store.put_new(Collection::EventTypes, name, &doc)? {
-                if let Ok(types) = load_types(&self.store, &self.disabled) {
-                    *write(&self.types) = types;
+                if let Err(e) = self.reload_locked() {
+                    tracing::warn!(error = %e, "event types not reloaded after a lost create");
                 }
                 return Err(CatalogError::Exists(name.into()));
             }

@@ -40,7 +40,7 @@ use crate::forward::destination::Destination;
 use crate::forward::Forwarding;
 use crate::hub::{Hub, Published};
 use crate::registry::Registry;
-use crate::store::{Collection, StoredDisabled};
+use crate::store::Collection;
 
 /// Full resync of registrations and event types, whatever was announced.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
@@ -87,17 +87,11 @@ pub struct Followers {
     pub registry: Arc<Registry>,
     /// Event types.
     pub catalog: Arc<Catalog>,
-    /// Counts definitions loaded disabled.
-    pub disabled: StoredDisabled,
 }
 
 impl Followers {
     async fn reload(&self, which: Option<Collection>) {
-        let (r, c, d) = (
-            self.registry.clone(),
-            self.catalog.clone(),
-            self.disabled.clone(),
-        );
+        let (r, c) = (self.registry.clone(), self.catalog.clone());
         let _ = tokio::task::spawn_blocking(move || {
             if which.is_none_or(|w| w == Collection::Registrations) {
                 if let Err(e) = r.reload() {
@@ -105,7 +99,7 @@ impl Followers {
                 }
             }
             if which.is_none_or(|w| w == Collection::EventTypes) {
-                if let Err(e) = c.reload(&d) {
+                if let Err(e) = c.reload() {
                     tracing::warn!(error = %e, "event types not reloaded");
                 }
             }
