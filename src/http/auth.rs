@@ -63,7 +63,7 @@ impl std::str::FromStr for Secret {
 /// Finds who the request is and puts the [`Principal`] in its extensions;
 /// refuses a missing or invalid token (401).
 pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
-    if app.config.api_token.is_none() && app.verifier.is_none() {
+    if !auth_on(&app) {
         request.extensions_mut().insert(Principal::Anyone);
         return next.run(request).await;
     }
@@ -137,9 +137,14 @@ pub async fn require_admin(request: Request, next: Next) -> Response {
 pub fn principal(app: &App, set: Option<axum::Extension<Principal>>) -> Principal {
     match set {
         Some(axum::Extension(p)) => p,
-        None if app.config.api_token.is_none() && app.verifier.is_none() => Principal::Anyone,
+        None if !auth_on(app) => Principal::Anyone,
         None => Principal::Scoped(std::sync::Arc::new(crate::auth::Scope::nothing())),
     }
+}
+
+/// Whether any credential is configured (auth is off otherwise).
+fn auth_on(app: &App) -> bool {
+    app.config.api_token.is_some() || app.verifier.is_some()
 }
 
 fn cookie(request: &Request) -> Option<String> {
