@@ -155,15 +155,13 @@ impl DeviceSet {
         if entries.len() > MAX_SCOPE_ENTRIES {
             return Err(ScopeError::TooMany(field));
         }
-        let mut exact = Vec::new();
+        let mut exact = std::collections::HashSet::new();
         let mut patterns = Vec::new();
         for e in entries {
             if wildcards(e) == 0 {
                 let id = DeviceId::parse(e)
                     .map_err(|err| ScopeError::Entry(field, e.clone(), err.to_string()))?;
-                if !exact.contains(&id) {
-                    exact.push(id);
-                }
+                exact.insert(id);
             } else {
                 patterns.push(e.clone());
             }

@@ -140,7 +140,14 @@ fn scoped(who: crate::auth::Principal, filter: EventFilter) -> Result<EventFilte
     if !filter.devices().is_empty() {
         return Ok(filter);
     }
-    Ok(filter.within(scope.subscribe.as_filter_scope()))
+    let set = scope.subscribe.as_filter_scope();
+    if set.globs.is_none() {
+        // Exact ids only: the hub's device index serves them, at no cost
+        // for other devices' events.
+        return EventFilter::new(set.exact.iter().map(|d| d.as_str()), filter.type_patterns())
+            .map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    Ok(filter.within(set))
 }
 
 /// Cluster mode: what the local ring does not cover (this node started

@@ -49,8 +49,9 @@ pub struct EventFilter {
 /// `crate::auth`): exact ids, and bounded globs over canonical ids.
 #[derive(Debug, Default)]
 pub struct DeviceScope {
-    /// Exact ids.
-    pub exact: Vec<DeviceId>,
+    /// Exact ids (a set: a stream checks each event against it, inside
+    /// the hub's publish lock).
+    pub exact: std::collections::HashSet<DeviceId>,
     /// Bounded globs over canonical ids.
     pub globs: Option<GlobSet>,
 }

@@ -408,3 +408,54 @@ async fn a_jwks_file_serves_its_keys_by_kid() {
         401
     );
 }
+
+#[tokio::test]
+async fn the_largest_scope_a_claim_may_hold_streams_exactly_its_devices() {
+    let gw = gateway().await;
+    let admin = scoped(json!({"admin": true}));
+    // 1,000 entries: 996 exact ids and 4 globs of 8 wildcards (32 in all),
+    // every limit at its edge.
+    let mut subscribe: Vec<String> = (0..996).map(|i| format!("mac:{i:012x}")).collect();
+    for g in ["a", "b", "c", "d"] {
+        subscribe.push(format!("serial:{g}*1*2*3*4*5*6*7*"));
+    }
+    let big = scoped(json!({ "subscribe": subscribe }));
+    let exact_only = scoped(json!({ "subscribe": subscribe[..996] }));
+    let mut mixed = gw
+        .subscribe_with("/events", &[("authorization", &bearer(&big))])
+        .await;
+    let mut indexed = gw
+        .subscribe_with("/events", &[("authorization", &bearer(&exact_only))])
+        .await;
+    for (device, n) in [
+        ("mac:0000000003e3", 1),         // the last exact id
+        ("serial:b-1-2-3-4-5-6-7-x", 2), // a glob
+        ("serial:e-1-2-3-4-5-6-7-x", 3), // no glob
+        (NOT_MINE, 4),
+    ] {
+        assert_eq!(publish_as(&gw, &admin, device, "t", n).await, 202);
+    }
+    let got: Vec<i64> = [mixed.expect_event().await, mixed.expect_event().await]
+        .iter()
+        .map(|e| e.json()["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, [1, 2]);
+    assert_eq!(indexed.expect_event().await.json()["n"], 1);
+    mixed.expect_silence(Duration::from_millis(300)).await;
+    indexed.expect_silence(Duration::from_millis(100)).await;
+    // One entry more is refused at the door.
+    subscribe.push("mac:ffffffffffff".into());
+    let r = gw
+        .post_with(
+            "/api/events",
+            "application/json",
+            "1",
+            &[(
+                "authorization",
+                &bearer(&scoped(json!({ "subscribe": subscribe }))),
+            )],
+        )
+        .await;
+    r.assert_problem(401);
+    assert!(r.text.contains("more than 1000"), "{}", r.text);
+}
