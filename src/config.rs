@@ -274,12 +274,27 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_JWT_LEEWAY", default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub jwt_leeway: Duration,
 
+    /// A JSON file of API keys, stored as SHA-256 digests, each with the
+    /// devices and event types it may publish (see the README); turns auth
+    /// on. Reloaded on SIGHUP.
+    #[arg(long, env = "RATATOSKR_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
     /// Refuse events whose type has no definition in /api/event-types.
     #[arg(long, env = "RATATOSKR_STRICT_EVENT_TYPES")]
     pub strict_event_types: bool,
 }
 
 impl Config {
+    /// Every credential's settings.
+    pub fn credentials(&self) -> crate::auth::credentials::CredentialSettings {
+        crate::auth::credentials::CredentialSettings {
+            api_token: self.api_token.clone(),
+            jwt: self.jwt(),
+            api_keys_file: self.api_keys_file.clone(),
+        }
+    }
+
     /// The JSON Web Token settings.
     pub fn jwt(&self) -> crate::auth::jwt::JwtSettings {
         crate::auth::jwt::JwtSettings {

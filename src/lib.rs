@@ -63,9 +63,9 @@ pub enum StartError {
     /// Cluster mode: Redis could not be reached at start.
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
-    /// A JSON Web Token key could not be loaded.
+    /// A credential (JWT key, API keys file) could not be loaded.
     #[error(transparent)]
-    Keys(#[from] auth::jwt::KeyError),
+    Keys(#[from] auth::credentials::CredentialError),
 }
 
 /// How often expired registrations are swept and sampled gauges refreshed.
@@ -219,9 +219,11 @@ pub async fn run_with_store(
         write_timeout: config.write_timeout,
         grace: config.shutdown_grace,
     };
-    let verifier = auth::jwt::Verifier::load(&config.jwt())?;
+    let credentials = Arc::new(auth::credentials::Credentials::load(config.credentials())?);
+    metrics.register(|r| credentials.register(r));
+    let hangups = tokio::spawn(auth::credentials::reload_on_hangup(credentials.clone()));
     let app = Arc::new(AppState {
-        verifier,
+        credentials,
         idempotency: IdempotencyCache::new(config.idempotency_window, config.idempotency_max_keys),
         rate_limits: rate_limits.clone(),
         streams_per_ip: metrics
@@ -262,6 +264,7 @@ pub async fn run_with_store(
     let left = app.config.shutdown_grace.saturating_sub(stopping.elapsed());
     let abandoned = forwarding.drain(left).await;
     sweeper.abort();
+    hangups.abort();
     for t in cluster_tasks {
         t.abort();
     }

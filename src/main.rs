@@ -13,8 +13,28 @@ fn fatal(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// `ratatoskr new-api-key <id>`: prints a new key (give it to the
+/// publisher) and its `--api-keys-file` entry (only the digest; edit its
+/// scope before use).
+fn new_api_key(id: Option<&str>) -> ExitCode {
+    let Some(id) = id else {
+        return fatal(2, "usage: ratatoskr new-api-key <id>");
+    };
+    match ratatoskr::auth::keys::new_key(id) {
+        Ok((key, entry)) => {
+            println!("{key}");
+            println!("{entry}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fatal(2, e),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "new-api-key") {
+        return new_api_key(args.get(2).and_then(|a| a.to_str()));
+    }
     let config = match Config::from_args(&args) {
         Ok(c) => c,
         Err(e) => match ratatoskr::config::explain_error(&e, &args) {

@@ -121,6 +121,8 @@ pub struct Verifier {
 struct Claims {
     #[serde(default)]
     ratatoskr: Option<Claim>,
+    #[serde(default)]
+    sub: Option<String>,
 }
 
 impl Verifier {
@@ -183,7 +185,14 @@ impl Verifier {
                     let claim = data.claims.ratatoskr.unwrap_or_default();
                     return Ok(match Scope::from_claim(claim)? {
                         None => Principal::Admin,
-                        Some(scope) => Principal::Scoped(Arc::new(scope)),
+                        Some(mut scope) => {
+                            scope.owner = data
+                                .claims
+                                .sub
+                                .filter(|s| !s.is_empty() && s.len() <= 256)
+                                .map(|s| format!("sub:{s}"));
+                            Principal::Scoped(Arc::new(scope))
+                        }
                     });
                 }
                 Err(e) => {

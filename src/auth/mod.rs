@@ -14,7 +14,9 @@
 //! inside the hub's publish lock for a scoped stream): at most
 //! [`MAX_SCOPE_ENTRIES`] entries per list and the hub's wildcard limits.
 
+pub mod credentials;
 pub mod jwt;
+pub mod keys;
 
 use std::sync::Arc;
 
@@ -97,6 +99,9 @@ pub struct Scope {
     pub publish: DeviceSet,
     /// Event types it may publish; `None`: any.
     pub types: Option<GlobSet>,
+    /// Who holds it, for the registrations it makes: a JWT's `sub`, or
+    /// `key:<id>` for an API key. `None`: it may make none.
+    pub owner: Option<String>,
 }
 
 impl Scope {
@@ -107,6 +112,7 @@ impl Scope {
             accounts: Vec::new(),
             publish: DeviceSet::default(),
             types: None,
+            owner: None,
         }
     }
 
@@ -127,6 +133,7 @@ impl Scope {
             accounts: claim.accounts,
             publish: DeviceSet::new("publish", &claim.publish)?,
             types,
+            owner: None,
         }))
     }
 

@@ -56,8 +56,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Idempotency-Key memory.
     pub idempotency: IdempotencyCache,
-    /// Checks JSON Web Tokens, when keys are configured.
-    pub verifier: Option<Arc<crate::auth::jwt::Verifier>>,
+    /// The API token, JWT keys and API keys (reloaded on SIGHUP).
+    pub credentials: Arc<crate::auth::credentials::Credentials>,
     /// Rate limits on ingest and changes.
     pub rate_limits: Arc<rate::RateLimits>,
     /// Open SSE streams per client address (`--max-streams-per-ip`).

@@ -1,0 +1,156 @@
+//! Publisher API keys (`--api-keys-file`), through the shipped binary: a key
+//! publishes only inside its scope, the file holds digests only, the key
+//! never reaches the log, and SIGHUP swaps the file in (a broken one is
+//! refused and the old keys stay).
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::process::{temp_dir, Process, BIN};
+
+const MINE: &str = "mac:112233445566";
+const NOT_MINE: &str = "mac:665544332211";
+
+/// A new key and its entry, made by the binary's own subcommand.
+fn new_key(id: &str, claim: Value) -> (String, Value) {
+    let out = Command::new(BIN)
+        .args(["new-api-key", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let key = lines.next().unwrap().to_owned();
+    let mut entry: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert!(!entry.to_string().contains(&key), "the entry holds no key");
+    entry["ratatoskr"] = claim;
+    (key, entry)
+}
+
+async fn publish(p: &Process, key: Option<&str>, device: &str, ty: &str) -> u16 {
+    let mut req = p
+        .http
+        .post(p.url(&format!("/api/events?device={device}&type={ty}")))
+        .header("content-type", "application/json")
+        .body("{\"n\":1}");
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+fn hangup(p: &Process) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &p.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn keys_publish_within_their_scope_and_reload_on_sighup() {
+    let dir = temp_dir("api-keys");
+    let file = dir.join("keys.json");
+    let (key, entry) = new_key("plant-7", json!({"publish": [MINE], "types": ["status*"]}));
+    let (admin_key, admin_entry) = new_key("ops", json!({"admin": true}));
+    std::fs::write(&file, json!({"keys": [entry, admin_entry]}).to_string()).unwrap();
+    let p = Process::start(
+        &dir,
+        &["--api-keys-file", file.to_str().unwrap(), "--log", "debug"],
+    );
+
+    assert_eq!(publish(&p, Some(&key), MINE, "status").await, 202);
+    assert_eq!(
+        publish(&p, Some(&key), MINE, "reboot").await,
+        403,
+        "type outside"
+    );
+    assert_eq!(
+        publish(&p, Some(&key), NOT_MINE, "status").await,
+        403,
+        "device outside"
+    );
+    assert_eq!(publish(&p, None, MINE, "status").await, 401);
+    assert_eq!(publish(&p, Some("rtk_guess"), MINE, "status").await, 401);
+    let digest = entry_digest(&file, "plant-7");
+    assert_eq!(
+        publish(&p, Some(&digest), MINE, "status").await,
+        401,
+        "the digest is no key"
+    );
+    // A publisher key manages nothing; an admin key does.
+    let regs = |k: &str| {
+        p.http
+            .get(p.url("/api/registrations"))
+            .bearer_auth(k.to_owned())
+            .send()
+    };
+    assert_eq!(regs(&key).await.unwrap().status(), 403);
+    assert_eq!(regs(&admin_key).await.unwrap().status(), 200);
+
+    // Rotation: plant-7 gets a new key, the old one goes.
+    let (rotated, entry) = new_key("plant-7", json!({"publish": [MINE]}));
+    std::fs::write(&file, json!({"keys": [entry]}).to_string()).unwrap();
+    hangup(&p);
+    p.wait_log(&["credentials reloaded"]).await;
+    assert_eq!(publish(&p, Some(&rotated), MINE, "reboot").await, 202);
+    assert_eq!(
+        publish(&p, Some(&key), MINE, "status").await,
+        401,
+        "the old key is gone"
+    );
+
+    // A broken file is refused: the keys in force stay.
+    std::fs::write(&file, "{\"keys\": [{\"id\": \"x\"").unwrap();
+    hangup(&p);
+    p.wait_log(&["credentials not reloaded"]).await;
+    assert_eq!(publish(&p, Some(&rotated), MINE, "status").await, 202);
+    let metrics = p.get("/metrics").await.text;
+    assert!(metrics.contains("ratatoskr_credentials_reloads_total{result=\"ok\"} 1"));
+    assert!(metrics.contains("ratatoskr_credentials_reloads_total{result=\"failed\"} 1"));
+
+    let log = p.log.lock().unwrap().join("\n");
+    for secret in [&key, &admin_key, &rotated] {
+        assert!(!log.contains(secret.as_str()), "a key reached the log");
+    }
+    drop(p);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn entry_digest(file: &std::path::Path, id: &str) -> String {
+    let doc: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_bad_keys_file_stops_the_start_with_the_entry_named() {
+    let dir = temp_dir("api-keys-bad");
+    let file = dir.join("keys.json");
+    std::fs::write(
+        &file,
+        json!({"keys": [{"id": "plant-7", "sha256": "abc"}]}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+        .arg("--api-keys-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plant-7") && err.contains("64 hexadecimal"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
