@@ -5,6 +5,7 @@
 //! replay and fans it out to matching subscribers, whose `http::sse` streams
 //! write it. [`run`] wires the parts together and owns their lifecycle.
 
+pub mod accounts;
 pub mod auth;
 pub mod catalog;
 pub mod cluster;
@@ -112,6 +113,7 @@ pub async fn run_with_store(
         config.strict_event_types,
         &stored_disabled,
     )?);
+    let accounts = Arc::new(accounts::Accounts::open(store.clone(), &stored_disabled)?);
     let forward_runtime =
         ForwardRuntime::start(config.forward_nice, registry::expression::EVAL_STACK)
             .map_err(|e| StartError::Client(e.to_string()))?;
@@ -194,6 +196,7 @@ pub async fn run_with_store(
         cluster_tasks.push(c.start_following(cluster::follow::Followers {
             registry: registry.clone(),
             catalog: catalog.clone(),
+            accounts: accounts.clone(),
         }));
     }
     // The id high-water mark is the embedded mode's: in a cluster, ids are
@@ -233,6 +236,7 @@ pub async fn run_with_store(
         metrics: metrics.clone(),
         registry,
         catalog,
+        accounts,
         store,
         delivery,
         forwarding: forwarding.clone(),

@@ -23,6 +23,8 @@ pub enum Collection {
     Registrations,
     /// Event type definitions, by name.
     EventTypes,
+    /// Accounts and their devices, by account id.
+    Accounts,
     /// The gateway's own bookkeeping (the event id high-water mark).
     Meta,
 }
@@ -33,15 +35,21 @@ impl Collection {
         match self {
             Self::Registrations => "registrations",
             Self::EventTypes => "event_types",
+            Self::Accounts => "accounts",
             Self::Meta => "meta",
         }
     }
 
     /// The collection named `name`.
     pub fn named(name: &str) -> Option<Self> {
-        [Self::Registrations, Self::EventTypes, Self::Meta]
-            .into_iter()
-            .find(|c| c.name() == name)
+        [
+            Self::Registrations,
+            Self::EventTypes,
+            Self::Accounts,
+            Self::Meta,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
     }
 
     fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -70,7 +78,7 @@ impl StoredDisabled {
         let s = Self::default();
         registry.register(
             "stored_disabled",
-            "Stored registrations or event types loaded disabled because they break a limit",
+            "Stored registrations, event types or accounts loaded disabled because they break a limit",
             s.0.clone(),
         );
         s
@@ -253,6 +261,7 @@ impl Store {
                 for c in [
                     Collection::Registrations,
                     Collection::EventTypes,
+                    Collection::Accounts,
                     Collection::Meta,
                 ] {
                     tx.open_table(c.table()).map_err(StoreError::from)?;

@@ -28,6 +28,9 @@ use crate::hub::filter::{wildcards, DeviceScope, MAX_FILTER_WILDCARDS, MAX_WILDC
 
 /// Most entries in one list of a claim.
 pub const MAX_SCOPE_ENTRIES: usize = 1_000;
+/// Most accounts one claim names (a scoped stream looks an event's device
+/// up in each, inside the hub's publish lock).
+pub const MAX_CLAIM_ACCOUNTS: usize = 64;
 
 /// The `ratatoskr` claim of a token, as sent.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -82,6 +85,9 @@ pub enum ScopeError {
     /// A list longer than [`MAX_SCOPE_ENTRIES`].
     #[error("claim ratatoskr.{0}: more than {MAX_SCOPE_ENTRIES} entries")]
     TooMany(&'static str),
+    /// More than [`MAX_CLAIM_ACCOUNTS`] accounts.
+    #[error("claim ratatoskr.accounts: more than {MAX_CLAIM_ACCOUNTS} entries")]
+    TooManyAccounts,
     /// An entry that is neither a device id nor a bounded glob.
     #[error("claim ratatoskr.{0}: {1:?} {2}")]
     Entry(&'static str, String, String),
@@ -92,8 +98,8 @@ pub enum ScopeError {
 pub struct Scope {
     /// Devices it may subscribe to.
     pub subscribe: DeviceSet,
-    /// Account ids it names (their devices are not yet resolved: see the
-    /// README; they grant nothing on their own).
+    /// Accounts whose devices it may subscribe to (resolved per stream,
+    /// through `crate::accounts`).
     pub accounts: Vec<String>,
     /// Devices it may publish for.
     pub publish: DeviceSet,
@@ -125,8 +131,8 @@ impl Scope {
             None => None,
             Some(list) => Some(globs("types", list)?),
         };
-        if claim.accounts.len() > MAX_SCOPE_ENTRIES {
-            return Err(ScopeError::TooMany("accounts"));
+        if claim.accounts.len() > MAX_CLAIM_ACCOUNTS {
+            return Err(ScopeError::TooManyAccounts);
         }
         Ok(Some(Self {
             subscribe: DeviceSet::new("subscribe", &claim.subscribe)?,
@@ -178,7 +184,11 @@ impl DeviceSet {
         } else {
             Some(globs(field, &patterns)?)
         };
-        Ok(Self(Arc::new(DeviceScope { exact, globs })))
+        Ok(Self(Arc::new(DeviceScope {
+            exact,
+            globs,
+            accounts: Vec::new(),
+        })))
     }
 
     /// Whether `device` is in this set.

@@ -87,11 +87,17 @@ pub struct Followers {
     pub registry: Arc<Registry>,
     /// Event types.
     pub catalog: Arc<Catalog>,
+    /// Accounts and their devices.
+    pub accounts: Arc<crate::accounts::Accounts>,
 }
 
 impl Followers {
     async fn reload(&self, which: Option<Collection>) {
-        let (r, c) = (self.registry.clone(), self.catalog.clone());
+        let (r, c, a) = (
+            self.registry.clone(),
+            self.catalog.clone(),
+            self.accounts.clone(),
+        );
         let _ = tokio::task::spawn_blocking(move || {
             if which.is_none_or(|w| w == Collection::Registrations) {
                 if let Err(e) = r.reload() {
@@ -101,6 +107,11 @@ impl Followers {
             if which.is_none_or(|w| w == Collection::EventTypes) {
                 if let Err(e) = c.reload() {
                     tracing::warn!(error = %e, "event types not reloaded");
+                }
+            }
+            if which.is_none_or(|w| w == Collection::Accounts) {
+                if let Err(e) = a.reload() {
+                    tracing::warn!(error = %e, "accounts not reloaded");
                 }
             }
         })

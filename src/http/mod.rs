@@ -1,5 +1,6 @@
 //! The HTTP edge: one router, one module per resource, one error type.
 
+pub mod accounts;
 pub mod auth;
 pub mod body;
 pub mod dashboard;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Event type definitions.
     pub catalog: Arc<Catalog>,
+    /// Accounts and their devices (a token's `accounts` claim).
+    pub accounts: Arc<crate::accounts::Accounts>,
     /// Where registrations and event types are kept (for `/ready`).
     pub store: Arc<crate::store::Store>,
     /// Delivery settings and the address policy.
@@ -123,6 +126,19 @@ pub fn router(app: App) -> Router {
             get(event_types::get_one)
                 .put(event_types::put)
                 .delete(event_types::delete),
+        )
+        .route("/api/accounts", get(accounts::list))
+        .route(
+            "/api/accounts/{id}",
+            axum::routing::delete(accounts::delete),
+        )
+        .route(
+            "/api/accounts/{id}/devices",
+            get(accounts::devices).put(accounts::put_devices),
+        )
+        .route(
+            "/api/accounts/{id}/devices/{device}",
+            axum::routing::put(accounts::add_device).delete(accounts::remove_device),
         )
         .route_layer(middleware::from_fn_with_state(
             app.clone(),

@@ -60,7 +60,7 @@ pub async fn subscribe(
     )?;
     let filter = EventFilter::new(q.all("device"), q.all("type"))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let filter = scoped(super::auth::principal(&app, who), filter)?;
+    let filter = scoped(&app, super::auth::principal(&app, who), filter)?;
     let format = match q.one("format")? {
         None | Some("data") => Format::Data,
         Some("envelope") => Format::Envelope,
@@ -123,25 +123,45 @@ pub async fn subscribe(
 /// A scoped token sees only its devices: a device it names outside them is
 /// refused (403, not an empty stream), and naming none means all of them
 /// (never everything). Resumes and replays go through the same filter.
-fn scoped(who: crate::auth::Principal, filter: EventFilter) -> Result<EventFilter, ApiError> {
+fn scoped(
+    app: &App,
+    who: crate::auth::Principal,
+    filter: EventFilter,
+) -> Result<EventFilter, ApiError> {
     let Some(scope) = who.scope() else {
         return Ok(filter);
     };
-    if scope.subscribe.is_empty() {
+    let granted = scope.subscribe.as_filter_scope();
+    // Accounts' devices are read at each event (a device removed from an
+    // account stops at once), so a stream that holds any is never served
+    // by the hub's device index alone.
+    let set = if scope.accounts.is_empty() {
+        granted
+    } else {
+        Arc::new(crate::hub::filter::DeviceScope {
+            exact: granted.exact.clone(),
+            globs: granted.globs.clone(),
+            accounts: app.accounts.sets(&scope.accounts),
+        })
+    };
+    if set.is_empty() {
         return Err(ApiError::forbidden(
             "this token may not subscribe to any device",
         ));
     }
-    if let Some(outside) = filter.devices().iter().find(|d| !scope.subscribe.allows(d)) {
+    if let Some(outside) = filter.devices().iter().find(|d| !set.allows(d)) {
         return Err(ApiError::forbidden(format!(
             "this token may not subscribe to device {outside}"
         )));
     }
     if !filter.devices().is_empty() {
-        return Ok(filter);
+        return Ok(if set.accounts.is_empty() {
+            filter
+        } else {
+            filter.within(set)
+        });
     }
-    let set = scope.subscribe.as_filter_scope();
-    if set.globs.is_none() {
+    if set.globs.is_none() && set.accounts.is_empty() {
         // Exact ids only: the hub's device index serves them, at no cost
         // for other devices' events.
         return EventFilter::new(set.exact.iter().map(|d| d.as_str()), filter.type_patterns())

@@ -54,12 +54,21 @@ pub struct DeviceScope {
     pub exact: std::collections::HashSet<DeviceId>,
     /// Bounded globs over canonical ids.
     pub globs: Option<GlobSet>,
+    /// Accounts' device sets, as they are now (an account's change is
+    /// seen by the streams already open: removing a device revokes it).
+    pub accounts: Vec<SharedDevices>,
 }
+
+/// A device set that its owner swaps whole while readers hold it (an
+/// account's devices).
+pub type SharedDevices = Arc<arc_swap::ArcSwap<std::collections::HashSet<DeviceId>>>;
 
 impl DeviceScope {
     /// Whether `device` is in the set.
     pub fn allows(&self, device: &DeviceId) -> bool {
-        self.exact.contains(device) || self.glob_matches(device.as_str())
+        self.exact.contains(device)
+            || self.accounts.iter().any(|a| a.load().contains(device))
+            || self.glob_matches(device.as_str())
     }
 
     /// Whether a glob matches `text` (`""` stands for an event with no
@@ -70,7 +79,7 @@ impl DeviceScope {
 
     /// Whether it holds no device at all.
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.globs.is_none()
+        self.exact.is_empty() && self.globs.is_none() && self.accounts.is_empty()
     }
 }
 

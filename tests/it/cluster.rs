@@ -548,6 +548,103 @@ async fn an_event_type_created_on_two_nodes_at_once_is_created_once() {
     }
 }
 
+#[tokio::test]
+async fn an_account_changed_on_one_node_scopes_streams_on_another() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let Some(redis) = Redis::start() else { return };
+    const SECRET: &str = "a-cluster-accounts-secret-0123456789";
+    let nodes = [
+        node(&redis, &["--jwt-secret", SECRET]),
+        node(&redis, &["--jwt-secret", SECRET]),
+    ];
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let mint = |claim: Value| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"exp": exp, "ratatoskr": claim}),
+            &key,
+        )
+        .unwrap()
+    };
+    let (admin, member) = (
+        mint(json!({"admin": true})),
+        mint(json!({"accounts": ["acme"]})),
+    );
+    let put = |n: &Process, path: String, body: Option<Value>| {
+        let mut req = n.http.put(n.url(&path)).bearer_auth(&admin);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        req.send()
+    };
+    let r = put(
+        &nodes[0],
+        "/api/accounts/acme/devices".into(),
+        Some(json!({"devices": ["mac:112233445566"]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    // The other node hears of it through the change channel.
+    eventually(
+        "node 2 to learn of the account",
+        Duration::from_secs(5),
+        || async {
+            nodes[1]
+                .http
+                .get(nodes[1].url("/events"))
+                .bearer_auth(&member)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let resp = nodes[1]
+        .http
+        .get(nodes[1].url("/events"))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap();
+    let mut sub = SseClient::new(resp);
+    let publish = |n: &Process, device: &str, i: i64| {
+        n.http
+            .post(n.url(&format!("/api/events?device={device}")))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body(json!({ "n": i }).to_string())
+            .send()
+    };
+    publish(&nodes[0], "mac:665544332211", 1).await.unwrap();
+    publish(&nodes[0], "mac:112233445566", 2).await.unwrap();
+    assert_eq!(take(&mut sub, 1).await[0].1, 2);
+    // A device added on node 1 reaches node 2's open stream.
+    put(
+        &nodes[0],
+        "/api/accounts/acme/devices/serial:late".into(),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut i = 10;
+    let arrived = loop {
+        publish(&nodes[0], "serial:late", i).await.unwrap();
+        match sub.next_event(Duration::from_millis(300)).await {
+            Some(e) => break e.json()["n"].as_i64().unwrap(),
+            None if i < 40 => i += 1,
+            None => panic!("the added device never reached the stream"),
+        }
+    };
+    assert!(arrived >= 10);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A node's unlabelled series, 0 when it has none yet.
 async fn metric(n: &Process, name: &str) -> f64 {
     series_value(&n.get("/metrics").await.text, name).unwrap_or(0.0)

@@ -1,6 +1,7 @@
 //! Black-box tests: the real gateway over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod accounts;
 mod api_keys;
 mod auth;
 mod binary;
