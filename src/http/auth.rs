@@ -23,8 +23,11 @@ use http::{header, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 
 use super::App;
-use crate::auth::Principal;
+use std::sync::Arc;
+
+use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
+use crate::hub::filter::DeviceScope;
 
 /// A credential's rate-limit key: a digest of the token (never the token).
 #[derive(Debug, Clone)]
@@ -119,13 +122,42 @@ pub async fn require_admin(request: Request, next: Next) -> Response {
     }
 }
 
+/// Lets through admins and scoped tokens that can own things (a JWT with
+/// a `sub`, an API key); refuses the rest (403). The handler then limits a
+/// scoped token to what it owns: registrations.
+pub async fn require_owner(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Principal>() {
+        Some(p) if p.is_admin() => next.run(request).await,
+        Some(Principal::Scoped(s)) if s.owner.is_some() => next.run(request).await,
+        None if request.method() == Method::OPTIONS => next.run(request).await,
+        Some(_) => ApiError::forbidden("this needs an admin token, or a token with a sub claim")
+            .into_response(),
+        None => ApiError::forbidden("this needs a token").into_response(),
+    }
+}
+
+/// The devices a scope may read: its `subscribe` set, and its accounts'
+/// devices as they are at each check (so a stream holding this set sees
+/// an account's changes).
+pub fn readable(app: &App, scope: &Scope) -> Arc<DeviceScope> {
+    let granted = scope.subscribe.as_filter_scope();
+    if scope.accounts.is_empty() {
+        return granted;
+    }
+    Arc::new(DeviceScope {
+        exact: granted.exact.clone(),
+        globs: granted.globs.clone(),
+        accounts: app.accounts.sets(&scope.accounts),
+    })
+}
+
 /// The request's principal, as [`authenticate`] set it. With auth on, a
 /// request it did not see is nobody: a scope that allows nothing.
 pub fn principal(app: &App, set: Option<axum::Extension<Principal>>) -> Principal {
     match set {
         Some(axum::Extension(p)) => p,
         None if !auth_on(app) => Principal::Anyone,
-        None => Principal::Scoped(std::sync::Arc::new(crate::auth::Scope::nothing())),
+        None => Principal::Scoped(Arc::new(Scope::nothing())),
     }
 }
 

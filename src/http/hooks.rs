@@ -192,7 +192,7 @@ fn duration_of(hook: &Hook, max: Duration) -> Result<Duration, ApiError> {
 /// `GET /hooks`: the xmidt webhooks, in ancla's listed form (secret
 /// obfuscated, duration in nanoseconds).
 pub async fn list(State(app): State<App>) -> Response {
-    let (all, _) = app.registry.list(None, None, usize::MAX);
+    let (all, _) = app.registry.list(None, None, None, usize::MAX);
     let hooks: Vec<Value> = all
         .iter()
         .filter(|r| r.origin == Origin::XmidtHook)

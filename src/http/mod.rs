@@ -100,19 +100,10 @@ pub fn router(app: App) -> Router {
     let events = Router::new()
         .route("/events", get(sse::subscribe).options(preflight))
         .layer(cors(&app.config));
-    // Management, and the gateway-wide figures: admins only.
+    // Event types, accounts, hooks and the gateway-wide figures: admins
+    // only.
     let admin = Router::new()
         .route("/api/stats", get(metrics::stats))
-        .route(
-            "/api/registrations",
-            get(registrations::list).post(registrations::create),
-        )
-        .route(
-            "/api/registrations/{id}",
-            get(registrations::get_one)
-                .put(registrations::replace)
-                .delete(registrations::delete),
-        )
         .route("/hook", post(hooks::register))
         .route("/api/v2/hook", post(hooks::register))
         .route("/hooks", get(hooks::list))
@@ -145,6 +136,23 @@ pub fn router(app: App) -> Router {
             rate::limit_changes,
         ))
         .route_layer(middleware::from_fn(auth::require_admin));
+    // Registrations: admins, and scoped tokens for their own.
+    let owned = Router::new()
+        .route(
+            "/api/registrations",
+            get(registrations::list).post(registrations::create),
+        )
+        .route(
+            "/api/registrations/{id}",
+            get(registrations::get_one)
+                .put(registrations::replace)
+                .delete(registrations::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            rate::limit_changes,
+        ))
+        .route_layer(middleware::from_fn(auth::require_owner));
     let ingest = Router::new()
         .route("/api/events", post(ingest::post_events))
         .route_layer(middleware::from_fn_with_state(
@@ -155,6 +163,7 @@ pub fn router(app: App) -> Router {
         .merge(ingest)
         .merge(events)
         .merge(admin)
+        .merge(owned)
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::authenticate,

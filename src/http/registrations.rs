@@ -3,10 +3,16 @@
 //! Responses carry the registration without its secrets, its `ETag`, and
 //! its destination's delivery figures. `PUT` and `DELETE` honour
 //! `If-Match` (412 when the registration changed meanwhile).
+//!
+//! Admins see and change every registration. A scoped token with an owner
+//! (a JWT `sub`, an API key) makes registrations for devices it may read
+//! only (403 otherwise), and sees and changes only its own: another's is
+//! 404, as if it did not exist.
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
@@ -14,6 +20,7 @@ use serde_json::json;
 use super::body::read_json;
 use super::query::QueryPairs;
 use super::App;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::event::DeviceId;
 use crate::forward::destination::Destination;
@@ -33,6 +40,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::PreconditionFailed(_) => ApiError::precondition_failed(detail),
             RegistryError::Full(_) => ApiError::unavailable(detail),
             RegistryError::Store(cause) => ApiError::store_unavailable("registration", &cause),
+            RegistryError::Forbidden(_) => ApiError::forbidden(detail),
         }
     }
 }
@@ -92,15 +100,65 @@ fn if_match(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         .transpose()
 }
 
+/// Who is asking, for registrations: `None` for an admin (every
+/// registration), else the owner it is limited to.
+fn owner_of(who: &Principal) -> Result<Option<&str>, ApiError> {
+    match who {
+        Principal::Scoped(s) => s
+            .owner
+            .as_deref()
+            .map(Some)
+            .ok_or_else(|| ApiError::forbidden("this needs a token with a sub claim")),
+        _ => Ok(None),
+    }
+}
+
+/// A registration the caller may see (another owner's is not there).
+fn visible(app: &App, who: &Principal, id: &str) -> Result<Registration, ApiError> {
+    let owner = owner_of(who)?;
+    app.registry
+        .get(id)
+        .filter(|r| owner.is_none_or(|o| r.owner.as_deref() == Some(o)))
+        .ok_or_else(|| RegistryError::NotFound(id.into()).into())
+}
+
+/// A scoped token registers only for devices it may read, and never by
+/// pattern (a pattern cannot be checked against its scope).
+fn within_scope(app: &App, who: &Principal, r: &Registration) -> Result<(), RegistryError> {
+    let Some(scope) = who.scope() else {
+        return Ok(());
+    };
+    if !r.device_patterns.is_empty() {
+        return Err(RegistryError::Forbidden(
+            "this token may not register by device pattern".into(),
+        ));
+    }
+    let readable = super::auth::readable(app, scope);
+    for d in &r.devices {
+        let inside = DeviceId::parse(d).is_ok_and(|d| readable.allows(&d));
+        if !inside {
+            return Err(RegistryError::Forbidden(format!(
+                "this token may not register for device {d}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `POST /api/registrations`.
 pub async fn create(
     State(app): State<App>,
+    who: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let who = super::auth::principal(&app, who);
+    let owner = owner_of(&who)?.map(str::to_owned);
     let req: RegistrationRequest = read_json(&app, &headers, body).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let registration = app.registry.build(req, id, Origin::Api, None)?;
+    let mut registration = app.registry.build(req, id, Origin::Api, None)?;
+    within_scope(&app, &who, &registration)?;
+    registration.owner = owner;
     check_addresses(&app, &registration.destination).await?;
     let registry = app.registry.clone();
     let registration = super::store_write(move || registry.insert(registration)).await?;
@@ -114,7 +172,13 @@ pub async fn create(
 }
 
 /// `GET /api/registrations?device=&limit=&cursor=`.
-pub async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub async fn list(
+    State(app): State<App>,
+    who: Option<Extension<Principal>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let who = super::auth::principal(&app, who);
+    let owner = owner_of(&who)?;
     let q = QueryPairs::parse(query.as_deref(), &["device", "limit", "cursor"])?;
     let device = q
         .one("device")?
@@ -130,37 +194,48 @@ pub async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Result<R
                 ApiError::bad_request(format!("limit must be between 1 and {}", PAGE.1))
             })?,
     };
-    let (items, more) = app.registry.list(device.as_ref(), q.one("cursor")?, limit);
+    let (items, more) = app
+        .registry
+        .list(device.as_ref(), owner, q.one("cursor")?, limit);
     let next = more.then(|| items.last().map(|r| r.id.clone())).flatten();
     let items: Vec<_> = items.iter().map(|r| body(&app, r)).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
 }
 
 /// `GET /api/registrations/{id}`.
-pub async fn get_one(State(app): State<App>, Path(id): Path<String>) -> Response {
-    match app.registry.get(&id) {
-        Some(r) => with_etag(StatusCode::OK, &app, &r),
-        None => ApiError::from(RegistryError::NotFound(id)).into_response(),
-    }
+pub async fn get_one(
+    State(app): State<App>,
+    who: Option<Extension<Principal>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = super::auth::principal(&app, who);
+    let r = visible(&app, &who, &id)?;
+    Ok(with_etag(StatusCode::OK, &app, &r))
 }
 
 /// `PUT /api/registrations/{id}`: replace, or renew with the same body.
 pub async fn replace(
     State(app): State<App>,
+    who: Option<Extension<Principal>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let who = super::auth::principal(&app, who);
     let condition = if_match(&headers)?.map(str::to_owned);
     let mut req: RegistrationRequest = read_json(&app, &headers, body).await?;
-    if let Some(current) = app.registry.get(&id) {
-        req.destination.inherit_secrets(&current.destination);
-    }
+    let current = visible(&app, &who, &id)?;
+    req.destination.inherit_secrets(&current.destination);
     check_addresses(&app, &req.destination).await?;
     let registry = app.registry.clone();
+    let checker = app.clone();
     let updated = super::store_write(move || {
         registry.replace(&id, condition.as_deref(), |current| {
-            registry.build(req, id.clone(), current.origin, Some(current))
+            let next = registry.build(req, id.clone(), current.origin, Some(current))?;
+            // Checked against the registration as it is under the write
+            // lock: the owner cannot have changed, the devices must fit.
+            within_scope(&checker, &who, &next)?;
+            Ok(next)
         })
     })
     .await?;
@@ -171,13 +246,18 @@ pub async fn replace(
 /// `DELETE /api/registrations/{id}`.
 pub async fn delete(
     State(app): State<App>,
+    who: Option<Extension<Principal>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    let who = super::auth::principal(&app, who);
     let condition = match if_match(&headers) {
         Ok(c) => c.map(str::to_owned),
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = visible(&app, &who, &id) {
+        return e.into_response();
+    }
     let registry = app.registry.clone();
     let gone = id.clone();
     let result = super::store_write(move || registry.delete(&gone, condition.as_deref())).await;

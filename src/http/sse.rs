@@ -131,19 +131,10 @@ fn scoped(
     let Some(scope) = who.scope() else {
         return Ok(filter);
     };
-    let granted = scope.subscribe.as_filter_scope();
     // Accounts' devices are read at each event (a device removed from an
     // account stops at once), so a stream that holds any is never served
     // by the hub's device index alone.
-    let set = if scope.accounts.is_empty() {
-        granted
-    } else {
-        Arc::new(crate::hub::filter::DeviceScope {
-            exact: granted.exact.clone(),
-            globs: granted.globs.clone(),
-            accounts: app.accounts.sets(&scope.accounts),
-        })
-    };
+    let set = super::auth::readable(app, scope);
     if set.is_empty() {
         return Err(ApiError::forbidden(
             "this token may not subscribe to any device",

@@ -59,6 +59,10 @@ pub enum RegistryError {
     /// The registration limit is reached (503).
     #[error("the gateway has reached its limit of {0} registrations")]
     Full(usize),
+    /// The caller may not make this registration (403): a device outside
+    /// its scope.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed (503).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -512,6 +516,7 @@ impl Registry {
             expires_at: expires,
             version: previous.map_or(1, |p| p.version + 1),
             origin,
+            owner: previous.and_then(|p| p.owner.clone()),
             disabled: None,
         })
     }
@@ -632,10 +637,12 @@ impl Registry {
     }
 
     /// Unexpired registrations after `after` (by id), optionally only those
-    /// naming `device`, at most `limit`. Returns them and whether more follow.
+    /// naming `device`, and only those of `owner`, at most `limit`. Returns
+    /// them and whether more follow.
     pub fn list(
         &self,
         device: Option<&DeviceId>,
+        owner: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> (Vec<Registration>, bool) {
@@ -648,7 +655,9 @@ impl Registry {
             None => index.by_id.range::<str, _>(..),
         };
         let mut matching = range.map(|(_, l)| &l.registration).filter(|r| {
-            r.expires_at > now && device.is_none_or(|d| r.devices.iter().any(|x| x == d.as_str()))
+            r.expires_at > now
+                && device.is_none_or(|d| r.devices.iter().any(|x| x == d.as_str()))
+                && owner.is_none_or(|o| r.owner.as_deref() == Some(o))
         });
         let page: Vec<Registration> = matching.by_ref().take(limit).cloned().collect();
         let more = matching.next().is_some();
@@ -803,6 +812,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             expires_at: now + chrono::Duration::seconds(60),
+            owner: None,
             version: 1,
             origin: Origin::Api,
             disabled: None,

@@ -52,6 +52,10 @@ pub struct Registration {
     /// Where it came from.
     #[serde(default)]
     pub origin: Origin,
+    /// The scoped token that made it (`sub:<jwt sub>` or `key:<id>`), who
+    /// alone may see and change it besides admins. `None`: an admin's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Why it was loaded disabled (it breaks a limit added since it was
     /// stored); it then receives nothing until replaced. Never stored.
     #[serde(skip)]
@@ -80,6 +84,7 @@ impl Registration {
             "expires_at": ts(&self.expires_at),
             "expires_in": (self.expires_at - now).num_seconds().max(0),
             "origin": self.origin,
+            "owner": self.owner,
             "etag": self.etag(),
             "status": if self.disabled.is_some() { "disabled" } else { "active" },
             "disabled_reason": self.disabled,

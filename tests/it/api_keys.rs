@@ -82,7 +82,7 @@ async fn keys_publish_within_their_scope_and_reload_on_sighup() {
     // A publisher key manages nothing; an admin key does.
     let regs = |k: &str| {
         p.http
-            .get(p.url("/api/registrations"))
+            .get(p.url("/api/event-types"))
             .bearer_auth(k.to_owned())
             .send()
     };

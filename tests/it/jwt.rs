@@ -238,13 +238,8 @@ async fn a_scoped_publisher_publishes_for_its_devices_and_types_only() {
         .await;
     assert_eq!(r.body["accepted"], 1, "{}", r.text);
     assert_eq!(r.body["rejected"], 1, "{}", r.text);
-    // Management needs an admin.
-    for path in [
-        "/api/registrations",
-        "/api/event-types",
-        "/hooks",
-        "/api/stats",
-    ] {
+    // Management needs an admin (registrations: see the ownership test).
+    for path in ["/api/accounts", "/api/event-types", "/hooks", "/api/stats"] {
         let r = gw
             .http
             .get(gw.url(path))
@@ -458,4 +453,106 @@ async fn the_largest_scope_a_claim_may_hold_streams_exactly_its_devices() {
         .await;
     r.assert_problem(401);
     assert!(r.text.contains("more than 1000"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn registrations_of_a_scoped_token_stay_in_its_scope_and_are_its_own() {
+    let gw = gateway().await;
+    let rx = crate::receiver::Receiver::start().await;
+    let admin = scoped(json!({"admin": true}));
+    let alice = hs256(
+        json!({"sub": "alice", "exp": now() + 600, "ratatoskr": {"subscribe": [MINE, "serial:*"]}}),
+    );
+    let bob = hs256(json!({"sub": "bob", "exp": now() + 600, "ratatoskr": {"subscribe": [MINE]}}));
+    let nobody = hs256(json!({"exp": now() + 600, "ratatoskr": {"subscribe": [MINE]}}));
+    let call = |method: &str, path: &str, token: &str, body: Option<Value>| {
+        let mut req = gw
+            .http
+            .request(method.parse().unwrap(), gw.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        async move { crate::util::Reply::read(req.send().await.unwrap()).await }
+    };
+    let reg = |devices: Value| {
+        json!({"devices": devices, "duration": "10m",
+               "destination": {"type": "http", "url": rx.url("/alice")}})
+    };
+    // Escalation by body: a device outside the scope.
+    let r = call(
+        "POST",
+        "/api/registrations",
+        &alice,
+        Some(reg(json!([MINE, NOT_MINE]))),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains(NOT_MINE));
+    // A token without sub can own nothing.
+    let r = call(
+        "POST",
+        "/api/registrations",
+        &nobody,
+        Some(reg(json!([MINE]))),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = call(
+        "POST",
+        "/api/registrations",
+        &alice,
+        Some(reg(json!([MINE, "serial:7"]))),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["owner"], "sub:alice");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/registrations/{id}");
+    // Bob does not see it, cannot change or delete it: to him it is not there.
+    assert_eq!(call("GET", &path, &bob, None).await.status, 404);
+    assert_eq!(
+        call("PUT", &path, &bob, Some(reg(json!([MINE]))))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(call("DELETE", &path, &bob, None).await.status, 404);
+    let mine = call("GET", "/api/registrations", &bob, None).await;
+    assert_eq!(mine.body["items"], json!([]));
+    // Alice sees hers; a replace cannot widen it either.
+    assert_eq!(
+        call("GET", "/api/registrations", &alice, None).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let r = call("PUT", &path, &alice, Some(reg(json!([NOT_MINE])))).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = call("PUT", &path, &alice, Some(reg(json!(["serial:8"])))).await;
+    assert_eq!(
+        (r.status, r.body["owner"].as_str()),
+        (200, Some("sub:alice"))
+    );
+    // The admin sees everyone's.
+    let all = call("GET", "/api/registrations", &admin, None).await;
+    assert_eq!(all.body["items"][0]["owner"], "sub:alice");
+    // The registration forwards the owner's devices' events.
+    assert_eq!(publish_as(&gw, &admin, "serial:8", "t", 1).await, 202);
+    let got = rx.wait_for("/alice", 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(call("DELETE", &path, &alice, None).await.status, 204);
+    // A publisher-only token (no subscribe scope) registers for nothing.
+    let writer = hs256(json!({"sub": "w", "exp": now() + 600, "ratatoskr": {"publish": [MINE]}}));
+    let r = call(
+        "POST",
+        "/api/registrations",
+        &writer,
+        Some(reg(json!([MINE]))),
+    )
+    .await;
+    assert_eq!(r.status, 403);
 }
