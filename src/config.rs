@@ -280,6 +280,15 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 
+    /// PEM certificate chain for TLS (with `--tls-key`); HTTP/2 is offered
+    /// by ALPN. Reloaded on SIGHUP.
+    #[arg(long, env = "RATATOSKR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "RATATOSKR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Refuse events whose type has no definition in /api/event-types.
     #[arg(long, env = "RATATOSKR_STRICT_EVENT_TYPES")]
     pub strict_event_types: bool,

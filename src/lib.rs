@@ -18,6 +18,7 @@ pub mod hub;
 pub mod id_mark;
 pub mod idempotency;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod store;
@@ -67,6 +68,9 @@ pub enum StartError {
     /// A credential (JWT key, API keys file) could not be loaded.
     #[error(transparent)]
     Keys(#[from] auth::credentials::CredentialError),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] server::tls::TlsError),
 }
 
 /// How often expired registrations are swept and sampled gauges refreshed.
@@ -224,7 +228,17 @@ pub async fn run_with_store(
     };
     let credentials = Arc::new(auth::credentials::Credentials::load(config.credentials())?);
     metrics.register(|r| credentials.register(r));
-    let hangups = tokio::spawn(auth::credentials::reload_on_hangup(credentials.clone()));
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(server::tls::Tls::load(server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })?)),
+        _ => None,
+    };
+    let hangups = tokio::spawn(reload::on_hangup(reload::Reloadable {
+        credentials: credentials.clone(),
+        tls: tls.clone(),
+    }));
     let app = Arc::new(AppState {
         credentials,
         idempotency: IdempotencyCache::new(config.idempotency_window, config.idempotency_max_keys),
@@ -252,6 +266,7 @@ pub async fn run_with_store(
         limits,
         metrics,
         stop_accepting.clone(),
+        tls,
     ));
     app.readiness.set(Phase::Ready);
     tracing::info!("ready");

@@ -157,22 +157,6 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
         == 0
 }
 
-/// Reloads `credentials` on every SIGHUP, until the process ends.
-pub async fn reload_on_hangup(credentials: Arc<Credentials>) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: credentials reload only on restart");
-            return;
-        }
-    };
-    while hangups.recv().await.is_some() {
-        let c = credentials.clone();
-        // Reading files: off the async workers.
-        let _ = tokio::task::spawn_blocking(move || c.reload()).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,23 +8,22 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-/// A socket that first replays bytes the accept loop already read (to see
+/// A connection (a TCP socket, or a TLS stream over one) that first replays bytes the accept loop already read (to see
 /// whether the request was for the lean SSE path), and whose writes fail
 /// with `TimedOut` once they have been blocked (the peer not reading) for
 /// longer than the limit.
-pub struct ClientIo {
-    inner: TcpStream,
+pub struct ClientIo<S> {
+    inner: S,
     prefix: Bytes,
     limit: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl ClientIo {
+impl<S> ClientIo<S> {
     /// Wraps `inner`; `prefix` is read back before the socket.
-    pub fn new(inner: TcpStream, prefix: Bytes, limit: Duration) -> Self {
+    pub fn new(inner: S, prefix: Bytes, limit: Duration) -> Self {
         Self {
             inner,
             prefix,
@@ -53,7 +52,7 @@ impl ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -69,7 +68,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

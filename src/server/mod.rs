@@ -6,10 +6,12 @@
 //! write-stall timeout (a client that stops reading must not pin a
 //! connection forever), the peer address in every request, and the lean
 //! path that keeps an idle SSE subscriber to a few KB (see [`lean`]).
-//! Every other request, and HTTP/2 (h2c), is served by hyper.
+//! Every other request, HTTP/2 (h2c), and every TLS connection
+//! ([`tls`]) is served by hyper.
 
 mod io;
 pub mod lean;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,6 +98,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     builder: auto::Builder<TokioExecutor>,
     stop: CancellationToken,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled, then drains.
@@ -106,6 +109,7 @@ pub async fn serve(
     limits: ServerLimits,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+    tls: Option<Arc<tls::Tls>>,
 ) -> bool {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -124,6 +128,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         builder,
         stop: stop.clone(),
+        tls,
     });
     let tracker = TaskTracker::new();
     let mut backoff = AcceptBackoff::default();
@@ -158,7 +163,10 @@ pub async fn serve(
         let shared = shared.clone();
         tracker.spawn(async move {
             shared.metrics.connection_opened();
-            connection(stream, PeerAddr(peer), &shared).await;
+            match &shared.tls {
+                Some(tls) => tls_connection(stream, PeerAddr(peer), &shared, tls).await,
+                None => connection(stream, PeerAddr(peer), &shared).await,
+            }
             shared.metrics.connection_closed();
             drop(permit);
         });
@@ -209,8 +217,25 @@ async fn connection(mut stream: TcpStream, peer: PeerAddr, shared: &Shared) {
     }
 }
 
-/// Serves a connection with hyper (HTTP/1.1 keep-alive or h2c).
-async fn hyper_connection(stream: TcpStream, read: BytesMut, peer: PeerAddr, shared: &Shared) {
+/// Completes the TLS handshake (within the header timeout), then serves
+/// the connection with hyper, in the protocol ALPN chose.
+async fn tls_connection(stream: TcpStream, peer: PeerAddr, shared: &Shared, tls: &tls::Tls) {
+    let handshake = tokio::select! {
+        () = shared.stop.cancelled() => return,
+        h = tokio::time::timeout(shared.limits.header_timeout, tls.acceptor().accept(stream)) => h,
+    };
+    match handshake {
+        Ok(Ok(stream)) => hyper_connection(stream, BytesMut::new(), peer, shared).await,
+        Ok(Err(e)) => tracing::debug!(peer = %peer.0, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %peer.0, "TLS handshake not done in time"),
+    }
+}
+
+/// Serves a connection with hyper (HTTP/1.1 keep-alive or HTTP/2).
+async fn hyper_connection<S>(stream: S, read: BytesMut, peer: PeerAddr, shared: &Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(ClientIo::new(
         stream,
         read.freeze(),

@@ -24,6 +24,7 @@ mod shutdown;
 mod slow;
 mod sqs;
 mod stream;
+mod tls;
 mod util;
 mod wrp;
 mod xmidt_hooks;
