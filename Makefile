@@ -2,10 +2,10 @@
 CARGO ?= cargo
 TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
 
-.PHONY: help build run cluster-demo test test-rust test-js test-browser lint fmt bench fuzz release clean
+.PHONY: help build run cluster-demo test test-rust test-js test-browser test-contract lint fmt bench fuzz release clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## debug build
 	$(CARGO) build
@@ -16,7 +16,7 @@ run: ## run the gateway on its embedded defaults (0.0.0.0:8080)
 cluster-demo: ## Redis plus three cluster nodes on 127.0.0.1:8081-8083 (Ctrl-C stops them)
 	scripts/cluster-demo.sh
 
-test: test-rust test-js test-browser ## every test: Rust suites, the EventSource client, the dashboard in Chromium
+test: test-rust test-js test-browser test-contract ## every test: Rust suites, the EventSource client, the dashboard in Chromium, the OpenAPI contract
 
 test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto), then the black-box suite again on a Redis cluster node
 	$(CARGO) test --all-targets
@@ -27,6 +27,9 @@ test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over 
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	touch $@
+
+test-contract: build .venv/bin/moto_server ## schemathesis against a live gateway, auth off and on (reports in artifacts/contract/)
+	tests/contract/run.sh
 
 test-js: build ## a real EventSource client (npm eventsource) against the binary
 	cd tests/js && npm ci --no-audit --no-fund --silent && node --test

@@ -57,7 +57,7 @@ pub struct Account {
 }
 
 /// The body of `PUT /api/accounts/{id}/devices`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevicesRequest {
     /// Every device of the account (replaces what it had).

@@ -29,7 +29,7 @@ use crate::validation::FieldError;
 pub const MAX_NAME_LEN: usize = 256;
 
 /// A definition as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventType {
     /// The type name events carry.
     pub name: String,
@@ -54,7 +54,7 @@ pub struct EventType {
 }
 
 /// The body of `POST`/`PUT /api/event-types`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTypeRequest {
     /// The name (`POST` only; `PUT` takes it from the path).

@@ -83,7 +83,7 @@ pub enum Destination {
 }
 
 /// An HTTP webhook destination. Its `Debug` shows no secret.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpDestination {
     /// Where events are POSTed.
@@ -95,8 +95,10 @@ pub struct HttpDestination {
     /// Extra request headers (e.g. `Authorization`). Values are secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// The body format.
+    /// The body format: `application/json` (default), `application/msgpack`
+    /// or `application/wrp+json`.
     #[serde(default)]
+    #[schema(value_type = String)]
     pub content_type: BodyFormat,
     /// Receives drop notices instead of `url`, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,7 +106,7 @@ pub struct HttpDestination {
 }
 
 /// An AWS SQS destination. Its `Debug` shows no secret.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqsDestination {
     /// The queue's URL.
@@ -125,6 +127,7 @@ pub struct SqsDestination {
     pub endpoint_url: Option<String>,
     /// The message body format (msgpack bodies are base64-encoded).
     #[serde(default)]
+    #[schema(value_type = String)]
     pub content_type: BodyFormat,
 }
 

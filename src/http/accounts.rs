@@ -37,7 +37,18 @@ fn shown(account: &Account) -> serde_json::Value {
     })
 }
 
-/// `GET /api/accounts`: every account and its device count.
+/// Every account and its device count.
+#[utoipa::path(
+    get,
+    path = "/api/accounts",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "Every account", body = crate::http::openapi::AccountList),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn list(State(app): State<App>) -> Response {
     let items: Vec<_> = app
         .accounts
@@ -48,7 +59,20 @@ pub async fn list(State(app): State<App>) -> Response {
     Json(json!({ "items": items })).into_response()
 }
 
-/// `GET /api/accounts/{id}/devices`.
+/// An account's devices.
+#[utoipa::path(
+    get,
+    path = "/api/accounts/{id}/devices",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The account id")),
+    responses(
+        (status = 200, description = "The account", body = crate::http::openapi::AccountView),
+        (status = 404, description = "No such account", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn devices(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let account = app
         .accounts
@@ -57,8 +81,28 @@ pub async fn devices(State(app): State<App>, Path(id): Path<String>) -> Result<R
     Ok(Json(shown(&account)).into_response())
 }
 
-/// `PUT /api/accounts/{id}/devices`: replaces the account's devices
-/// (creates it: 201).
+/// Replaces an account's devices (creates it).
+#[utoipa::path(
+    put,
+    path = "/api/accounts/{id}/devices",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The account id")),
+    request_body(content = crate::accounts::DevicesRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = crate::http::openapi::AccountView),
+        (status = 201, description = "Created", body = crate::http::openapi::AccountView),
+        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn put_devices(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -76,8 +120,23 @@ pub async fn put_devices(
     Ok((status, Json(shown(&account))).into_response())
 }
 
-/// `PUT /api/accounts/{id}/devices/{device}`: adds one device (201 when
-/// it is new in the account, 200 when it was there).
+/// Adds one device to an account (creates it).
+#[utoipa::path(
+    put,
+    path = "/api/accounts/{id}/devices/{device}",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The account id"), ("device" = String, Path, description = "A device id (mac:, uuid:, serial:, dns:, event: or plain)")),
+    responses(
+        (status = 200, description = "It was there", body = crate::http::openapi::AccountView),
+        (status = 201, description = "Added", body = crate::http::openapi::AccountView),
+        (status = 422, description = "Bad account id or device", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn add_device(
     State(app): State<App>,
     Path((id, device)): Path<(String, String)>,
@@ -92,8 +151,22 @@ pub async fn add_device(
     Ok((status, Json(shown(&account))).into_response())
 }
 
-/// `DELETE /api/accounts/{id}/devices/{device}`: removes one device;
-/// streams that see it through this account stop at once.
+/// Removes one device from an account.
+#[utoipa::path(
+    delete,
+    path = "/api/accounts/{id}/devices/{device}",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The account id"), ("device" = String, Path, description = "A device id (mac:, uuid:, serial:, dns:, event: or plain)")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such account or device in it", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn remove_device(
     State(app): State<App>,
     Path((id, device)): Path<(String, String)>,
@@ -103,7 +176,22 @@ pub async fn remove_device(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `DELETE /api/accounts/{id}`.
+/// Deletes an account.
+#[utoipa::path(
+    delete,
+    path = "/api/accounts/{id}",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The account id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such account", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let accounts = app.accounts.clone();
     super::store_write(move || accounts.delete(&id)).await?;

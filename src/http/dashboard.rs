@@ -11,12 +11,20 @@ use crate::error::ApiError;
 #[folder = "static/"]
 struct Assets;
 
-/// `GET /`: the dashboard page.
+/// The dashboard page.
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 pub async fn index() -> Response {
     serve("index.html")
 }
 
-/// `GET /static/{path}`: scripts, styles, images.
+/// The dashboard's scripts, styles and images.
+#[utoipa::path(get, path = "/static/{path}", tag = "operations",
+    params(("path" = String, Path, description = "The file")),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/javascript"), (String = "text/css"), (String = "image/svg+xml"), (String = "text/html"))),
+        (status = 404, description = "No such file", content_type = "application/problem+json", body = crate::http::openapi::Problem)))]
 pub async fn asset(Path(path): Path<String>) -> Response {
     serve(&path)
 }

@@ -25,12 +25,43 @@ impl From<CatalogError> for ApiError {
     }
 }
 
-/// `GET /api/event-types`.
+/// Every event type.
+#[utoipa::path(
+    get,
+    path = "/api/event-types",
+    tag = "event-types",
+    responses(
+        (status = 200, description = "Every type", body = crate::http::openapi::EventTypeList),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn list(State(app): State<App>) -> Response {
     Json(json!({ "items": app.catalog.list() })).into_response()
 }
 
-/// `POST /api/event-types`: defines a new type (409 if it exists).
+/// Defines a new event type (409 if it exists).
+#[utoipa::path(
+    post,
+    path = "/api/event-types",
+    tag = "event-types",
+    request_body(content = crate::catalog::EventTypeRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Defined", body = crate::catalog::EventType),
+        (status = 409, description = "It exists", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn create(
     State(app): State<App>,
     headers: HeaderMap,
@@ -47,7 +78,20 @@ pub async fn create(
     Ok(response)
 }
 
-/// `GET /api/event-types/{name}`.
+/// One event type.
+#[utoipa::path(
+    get,
+    path = "/api/event-types/{name}",
+    tag = "event-types",
+    params(("name" = String, Path, description = "The event type name")),
+    responses(
+        (status = 200, description = "It", body = crate::catalog::EventType),
+        (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn get_one(State(app): State<App>, Path(name): Path<String>) -> Response {
     match app.catalog.get(&name) {
         Some(def) => Json(def).into_response(),
@@ -55,7 +99,28 @@ pub async fn get_one(State(app): State<App>, Path(name): Path<String>) -> Respon
     }
 }
 
-/// `PUT /api/event-types/{name}`: defines or replaces.
+/// Defines or replaces an event type.
+#[utoipa::path(
+    put,
+    path = "/api/event-types/{name}",
+    tag = "event-types",
+    params(("name" = String, Path, description = "The event type name")),
+    request_body(content = crate::catalog::EventTypeRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = crate::catalog::EventType),
+        (status = 201, description = "Defined", body = crate::catalog::EventType),
+        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn put(
     State(app): State<App>,
     Path(name): Path<String>,
@@ -78,7 +143,22 @@ pub async fn put(
     Ok((status, Json(def)).into_response())
 }
 
-/// `DELETE /api/event-types/{name}`.
+/// Removes an event type.
+#[utoipa::path(
+    delete,
+    path = "/api/event-types/{name}",
+    tag = "event-types",
+    params(("name" = String, Path, description = "The event type name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn delete(State(app): State<App>, Path(name): Path<String>) -> Response {
     let catalog = app.catalog.clone();
     match super::store_write(move || catalog.delete(&name)).await {

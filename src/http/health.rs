@@ -10,7 +10,15 @@ use super::App;
 use crate::error::ApiError;
 use crate::shutdown::Phase;
 
-/// 200 while the process serves requests at all.
+/// Whether the process serves requests at all.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Alive", body = crate::http::openapi::Health)
+    )
+)]
 pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
     Json(json!({
         "status": "ok",
@@ -21,7 +29,16 @@ pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
     }))
 }
 
-/// 200 when ready; 503 while starting or shutting down.
+/// Whether it should receive traffic.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = crate::http::openapi::Ready),
+        (status = 503, description = "Starting, draining, or its store or Redis is unavailable", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    )
+)]
 pub async fn ready(State(app): State<App>) -> Response {
     match app.readiness.phase() {
         Phase::Ready if app.cluster.as_ref().is_some_and(|c| !c.is_healthy()) => {

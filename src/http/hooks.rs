@@ -72,7 +72,26 @@ fn refused(detail: impl Into<String>) -> ApiError {
     ApiError::bad_request(detail.clone()).with_extra(json!({ "message": detail }))
 }
 
-/// `POST /hook`: registers or renews an xmidt webhook.
+/// Registers or renews an xmidt (Caduceus/ancla v1) webhook; also at /api/v2/hook.
+#[utoipa::path(
+    post,
+    path = "/hook",
+    tag = "xmidt",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The ancla webhook registration: config.url, events, matcher.device_id, duration or until"),
+    responses(
+        (status = 200, description = "Registered", body = serde_json::Value),
+        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn register(
     State(app): State<App>,
     peer: Option<Extension<PeerAddr>>,
@@ -137,6 +156,40 @@ pub async fn register(
     Ok(Json(json!({ "message": "Success" })).into_response())
 }
 
+/// The same as `POST /hook`, at ancla's v2 path.
+#[utoipa::path(post, path = "/api/v2/hook", tag = "xmidt",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Registered", body = serde_json::Value),
+        (status = 400, description = "Malformed or refused registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store is unavailable", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
+    security(("bearer" = []), ("cookie" = [])))]
+pub async fn register_v2(
+    state: State<App>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    register(state, peer, headers, body).await
+}
+
+/// The same as `GET /hooks`, at ancla's v2 path.
+#[utoipa::path(get, path = "/api/v2/hooks", tag = "xmidt",
+    responses(
+        (status = 200, description = "Every webhook", body = Vec<serde_json::Value>),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
+    security(("bearer" = []), ("cookie" = [])))]
+pub async fn list_v2(state: State<App>) -> Response {
+    list(state).await
+}
+
 /// Runs every check `POST /hook` makes on a body before it touches the
 /// registry (parse, matcher, duration); for fuzzing and tests.
 pub fn check_body(body: &[u8], max: Duration) -> Result<Duration, ApiError> {
@@ -189,8 +242,18 @@ fn duration_of(hook: &Hook, max: Duration) -> Result<Duration, ApiError> {
     crate::registry::duration::parse(value, max).map_err(|m| refused(format!("duration: {m}")))
 }
 
-/// `GET /hooks`: the xmidt webhooks, in ancla's listed form (secret
-/// obfuscated, duration in nanoseconds).
+/// The xmidt webhooks in ancla's listed form; also at /api/v2/hooks.
+#[utoipa::path(
+    get,
+    path = "/hooks",
+    tag = "xmidt",
+    responses(
+        (status = 200, description = "Every webhook", body = Vec<serde_json::Value>),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn list(State(app): State<App>) -> Response {
     let (all, _) = app.registry.list(None, None, None, usize::MAX);
     let hooks: Vec<Value> = all

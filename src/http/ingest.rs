@@ -43,7 +43,29 @@ struct Overrides {
     source: Option<String>,
 }
 
-/// Handles one ingest request.
+/// Ingests events: plain JSON (the payload is the event), NDJSON batches (one event per line), xmidt WRP as msgpack or JSON.
+#[utoipa::path(
+    post,
+    path = "/api/events",
+    tag = "events",
+    params(("device" = Option<String>, Query, description = "The event's device (JSON ingest)"), ("type" = Option<String>, Query, description = "The event type"), ("source" = Option<String>, Query, description = "The event source"), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key are accepted once")),
+    request_body(content((serde_json::Value = "application/json"), (String = "application/x-ndjson"), (Vec<u8> = "application/msgpack"), (serde_json::Value = "application/wrp+json")), description = "The event, a batch, or a WRP message"),
+    responses(
+        (status = 202, description = "Accepted (one event)", body = crate::http::openapi::Accepted),
+        (status = 200, description = "A repeated Idempotency-Key: the first answer", body = crate::http::openapi::Accepted),
+        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 409, description = "This Idempotency-Key is still in flight", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn post_events(
     State(app): State<App>,
     peer: Option<Extension<PeerAddr>>,

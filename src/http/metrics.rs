@@ -9,7 +9,15 @@ use http::header;
 
 use super::App;
 
-/// The Prometheus scrape endpoint.
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)
+    )
+)]
 pub async fn prometheus(State(app): State<App>) -> impl IntoResponse {
     app.hub.refresh_gauges();
     app.forwarding.destinations().refresh_gauges();
@@ -23,7 +31,18 @@ pub async fn prometheus(State(app): State<App>) -> impl IntoResponse {
     )
 }
 
-/// Headline figures as JSON.
+/// Gateway-wide figures, as the dashboard shows them.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Figures", body = serde_json::Value),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn stats(State(app): State<App>) -> impl IntoResponse {
     let mut totals = serde_json::to_value(app.metrics.snapshot()).unwrap_or_default();
     totals["subscribers"] = app.hub.subscriber_count().into();

@@ -9,6 +9,7 @@ pub mod health;
 pub mod hooks;
 pub mod ingest;
 pub mod metrics;
+pub mod openapi;
 pub mod per_ip;
 pub mod query;
 pub mod rate;
@@ -105,9 +106,9 @@ pub fn router(app: App) -> Router {
     let admin = Router::new()
         .route("/api/stats", get(metrics::stats))
         .route("/hook", post(hooks::register))
-        .route("/api/v2/hook", post(hooks::register))
+        .route("/api/v2/hook", post(hooks::register_v2))
         .route("/hooks", get(hooks::list))
-        .route("/api/v2/hooks", get(hooks::list))
+        .route("/api/v2/hooks", get(hooks::list_v2))
         .route(
             "/api/event-types",
             get(event_types::list).post(event_types::create),
@@ -173,6 +174,7 @@ pub fn router(app: App) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::prometheus))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/", get(dashboard::index))
         .route("/static/{*path}", get(dashboard::asset))
         .fallback(|| async { ApiError::not_found("no such resource") })
@@ -182,7 +184,11 @@ pub fn router(app: App) -> Router {
 
 /// `OPTIONS /events` that is not a CORS preflight (the layer answers
 /// those): say what the resource allows.
-async fn preflight() -> impl axum::response::IntoResponse {
+#[utoipa::path(options, path = "/events", tag = "events",
+    responses(
+        (status = 200, description = "A CORS preflight's answer (the CORS layer answers every OPTIONS)"),
+        (status = 204, description = "What the stream allows (Allow)")))]
+pub async fn preflight() -> impl axum::response::IntoResponse {
     (
         http::StatusCode::NO_CONTENT,
         [(header::ALLOW, "GET, HEAD, OPTIONS")],

@@ -145,7 +145,26 @@ fn within_scope(app: &App, who: &Principal, r: &Registration) -> Result<(), Regi
     Ok(())
 }
 
-/// `POST /api/registrations`.
+/// Registers a destination for devices' events, for at most the maximum duration.
+#[utoipa::path(
+    post,
+    path = "/api/registrations",
+    tag = "registrations",
+    request_body(content = crate::registry::spec::RegistrationRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = crate::http::openapi::RegistrationView),
+        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn create(
     State(app): State<App>,
     who: Option<Extension<Principal>>,
@@ -171,7 +190,20 @@ pub async fn create(
     Ok(response)
 }
 
-/// `GET /api/registrations?device=&limit=&cursor=`.
+/// Unexpired registrations (a scoped token's own only), by id.
+#[utoipa::path(
+    get,
+    path = "/api/registrations",
+    tag = "registrations",
+    params(("device" = Option<String>, Query, description = "Only those naming this device"), ("limit" = Option<usize>, Query, description = "1 to 1000 (100)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, description = "A page", body = crate::http::openapi::RegistrationPage),
+        (status = 400, description = "Bad query", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn list(
     State(app): State<App>,
     who: Option<Extension<Principal>>,
@@ -202,7 +234,20 @@ pub async fn list(
     Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
 }
 
-/// `GET /api/registrations/{id}`.
+/// One registration.
+#[utoipa::path(
+    get,
+    path = "/api/registrations/{id}",
+    tag = "registrations",
+    params(("id" = String, Path, description = "The registration id")),
+    responses(
+        (status = 200, description = "It", body = crate::http::openapi::RegistrationView),
+        (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn get_one(
     State(app): State<App>,
     who: Option<Extension<Principal>>,
@@ -213,7 +258,29 @@ pub async fn get_one(
     Ok(with_etag(StatusCode::OK, &app, &r))
 }
 
-/// `PUT /api/registrations/{id}`: replace, or renew with the same body.
+/// Replaces a registration, or renews it with the same body. A secret or header left out keeps its current value.
+#[utoipa::path(
+    put,
+    path = "/api/registrations/{id}",
+    tag = "registrations",
+    params(("id" = String, Path, description = "The registration id"), ("If-Match" = Option<String>, Header, description = "Only if the ETag is still this (412 otherwise)")),
+    request_body(content = crate::registry::spec::RegistrationRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = crate::http::openapi::RegistrationView),
+        (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 412, description = "If-Match no longer holds", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn replace(
     State(app): State<App>,
     who: Option<Extension<Principal>>,
@@ -243,7 +310,24 @@ pub async fn replace(
     Ok(with_etag(StatusCode::OK, &app, &updated))
 }
 
-/// `DELETE /api/registrations/{id}`.
+/// Deletes a registration.
+#[utoipa::path(
+    delete,
+    path = "/api/registrations/{id}",
+    tag = "registrations",
+    params(("id" = String, Path, description = "The registration id"), ("If-Match" = Option<String>, Header, description = "Only if the ETag is still this (412 otherwise)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad If-Match", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 412, description = "If-Match no longer holds", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 pub async fn delete(
     State(app): State<App>,
     who: Option<Extension<Principal>>,

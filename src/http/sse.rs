@@ -46,7 +46,22 @@ const STREAM_CAP_RETRY: Duration = Duration::from_secs(5);
 /// Most events drained from a queue per chunk.
 const MAX_BATCH_EVENTS: usize = 256;
 
-/// Opens a stream.
+/// The SSE stream: every event whose device, type and expression match, with id/Last-Event-ID resume, heartbeats and lag notices (gap, lagged, shutdown).
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    params(("device" = Option<Vec<String>>, Query, description = "Device ids (repeat or comma-separate); none: every device the caller may see"), ("type" = Option<Vec<String>>, Query, description = "Event type globs"), ("expression" = Option<String>, Query, description = "A CEL expression over event"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id"), ("lastEventId" = Option<String>, Query, description = "Resume after this id (for clients that cannot set the header)")),
+    responses(
+        (status = 200, description = "The stream, until the client leaves", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad filter", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 429, description = "Too many streams from this address", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 503, description = "Subscriber limit reached", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+    ),
+    security(("bearer" = []), ("cookie" = []), ("query" = []))
+)]
 pub async fn subscribe(
     State(app): State<App>,
     RawQuery(query): RawQuery,

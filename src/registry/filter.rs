@@ -25,7 +25,7 @@ use crate::validation::{FieldError, Position};
 pub const MAX_PATTERNS: usize = 64;
 
 /// The filter as the API takes and shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterSpec {
     /// Type patterns, OR-ed; empty takes every type.

@@ -93,7 +93,7 @@ impl Registration {
 }
 
 /// The body of `POST /api/registrations` and `PUT /api/registrations/{id}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationRequest {
     /// One device id.
@@ -110,6 +110,7 @@ pub struct RegistrationRequest {
     /// Where events go.
     pub destination: Destination,
     /// Seconds, or a duration such as `"30m"`.
+    #[schema(value_type = serde_json::Value)]
     pub duration: serde_json::Value,
     /// Which events (all of the devices' events when absent).
     #[serde(default)]

@@ -15,6 +15,7 @@ mod hostile;
 mod ingest;
 mod jwt;
 mod limits;
+mod openapi;
 mod persistence;
 mod process;
 mod receiver;
