@@ -26,6 +26,7 @@ const state = {
   prev: null,
   history: [],
   registrations: [],
+  role: "",
 };
 
 // ---- API access (with an optional bearer token) ----------------------------
@@ -41,6 +42,7 @@ function askToken() {
       asking = null;
       resolve();
       connect();
+      whoami();
     }, { once: true });
   });
   if (!dialog.open) dialog.showModal();
@@ -57,6 +59,41 @@ async function api(path, options = {}) {
   }
   return res;
 }
+
+// Who the token is, and what it may see: shown in the header. A scoped
+// token's stream, registrations and sends are cut to its scope by the
+// gateway; the page only says so.
+async function whoami() {
+  const who = $("#who");
+  try {
+    const res = await api("/api/whoami");
+    if (!res.ok) return;
+    const me = await res.json();
+    state.role = me.role;
+    $("#signout").hidden = me.role === "anyone";
+    if (me.role === "anyone") {
+      who.hidden = true;
+      return;
+    }
+    const parts = [];
+    if (me.role === "admin") parts.push("admin");
+    if (me.owner) parts.push(me.owner);
+    if (me.subscribe?.length) parts.push(`devices: ${me.subscribe.join(", ")}`);
+    if (me.accounts?.length) parts.push(`accounts: ${me.accounts.join(", ")}`);
+    if (me.role === "scoped" && !me.subscribe?.length && !me.accounts?.length) parts.push("no devices to watch");
+    who.textContent = parts.join(" · ");
+    who.hidden = false;
+  } catch {
+    // A 401 opens the token dialog.
+  }
+}
+
+$("#signout").addEventListener("click", () => {
+  sessionStorage.removeItem("ratatoskr-token");
+  state.token = "";
+  if (state.es) state.es.close();
+  location.reload();
+});
 
 async function problem(res) {
   try {
@@ -125,10 +162,35 @@ function connect() {
     // with backoff, resuming after the last event seen.
     // While the token dialog is open, its submission reconnects.
     if (es.readyState === EventSource.CLOSED && !asking) {
-      state.reconnectTimer = setTimeout(connect, state.retryMs);
-      state.retryMs = Math.min(state.retryMs * 2, 15000);
+      refusal().then((why) => {
+        if (es !== state.es) return;
+        if (why) {
+          // A filter the gateway refuses (outside the token's scope, or
+          // malformed): say why, and wait for a new filter.
+          setConnection(false, "refused");
+          $("#banner").textContent = `The gateway refused this stream: ${why}`;
+          return;
+        }
+        state.reconnectTimer = setTimeout(connect, state.retryMs);
+        state.retryMs = Math.min(state.retryMs * 2, 15000);
+      });
     }
   };
+}
+
+// Why the stream was refused, if it was (EventSource cannot say): asks
+// once, and lets go of the answer at once if it is a stream after all.
+async function refusal() {
+  const ctrl = new AbortController();
+  try {
+    const res = await fetch(streamUrl(), { signal: ctrl.signal, headers: { Accept: "text/event-stream" } });
+    if (res.status === 400 || res.status === 403) return await problem(res);
+  } catch {
+    // Down: the reconnect loop goes on.
+  } finally {
+    ctrl.abort();
+  }
+  return null;
 }
 
 function notice(text) {
@@ -247,6 +309,13 @@ const fmt = (n) => (n === undefined || n === null ? "–" : Number(n).toLocaleSt
 
 async function pollStats() {
   try {
+    // A scoped token sees its own devices, not the gateway's totals.
+    const scoped = state.role === "scoped";
+    $("#tp-note").hidden = !scoped;
+    $(".figures").hidden = scoped;
+    $("#chart").hidden = scoped;
+    $(".legend").hidden = scoped;
+    if (scoped) return;
     const res = await api("/api/stats");
     if (!res.ok) return;
     const s = await res.json();
@@ -483,6 +552,7 @@ $("#send").addEventListener("submit", async (e) => {
 // ---- Start ------------------------------------------------------------------
 
 connect();
+await whoami();
 pollStats();
 pollHealth();
 pollRegistrations();

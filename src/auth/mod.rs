@@ -33,7 +33,7 @@ pub const MAX_SCOPE_ENTRIES: usize = 1_000;
 pub const MAX_CLAIM_ACCOUNTS: usize = 64;
 
 /// The `ratatoskr` claim of a token, as sent.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 pub struct Claim {
     /// Device ids or globs the holder may subscribe to.
     #[serde(default)]
@@ -108,6 +108,8 @@ pub struct Scope {
     /// Who holds it, for the registrations it makes: a JWT's `sub`, or
     /// `key:<id>` for an API key. `None`: it may make none.
     pub owner: Option<String>,
+    /// The claim as given (shown to its holder by `/api/whoami`).
+    pub claim: Claim,
 }
 
 impl Scope {
@@ -119,6 +121,7 @@ impl Scope {
             publish: DeviceSet::default(),
             types: None,
             owner: None,
+            claim: Claim::default(),
         }
     }
 
@@ -136,10 +139,11 @@ impl Scope {
         }
         Ok(Some(Self {
             subscribe: DeviceSet::new("subscribe", &claim.subscribe)?,
-            accounts: claim.accounts,
+            accounts: claim.accounts.clone(),
             publish: DeviceSet::new("publish", &claim.publish)?,
             types,
             owner: None,
+            claim,
         }))
     }
 

@@ -151,6 +151,31 @@ pub fn readable(app: &App, scope: &Scope) -> Arc<DeviceScope> {
     })
 }
 
+/// Who the caller is and what its token allows, for the dashboard.
+#[utoipa::path(get, path = "/api/whoami", tag = "operations",
+    responses(
+        (status = 200, description = "The caller: role `anyone` (auth off), `admin`, or `scoped` with its claim", body = crate::http::openapi::WhoAmI),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
+    security(("bearer" = []), ("cookie" = [])))]
+pub async fn whoami(
+    axum::extract::State(app): axum::extract::State<App>,
+    who: Option<axum::Extension<Principal>>,
+) -> Response {
+    let body = match principal(&app, who) {
+        Principal::Anyone => serde_json::json!({"role": "anyone"}),
+        Principal::Admin => serde_json::json!({"role": "admin"}),
+        Principal::Scoped(s) => serde_json::json!({
+            "role": "scoped",
+            "owner": s.owner,
+            "subscribe": s.claim.subscribe,
+            "accounts": s.claim.accounts,
+            "publish": s.claim.publish,
+            "types": s.claim.types,
+        }),
+    };
+    axum::Json(body).into_response()
+}
+
 /// The request's principal, as [`authenticate`] set it. With auth on, a
 /// request it did not see is nobody: a scope that allows nothing.
 pub fn principal(app: &App, set: Option<axum::Extension<Principal>>) -> Principal {

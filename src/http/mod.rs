@@ -161,6 +161,7 @@ pub fn router(app: App) -> Router {
             rate::limit_ingest,
         ));
     let protected = Router::new()
+        .route("/api/whoami", get(auth::whoami))
         .merge(ingest)
         .merge(events)
         .merge(admin)

@@ -129,6 +129,20 @@ pub struct AccountList {
     items: Vec<AccountSummary>,
 }
 
+/// `/api/whoami`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct WhoAmI {
+    /// `anyone` (auth off), `admin` or `scoped`.
+    role: String,
+    /// A scoped token's owner (`sub:<sub>`, `key:<id>`).
+    owner: Option<String>,
+    subscribe: Option<Vec<String>>,
+    accounts: Option<Vec<String>>,
+    publish: Option<Vec<String>>,
+    types: Option<Vec<String>>,
+}
+
 /// `/health`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -210,6 +224,7 @@ impl ToSchema for Destination {}
         super::health::ready,
         super::metrics::prometheus,
         super::metrics::stats,
+        super::auth::whoami,
         super::dashboard::index,
         super::dashboard::asset,
         openapi_json,

@@ -4,13 +4,15 @@
 // Covers: events appear in the stream view; a device filter shows only that
 // device; the detail panel; the send form; registrations created and
 // deleted from the page; the page reconnects after the gateway restarts;
-// a narrow window; a gateway that requires a token. No JavaScript console
+// a narrow window; a gateway that requires a token; a scoped token that
+// sees only its devices and its accounts' devices. No JavaScript console
 // errors (network errors are allowed only while the gateway is down).
 // Screenshots go to artifacts/ for CI.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import net from "node:net";
@@ -102,7 +104,7 @@ async function open(port, state) {
 }
 
 function assertNoConsoleErrors(errors) {
-  const expected = /ERR_CONNECTION_REFUSED|Failed to load resource|net::ERR|401|422|MIME type/;
+  const expected = /ERR_CONNECTION_REFUSED|Failed to load resource|net::ERR|401|403|422|MIME type/;
   const real = errors.filter((e) => !(e.down && expected.test(e.text)));
   assert.deepEqual(real, [], "no console errors");
 }
@@ -237,6 +239,67 @@ test("a gateway that requires a token makes the page ask for it", async () => {
     state.down = false;
     await publish(port, "mac:112233445566", "online", { marker: "with-token" }, TOKEN);
     await page.locator("#events li", { hasText: "with-token" }).waitFor();
+    assertNoConsoleErrors(errors);
+  } finally {
+    await page.close();
+    await stopGateway(gateway);
+  }
+});
+
+/// An HS256 JSON Web Token, made the way any issuer would.
+function jwt(secret, claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const signed = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  return `${signed}.${createHmac("sha256", secret).update(signed).digest("base64url")}`;
+}
+
+test("a scoped token logs in and sees only its devices", async () => {
+  const port = await freePort();
+  const secret = "browser-jwt-secret-0123456789abcdef";
+  const gateway = await startGateway(port, ["--jwt-secret", secret]);
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  const admin = jwt(secret, { sub: "ops", exp, ratatoskr: { admin: true } });
+  const alice = jwt(secret, { sub: "alice", exp, ratatoskr: { subscribe: ["mac:112233445566"], accounts: ["acme"] } });
+  const acme = await fetch(`http://127.0.0.1:${port}/api/accounts/acme/devices`, {
+    method: "PUT", headers: { "content-type": "application/json", authorization: `Bearer ${admin}` },
+    body: JSON.stringify({ devices: ["serial:acme-7"] }),
+  });
+  assert.equal(acme.status, 201);
+  const state = { down: true };
+  const { page, errors } = await open(port, state);
+  try {
+    await page.locator("#token-dialog").waitFor({ state: "visible" });
+    await page.fill("#token", alice);
+    await page.click("#token-form button[type=submit]");
+    await page.locator("#conn", { hasText: "live" }).waitFor();
+    state.down = false;
+    const who = page.locator("#who");
+    await who.waitFor({ state: "visible" });
+    const text = await who.textContent();
+    assert.match(text, /sub:alice/);
+    assert.match(text, /devices: mac:112233445566/);
+    assert.match(text, /accounts: acme/);
+    await page.locator("#tp-note").waitFor({ state: "visible" });
+    assert.equal(await page.locator(".figures").isHidden(), true, "no gateway-wide totals");
+
+    await publish(port, "mac:665544332211", "t", { marker: "not-mine" }, admin);
+    await publish(port, "mac:112233445566", "t", { marker: "mine" }, admin);
+    await publish(port, "serial:acme-7", "t", { marker: "acme-device" }, admin);
+    await page.locator("#events li", { hasText: "acme-device" }).waitFor();
+    await page.locator("#events li", { hasText: "mine" }).first().waitFor();
+    assert.equal(await page.locator("#events li", { hasText: "not-mine" }).count(), 0, "another device's event");
+    // Asking the page for another device is refused by the gateway (and
+    // Chromium logs the refused stream).
+    state.down = true;
+    await page.fill("#f-device", "mac:665544332211");
+    await page.click("#filters button[type=submit]");
+    await page.locator("#banner", { hasText: "may not subscribe to device mac:665544332211" }).waitFor();
+    await page.locator("#conn", { hasText: "refused" }).waitFor();
+    await page.screenshot({ path: path.join(ARTIFACTS, "dashboard-scoped.png"), fullPage: true });
+    // Signing out forgets the token and asks again.
+    await page.click("#signout");
+    await page.locator("#token-dialog").waitFor({ state: "visible" });
+    assert.equal(await page.evaluate(() => sessionStorage.getItem("ratatoskr-token")), null);
     assertNoConsoleErrors(errors);
   } finally {
     await page.close();

@@ -556,3 +556,28 @@ async fn registrations_of_a_scoped_token_stay_in_its_scope_and_are_its_own() {
     .await;
     assert_eq!(r.status, 403);
 }
+
+#[tokio::test]
+async fn whoami_tells_a_token_its_scope() {
+    let gw = gateway().await;
+    let who = |token: String| {
+        let req = gw.http.get(gw.url("/api/whoami")).bearer_auth(token);
+        async move { crate::util::Reply::read(req.send().await.unwrap()).await }
+    };
+    let me = who(scoped(
+        json!({"subscribe": [MINE], "accounts": ["acme"], "publish": [MINE]}),
+    ))
+    .await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.body["role"], "scoped");
+    assert_eq!(me.body["owner"], "sub:user-1");
+    assert_eq!(me.body["subscribe"], json!([MINE]));
+    assert_eq!(me.body["accounts"], json!(["acme"]));
+    assert_eq!(
+        who(scoped(json!({"admin": true}))).await.body["role"],
+        "admin"
+    );
+    assert_eq!(who("garbage".into()).await.status, 401);
+    let open = Gateway::start().await.get("/api/whoami").await;
+    assert_eq!(open.body["role"], "anyone");
+}

@@ -36,6 +36,7 @@ async fn the_document_covers_every_route_and_the_auth_schemes() {
         ("/api/accounts/{id}/devices/{device}", "put"),
         ("/api/accounts/{id}/devices/{device}", "delete"),
         ("/api/stats", "get"),
+        ("/api/whoami", "get"),
         ("/health", "get"),
         ("/ready", "get"),
         ("/metrics", "get"),
