@@ -154,3 +154,63 @@ fn a_bad_keys_file_stops_the_start_with_the_entry_named() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A client bound to `local` (another loopback address, so that each has
+/// its own per-address allowance), sending `key`.
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(Some(local.parse().unwrap()))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_key_has_one_allowance_whatever_address_it_comes_from() {
+    let dir = temp_dir("api-keys-rate");
+    let file = dir.join("keys.json");
+    let (shared, a) = new_key("shared", json!({"publish": ["*"]}));
+    let (other, b) = new_key("other", json!({"publish": ["*"]}));
+    std::fs::write(&file, json!({"keys": [a, b]}).to_string()).unwrap();
+    let gw = crate::util::Gateway::start_with(|c| {
+        c.api_keys_file = Some(file.clone());
+        c.rate_limit_ingest = 3;
+    })
+    .await;
+    let post = |from: &str, key: &str| {
+        let req = client_from(from)
+            .post(gw.url(&format!("/api/events?device={MINE}")))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body("{}");
+        async move { req.send().await.unwrap() }
+    };
+    // The same key from two addresses: each address is under its own
+    // allowance, the key is not.
+    let mut statuses = Vec::new();
+    for from in [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.2",
+    ] {
+        statuses.push(post(from, &shared).await.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], [202, 202, 202], "{statuses:?}");
+    let refused = post("127.0.0.3", &shared).await;
+    assert_eq!(refused.status(), 429, "{statuses:?}");
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    // Another key, from a fresh address, is not held back by it.
+    assert_eq!(post("127.0.0.4", &other).await.status(), 202);
+    let metrics = gw.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"ratatoskr_rate_limited_total{limit="ingest",by="key"}"#),
+        "{metrics}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
