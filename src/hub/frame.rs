@@ -24,16 +24,21 @@ pub fn event(id: Option<&str>, name: Option<&str>, data: &[u8]) -> Bytes {
 }
 
 /// A comment line, ignored by clients: used for heartbeats and notices.
+/// No blank line after it: a blank line ends an event, and some clients
+/// (httpx-sse) then report an empty message for a block that held only a
+/// comment. By the WHATWG rules the line is skipped either way.
 pub fn comment(text: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(text.len() + 4);
+    let mut out = BytesMut::with_capacity(text.len() + 3);
     put_field(&mut out, b": ", text.as_bytes());
-    out.put_u8(b'\n');
     out.freeze()
 }
 
-/// The `retry:` field that sets the client's reconnection delay.
+/// The `retry:` field that sets the client's reconnection delay: a line of
+/// its own, applied when parsed, with no blank line (a block with no data
+/// dispatches nothing by the spec, but some clients report it as an empty
+/// message, and some drop it unread).
 pub fn retry(millis: u64) -> Bytes {
-    Bytes::from(format!("retry: {millis}\n\n"))
+    Bytes::from(format!("retry: {millis}\n"))
 }
 
 /// Writes `prefix value\n` with any line ending in `value` replaced by a space.
@@ -152,7 +157,7 @@ pub(crate) mod tests {
     fn names_and_comments_cannot_break_lines() {
         let frame = event(Some("1\n2"), Some("x\r\ndata: y"), b"z");
         assert_eq!(&frame[..], b"id: 1 2\nevent: x  data: y\ndata: z\n\n");
-        assert_eq!(&comment("a\nb")[..], b": a b\n\n");
+        assert_eq!(&comment("a\nb")[..], b": a b\n");
     }
 
     proptest! {

@@ -6,9 +6,15 @@
 //! accept loop parses the request head itself, runs it through the same
 //! router (so validation, CORS and errors are exactly those of every other
 //! route), writes the response head, and then copies the body's chunks
-//! straight to the socket. The body is delimited by closing the connection
-//! (`Connection: close`), which every SSE client handles and which needs no
-//! chunk framing. A subscriber then costs its stream state and nothing else.
+//! straight to the socket. A subscriber then costs its stream state and
+//! nothing else.
+//!
+//! The body is chunked on HTTP/1.1 (`Transfer-Encoding: chunked`, a few
+//! bytes per coalesced write) and ends the connection after it
+//! (`Connection: close`). Close-delimited alone would be valid, but clients
+//! that read in fixed blocks over `requests`/`urllib3` (sseclient-py) then
+//! wait for a block to fill before they see an event; with chunks they get
+//! each write at once. HTTP/1.0 has no chunks: its body is close-delimited.
 
 use std::io;
 use std::time::Duration;
@@ -107,7 +113,7 @@ pub async fn serve(
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        let head = response_head(version, &parts, Some(bytes.len()));
+        let head = response_head(version, &parts, Some(Length::Exactly(bytes.len())));
         if write_all(&stream, &head, write_timeout).await.is_ok()
             && write_all(&stream, &bytes, write_timeout).await.is_ok()
         {
@@ -115,15 +121,49 @@ pub async fn serve(
         }
         return;
     }
+    let framing = if version == Version::HTTP_11 {
+        Framing::Chunked
+    } else {
+        Framing::UntilClose
+    };
     if write_all(
         &stream,
-        &response_head(version, &parts, None),
+        &response_head(version, &parts, Some(Length::from(framing))),
         write_timeout,
     )
     .await
     .is_ok()
     {
-        pump(&mut stream, body, write_timeout).await;
+        pump(&mut stream, body, framing, write_timeout).await;
+    }
+}
+
+/// How a stream's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// HTTP/1.1: chunks, and the last (empty) chunk at the end.
+    Chunked,
+    /// HTTP/1.0: the connection's close.
+    UntilClose,
+}
+
+/// What the response head says about the body's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Length {
+    /// `Content-Length`.
+    Exactly(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Nothing: until the connection closes.
+    UntilClose,
+}
+
+impl From<Framing> for Length {
+    fn from(f: Framing) -> Self {
+        match f {
+            Framing::Chunked => Self::Chunked,
+            Framing::UntilClose => Self::UntilClose,
+        }
     }
 }
 
@@ -175,7 +215,7 @@ pub fn build_request(head: &[u8], peer: PeerAddr) -> Result<Request<Body>, BadHe
 fn response_head(
     version: Version,
     parts: &http::response::Parts,
-    length: Option<usize>,
+    length: Option<Length>,
 ) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(256);
     let reason = parts.status.canonical_reason().unwrap_or("");
@@ -196,8 +236,10 @@ fn response_head(
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    if let Some(n) = length {
-        out.put_slice(format!("content-length: {n}\r\n").as_bytes());
+    match length {
+        Some(Length::Exactly(n)) => out.put_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Some(Length::Chunked) => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        Some(Length::UntilClose) | None => {}
     }
     out.put_slice(b"connection: close\r\n\r\n");
     out.to_vec()
@@ -227,19 +269,30 @@ async fn close_after_reply(stream: &mut TcpStream) {
 
 /// Copies the body to the socket until it ends, the client goes away, or a
 /// write stays blocked for longer than `write_timeout`.
-async fn pump(stream: &mut TcpStream, mut body: Body, write_timeout: Duration) {
+async fn pump(stream: &mut TcpStream, mut body: Body, framing: Framing, write_timeout: Duration) {
     let mut probe = [0u8; 64];
     loop {
         tokio::select! {
             frame = body.frame() => match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        if write_all(stream, &data, write_timeout).await.is_err() {
+                        let written = match framing {
+                            Framing::Chunked => write_chunk(stream, &data, write_timeout).await,
+                            Framing::UntilClose => write_all(stream, &data, write_timeout).await,
+                        };
+                        if written.is_err() {
                             return;
                         }
                     }
                 }
-                _ => return,
+                Some(Err(_)) => return,
+                None => {
+                    // The body's end: the last chunk says so.
+                    if framing == Framing::Chunked {
+                        let _ = write_all(stream, b"0\r\n\r\n", write_timeout).await;
+                    }
+                    return;
+                }
             },
             ready = stream.readable() => {
                 if ready.is_err() {
@@ -265,6 +318,46 @@ async fn write_all(stream: &TcpStream, data: &[u8], write_timeout: Duration) -> 
     while written < data.len() {
         match stream.try_write(&data[written..]) {
             Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(write_timeout, stream.writable())
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")
+                    })??;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` as one chunk (`<hex length>\r\n<data>\r\n`) with one
+/// vectored write in the common case: no copy of the data.
+async fn write_chunk(stream: &TcpStream, data: &[u8], write_timeout: Duration) -> io::Result<()> {
+    if data.is_empty() {
+        // An empty chunk would end the body.
+        return Ok(());
+    }
+    let mut size = [0u8; 18];
+    let n = {
+        use std::io::Write as _;
+        let mut cursor = io::Cursor::new(&mut size[..]);
+        write!(cursor, "{:x}\r\n", data.len())?;
+        cursor.position() as usize
+    };
+    let parts: [&[u8]; 3] = [&size[..n], data, b"\r\n"];
+    let total = n + data.len() + 2;
+    let mut written = 0;
+    while written < total {
+        // What is left of each part (an empty slice once it is written).
+        let mut skip = written;
+        let slices = parts.map(|part| {
+            let from = skip.min(part.len());
+            skip -= from;
+            io::IoSlice::new(&part[from..])
+        });
+        match stream.try_write_vectored(&slices) {
+            Ok(k) => written += k,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 tokio::time::timeout(write_timeout, stream.writable())
                     .await
@@ -364,7 +457,12 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let head = String::from_utf8(response_head(Version::HTTP_11, &parts, None)).unwrap();
+        let head = String::from_utf8(response_head(
+            Version::HTTP_11,
+            &parts,
+            Some(Length::Chunked),
+        ))
+        .unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(
             head.contains("\r\ndate: ") && head.contains(" GMT\r\n"),
@@ -373,8 +471,14 @@ mod tests {
         assert!(head.contains("content-type: text/event-stream\r\n"));
         assert!(head.ends_with("connection: close\r\n\r\n"));
         assert!(!head.contains("content-length"));
+        assert!(head.contains("transfer-encoding: chunked\r\n"));
         parts.status = StatusCode::BAD_REQUEST;
-        let head = String::from_utf8(response_head(Version::HTTP_10, &parts, Some(12))).unwrap();
+        let head = String::from_utf8(response_head(
+            Version::HTTP_10,
+            &parts,
+            Some(Length::Exactly(12)),
+        ))
+        .unwrap();
         assert!(head.starts_with("HTTP/1.0 400 Bad Request\r\n"), "{head}");
         assert!(head.contains("content-length: 12\r\n"));
     }

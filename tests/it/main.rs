@@ -5,6 +5,7 @@ mod accounts;
 mod api_keys;
 mod auth;
 mod binary;
+mod clients;
 mod cluster;
 mod compose;
 mod event_types;
