@@ -21,6 +21,7 @@ pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
+pub mod sink;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

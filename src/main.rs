@@ -30,10 +30,34 @@ fn new_api_key(id: Option<&str>) -> ExitCode {
     }
 }
 
+/// `ratatoskr sink [--listen ADDR] [--secret S]`: a webhook receiver that
+/// prints what it gets (see `ratatoskr::sink`).
+fn sink(args: &[std::ffi::OsString]) -> ExitCode {
+    use clap::Parser as _;
+    let args = match ratatoskr::sink::SinkArgs::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fatal(1, format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(ratatoskr::sink::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(1, format!("sink: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "new-api-key") {
         return new_api_key(args.get(2).and_then(|a| a.to_str()));
+    }
+    if args.get(1).is_some_and(|a| a == "sink") {
+        return sink(&args[1..]);
     }
     let config = match Config::from_args(&args) {
         Ok(c) => c,

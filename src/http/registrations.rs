@@ -258,7 +258,8 @@ pub async fn get_one(
     Ok(with_etag(StatusCode::OK, &app, &r))
 }
 
-/// Replaces a registration, or renews it with the same body. A secret or header left out keeps its current value.
+/// Replaces a registration, or renews it with the same body. With the same destination
+/// (url or queue_url), a secret, headers or SQS credentials left out keep their current values.
 #[utoipa::path(
     put,
     path = "/api/registrations/{id}",

@@ -23,6 +23,7 @@ mod receiver;
 mod resume;
 mod setup;
 mod shutdown;
+mod sink;
 mod slow;
 mod sqs;
 mod stream;
