@@ -2,7 +2,7 @@
 CARGO ?= cargo
 TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
 
-.PHONY: help build run cluster-demo test test-rust test-js test-browser test-contract lint fmt bench fuzz release clean
+.PHONY: help build run cluster-demo test test-rust test-build test-js test-browser test-contract lint fmt bench fuzz release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,9 +18,21 @@ cluster-demo: ## Redis plus three cluster nodes on 127.0.0.1:8081-8083 (Ctrl-C s
 
 test: test-rust test-js test-browser test-contract ## every test: Rust suites, the EventSource client, the dashboard in Chromium, the OpenAPI contract
 
-test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto), then the black-box suite again on a Redis cluster node
-	$(CARGO) test --all-targets
+test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto; nextest when installed), doctests, then the black-box suite again on a Redis cluster node
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --locked --all-targets --no-fail-fast; \
+	else \
+	  echo "cargo-nextest is not installed (cargo install cargo-nextest --locked): cargo test instead"; \
+	  $(CARGO) test --locked --all-targets --no-fail-fast; \
+	fi
+	$(CARGO) test --locked --doc
 	CARGO=$(CARGO) scripts/test-cluster.sh
+
+# The binary the browser, EventSource and contract tests run: the one the
+# Rust tests built (same features), not a second build of every dependency
+# with the normal build's features.
+test-build:
+	$(CARGO) test --locked --all-targets --no-run -q
 
 # moto's SQS-API server for the SQS tests, in a local virtualenv.
 .venv/bin/moto_server: tests/requirements.txt
@@ -28,13 +40,13 @@ test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over 
 	.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 
-test-contract: build .venv/bin/moto_server ## schemathesis against a live gateway, auth off and on (reports in artifacts/contract/)
+test-contract: test-build .venv/bin/moto_server ## schemathesis against a live gateway, auth off and on (reports in artifacts/contract/)
 	tests/contract/run.sh
 
-test-js: build ## a real EventSource client (npm eventsource) against the binary
+test-js: test-build ## a real EventSource client (npm eventsource) against the binary
 	cd tests/js && npm ci --no-audit --no-fund --silent && node --test
 
-test-browser: build ## the dashboard in Debian's headless Chromium via playwright-core (screenshots in artifacts/)
+test-browser: test-build ## the dashboard in Debian's headless Chromium via playwright-core (screenshots in artifacts/)
 	cd tests/browser && npm ci --no-audit --no-fund --silent && node --test
 
 lint: ## formatting and clippy, warnings are errors

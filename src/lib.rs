@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod forward;
+pub mod healthcheck;
 pub mod http;
 pub mod hub;
 pub mod id_mark;

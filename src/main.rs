@@ -51,6 +51,27 @@ fn sink(args: &[std::ffi::OsString]) -> ExitCode {
     }
 }
 
+/// `ratatoskr healthcheck`: exit 0 when the local `/health` answers 200
+/// (the image's HEALTHCHECK; see `ratatoskr::healthcheck`).
+fn healthcheck(args: &[std::ffi::OsString]) -> ExitCode {
+    use clap::Parser as _;
+    let args = match ratatoskr::healthcheck::HealthcheckArgs::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fatal(1, format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(ratatoskr::healthcheck::probe(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(1, format!("unhealthy: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "new-api-key") {
@@ -58,6 +79,9 @@ fn main() -> ExitCode {
     }
     if args.get(1).is_some_and(|a| a == "sink") {
         return sink(&args[1..]);
+    }
+    if args.get(1).is_some_and(|a| a == "healthcheck") {
+        return healthcheck(&args[1..]);
     }
     let config = match Config::from_args(&args) {
         Ok(c) => c,

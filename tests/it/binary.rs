@@ -186,3 +186,29 @@ async fn secrets_never_reach_the_logs() {
         "a secret reached the logs:\n{log}"
     );
 }
+
+#[test]
+fn healthcheck_exits_0_on_a_live_gateway_and_1_on_a_dead_port() {
+    let dir = crate::process::temp_dir("healthcheck");
+    let p = crate::process::Process::start(&dir, &[]);
+    let port = p.addr.rsplit(':').next().unwrap().to_owned();
+    let live = Command::new(BIN)
+        .args(["healthcheck", "--listen", &format!("0.0.0.0:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(live.status.code(), Some(0), "{live:?}");
+    drop(p);
+    let dead = Command::new(BIN)
+        .args([
+            "healthcheck",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--timeout",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("unhealthy"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
