@@ -97,8 +97,8 @@ fn main() -> ExitCode {
         return fatal(2, e);
     }
     // Every subscriber is a socket: lift the soft file limit to the hard one.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
+    match ratatoskr::server::raise_descriptor_limit() {
+        Ok(n) => tracing::debug!(nofile = ?n, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     // The store first: a damaged one must stop the start before it binds.

@@ -370,7 +370,7 @@ fn publish(args: &Args) -> (u64, u64, f64) {
 
 fn main() {
     let args = Args::parse();
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    raise_nofile();
     let totals = Arc::new(Totals::default());
     let rss_before = args.pid.and_then(|p| proc_field(p, "VmRSS:"));
     let deadline = Instant::now() + Duration::from_secs_f64(args.max_time);
@@ -511,4 +511,12 @@ fn main() {
         idle_per_conn.unwrap_or(f64::NAN)
     );
     println!("{summary}");
+}
+
+/// Lifts the soft descriptor limit to the hard one (one socket per client).
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
 }

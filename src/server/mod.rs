@@ -57,7 +57,8 @@ pub const FD_RESERVE: u64 = 512;
 /// [`FD_RESERVE`]. Past the descriptor limit `accept` fails, and the
 /// connections waiting in the backlog are neither served nor refused.
 pub fn connection_cap(configured: usize) -> usize {
-    let Ok((soft, _)) = rlimit::Resource::NOFILE.get() else {
+    let Some(soft) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current else {
+        // Unlimited.
         return configured;
     };
     let fits = soft.saturating_sub(FD_RESERVE).max(1);
@@ -74,6 +75,18 @@ pub fn connection_cap(configured: usize) -> usize {
         tracing::info!(cap, nofile = soft, "connection cap");
     }
     cap
+}
+
+/// Lifts the soft descriptor limit to the hard one (every subscriber is a
+/// socket). Returns the soft limit now (`None`: unlimited).
+pub fn raise_descriptor_limit() -> Result<Option<u64>, std::io::Error> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit)?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
 }
 
 /// Waits after a failed `accept`: 5 ms, doubling to 1 s while failures

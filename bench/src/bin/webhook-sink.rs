@@ -110,7 +110,7 @@ async fn serve(mut s: TcpStream, tally: Rc<RefCell<Tally>>) {
 
 fn main() {
     let args = Args::parse();
-    let _ = rlimit::increase_nofile_limit(65536);
+    raise_nofile();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -168,4 +168,12 @@ fn main() {
             })
         );
     });
+}
+
+/// Lifts the soft descriptor limit to the hard one (one socket per client).
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
 }
