@@ -140,6 +140,25 @@ impl Compiled {
     }
 }
 
+/// Largest compiled `pattern` regex, and its lazy DFA cache, in bytes.
+const PATTERN_BYTES: usize = 1024 * 1024;
+
+/// A validator for an operator's schema. `pattern` and
+/// `patternProperties` use the `regex` crate (linear time in the input,
+/// whatever the pattern: no backtracking, so no catastrophic one), with
+/// its compiled size and DFA cache bounded. A pattern that needs
+/// backtracking (a lookaround, a backreference) is refused as invalid.
+fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .with_pattern_options(
+            jsonschema::PatternOptions::regex()
+                .size_limit(PATTERN_BYTES)
+                .dfa_size_limit(PATTERN_BYTES),
+        )
+        .build(schema)
+        .map_err(|e| e.to_string())
+}
+
 /// Every stored definition, compiled (or disabled, with the reason).
 fn load_types(
     store: &Store,
@@ -357,7 +376,7 @@ fn compile(def: EventType) -> Result<Compiled, Vec<FieldError>> {
                 return None;
             }
         };
-        match jsonschema::validator_for(schema) {
+        match validator(schema) {
             Ok(validator) => Some(Schema { validator, bounds }),
             Err(e) => {
                 errors.push(FieldError::new(

@@ -113,3 +113,44 @@ async fn strict_mode_refuses_undefined_types() {
         202
     );
 }
+
+#[tokio::test]
+async fn schema_patterns_run_in_linear_time_and_backtracking_ones_are_refused() {
+    let gw = Gateway::start().await;
+    // Catastrophic for a backtracking engine on "aaaa…!"; linear here.
+    let r = gw
+        .post(
+            "/api/event-types",
+            "application/json",
+            json!({"name": "redos", "schema": {"type": "object",
+                "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let evil = format!("{}!", "a".repeat(50_000));
+    let started = std::time::Instant::now();
+    let r = gw
+        .post(
+            "/api/events?type=redos",
+            "application/json",
+            json!({ "s": evil }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // A lookahead needs backtracking: refused at definition.
+    let r = gw
+        .post(
+            "/api/event-types",
+            "application/json",
+            json!({"name": "look", "schema": {"type": "string", "pattern": "^(?=a)a$"}})
+                .to_string(),
+        )
+        .await;
+    r.assert_problem(422);
+}
