@@ -28,7 +28,6 @@ fn make_cert(dir: &Path, name: &str) -> (Vec<u8>, String) {
 fn client(addr: &str, ca_pem: &str, http1_only: bool) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
-        .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
         .resolve("localhost", addr.parse().unwrap())
         .tls_info(true);
