@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::config::StoreKind;
 use crate::sync::lock;
@@ -166,6 +166,36 @@ struct Fault {
 /// The store's file name inside `--data-dir`.
 pub const FILE_NAME: &str = "ratatoskr.redb";
 
+/// A store file written by an earlier release (redb 2, file format v2,
+/// which redb 3 and later cannot open) is converted in place by redb 2.6's
+/// own `Database::upgrade()`, once, after a copy of it is kept beside it
+/// (`ratatoskr.redb.v2-backup`; delete it once the new release is trusted).
+fn upgrade_v2(path: &Path) -> Result<(), StoreError> {
+    let backup = path.with_extension("redb.v2-backup");
+    let fail = |what: &str, e: String| StoreError::Open(path.to_owned(), format!("{what}: {e}"));
+    if !backup.exists() {
+        std::fs::copy(path, &backup).map_err(|e| {
+            fail(
+                &format!("cannot keep a copy at {}", backup.display()),
+                e.to_string(),
+            )
+        })?;
+    }
+    let mut old = redb2::Database::open(path).map_err(|e| {
+        fail(
+            "written by an older release, and redb 2 cannot open it either",
+            e.to_string(),
+        )
+    })?;
+    let upgraded = old
+        .upgrade()
+        .map_err(|e| fail("cannot convert it from the redb 2 format", e.to_string()))?;
+    drop(old);
+    tracing::warn!(path = %path.display(), backup = %backup.display(), upgraded,
+        "store file converted from the redb 2 format; the original is kept as the backup");
+    Ok(())
+}
+
 /// Opens the redb file at `path`, or says exactly why it cannot.
 fn open_redb(dir: &Path) -> Result<Database, StoreError> {
     if dir.exists() && !dir.is_dir() {
@@ -191,6 +221,10 @@ fn open_redb(dir: &Path) -> Result<Database, StoreError> {
     std::panic::set_hook(previous);
     match opened {
         Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::UpgradeRequired(_))) => {
+            upgrade_v2(&path)?;
+            Database::create(&path).map_err(|e| StoreError::Damaged(path, e.to_string()))
+        }
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::InUse(path)),
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
             if e.kind() == std::io::ErrorKind::PermissionDenied =>

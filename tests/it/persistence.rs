@@ -141,3 +141,49 @@ async fn ids_keep_increasing_across_a_restart_even_if_the_clock_went_back() {
     assert!(gw.shutdown().await);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_store_written_by_the_redb_2_release_is_converted_with_a_backup_kept() {
+    let dir = crate::process::temp_dir("redb2");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/redb2/ratatoskr.redb.gz"
+    );
+    let out = std::process::Command::new("gzip")
+        .args(["-dc", fixture])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(dir.join("ratatoskr.redb"), &out.stdout).unwrap();
+
+    let p = crate::process::Process::start(&dir, &[]);
+    let log = p.wait_log(&["converted from the redb 2 format"]).await;
+    assert!(log.contains("converted from the redb 2 format"), "{log}");
+    assert!(dir.join("ratatoskr.redb.v2-backup").exists());
+    let t = p.get("/api/event-types/online").await;
+    assert_eq!(t.status, 200, "{}", t.text);
+    assert_eq!(t.body["description"], "made by the redb 2 release");
+    let a = p.get("/api/accounts/acme/devices").await;
+    assert_eq!(
+        a.body["devices"],
+        serde_json::json!(["mac:112233445566", "serial:acme-7"])
+    );
+    // Ids go on above the old release's high-water mark.
+    let r = p
+        .post_json(
+            "/api/events?device=mac:112233445566",
+            &serde_json::json!({"n": 4}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    assert!(r.body["id"].as_str().unwrap() > "01a22c7b93010000");
+    assert_eq!(p.stop().await, Some(0));
+
+    // The next start opens the converted file as it is.
+    let p = crate::process::Process::start(&dir, &[]);
+    assert_eq!(p.get("/api/event-types/online").await.status, 200);
+    let log = p.log.lock().unwrap().join("\n");
+    assert!(!log.contains("converted from the redb 2 format"), "{log}");
+    drop(p);
+    std::fs::remove_dir_all(dir).unwrap();
+}
