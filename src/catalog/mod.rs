@@ -357,7 +357,7 @@ impl Schema {
         }
         for e in self.validator.iter_errors(instance).take(32) {
             out.push(Violation {
-                path: format!("{prefix}{}", e.instance_path),
+                path: format!("{prefix}{}", e.instance_path()),
                 message: e.to_string(),
             });
         }
