@@ -148,7 +148,7 @@ const PATTERN_BYTES: usize = 1024 * 1024;
 /// whatever the pattern: no backtracking, so no catastrophic one), with
 /// its compiled size and DFA cache bounded. A pattern that needs
 /// backtracking (a lookaround, a backreference) is refused as invalid.
-fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
+pub fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
     jsonschema::options()
         .with_pattern_options(
             jsonschema::PatternOptions::regex()

@@ -127,9 +127,10 @@ thread_local! {
     // A root context (CEL's built-in functions plus the budget) per
     // thread: building one per evaluation would cost more than most
     // expressions.
-    static ROOT: cel::Context<'static> = {
+    static ROOT: cel::Context<'static, 'static> = {
         let mut ctx = cel::Context::default();
-        ctx.add_function(BUDGET_FN, charge);
+        ctx.add_function(BUDGET_FN, charge)
+            .expect("the budget function has a valid name");
         ctx
     };
     static SPENT: Cell<u64> = const { Cell::new(0) };
