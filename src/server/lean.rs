@@ -113,9 +113,10 @@ pub async fn serve(
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        let head = response_head(version, &parts, Some(Length::Exactly(bytes.len())));
-        if write_all(&stream, &head, write_timeout).await.is_ok()
-            && write_all(&stream, &bytes, write_timeout).await.is_ok()
+        let head = response_head(version, &parts, Length::Exactly(bytes.len()));
+        if write_parts(&stream, [&head, &bytes], write_timeout)
+            .await
+            .is_ok()
         {
             close_after_reply(&mut stream).await;
         }
@@ -128,7 +129,7 @@ pub async fn serve(
     };
     if write_all(
         &stream,
-        &response_head(version, &parts, Some(Length::from(framing))),
+        &response_head(version, &parts, Length::from(framing)),
         write_timeout,
     )
     .await
@@ -212,11 +213,7 @@ pub fn build_request(head: &[u8], peer: PeerAddr) -> Result<Request<Body>, BadHe
     Ok(request)
 }
 
-fn response_head(
-    version: Version,
-    parts: &http::response::Parts,
-    length: Option<Length>,
-) -> Vec<u8> {
+fn response_head(version: Version, parts: &http::response::Parts, length: Length) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(256);
     let reason = parts.status.canonical_reason().unwrap_or("");
     let proto = if version == Version::HTTP_10 {
@@ -237,9 +234,9 @@ fn response_head(
         out.put_slice(b"\r\n");
     }
     match length {
-        Some(Length::Exactly(n)) => out.put_slice(format!("content-length: {n}\r\n").as_bytes()),
-        Some(Length::Chunked) => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        Some(Length::UntilClose) | None => {}
+        Length::Exactly(n) => out.put_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Length::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        Length::UntilClose => {}
     }
     out.put_slice(b"connection: close\r\n\r\n");
     out.to_vec()
@@ -314,21 +311,7 @@ async fn pump(stream: &mut TcpStream, mut body: Body, framing: Framing, write_ti
 /// Writes all of `data`, trying the socket directly first so that the
 /// common case (room in the send buffer) costs one syscall and no timer.
 async fn write_all(stream: &TcpStream, data: &[u8], write_timeout: Duration) -> io::Result<()> {
-    let mut written = 0;
-    while written < data.len() {
-        match stream.try_write(&data[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::time::timeout(write_timeout, stream.writable())
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")
-                    })??;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    write_parts(stream, [data], write_timeout).await
 }
 
 /// Writes `data` as one chunk (`<hex length>\r\n<data>\r\n`) with one
@@ -345,8 +328,18 @@ async fn write_chunk(stream: &TcpStream, data: &[u8], write_timeout: Duration) -
         write!(cursor, "{:x}\r\n", data.len())?;
         cursor.position() as usize
     };
-    let parts: [&[u8]; 3] = [&size[..n], data, b"\r\n"];
-    let total = n + data.len() + 2;
+    write_parts(stream, [&size[..n], data, b"\r\n"], write_timeout).await
+}
+
+/// Writes every byte of `parts`, in order, with vectored writes straight
+/// to the socket; waits for room (at most `write_timeout` at a time) only
+/// when the send buffer is full.
+async fn write_parts<const N: usize>(
+    stream: &TcpStream,
+    parts: [&[u8]; N],
+    write_timeout: Duration,
+) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
         // What is left of each part (an empty slice once it is written).
@@ -457,12 +450,8 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let head = String::from_utf8(response_head(
-            Version::HTTP_11,
-            &parts,
-            Some(Length::Chunked),
-        ))
-        .unwrap();
+        let head =
+            String::from_utf8(response_head(Version::HTTP_11, &parts, Length::Chunked)).unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(
             head.contains("\r\ndate: ") && head.contains(" GMT\r\n"),
@@ -473,12 +462,8 @@ mod tests {
         assert!(!head.contains("content-length"));
         assert!(head.contains("transfer-encoding: chunked\r\n"));
         parts.status = StatusCode::BAD_REQUEST;
-        let head = String::from_utf8(response_head(
-            Version::HTTP_10,
-            &parts,
-            Some(Length::Exactly(12)),
-        ))
-        .unwrap();
+        let head = String::from_utf8(response_head(Version::HTTP_10, &parts, Length::Exactly(12)))
+            .unwrap();
         assert!(head.starts_with("HTTP/1.0 400 Bad Request\r\n"), "{head}");
         assert!(head.contains("content-length: 12\r\n"));
     }
