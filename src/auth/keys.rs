@@ -133,7 +133,12 @@ impl ApiKeys {
         if self.by_digest.is_empty() {
             return None;
         }
-        self.by_digest.get(&digest(presented)).cloned()
+        self.identify_digest(&digest(presented))
+    }
+
+    /// The principal of a presented key, by its [`digest`].
+    pub fn identify_digest(&self, digest: &[u8; 32]) -> Option<Principal> {
+        self.by_digest.get(digest).cloned()
     }
 
     /// How many keys are loaded.

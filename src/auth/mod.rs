@@ -98,9 +98,6 @@ pub enum ScopeError {
 pub struct Scope {
     /// Devices it may subscribe to.
     pub subscribe: DeviceSet,
-    /// Accounts whose devices it may subscribe to (resolved per stream,
-    /// through `crate::accounts`).
-    pub accounts: Vec<String>,
     /// Devices it may publish for.
     pub publish: DeviceSet,
     /// Event types it may publish; `None`: any.
@@ -108,7 +105,8 @@ pub struct Scope {
     /// Who holds it, for the registrations it makes: a JWT's `sub`, or
     /// `key:<id>` for an API key. `None`: it may make none.
     pub owner: Option<String>,
-    /// The claim as given (shown to its holder by `/api/whoami`).
+    /// The claim as given: its account ids (see [`Scope::accounts`]), and
+    /// what `/api/whoami` shows its holder.
     pub claim: Claim,
 }
 
@@ -117,7 +115,6 @@ impl Scope {
     pub fn nothing() -> Self {
         Self {
             subscribe: DeviceSet::default(),
-            accounts: Vec::new(),
             publish: DeviceSet::default(),
             types: None,
             owner: None,
@@ -139,12 +136,17 @@ impl Scope {
         }
         Ok(Some(Self {
             subscribe: DeviceSet::new("subscribe", &claim.subscribe)?,
-            accounts: claim.accounts.clone(),
             publish: DeviceSet::new("publish", &claim.publish)?,
             types,
             owner: None,
             claim,
         }))
+    }
+
+    /// Accounts whose devices it may subscribe to (resolved per stream,
+    /// through `crate::accounts`).
+    pub fn accounts(&self) -> &[String] {
+        &self.claim.accounts
     }
 
     /// Whether this scope may publish an event of `event_type` (none: the

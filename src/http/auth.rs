@@ -20,7 +20,6 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, Method};
-use sha2::{Digest, Sha256};
 
 use super::App;
 use std::sync::Arc;
@@ -92,7 +91,7 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
             // A rate-limit key only where a limit will read it: the digest
             // is work on every request.
             if let Some(token) = given.as_ref().filter(|_| app.rate_limits.any()) {
-                let digest = Sha256::digest(token.as_bytes());
+                let digest = crate::auth::keys::digest(token);
                 request
                     .extensions_mut()
                     .insert(ClientKey(hex::encode(&digest[..12])));
@@ -141,13 +140,13 @@ pub async fn require_owner(request: Request, next: Next) -> Response {
 /// an account's changes).
 pub fn readable(app: &App, scope: &Scope) -> Arc<DeviceScope> {
     let granted = scope.subscribe.as_filter_scope();
-    if scope.accounts.is_empty() {
+    if scope.accounts().is_empty() {
         return granted;
     }
     Arc::new(DeviceScope {
         exact: granted.exact.clone(),
         globs: granted.globs.clone(),
-        accounts: app.accounts.sets(&scope.accounts),
+        accounts: app.accounts.sets(scope.accounts()),
     })
 }
 
