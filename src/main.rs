@@ -30,11 +30,16 @@ fn new_api_key(id: Option<&str>) -> ExitCode {
     }
 }
 
-/// `ratatoskr sink [--listen ADDR] [--secret S]`: a webhook receiver that
-/// prints what it gets (see `ratatoskr::sink`).
-fn sink(args: &[std::ffi::OsString]) -> ExitCode {
-    use clap::Parser as _;
-    let args = match ratatoskr::sink::SinkArgs::try_parse_from(args) {
+/// Runs a subcommand that parses its own arguments and runs one future
+/// on a single-threaded runtime: 0 when it succeeds, else `what: error`
+/// and 1.
+fn tool<A, F, E>(args: &[std::ffi::OsString], what: &str, run: impl FnOnce(A) -> F) -> ExitCode
+where
+    A: clap::Parser,
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let args = match A::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
@@ -45,43 +50,30 @@ fn sink(args: &[std::ffi::OsString]) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fatal(1, format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(ratatoskr::sink::run(args)) {
+    match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fatal(1, format!("sink: {e}")),
-    }
-}
-
-/// `ratatoskr healthcheck`: exit 0 when the local `/health` answers 200
-/// (the image's HEALTHCHECK; see `ratatoskr::healthcheck`).
-fn healthcheck(args: &[std::ffi::OsString]) -> ExitCode {
-    use clap::Parser as _;
-    let args = match ratatoskr::healthcheck::HealthcheckArgs::try_parse_from(args) {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return fatal(1, format!("cannot start the runtime: {e}")),
-    };
-    match runtime.block_on(ratatoskr::healthcheck::probe(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fatal(1, format!("unhealthy: {e}")),
+        Err(e) => fatal(1, format!("{what}: {e}")),
     }
 }
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "new-api-key") {
-        return new_api_key(args.get(2).and_then(|a| a.to_str()));
-    }
-    if args.get(1).is_some_and(|a| a == "sink") {
-        return sink(&args[1..]);
-    }
-    if args.get(1).is_some_and(|a| a == "healthcheck") {
-        return healthcheck(&args[1..]);
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("new-api-key") => return new_api_key(args.get(2).and_then(|a| a.to_str())),
+        // A webhook receiver that prints what it gets (`ratatoskr::sink`).
+        Some("sink") => return tool(&args[1..], "sink", ratatoskr::sink::run),
+        // Exit 0 when the local `/health` answers 200: the image's
+        // HEALTHCHECK (`ratatoskr::healthcheck`).
+        Some("healthcheck") => {
+            return tool(
+                &args[1..],
+                "unhealthy",
+                |a: ratatoskr::healthcheck::HealthcheckArgs| async move {
+                    ratatoskr::healthcheck::probe(&a).await
+                },
+            )
+        }
+        _ => {}
     }
     let config = match Config::from_args(&args) {
         Ok(c) => c,

@@ -161,23 +161,7 @@ impl Accounts {
             };
             total += bytes;
             seen.insert(id.clone());
-            match entries.get_mut(&id) {
-                Some(e) => {
-                    e.devices.store(Arc::new(set));
-                    e.account = account;
-                    e.bytes = bytes;
-                }
-                None => {
-                    entries.insert(
-                        id,
-                        Entry {
-                            account,
-                            devices: Arc::new(ArcSwap::from_pointee(set)),
-                            bytes,
-                        },
-                    );
-                }
-            }
+            install(&mut entries, &id, account, set, bytes);
         }
         entries.retain(|id, e| {
             let keep = seen.contains(id);
@@ -323,24 +307,37 @@ impl Accounts {
         let doc = serde_json::to_vec(&account).expect("accounts serialise");
         self.store.put(Collection::Accounts, id, &doc)?;
         let mut entries = write(&self.entries);
-        match entries.get_mut(id) {
-            Some(e) => {
-                e.devices.store(Arc::new(set));
-                e.account = account.clone();
-                e.bytes = bytes;
-            }
-            None => {
-                entries.insert(
-                    id.to_owned(),
-                    Entry {
-                        account: account.clone(),
-                        devices: Arc::new(ArcSwap::from_pointee(set)),
-                        bytes,
-                    },
-                );
-            }
-        }
+        install(&mut entries, id, account.clone(), set, bytes);
         Ok((account, old_account.is_none()))
+    }
+}
+
+/// Puts `account` and its devices in place: an account already held keeps
+/// its set's handle (streams holding it see the new devices), a new one
+/// gets a handle of its own.
+fn install(
+    entries: &mut HashMap<String, Entry>,
+    id: &str,
+    account: Account,
+    set: HashSet<DeviceId>,
+    bytes: usize,
+) {
+    match entries.get_mut(id) {
+        Some(e) => {
+            e.devices.store(Arc::new(set));
+            e.account = account;
+            e.bytes = bytes;
+        }
+        None => {
+            entries.insert(
+                id.to_owned(),
+                Entry {
+                    account,
+                    devices: Arc::new(ArcSwap::from_pointee(set)),
+                    bytes,
+                },
+            );
+        }
     }
 }
 

@@ -26,6 +26,17 @@ impl From<AccountError> for ApiError {
     }
 }
 
+/// The answer to a change: 201 when it created something (the account, or
+/// the device in it), 200 otherwise, with the account.
+fn changed(created: bool, account: &Account) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(shown(account))).into_response()
+}
+
 fn shown(account: &Account) -> serde_json::Value {
     json!({
         "account": account.id,
@@ -77,7 +88,7 @@ pub async fn devices(State(app): State<App>, Path(id): Path<String>) -> Result<R
     let account = app
         .accounts
         .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))?;
+        .ok_or_else(|| AccountError::NotFound(format!("no account {id:?}")))?;
     Ok(Json(shown(&account)).into_response())
 }
 
@@ -112,12 +123,7 @@ pub async fn put_devices(
     let req: DevicesRequest = read_json(&app, &headers, body).await?;
     let accounts = app.accounts.clone();
     let (account, created) = super::store_write(move || accounts.put(&id, &req.devices)).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(shown(&account))).into_response())
+    Ok(changed(created, &account))
 }
 
 /// Adds one device to an account (creates it).
@@ -143,12 +149,7 @@ pub async fn add_device(
 ) -> Result<Response, ApiError> {
     let accounts = app.accounts.clone();
     let (account, added) = super::store_write(move || accounts.add(&id, &device)).await?;
-    let status = if added {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(shown(&account))).into_response())
+    Ok(changed(added, &account))
 }
 
 /// Removes one device from an account.
