@@ -234,6 +234,23 @@ mod tests {
     }
 
     #[test]
+    fn a_file_at_the_key_limit_loads_and_one_past_it_is_refused() {
+        let entries: Vec<serde_json::Value> = (0..MAX_KEYS)
+            .map(|i| serde_json::json!({"id": format!("k{i}"), "sha256": hex::encode(digest(&format!("key-{i}"))),
+                                         "ratatoskr": {"publish": ["mac:*"], "types": ["status-*"]}}))
+            .collect();
+        let keys = ApiKeys::parse(&file(serde_json::Value::Array(entries.clone()))).unwrap();
+        assert_eq!(keys.len(), MAX_KEYS);
+        assert!(keys.identify("key-9999").is_some());
+        let mut over = entries;
+        over.push(serde_json::json!({"id": "one-more", "sha256": hex::encode(digest("x"))}));
+        assert!(matches!(
+            ApiKeys::parse(&file(serde_json::Value::Array(over))),
+            Err(KeysFileError::TooMany)
+        ));
+    }
+
+    #[test]
     fn the_file_never_holds_the_key() {
         let (key, entry) = new_key("k").unwrap();
         assert!(!entry.to_string().contains(&key));

@@ -238,3 +238,36 @@ async fn bad_account_input_is_a_clear_error() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn the_largest_account_and_the_most_accounts_a_claim_may_name_still_stream() {
+    let gw = Gateway::start_with(|c| c.jwt_secret = Some(SECRET.parse().unwrap())).await;
+    let admin = token(json!({"admin": true}));
+    // An account at its device limit (10,000), the last one ours.
+    let mut devices: Vec<String> = (0..9_999).map(|i| format!("serial:fleet-{i}")).collect();
+    devices.push(MINE.into());
+    let r = call(
+        &gw,
+        "PUT",
+        "/api/accounts/big/devices",
+        &admin,
+        Some(json!({ "devices": devices })),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["devices"].as_array().unwrap().len(), 10_000);
+    // A claim naming the most accounts allowed (64): each event's device is
+    // looked up in every one of them.
+    let mut names: Vec<String> = (0..63).map(|i| format!("absent-{i}")).collect();
+    names.push("big".into());
+    let member = token(json!({ "accounts": names }));
+    let mut sub = gw
+        .subscribe_with("/events", &[("authorization", &format!("Bearer {member}"))])
+        .await;
+    publish(&gw, &admin, NOT_MINE, 1).await;
+    publish(&gw, &admin, MINE, 2).await;
+    publish(&gw, &admin, "serial:fleet-9998", 3).await;
+    assert_eq!(sub.expect_event().await.json()["n"], 2);
+    assert_eq!(sub.expect_event().await.json()["n"], 3);
+    assert_eq!(gw.get("/health").await.status, 200);
+}
