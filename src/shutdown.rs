@@ -46,30 +46,43 @@ impl Readiness {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives
+/// while the gateway starts (already answering requests, before it awaits
+/// this) is then caught, instead of ending the process by the default
+/// action with its streams cut and no `shutdown` notice sent.
+pub fn signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let listen = |kind: tokio::signal::unix::SignalKind, name: &'static str| {
+        let installed = tokio::signal::unix::signal(kind);
+        async move {
+            match installed {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     };
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+    let (int, term) = (
+        listen(tokio::signal::unix::SignalKind::interrupt(), "SIGINT"),
+        listen(tokio::signal::unix::SignalKind::terminate(), "SIGTERM"),
+    );
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
+    let (int, term) = (
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+        std::future::pending::<()>(),
+    );
+    async move {
+        tokio::select! {
+            () = int => tracing::info!("SIGINT received"),
+            () = term => tracing::info!("SIGTERM received"),
+        }
     }
 }
