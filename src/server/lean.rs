@@ -85,21 +85,11 @@ pub async fn serve(
 ) {
     let request = build_request(&head, peer);
     drop(head);
-    let request = match request {
-        Ok(r) => r,
-        Err(BadHead) => {
-            let reply = format!(
-                "HTTP/1.1 400 Bad Request\r\ndate: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                httpdate::fmt_http_date(std::time::SystemTime::now())
-            );
-            if write_all(&stream, reply.as_bytes(), write_timeout)
-                .await
-                .is_ok()
-            {
-                close_after_reply(&mut stream).await;
-            }
-            return;
-        }
+    let Ok(request) = request else {
+        // Boxed, as the error answer below: what only a refused request
+        // needs is not reserved in every stream's task.
+        Box::pin(refuse_bad_head(stream, write_timeout)).await;
+        return;
     };
     let version = request.version();
     // Boxed so that the routing future, alive for a moment, is not part of
@@ -107,19 +97,7 @@ pub async fn serve(
     let Ok(response) = Box::pin(router.oneshot(request)).await;
     let (parts, body) = response.into_parts();
     if parts.status != StatusCode::OK {
-        // An error answer: small and finite.
-        let bytes = body
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        let head = response_head(version, &parts, Length::Exactly(bytes.len()));
-        if write_parts(&stream, [&head, &bytes], write_timeout)
-            .await
-            .is_ok()
-        {
-            close_after_reply(&mut stream).await;
-        }
+        Box::pin(reply_finite(stream, version, parts, body, write_timeout)).await;
         return;
     }
     let framing = if version == Version::HTTP_11 {
@@ -127,15 +105,47 @@ pub async fn serve(
     } else {
         Framing::UntilClose
     };
-    if write_all(
-        &stream,
-        &response_head(version, &parts, Length::from(framing)),
-        write_timeout,
-    )
-    .await
-    .is_ok()
-    {
+    let head = response_head(version, &parts, Length::from(framing));
+    drop(parts);
+    if write_all(&stream, &head, write_timeout).await.is_ok() {
+        drop(head);
         pump(&mut stream, body, framing, write_timeout).await;
+    }
+}
+
+/// Answers a head this path cannot take with 400 and closes.
+async fn refuse_bad_head(mut stream: TcpStream, write_timeout: Duration) {
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\ndate: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    );
+    if write_all(&stream, reply.as_bytes(), write_timeout)
+        .await
+        .is_ok()
+    {
+        close_after_reply(&mut stream).await;
+    }
+}
+
+/// Writes a finite answer (an error: small) with its length, and closes.
+async fn reply_finite(
+    mut stream: TcpStream,
+    version: Version,
+    parts: http::response::Parts,
+    body: Body,
+    write_timeout: Duration,
+) {
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let head = response_head(version, &parts, Length::Exactly(bytes.len()));
+    if write_parts(&stream, [&head, &bytes], write_timeout)
+        .await
+        .is_ok()
+    {
+        close_after_reply(&mut stream).await;
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -177,7 +177,9 @@ pub async fn serve(
         tracker.spawn(async move {
             shared.metrics.connection_opened();
             match &shared.tls {
-                Some(tls) => tls_connection(stream, PeerAddr(peer), &shared, tls).await,
+                // Boxed, as hyper's path below: a task is as large as its
+                // largest path, and a lean stream's task lives for hours.
+                Some(tls) => Box::pin(tls_connection(stream, PeerAddr(peer), &shared, tls)).await,
                 None => connection(stream, PeerAddr(peer), &shared).await,
             }
             shared.metrics.connection_closed();
@@ -214,7 +216,10 @@ async fn connection(mut stream: TcpStream, peer: PeerAddr, shared: &Shared) {
     };
     match sniffed {
         Ok(Some(Sniff::Stream(len))) => {
-            let head = buf.split_to(len).freeze();
+            // The head only: the rest of the read buffer is not kept for
+            // the stream's life.
+            let head = Bytes::copy_from_slice(&buf[..len]);
+            drop(buf);
             lean::serve(
                 stream,
                 head,
@@ -224,7 +229,9 @@ async fn connection(mut stream: TcpStream, peer: PeerAddr, shared: &Shared) {
             )
             .await;
         }
-        Ok(Some(_)) => hyper_connection(stream, buf, peer, shared).await,
+        // Boxed: hyper's connection state is kilobytes, which the task of
+        // every idle lean stream would otherwise reserve.
+        Ok(Some(_)) => Box::pin(hyper_connection(stream, buf, peer, shared)).await,
         Ok(None) => {}
         Err(_) => tracing::debug!(peer = %peer.0, "request head not received in time"),
     }
