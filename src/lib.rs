@@ -260,11 +260,11 @@ pub async fn run_with_store(
         readiness: Default::default(),
         started: Instant::now(),
     });
-    let router = http::router(app.clone());
+    let api = http::Api::new(app.clone());
     let stop_accepting = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,
-        router,
+        api,
         limits,
         metrics,
         stop_accepting.clone(),

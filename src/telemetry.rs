@@ -118,6 +118,9 @@ pub struct Metrics {
     /// Every module registers its own series here ([`Metrics::register`]).
     registry: std::sync::Mutex<Registry>,
     ingested: Family<IngestLabels, Counter>,
+    /// Every series of `ingested`, made at start: counting an event is an
+    /// atomic add, not a lookup under the family's lock.
+    ingested_by: [[Counter; 3]; 5],
     lagged: Counter,
     stream_ends: Family<StreamEndLabels, Counter>,
     connections: Gauge,
@@ -135,8 +138,29 @@ impl Metrics {
     /// Registers every series.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ratatoskr");
+        let ingested = Family::<IngestLabels, Counter>::default();
+        let ingested_by = [
+            IngestFormat::Json,
+            IngestFormat::WrpMsgpack,
+            IngestFormat::WrpJson,
+            IngestFormat::Ndjson,
+            IngestFormat::Unsupported,
+        ]
+        .map(|format| {
+            [
+                IngestResult::Accepted,
+                IngestResult::Duplicate,
+                IngestResult::Rejected,
+            ]
+            .map(|result| {
+                ingested
+                    .get_or_create(&IngestLabels { format, result })
+                    .clone()
+            })
+        });
         let m = Self {
-            ingested: Family::default(),
+            ingested,
+            ingested_by,
             lagged: Counter::default(),
             stream_ends: Family::default(),
             connections: Gauge::default(),
@@ -189,9 +213,7 @@ impl Metrics {
 
     /// One ingest request (or batch line) ended.
     pub fn ingested(&self, format: IngestFormat, result: IngestResult, count: u64) {
-        self.ingested
-            .get_or_create(&IngestLabels { format, result })
-            .inc_by(count);
+        self.ingested_by[format as usize][result as usize].inc_by(count);
     }
 
     /// Time spent on one ingest request.
@@ -275,6 +297,41 @@ pub struct Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_ingest_count_lands_on_its_own_labels() {
+        let m = Metrics::new();
+        let formats = [
+            (IngestFormat::Json, "json"),
+            (IngestFormat::WrpMsgpack, "wrp_msgpack"),
+            (IngestFormat::WrpJson, "wrp_json"),
+            (IngestFormat::Ndjson, "ndjson"),
+            (IngestFormat::Unsupported, "unsupported"),
+        ];
+        let results = [
+            (IngestResult::Accepted, "accepted"),
+            (IngestResult::Duplicate, "duplicate"),
+            (IngestResult::Rejected, "rejected"),
+        ];
+        let mut n = 0;
+        for (format, _) in formats {
+            for (result, _) in results {
+                n += 1;
+                m.ingested(format, result, n);
+            }
+        }
+        let text = m.encode();
+        let mut n = 0;
+        for (_, f) in formats {
+            for (_, r) in results {
+                n += 1;
+                let line = format!(
+                    "ratatoskr_events_ingested_total{{format=\"{f}\",result=\"{r}\"}} {n}\n"
+                );
+                assert!(text.contains(&line), "{line} missing from\n{text}");
+            }
+        }
+    }
 
     #[test]
     fn exposes_named_series() {

@@ -38,7 +38,34 @@ impl EventId {
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        f.write_str(self.hex().as_str())
+    }
+}
+
+impl EventId {
+    /// The id's text: 16 lowercase hexadecimal digits. Written for every
+    /// event (its frame, its 202), so it is made by hand, not through the
+    /// formatter's padding machinery.
+    pub fn hex(self) -> HexId {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        let mut v = self.0;
+        for d in out.iter_mut().rev() {
+            *d = DIGITS[(v & 15) as usize];
+            v >>= 4;
+        }
+        HexId(out)
+    }
+}
+
+/// An [`EventId`]'s text, on the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexId([u8; 16]);
+
+impl HexId {
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hexadecimal digits are ASCII")
     }
 }
 
@@ -92,6 +119,15 @@ impl IdGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_text_is_sixteen_lowercase_digits_as_the_formatter_writes_them() {
+        for v in [0, 1, 0xabc, 0x0123_4567_89ab_cdef, u64::MAX] {
+            let id = EventId::from_u64(v);
+            assert_eq!(id.hex().as_str(), format!("{v:016x}"));
+            assert_eq!(id.to_string(), format!("{v:016x}"));
+        }
+    }
 
     #[test]
     fn text_form_sorts_like_the_number() {

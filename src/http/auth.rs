@@ -65,19 +65,30 @@ impl std::str::FromStr for Secret {
 /// Finds who the request is and puts the [`Principal`] in its extensions;
 /// refuses a missing or invalid token (401).
 pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
-    if !auth_on(&app) {
+    match identify(&app, &mut request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => *refused,
+    }
+}
+
+/// What [`authenticate`] does, for a caller outside the router (the
+/// direct ingest path, [`super::Api`]): the [`Principal`] (and, where a
+/// rate limit reads it, the [`ClientKey`]) go into the request's
+/// extensions, or the 401 answer comes back.
+pub fn identify<B>(app: &App, request: &mut http::Request<B>) -> Result<(), Box<Response>> {
+    if !auth_on(app) {
         request.extensions_mut().insert(Principal::Anyone);
-        return next.run(request).await;
+        return Ok(());
     }
     // CORS preflights carry no credentials by design.
     if request.method() == Method::OPTIONS {
-        return next.run(request).await;
+        return Ok(());
     }
     // A query token only where a header cannot be set: EventSource.
     let query_allowed = request.method() == Method::GET && request.uri().path() == "/events";
-    let given = bearer(&request)
-        .or_else(|| cookie(&request))
-        .or_else(|| query_allowed.then(|| from_query(&request)).flatten());
+    let given = bearer(request)
+        .or_else(|| cookie(request))
+        .or_else(|| query_allowed.then(|| from_query(request)).flatten());
     let principal = match given {
         None => Err(if query_allowed {
             "this gateway requires a token: Authorization: Bearer <token>, the ratatoskr_token cookie, or ?access_token=".to_owned()
@@ -97,7 +108,7 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
                     .insert(ClientKey(hex::encode(&digest[..12])));
             }
             request.extensions_mut().insert(p);
-            next.run(request).await
+            Ok(())
         }
         Err(why) => {
             let mut response = ApiError::unauthorized(why).into_response();
@@ -105,7 +116,7 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"ratatoskr\""),
             );
-            response
+            Err(Box::new(response))
         }
     }
 }
@@ -190,7 +201,7 @@ fn auth_on(app: &App) -> bool {
     app.credentials.enabled()
 }
 
-fn cookie(request: &Request) -> Option<String> {
+fn cookie<B>(request: &http::Request<B>) -> Option<String> {
     request
         .headers()
         .get_all(header::COOKIE)
@@ -203,7 +214,7 @@ fn cookie(request: &Request) -> Option<String> {
         })
 }
 
-fn bearer(request: &Request) -> Option<String> {
+fn bearer<B>(request: &http::Request<B>) -> Option<String> {
     let value = request
         .headers()
         .get(header::AUTHORIZATION)?
@@ -215,7 +226,7 @@ fn bearer(request: &Request) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-fn from_query(request: &Request) -> Option<String> {
+fn from_query<B>(request: &http::Request<B>) -> Option<String> {
     form_urlencoded::parse(request.uri().query()?.as_bytes())
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.into_owned())

@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
+use std::future::Future as _;
+use std::task::Poll;
 
 use super::App;
 use crate::error::ApiError;
@@ -20,10 +22,17 @@ pub async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Byt
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    let collected =
-        tokio::time::timeout(app.config.body_timeout, Limited::new(body, limit).collect())
+    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
+    // A small body has usually arrived with its head: taken at once, it
+    // needs no timer. Only a body still on its way arms the timeout (the
+    // poll below has registered this task's waker).
+    let now = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match now {
+        Poll::Ready(c) => c,
+        Poll::Pending => tokio::time::timeout(app.config.body_timeout, collect)
             .await
-            .map_err(|_| ApiError::request_timeout("the request body was not received in time"))?;
+            .map_err(|_| ApiError::request_timeout("the request body was not received in time"))?,
+    };
     match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {

@@ -164,7 +164,24 @@ async fn limit(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    match admit(app, what, &request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => *refused,
+    }
+}
+
+/// What the limit middlewares check, for a caller outside the router (the
+/// direct ingest path, [`super::Api`]): `Ok` within the limits, else the
+/// 429 answer with its `Retry-After`.
+pub fn admit<B>(
+    app: &super::App,
+    what: Limited,
+    request: &http::Request<B>,
+) -> Result<(), Box<axum::response::Response>> {
     use axum::response::IntoResponse;
+    if !app.rate_limits.any() {
+        return Ok(());
+    }
     let ip = request
         .extensions()
         .get::<crate::server::PeerAddr>()
@@ -172,21 +189,19 @@ async fn limit(
     let key = request
         .extensions()
         .get::<super::auth::ClientKey>()
-        .map(|k| k.0.clone());
-    match app.rate_limits.check(what, ip, key.as_deref()) {
-        Ok(()) => next.run(request).await,
-        Err(wait) => {
-            let flag = match what {
-                Limited::Ingest => "--rate-limit-ingest",
-                Limited::Changes => "--rate-limit-changes",
-            };
-            crate::error::ApiError::too_many_requests(
-                format!("too many requests from this client ({flag}); try again later"),
-                wait,
-            )
-            .into_response()
-        }
-    }
+        .map(|k| k.0.as_str());
+    app.rate_limits.check(what, ip, key).map_err(|wait| {
+        let flag = match what {
+            Limited::Ingest => "--rate-limit-ingest",
+            Limited::Changes => "--rate-limit-changes",
+        };
+        crate::error::ApiError::too_many_requests(
+            format!("too many requests from this client ({flag}); try again later"),
+            wait,
+        )
+        .into_response()
+        .into()
+    })
 }
 
 #[cfg(test)]

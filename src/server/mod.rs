@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use bytes::{Bytes, BytesMut};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,7 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt as _;
 
 use self::io::ClientIo;
 use self::lean::Sniff;
@@ -106,7 +104,7 @@ impl AcceptBackoff {
 
 /// What every connection task shares.
 struct Shared {
-    router: Router,
+    api: crate::http::Api,
     limits: ServerLimits,
     metrics: Arc<Metrics>,
     builder: auto::Builder<TokioExecutor>,
@@ -114,11 +112,11 @@ struct Shared {
     tls: Option<Arc<tls::Tls>>,
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then drains.
+/// Serves `api` on `listener` until `stop` is cancelled, then drains.
 /// Returns `false` if the grace period ran out with connections still open.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    api: crate::http::Api,
     limits: ServerLimits,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -136,7 +134,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let shared = Arc::new(Shared {
-        router,
+        api,
         limits: limits.clone(),
         metrics: metrics.clone(),
         builder,
@@ -224,7 +222,7 @@ async fn connection(mut stream: TcpStream, peer: PeerAddr, shared: &Shared) {
                 stream,
                 head,
                 peer,
-                shared.router.clone(),
+                shared.api.router().clone(),
                 shared.limits.write_timeout,
             )
             .await;
@@ -261,11 +259,12 @@ where
         read.freeze(),
         shared.limits.write_timeout,
     ));
-    let router = shared.router.clone();
+    let api = shared.api.clone();
     let service =
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(peer);
-            router.clone().oneshot(req.map(axum::body::Body::new))
+            let call = api.clone().call(req.map(axum::body::Body::new));
+            async move { Ok::<_, std::convert::Infallible>(call.await) }
         });
     let conn = shared.builder.serve_connection(io, service);
     tokio::pin!(conn);
