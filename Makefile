@@ -2,7 +2,7 @@
 CARGO ?= cargo
 TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
 
-.PHONY: help build run cluster-demo test test-rust test-build test-js test-browser test-contract lint fmt bench fuzz release clean
+.PHONY: help build run cluster-demo test test-rust test-build test-js test-browser test-contract test-readme lint fmt bench fuzz release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ run: ## run the gateway on its embedded defaults (0.0.0.0:8080)
 cluster-demo: ## Redis plus three cluster nodes on 127.0.0.1:8081-8083 (Ctrl-C stops them)
 	scripts/cluster-demo.sh
 
-test: test-rust test-js test-browser test-contract ## every test: Rust suites, the EventSource client, the dashboard in Chromium, the OpenAPI contract
+test: test-rust test-js test-browser test-contract test-readme ## every test: Rust suites, the EventSource client, the dashboard in Chromium, the OpenAPI contract, the README's examples
 
 test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto; nextest when installed), doctests, then the black-box suite again on a Redis cluster node
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -42,6 +42,9 @@ test-build:
 
 test-contract: test-build .venv/bin/moto_server ## schemathesis against a live gateway, auth off and on (reports in artifacts/contract/)
 	tests/contract/run.sh
+
+test-readme: test-build ## the README's examples run as written against a live gateway, their output compared
+	tests/readme/run.sh
 
 test-js: test-build ## a real EventSource client (npm eventsource) against the binary
 	cd tests/js && npm ci --no-audit --no-fund --silent && node --test
