@@ -80,6 +80,11 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_MAX_SUBSCRIBERS", default_value_t = 50_000)]
     pub max_subscribers: usize,
 
+    /// Subscriber shards of the hub: publishes fan out on this many at
+    /// once, each shard in id order (0: one per worker thread).
+    #[arg(long, env = "RATATOSKR_HUB_SHARDS", default_value_t = 0)]
+    pub hub_shards: usize,
+
     /// Ingest requests per second per client address, and per credential
     /// (a burst of one second's worth); over it: 429 with Retry-After.
     /// 0: no limit (the default: behind a proxy or NAT clients share an
@@ -393,6 +398,9 @@ impl Config {
         }
         if self.subscriber_buffer == 0 || self.subscriber_buffer > 1_000_000 {
             return err("--subscriber-buffer must be between 1 and 1000000");
+        }
+        if self.hub_shards > 256 {
+            return err("--hub-shards must be at most 256");
         }
         if self.max_subscribers == 0 || self.max_connections == 0 {
             return err("--max-subscribers and --max-connections must be at least 1");

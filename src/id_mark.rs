@@ -77,6 +77,7 @@ mod tests {
                 subscriber_buffer: 10,
                 subscriber_buffer_bytes: usize::MAX,
                 max_subscribers: 10,
+                shards: 2,
             },
             Default::default(),
         )

@@ -111,6 +111,10 @@ pub async fn run_with_store(
             subscriber_buffer: config.subscriber_buffer,
             subscriber_buffer_bytes: config.subscriber_buffer_bytes,
             max_subscribers: config.max_subscribers,
+            shards: match config.hub_shards {
+                0 => tokio::runtime::Handle::current().metrics().num_workers(),
+                n => n,
+            },
         },
         metrics.register(HubMetrics::register),
     );

@@ -7,11 +7,18 @@
 //! for those without a device filter, so one event costs O(matching
 //! subscribers), not O(all subscribers).
 //!
-//! One short mutex covers id assignment, the ring and the index, and is
-//! never held across an `.await`; offering to a subscriber never waits (see
-//! [`subscriber`]). Holding it through the fan-out is what makes delivery
-//! order equal id order, and what lets a resuming subscriber join with no
-//! gap and no duplicate between its replay and its live events.
+//! A short *sequencing* lock covers id assignment and the ring. The
+//! subscribers are split over shards, each with its own lock and index. A
+//! publish takes its id under the sequencing lock, then passes the shards
+//! in a fixed order, holding at most two shard locks (it takes shard k+1's
+//! before it lets shard k's go). Publishes thus follow each other through
+//! the shards like a bucket brigade: several fan out at once on different
+//! shards, and each shard, so each subscriber, sees them in id order. A
+//! resuming subscriber registers in its shard under that shard's lock and
+//! replays the ring only up to the last id the shard has passed: no gap,
+//! no duplicate. No lock is held across an `.await`; offering to a
+//! subscriber never waits (see [`subscriber`]). Locks are always taken in
+//! one order (sequencing, then shards by index), so none can deadlock.
 
 pub mod filter;
 pub mod frame;
@@ -19,7 +26,7 @@ pub mod replay;
 pub mod subscriber;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -123,6 +130,9 @@ pub struct HubConfig {
     pub subscriber_buffer_bytes: usize,
     /// Most concurrent subscribers.
     pub max_subscribers: usize,
+    /// Subscriber shards (at least 1): publishes fan out on this many
+    /// at once (see the module's documentation).
+    pub shards: usize,
 }
 
 /// The hub's own series.
@@ -222,18 +232,30 @@ pub trait Tap: Send + Sync + std::fmt::Debug {
 /// The fan-out point between ingest and subscribers.
 #[derive(Debug)]
 pub struct Hub {
-    state: Mutex<State>,
+    sequencer: Mutex<Sequencer>,
+    shards: Box<[Mutex<Shard>]>,
+    subscribers: AtomicUsize,
     tap: OnceLock<Arc<dyn Tap>>,
     config: HubConfig,
     metrics: HubMetrics,
     next_subscriber: AtomicU64,
 }
 
+/// What the sequencing lock covers.
 #[derive(Debug)]
-struct State {
+struct Sequencer {
     ids: crate::event::id::IdGenerator,
     ring: ReplayRing,
+}
+
+/// One shard of the subscribers.
+#[derive(Debug, Default)]
+struct Shard {
     index: Index,
+    /// The newest event that has passed this shard: a subscriber that
+    /// joins it now gets every later one live.
+    passed: EventId,
+    /// Set on shutdown: the shard takes no new subscriber.
     closed: bool,
 }
 
@@ -250,7 +272,6 @@ struct Entry {
 struct Index {
     any_device: IndexMap<SubscriberId, Entry>,
     by_device: HashMap<DeviceId, IndexMap<SubscriberId, Entry>>,
-    count: usize,
 }
 
 impl Index {
@@ -262,6 +283,32 @@ impl Index {
             .chain(self.by_device.values().flat_map(|m| m.values()))
             .map(|e| e.queue.clone())
             .collect()
+    }
+
+    /// Offers `published` to every subscriber here whose filter takes it.
+    fn offer(&self, published: &Arc<Published>, tally: &mut FanOut) {
+        let device_entries = published
+            .event
+            .draft
+            .device
+            .as_ref()
+            .and_then(|d| self.by_device.get(d));
+        for entry in self
+            .any_device
+            .values()
+            .chain(device_entries.into_iter().flat_map(|m| m.values()))
+        {
+            if !entry.filter.matches_indexed(&published.event) {
+                continue;
+            }
+            match entry.queue.offer(published) {
+                Offer::Queued(depth) => {
+                    tally.queued += 1;
+                    tally.deepest = tally.deepest.max(depth);
+                }
+                Offer::Dropped => tally.dropped += 1,
+            }
+        }
     }
 }
 
@@ -289,13 +336,16 @@ impl Hub {
             config.replay_max_age,
             horizon,
         );
+        let shards = (0..config.shards.max(1))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
         Arc::new(Self {
-            state: Mutex::new(State {
+            sequencer: Mutex::new(Sequencer {
                 ids: Default::default(),
                 ring,
-                index: Index::default(),
-                closed: false,
             }),
+            shards,
+            subscribers: AtomicUsize::new(0),
             tap: OnceLock::new(),
             config,
             metrics,
@@ -307,21 +357,30 @@ impl Hub {
     /// stored: ids keep increasing across a restart even if the clock went
     /// back, and a client holding one below it resumes with a `gap`.
     pub fn resume_ids_above(&self, mark: EventId) {
-        let mut state = self.lock();
-        state.ids.raise_floor(mark);
-        state.ring.raise_horizon(mark);
+        let mut seq = self.sequencer();
+        seq.ids.raise_floor(mark);
+        seq.ring.raise_horizon(mark);
+        // No id up to the mark will be published: as if it had passed.
+        for k in 0..self.shards.len() {
+            let mut shard = self.shard(k);
+            shard.passed = shard.passed.max(mark);
+        }
     }
 
-    /// Runs `f` with the newest id while no event can be published: what
-    /// `f` switches on sees exactly the events after that id.
+    /// Runs `f` with the newest id while no event can be published nor be
+    /// on its way through the shards: what `f` switches on sees exactly
+    /// the events after that id.
     pub fn at_last_id<T>(&self, f: impl FnOnce(EventId) -> T) -> T {
-        let state = self.lock();
-        f(state.ids.last())
+        let seq = self.sequencer();
+        // Every shard, in order: a publish still passing them finishes
+        // first (it only ever waits for shards after the one it holds).
+        let _all: Vec<_> = (0..self.shards.len()).map(|k| self.shard(k)).collect();
+        f(seq.ids.last())
     }
 
     /// The newest id handed out.
     pub fn last_id(&self) -> EventId {
-        self.lock().ids.last()
+        self.sequencer().ids.last()
     }
 
     /// Installs the tap (once; later calls are ignored).
@@ -329,8 +388,12 @@ impl Hub {
         let _ = self.tap.set(tap);
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        crate::sync::lock(&self.state)
+    fn sequencer(&self) -> MutexGuard<'_, Sequencer> {
+        crate::sync::lock(&self.sequencer)
+    }
+
+    fn shard(&self, k: usize) -> MutexGuard<'_, Shard> {
+        crate::sync::lock(&self.shards[k])
     }
 
     /// Gives the event an id, keeps it for replay and offers it to every
@@ -359,44 +422,41 @@ impl Hub {
         assign: impl FnOnce(&mut crate::event::id::IdGenerator) -> Option<EventId>,
     ) -> Option<FanOut> {
         let started = Instant::now();
-        let device = draft.device.clone();
-        let (mut queued, mut dropped, mut deepest) = (0, 0, 0);
-        let id;
-        {
-            let mut state = self.lock();
-            id = assign(&mut state.ids)?;
+        let (published, mut shard) = {
+            let mut seq = self.sequencer();
+            let id = assign(&mut seq.ids)?;
             let published = Arc::new(Published::new(Event { id, draft }));
-            state.ring.push(started, published.clone());
-            let index = &state.index;
-            let device_entries = device.as_ref().and_then(|d| index.by_device.get(d));
-            for entry in index
-                .any_device
-                .values()
-                .chain(device_entries.into_iter().flat_map(|m| m.values()))
-            {
-                if !entry.filter.matches_indexed(&published.event) {
-                    continue;
+            seq.ring.push(started, published.clone());
+            // The first shard before the sequencer goes: publishes enter
+            // the shards in id order.
+            (published, self.shard(0))
+        };
+        let mut tally = FanOut {
+            id: published.event.id,
+            queued: 0,
+            dropped: 0,
+            deepest: 0,
+        };
+        let last = self.shards.len() - 1;
+        for k in 0..=last {
+            shard.index.offer(&published, &mut tally);
+            shard.passed = published.event.id;
+            if k == last {
+                // Under the last shard's lock: the tap, too, sees events
+                // in id order.
+                if let Some(tap) = self.tap.get() {
+                    tap.offer(&published);
                 }
-                match entry.queue.offer(&published) {
-                    Offer::Queued(depth) => {
-                        queued += 1;
-                        deepest = deepest.max(depth);
-                    }
-                    Offer::Dropped => dropped += 1,
-                }
-            }
-            if let Some(tap) = self.tap.get() {
-                tap.offer(&published);
+            } else {
+                // The next shard before this one goes (the old guard drops
+                // on assignment): no later publish can overtake this one.
+                shard = self.shard(k + 1);
             }
         }
+        drop(shard);
         self.metrics
-            .fanout(queued as u64, dropped as u64, started.elapsed());
-        Some(FanOut {
-            id,
-            queued,
-            dropped,
-            deepest,
-        })
+            .fanout(tally.queued as u64, tally.dropped as u64, started.elapsed());
+        Some(tally)
     }
 
     /// Registers a subscriber. With `resume`, the events after that id that
@@ -407,29 +467,37 @@ impl Hub {
         filter: EventFilter,
         resume: Option<EventId>,
     ) -> Result<Subscription, SubscribeError> {
+        let max = self.config.max_subscribers;
+        if self.subscribers.fetch_add(1, Ordering::AcqRel) >= max {
+            self.subscribers.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubscribeError::Full(max));
+        }
         let filter = Arc::new(filter);
         let queue = SubscriberQueue::new(
             self.config.subscriber_buffer,
             self.config.subscriber_buffer_bytes,
         );
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let k = (id % self.shards.len() as u64) as usize;
+        let entry = Entry {
+            filter: filter.clone(),
+            queue: queue.clone(),
+        };
         let replay = {
-            let mut state = self.lock();
-            if state.closed {
+            // A resume needs the ring as it is when the subscriber joins its
+            // shard: the sequencer first (the lock order).
+            let seq = resume.map(|_| self.sequencer());
+            let mut shard = self.shard(k);
+            if shard.closed {
+                drop(shard);
+                self.subscribers.fetch_sub(1, Ordering::AcqRel);
                 return Err(SubscribeError::ShuttingDown);
             }
-            if state.index.count >= self.config.max_subscribers {
-                return Err(SubscribeError::Full(self.config.max_subscribers));
-            }
-            let entry = Entry {
-                filter: filter.clone(),
-                queue: queue.clone(),
-            };
             if filter.devices().is_empty() {
-                state.index.any_device.insert(id, entry);
+                shard.index.any_device.insert(id, entry);
             } else {
                 for d in filter.devices() {
-                    state
+                    shard
                         .index
                         .by_device
                         .entry(d.clone())
@@ -437,11 +505,12 @@ impl Hub {
                         .insert(id, entry.clone());
                 }
             }
-            state.index.count += 1;
-            let live_from = state.ids.last();
-            resume.map(|last| Replay {
+            // Ids up to `passed` went by this shard before the subscriber
+            // joined it: the replay's. Later ones reach its queue.
+            let live_from = shard.passed;
+            seq.zip(resume).map(|(mut seq, last)| Replay {
                 live_from,
-                ..state.ring.after(Instant::now(), last)
+                ..seq.ring.between(Instant::now(), last, live_from)
             })
         };
         // Filtered outside the lock: publishes do not wait on it.
@@ -452,6 +521,7 @@ impl Hub {
         self.metrics.subscribers.inc();
         Ok(Subscription {
             id,
+            shard: k,
             hub: self.clone(),
             filter,
             queue,
@@ -459,11 +529,11 @@ impl Hub {
         })
     }
 
-    fn unsubscribe(&self, id: SubscriberId, filter: &EventFilter) {
-        {
-            let mut state = self.lock();
-            let index = &mut state.index;
-            let removed = if filter.devices().is_empty() {
+    fn unsubscribe(&self, id: SubscriberId, shard: usize, filter: &EventFilter) {
+        let removed = {
+            let mut shard = self.shard(shard);
+            let index = &mut shard.index;
+            if filter.devices().is_empty() {
                 index.any_device.swap_remove(&id).is_some()
             } else {
                 let mut any = false;
@@ -476,23 +546,30 @@ impl Hub {
                     }
                 }
                 any
-            };
-            if removed {
-                index.count -= 1;
             }
+        };
+        if removed {
+            self.subscribers.fetch_sub(1, Ordering::AcqRel);
         }
         self.metrics.subscribers.dec();
+    }
+
+    /// Every subscriber's queue, shard by shard (`closing` also makes each
+    /// shard refuse new subscribers, under the same lock).
+    fn queues(&self, closing: bool) -> Vec<Arc<SubscriberQueue>> {
+        (0..self.shards.len())
+            .flat_map(|k| {
+                let mut shard = self.shard(k);
+                shard.closed |= closing;
+                shard.index.queues()
+            })
+            .collect()
     }
 
     /// Closes every subscription (each stream writes a final notice and
     /// ends) and refuses new ones.
     pub fn close(&self, reason: CloseReason) {
-        let queues = {
-            let mut state = self.lock();
-            state.closed = true;
-            state.index.queues()
-        };
-        for q in queues {
+        for q in self.queues(true) {
             q.close(reason);
         }
     }
@@ -500,15 +577,14 @@ impl Hub {
     /// Tells every live subscriber that events may be missing before the
     /// next ones (a `gap` notice), without ending any stream.
     pub fn history_lost(&self) {
-        let queues = self.lock().index.queues();
-        for q in queues {
+        for q in self.queues(false) {
             q.mark_gap();
         }
     }
 
     /// Subscribers connected now.
     pub fn subscriber_count(&self) -> usize {
-        self.lock().index.count
+        self.subscribers.load(Ordering::Acquire)
     }
 
     /// The hub's series (for the dashboard's totals).
@@ -518,14 +594,14 @@ impl Hub {
 
     /// Events held for replay now.
     pub fn replay_len(&self) -> usize {
-        self.lock().ring.len()
+        self.sequencer().ring.len()
     }
 
     /// Samples the replay gauges (at scrape time, not on every publish).
     pub fn refresh_gauges(&self) {
         let (events, bytes) = {
-            let state = self.lock();
-            (state.ring.len(), state.ring.bytes())
+            let seq = self.sequencer();
+            (seq.ring.len(), seq.ring.bytes())
         };
         self.metrics.replay_events.set(events as i64);
         self.metrics.replay_bytes.set(bytes as i64);
@@ -536,6 +612,7 @@ impl Hub {
 #[derive(Debug)]
 pub struct Subscription {
     id: SubscriberId,
+    shard: usize,
     hub: Arc<Hub>,
     filter: Arc<EventFilter>,
     /// The subscriber's queue.
@@ -553,7 +630,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.unsubscribe(self.id, &self.filter);
+        self.hub.unsubscribe(self.id, self.shard, &self.filter);
     }
 }
 
@@ -562,4 +639,152 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::test_event;
+    use std::task::{Context, Waker};
+
+    fn hub(shards: usize) -> Arc<Hub> {
+        Hub::new(
+            HubConfig {
+                replay_capacity: 100_000,
+                replay_max_bytes: usize::MAX,
+                replay_max_age: Duration::from_secs(600),
+                subscriber_buffer: 100_000,
+                subscriber_buffer_bytes: usize::MAX,
+                max_subscribers: 1_000,
+                shards,
+            },
+            HubMetrics::default(),
+        )
+    }
+
+    fn everything() -> EventFilter {
+        EventFilter::new(Vec::<String>::new(), Vec::<String>::new()).unwrap()
+    }
+
+    /// The ids a subscription got: its replay, then its live queue.
+    fn received(sub: &mut Subscription) -> Vec<u64> {
+        let mut ids: Vec<u64> = sub
+            .replay
+            .take()
+            .map(|r| r.events.iter().map(|e| e.event.id.as_u64()).collect())
+            .unwrap_or_default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while sub
+            .queue
+            .poll_drain(&mut cx, &mut out, usize::MAX)
+            .is_ready()
+        {
+            if out.is_empty() {
+                break;
+            }
+            ids.extend(out.drain(..).map(|e| e.event.id.as_u64()));
+        }
+        ids
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<u64>>);
+    impl Tap for Recorder {
+        fn offer(&self, event: &Arc<Published>) {
+            self.0.lock().unwrap().push(event.event.id.as_u64());
+        }
+    }
+
+    /// Four publishers at once over four shards, and subscribers joining
+    /// (some resuming) while they publish: every subscriber gets every
+    /// event after the one it resumed from, once each, in id order, and
+    /// so does the tap.
+    #[test]
+    fn concurrent_publishes_reach_every_shard_in_id_order_and_resumes_join_exactly() {
+        let hub = hub(4);
+        let tap = Arc::new(Recorder::default());
+        hub.set_tap(tap.clone());
+        let mut early: Vec<Subscription> = (0..8)
+            .map(|_| hub.subscribe(everything(), None).unwrap())
+            .collect();
+        let published = std::thread::scope(|s| {
+            let publishers: Vec<_> = (0..4)
+                .map(|p| {
+                    let hub = &hub;
+                    s.spawn(move || {
+                        (0..500)
+                            .map(|i| {
+                                if (i + p) % 7 == 0 {
+                                    std::thread::yield_now();
+                                }
+                                hub.publish(test_event(0, None, None).draft).id.as_u64()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let joiners = s.spawn(|| {
+                let mut joined = Vec::new();
+                for _ in 0..12 {
+                    let from = hub.last_id();
+                    std::thread::yield_now();
+                    joined.push((
+                        from.as_u64(),
+                        hub.subscribe(everything(), Some(from)).unwrap(),
+                    ));
+                }
+                joined
+            });
+            let mut all: Vec<u64> = publishers
+                .into_iter()
+                .flat_map(|p| p.join().unwrap())
+                .collect();
+            all.sort_unstable();
+            (all, joiners.join().unwrap())
+        });
+        let (all, joined) = published;
+        assert_eq!(all.len(), 2_000);
+        assert_eq!(hub.subscriber_count(), 20);
+        for sub in &mut early {
+            assert_eq!(
+                received(sub),
+                all,
+                "a subscriber from the start gets every event, in order"
+            );
+        }
+        for (from, mut sub) in joined {
+            let want: Vec<u64> = all.iter().copied().filter(|&id| id > from).collect();
+            assert_eq!(
+                received(&mut sub),
+                want,
+                "resumed after {from}: no gap, no duplicate"
+            );
+        }
+        assert_eq!(
+            *tap.0.lock().unwrap(),
+            all,
+            "the tap sees every event in id order"
+        );
+        assert_eq!(hub.subscriber_count(), 8);
+    }
+
+    #[test]
+    fn closing_refuses_new_subscribers_on_every_shard_and_counts_stay_true() {
+        let hub = hub(3);
+        let subs: Vec<_> = (0..6)
+            .map(|_| hub.subscribe(everything(), None).unwrap())
+            .collect();
+        assert_eq!(hub.subscriber_count(), 6);
+        drop(subs);
+        assert_eq!(hub.subscriber_count(), 0);
+        hub.close(CloseReason::Shutdown);
+        for _ in 0..3 {
+            assert_eq!(
+                hub.subscribe(everything(), None).unwrap_err(),
+                SubscribeError::ShuttingDown
+            );
+        }
+        assert_eq!(hub.subscriber_count(), 0);
+    }
 }

@@ -120,6 +120,29 @@ impl ReplayRing {
         }
     }
 
+    /// As [`ReplayRing::after`], but only the events up to `until`
+    /// (included): the ones a shard had passed when a subscriber joined
+    /// it. `ring_first` is the first of those.
+    pub fn between(&mut self, now: Instant, last: EventId, until: EventId) -> Replay {
+        self.expire(now);
+        let start = self.events.partition_point(|(_, e)| e.event.id <= last);
+        let end = self
+            .events
+            .partition_point(|(_, e)| e.event.id <= until)
+            .max(start);
+        Replay {
+            events: self
+                .events
+                .range(start..end)
+                .map(|(_, e)| e.clone())
+                .collect(),
+            truncated: last < self.horizon,
+            oldest: self.events.front().map(|(_, e)| e.event.id),
+            ring_first: (start < end).then(|| self.events[start].1.event.id),
+            live_from: until,
+        }
+    }
+
     /// Number of events held.
     pub fn len(&self) -> usize {
         self.events.len()
