@@ -89,7 +89,8 @@ impl FromStr for EventId {
 }
 
 /// Issues strictly increasing ids; not thread-safe by itself (the hub owns one
-/// under its publish lock so that id order, ring order and delivery order agree).
+/// under its sequencing lock, with the ring, so that id order and ring order
+/// agree; its shards keep delivery in that order).
 #[derive(Debug, Default)]
 pub struct IdGenerator {
     last: u64,

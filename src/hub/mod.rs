@@ -222,8 +222,8 @@ pub enum SubscribeError {
 }
 
 /// Something else that sees every published event, in id order: the
-/// forwarders. `offer` runs inside the hub's publish lock, so it must only
-/// hand the event over (a `try_send`), never wait or do real work.
+/// forwarders. `offer` runs inside the hub's last shard lock, so it must
+/// only hand the event over (a `try_send`), never wait or do real work.
 pub trait Tap: Send + Sync + std::fmt::Debug {
     /// Takes a reference to a new event.
     fn offer(&self, event: &Arc<Published>);
@@ -283,6 +283,39 @@ impl Index {
             .chain(self.by_device.values().flat_map(|m| m.values()))
             .map(|e| e.queue.clone())
             .collect()
+    }
+
+    /// Adds a subscriber: under each device it names, or to those that
+    /// take every device.
+    fn insert(&mut self, id: SubscriberId, entry: Entry) {
+        let devices = entry.filter.devices();
+        if devices.is_empty() {
+            self.any_device.insert(id, entry);
+            return;
+        }
+        for d in devices {
+            self.by_device
+                .entry(d.clone())
+                .or_default()
+                .insert(id, entry.clone());
+        }
+    }
+
+    /// Removes a subscriber added with `filter`; whether it was here.
+    fn remove(&mut self, id: SubscriberId, filter: &EventFilter) -> bool {
+        if filter.devices().is_empty() {
+            return self.any_device.swap_remove(&id).is_some();
+        }
+        let mut any = false;
+        for d in filter.devices() {
+            if let Some(m) = self.by_device.get_mut(d) {
+                any |= m.swap_remove(&id).is_some();
+                if m.is_empty() {
+                    self.by_device.remove(d);
+                }
+            }
+        }
+        any
     }
 
     /// Offers `published` to every subscriber here whose filter takes it.
@@ -467,11 +500,6 @@ impl Hub {
         filter: EventFilter,
         resume: Option<EventId>,
     ) -> Result<Subscription, SubscribeError> {
-        let max = self.config.max_subscribers;
-        if self.subscribers.fetch_add(1, Ordering::AcqRel) >= max {
-            self.subscribers.fetch_sub(1, Ordering::AcqRel);
-            return Err(SubscribeError::Full(max));
-        }
         let filter = Arc::new(filter);
         let queue = SubscriberQueue::new(
             self.config.subscriber_buffer,
@@ -489,22 +517,14 @@ impl Hub {
             let seq = resume.map(|_| self.sequencer());
             let mut shard = self.shard(k);
             if shard.closed {
-                drop(shard);
-                self.subscribers.fetch_sub(1, Ordering::AcqRel);
                 return Err(SubscribeError::ShuttingDown);
             }
-            if filter.devices().is_empty() {
-                shard.index.any_device.insert(id, entry);
-            } else {
-                for d in filter.devices() {
-                    shard
-                        .index
-                        .by_device
-                        .entry(d.clone())
-                        .or_default()
-                        .insert(id, entry.clone());
-                }
+            let max = self.config.max_subscribers;
+            if self.subscribers.fetch_add(1, Ordering::AcqRel) >= max {
+                self.subscribers.fetch_sub(1, Ordering::AcqRel);
+                return Err(SubscribeError::Full(max));
             }
+            shard.index.insert(id, entry);
             // Ids up to `passed` went by this shard before the subscriber
             // joined it: the replay's. Later ones reach its queue.
             let live_from = shard.passed;
@@ -530,25 +550,7 @@ impl Hub {
     }
 
     fn unsubscribe(&self, id: SubscriberId, shard: usize, filter: &EventFilter) {
-        let removed = {
-            let mut shard = self.shard(shard);
-            let index = &mut shard.index;
-            if filter.devices().is_empty() {
-                index.any_device.swap_remove(&id).is_some()
-            } else {
-                let mut any = false;
-                for d in filter.devices() {
-                    if let Some(m) = index.by_device.get_mut(d) {
-                        any |= m.swap_remove(&id).is_some();
-                        if m.is_empty() {
-                            index.by_device.remove(d);
-                        }
-                    }
-                }
-                any
-            }
-        };
-        if removed {
+        if self.shard(shard).index.remove(id, filter) {
             self.subscribers.fetch_sub(1, Ordering::AcqRel);
         }
         self.metrics.subscribers.dec();
