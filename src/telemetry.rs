@@ -70,6 +70,22 @@ pub enum IngestFormat {
     Unsupported,
 }
 
+impl IngestFormat {
+    /// Every format, in declaration order.
+    pub const ALL: [Self; 5] = [
+        Self::Json,
+        Self::WrpMsgpack,
+        Self::WrpJson,
+        Self::Ndjson,
+        Self::Unsupported,
+    ];
+}
+
+impl IngestResult {
+    /// Every result, in declaration order.
+    pub const ALL: [Self; 3] = [Self::Accepted, Self::Duplicate, Self::Rejected];
+}
+
 /// Label values are the snake_case names Prometheus users expect.
 macro_rules! label_values {
     ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
@@ -120,7 +136,7 @@ pub struct Metrics {
     ingested: Family<IngestLabels, Counter>,
     /// Every series of `ingested`, made at start: counting an event is an
     /// atomic add, not a lookup under the family's lock.
-    ingested_by: [[Counter; 3]; 5],
+    ingested_by: [[Counter; IngestResult::ALL.len()]; IngestFormat::ALL.len()],
     lagged: Counter,
     stream_ends: Family<StreamEndLabels, Counter>,
     connections: Gauge,
@@ -139,20 +155,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ratatoskr");
         let ingested = Family::<IngestLabels, Counter>::default();
-        let ingested_by = [
-            IngestFormat::Json,
-            IngestFormat::WrpMsgpack,
-            IngestFormat::WrpJson,
-            IngestFormat::Ndjson,
-            IngestFormat::Unsupported,
-        ]
-        .map(|format| {
-            [
-                IngestResult::Accepted,
-                IngestResult::Duplicate,
-                IngestResult::Rejected,
-            ]
-            .map(|result| {
+        // In declaration order: `ingested_by[format as usize][result as usize]`.
+        let ingested_by = IngestFormat::ALL.map(|format| {
+            IngestResult::ALL.map(|result| {
                 ingested
                     .get_or_create(&IngestLabels { format, result })
                     .clone()
@@ -250,22 +255,12 @@ impl Metrics {
 
     /// Totals for the dashboard's JSON view.
     pub fn snapshot(&self) -> Snapshot {
-        let ingested = [
-            IngestFormat::Json,
-            IngestFormat::WrpMsgpack,
-            IngestFormat::WrpJson,
-            IngestFormat::Ndjson,
-        ]
-        .into_iter()
-        .map(|format| {
-            self.ingested
-                .get_or_create(&IngestLabels {
-                    format,
-                    result: IngestResult::Accepted,
-                })
-                .get()
-        })
-        .sum();
+        // An unsupported request is never accepted: its counter stays 0.
+        let ingested = self
+            .ingested_by
+            .iter()
+            .map(|by_result| by_result[IngestResult::Accepted as usize].get())
+            .sum();
         Snapshot {
             events_ingested: ingested,
             subscribers_lagged: self.lagged.get(),
