@@ -27,9 +27,14 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 BIN = os.environ.get("BIN", "target/debug/ratatoskr")
+# Answers and logs of this run (never shared with another run).
+WORK = tempfile.mkdtemp(prefix="readme-examples-")
+BODY, HEAD = os.path.join(WORK, "body"), os.path.join(WORK, "head")
+SINK_LOG, GATEWAY_LOG = os.path.join(WORK, "sink.log"), os.path.join(WORK, "gateway.log")
 README = open("README.md", encoding="utf-8").read()
 # The opening of "Use it" (up to its first subsection), and the
 # registration walk-through.
@@ -108,12 +113,12 @@ def fail(cmd, why):
 
 def curl(cmd, stream=False):
     """Runs a curl command line with its status and headers captured."""
-    extra = " -s -o /tmp/readme-body -D /tmp/readme-head -w '%{http_code}'"
+    extra = f" -s -o {BODY} -D {HEAD} -w '%{{http_code}}'"
     if stream:
         extra += " --max-time 1"
     r = subprocess.run(cmd + extra, shell=True, capture_output=True, text=True, executable="/bin/bash")
-    body = open("/tmp/readme-body", encoding="utf-8", errors="replace").read()
-    head = open("/tmp/readme-head", encoding="utf-8", errors="replace").read()
+    body = open(BODY, encoding="utf-8", errors="replace").read()
+    head = open(HEAD, encoding="utf-8", errors="replace").read()
     return r.returncode, r.stdout.strip()[-3:], head, body
 
 
@@ -146,7 +151,7 @@ def run_section(title, gateway_started):
                 skipped += 1
                 continue
             if cmd.endswith("&"):
-                log = "/tmp/readme-sink.log" if " sink " in cmd else "/tmp/readme-gateway.log"
+                log = SINK_LOG if " sink " in cmd else GATEWAY_LOG
                 if not start_background(cmd, log):
                     fail(cmd, "not a command this check can start")
                 continue
@@ -185,7 +190,7 @@ def run_section(title, gateway_started):
                 documented = json_after(expect, expect.index("the sink prints:"))
                 got = None
                 for _ in range(100):
-                    lines = [l for l in open("/tmp/readme-sink.log") if l.startswith("{")]
+                    lines = [l for l in open(SINK_LOG) if l.startswith("{")]
                     if lines:
                         got = json.loads(lines[-1])
                         break
@@ -200,7 +205,7 @@ def run_section(title, gateway_started):
 
 def main():
     # "Use it" assumes a gateway on its defaults: the README's first command.
-    start_background("cargo run --release -- --listen 127.0.0.1:8080", "/tmp/readme-gateway.log")
+    start_background("cargo run --release -- --listen 127.0.0.1:8080", GATEWAY_LOG)
     try:
         run_section(SECTIONS[0], lambda: True)
         # The registration example starts its own gateway (with the sink's
