@@ -590,6 +590,16 @@ mod tests {
     }
 
     #[test]
+    fn hub_shards_are_bounded() {
+        let shards = |n: &str| Config::from_args(["ratatoskr", "--hub-shards", n]).unwrap();
+        assert_eq!(Config::from_args(["ratatoskr"]).unwrap().hub_shards, 0);
+        shards("256").validate().unwrap();
+        let e = shards("257").validate().unwrap_err().to_string();
+        assert!(e.contains("--hub-shards must be at most 256"), "{e}");
+        assert!(Config::from_args(["ratatoskr", "--hub-shards", "-1"]).is_err());
+    }
+
+    #[test]
     fn with_listen_ignores_the_environment() {
         // Set for this process only; no other test reads this variable.
         std::env::set_var("RATATOSKR_SUBSCRIBER_BUFFER", "7");
