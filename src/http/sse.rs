@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body::Frame;
 use serde_json::json;
@@ -35,6 +35,7 @@ use crate::hub::{
     frame, CloseReason, EventFilter, Format, LagPolicy, Published, SubscribeError, Subscription,
 };
 use crate::telemetry::{Metrics, StreamEnd};
+use frame::{Piece, Transfer};
 
 /// Most bytes copied into one chunk, replayed or live (so that a reader
 /// of a burst of large events never holds its own copy of the burst; the
@@ -67,6 +68,7 @@ pub async fn subscribe(
     RawQuery(query): RawQuery,
     peer: Option<axum::Extension<crate::server::PeerAddr>>,
     who: Option<axum::Extension<crate::auth::Principal>>,
+    transfer: Option<axum::Extension<Transfer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = QueryPairs::parse(
@@ -121,9 +123,13 @@ pub async fn subscribe(
     if let (Some(cluster), Some(last)) = (&app.cluster, resume) {
         resume_from_cluster(&app, cluster, &mut subscription, last).await;
     }
-    let mut body = SseBody::new(subscription, format, &app, resume);
+    let transfer = transfer.map(|t| t.0).unwrap_or_default();
+    let mut body = SseBody::new(subscription, format, transfer, &app, resume);
     body.slot = slot;
     let mut response = Response::new(Body::new(body));
+    // Says to the connection (the lean HTTP/1.1 path) that the body's bytes
+    // are already chunks.
+    response.extensions_mut().insert(transfer);
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
     h.insert(
@@ -222,6 +228,8 @@ async fn resume_from_cluster(
 struct SseBody {
     subscription: Subscription,
     format: Format,
+    /// How the bytes travel: chunks made here on the lean HTTP/1.1 path.
+    transfer: Transfer,
     lag_policy: LagPolicy,
     metrics: Arc<Metrics>,
     /// Frames to write before anything else (retry, gap notice).
@@ -254,11 +262,12 @@ impl SseBody {
     fn new(
         mut subscription: Subscription,
         format: Format,
+        transfer: Transfer,
         app: &App,
         resume: Option<EventId>,
     ) -> Self {
-        let mut preamble =
-            BytesMut::from(&frame::retry(app.config.sse_retry.as_millis() as u64)[..]);
+        let mut preamble = Piece::with_capacity(64);
+        preamble.extend(&frame::retry(app.config.sse_retry.as_millis() as u64));
         let mut replay = Vec::new();
         if let Some(r) = subscription.replay.take() {
             if r.truncated {
@@ -267,7 +276,7 @@ impl SseBody {
                     "oldest_available": r.oldest.map(|id| id.to_string()),
                     "detail": "events after last_event_id may be missing: they are older than the replay buffer or from before a restart",
                 });
-                preamble.extend_from_slice(&frame::event(
+                preamble.extend(&frame::event(
                     None,
                     Some("gap"),
                     data.to_string().as_bytes(),
@@ -279,9 +288,10 @@ impl SseBody {
         Self {
             subscription,
             format,
+            transfer,
             lag_policy: app.config.lag_policy,
             metrics: app.metrics.clone(),
-            preamble: Some(preamble.freeze()),
+            preamble: Some(preamble.finish(transfer)),
             replay: replay.into_iter(),
             batch: Vec::new(),
             pending_dropped: 0,
@@ -300,14 +310,16 @@ impl SseBody {
     /// Concatenates the next replayed events, up to the chunk limit.
     fn next_replay_chunk(&mut self) -> Option<Bytes> {
         let first = self.replay.next()?;
-        let mut out = BytesMut::from(&first.frame(self.format)[..]);
+        let frame = first.frame(self.format);
+        let mut out = Piece::with_capacity(frame.len());
+        out.extend(frame);
         self.last_id = Some(first.event.id);
         while out.len() < MAX_CHUNK_BYTES {
             let Some(e) = self.replay.next() else { break };
-            out.extend_from_slice(e.frame(self.format));
+            out.extend(e.frame(self.format));
             self.last_id = Some(e.event.id);
         }
-        Some(out.freeze())
+        Some(out.finish(self.transfer))
     }
 
     /// Writes the next chunk of drained events: at most [`MAX_CHUNK_BYTES`]
@@ -340,22 +352,22 @@ impl SseBody {
         if take == 1 && dropped == 0 && closed.is_none() && !self.pending_gap {
             let e = self.batch.remove(0);
             self.last_id = Some(e.event.id);
-            return e.frame(format).clone();
+            return e.wire(format, self.transfer).clone();
         }
-        let mut out = BytesMut::with_capacity(size + 128);
+        let mut out = Piece::with_capacity(size + 128);
         if std::mem::take(&mut self.pending_gap) {
             let data = json!({
                 "last_event_id": self.last_id.map(|id| id.to_string()),
                 "detail": "events after last_event_id may be missing: the cluster's Redis lost its stream (restarted without persistence, or trimmed past this node while it was away)",
             });
-            out.extend_from_slice(&frame::event(
+            out.extend(&frame::event(
                 None,
                 Some("gap"),
                 data.to_string().as_bytes(),
             ));
         }
         for e in self.batch.drain(..take) {
-            out.extend_from_slice(e.frame(format));
+            out.extend(e.frame(format));
             self.last_id = Some(e.event.id);
         }
         if dropped > 0 {
@@ -365,7 +377,7 @@ impl SseBody {
                 "last_event_id": self.last_id.map(|id| id.to_string()),
                 "policy": match self.lag_policy { LagPolicy::Disconnect => "disconnect", LagPolicy::Resume => "resume" },
             });
-            out.extend_from_slice(&frame::event(
+            out.extend(&frame::event(
                 None,
                 Some("lagged"),
                 data.to_string().as_bytes(),
@@ -379,7 +391,7 @@ impl SseBody {
             if !self.finished {
                 self.metrics.stream_ended(StreamEnd::Shutdown);
                 let data = json!({"reason": "the gateway is shutting down", "last_event_id": self.last_id.map(|id| id.to_string())});
-                out.extend_from_slice(&frame::event(
+                out.extend(&frame::event(
                     None,
                     Some("shutdown"),
                     data.to_string().as_bytes(),
@@ -387,7 +399,7 @@ impl SseBody {
             }
             self.finished = true;
         }
-        out.freeze()
+        out.finish(self.transfer)
     }
 }
 
@@ -414,8 +426,11 @@ impl http_body::Body for SseBody {
             this.last_write = tokio::time::Instant::now();
             return Poll::Ready(Some(Ok(Frame::data(this.live_chunk()))));
         }
-        let queue = this.subscription.queue.clone();
-        while let Poll::Ready(drained) = queue.poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS) {
+        while let Poll::Ready(drained) =
+            this.subscription
+                .queue
+                .poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS)
+        {
             this.pending_dropped += drained.dropped;
             this.pending_closed = drained.closed.or(this.pending_closed);
             this.pending_gap |= drained.gap;
@@ -449,7 +464,7 @@ impl http_body::Body for SseBody {
             if due <= now {
                 this.last_write = now;
                 this.heartbeat.as_mut().reset(now + this.heartbeat_every);
-                return Poll::Ready(Some(Ok(Frame::data(frame::comment("keep-alive")))));
+                return Poll::Ready(Some(Ok(Frame::data(frame::heartbeat(this.transfer)))));
             }
             this.heartbeat.as_mut().reset(due);
         }

@@ -58,9 +58,23 @@ pub enum Format {
 pub struct Published {
     /// The event.
     pub event: Event,
-    data_frame: OnceLock<Bytes>,
-    envelope_frame: OnceLock<Bytes>,
+    data_frame: OnceLock<Framed>,
+    envelope_frame: OnceLock<Framed>,
     weight: usize,
+}
+
+/// One frame in both of its [`frame::Transfer`] forms, sharing one buffer.
+#[derive(Debug)]
+struct Framed {
+    plain: Bytes,
+    chunked: Bytes,
+}
+
+impl Framed {
+    fn new(piece: frame::Piece) -> Self {
+        let (chunked, plain) = piece.finish_both();
+        Self { plain, chunked }
+    }
 }
 
 /// Payload, metadata and WRP fields, counted once for the event and once
@@ -103,14 +117,36 @@ impl Published {
     /// a frame is first built, not on every call (a batch asks once per
     /// event per subscriber).
     pub fn frame(&self, format: Format) -> &Bytes {
+        &self.framed(format).plain
+    }
+
+    /// The frame for `format` as it travels with `transfer`: on the lean
+    /// HTTP/1.1 path, one chunk shared by every subscriber.
+    pub fn wire(&self, format: Format, transfer: frame::Transfer) -> &Bytes {
+        let framed = self.framed(format);
+        match transfer {
+            frame::Transfer::Plain => &framed.plain,
+            frame::Transfer::Chunked => &framed.chunked,
+        }
+    }
+
+    fn framed(&self, format: Format) -> &Framed {
         let id = || self.event.id.to_string();
         match format {
-            Format::Data => self
-                .data_frame
-                .get_or_init(|| frame::event(Some(&id()), None, &self.event.draft.data)),
-            Format::Envelope => self
-                .envelope_frame
-                .get_or_init(|| frame::event(Some(&id()), None, &self.event.envelope_json())),
+            Format::Data => self.data_frame.get_or_init(|| {
+                Framed::new(frame::event_piece(
+                    Some(&id()),
+                    None,
+                    &self.event.draft.data,
+                ))
+            }),
+            Format::Envelope => self.envelope_frame.get_or_init(|| {
+                Framed::new(frame::event_piece(
+                    Some(&id()),
+                    None,
+                    &self.event.envelope_json(),
+                ))
+            }),
         }
     }
 }

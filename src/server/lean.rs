@@ -15,8 +15,17 @@
 //! that read in fixed blocks over `requests`/`urllib3` (sseclient-py) then
 //! wait for a block to fill before they see an event; with chunks they get
 //! each write at once. HTTP/1.0 has no chunks: its body is close-delimited.
+//! The stream's body makes the chunks itself (it is asked to with the
+//! [`Transfer`] request extension), so that a delivery is one contiguous
+//! buffer, shared by every subscriber, and one `send`.
+//!
+//! While the body has nothing to write, the pump watches the socket's read
+//! readiness through its single waker slot (`poll_read_ready`), not a
+//! `readable()` future per wake-up: a wake-up then costs no waiter list
+//! insertion and removal.
 
 use std::io;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -29,6 +38,7 @@ use tokio::net::TcpStream;
 use tower::ServiceExt as _;
 
 use super::PeerAddr;
+use crate::hub::frame::Transfer;
 
 /// Largest request head accepted on this path.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -85,13 +95,16 @@ pub async fn serve(
 ) {
     let request = build_request(&head, peer);
     drop(head);
-    let Ok(request) = request else {
+    let Ok(mut request) = request else {
         // Boxed, as the error answer below: what only a refused request
         // needs is not reserved in every stream's task.
         Box::pin(refuse_bad_head(stream, write_timeout)).await;
         return;
     };
     let version = request.version();
+    if version == Version::HTTP_11 {
+        request.extensions_mut().insert(Transfer::Chunked);
+    }
     // Boxed so that the routing future, alive for a moment, is not part of
     // this task's state, which lives as long as the stream.
     let Ok(response) = Box::pin(router.oneshot(request)).await;
@@ -100,10 +113,10 @@ pub async fn serve(
         Box::pin(reply_finite(stream, version, parts, body, write_timeout)).await;
         return;
     }
-    let framing = if version == Version::HTTP_11 {
-        Framing::Chunked
-    } else {
-        Framing::UntilClose
+    let framing = match (version, parts.extensions.get::<Transfer>()) {
+        (Version::HTTP_11, Some(Transfer::Chunked)) => Framing::ChunkedByBody,
+        (Version::HTTP_11, _) => Framing::Chunked,
+        _ => Framing::UntilClose,
     };
     let head = response_head(version, &parts, Length::from(framing));
     drop(parts);
@@ -154,6 +167,9 @@ async fn reply_finite(
 enum Framing {
     /// HTTP/1.1: chunks, and the last (empty) chunk at the end.
     Chunked,
+    /// HTTP/1.1, the body's bytes already chunks: written as they are,
+    /// then the last chunk.
+    ChunkedByBody,
     /// HTTP/1.0: the connection's close.
     UntilClose,
 }
@@ -172,7 +188,7 @@ enum Length {
 impl From<Framing> for Length {
     fn from(f: Framing) -> Self {
         match f {
-            Framing::Chunked => Self::Chunked,
+            Framing::Chunked | Framing::ChunkedByBody => Self::Chunked,
             Framing::UntilClose => Self::UntilClose,
         }
     }
@@ -277,43 +293,66 @@ async fn close_after_reply(stream: &mut TcpStream) {
 /// Copies the body to the socket until it ends, the client goes away, or a
 /// write stays blocked for longer than `write_timeout`.
 async fn pump(stream: &mut TcpStream, mut body: Body, framing: Framing, write_timeout: Duration) {
-    let mut probe = [0u8; 64];
     loop {
-        tokio::select! {
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        let written = match framing {
-                            Framing::Chunked => write_chunk(stream, &data, write_timeout).await,
-                            Framing::UntilClose => write_all(stream, &data, write_timeout).await,
-                        };
-                        if written.is_err() {
-                            return;
-                        }
-                    }
+        let data = match std::future::poll_fn(|cx| poll_next(stream, &mut body, cx)).await {
+            Next::Data(data) => data,
+            Next::End => {
+                // The body's end: the last chunk says so.
+                if framing != Framing::UntilClose {
+                    let _ = write_all(stream, b"0\r\n\r\n", write_timeout).await;
                 }
-                Some(Err(_)) => return,
-                None => {
-                    // The body's end: the last chunk says so.
-                    if framing == Framing::Chunked {
-                        let _ = write_all(stream, b"0\r\n\r\n", write_timeout).await;
-                    }
-                    return;
-                }
-            },
-            ready = stream.readable() => {
-                if ready.is_err() {
-                    return;
-                }
-                // The client sends nothing on an SSE stream: EOF or an error
-                // means it is gone; anything else is ignored.
-                match stream.try_read(&mut probe) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
+                return;
             }
+            Next::Gone => return,
+        };
+        let written = match framing {
+            Framing::Chunked => write_chunk(stream, &data, write_timeout).await,
+            Framing::ChunkedByBody | Framing::UntilClose => {
+                write_all(stream, &data, write_timeout).await
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the pump does next.
+enum Next {
+    /// Write these bytes.
+    Data(Bytes),
+    /// The body ended.
+    End,
+    /// The client is gone, or the body failed.
+    Gone,
+}
+
+/// The body's next bytes; meanwhile, watches the socket for the client's
+/// end. The client sends nothing on an SSE stream: EOF or an error means
+/// it is gone, anything else is read and ignored.
+fn poll_next(stream: &TcpStream, body: &mut Body, cx: &mut Context<'_>) -> Poll<Next> {
+    use http_body::Body as _;
+    loop {
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut *body).poll_frame(cx) {
+            return Poll::Ready(match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Next::Data(data),
+                    Err(_) => continue, // trailers: nothing to write
+                },
+                Some(Err(_)) => Next::Gone,
+                None => Next::End,
+            });
+        }
+        // Budgeted by tokio: a client that keeps sending makes this yield.
+        if std::task::ready!(stream.poll_read_ready(cx)).is_err() {
+            return Poll::Ready(Next::Gone);
+        }
+        let mut probe = [0u8; 64];
+        match stream.try_read(&mut probe) {
+            Ok(0) => return Poll::Ready(Next::Gone),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Poll::Ready(Next::Gone),
         }
     }
 }
@@ -359,7 +398,13 @@ async fn write_parts<const N: usize>(
             skip -= from;
             io::IoSlice::new(&part[from..])
         });
-        match stream.try_write_vectored(&slices) {
+        // One part is a plain `send`: `writev` costs the kernel more.
+        let result = if N == 1 {
+            stream.try_write(&slices[0])
+        } else {
+            stream.try_write_vectored(&slices)
+        };
+        match result {
             Ok(k) => written += k,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 tokio::time::timeout(write_timeout, stream.writable())
