@@ -247,6 +247,11 @@ struct SseBody {
     pending_gap: bool,
     heartbeat_every: Duration,
     heartbeat: Pin<Box<Sleep>>,
+    /// The heartbeat timer was polled since it was last armed, so it holds
+    /// this body's waker until it fires: it need not be polled again on
+    /// every delivery. (One task polls a body for its whole life: the lean
+    /// pump, hyper's HTTP/1 connection, or its HTTP/2 stream task.)
+    heartbeat_polled: bool,
     /// When bytes last went out: a heartbeat is due one interval later.
     last_write: tokio::time::Instant,
     last_id: Option<EventId>,
@@ -299,6 +304,7 @@ impl SseBody {
             pending_gap: false,
             heartbeat_every: every,
             heartbeat: Box::pin(tokio::time::sleep(every)),
+            heartbeat_polled: false,
             last_write: tokio::time::Instant::now(),
             last_id: resume,
             skipping_seen: resume.is_some(),
@@ -458,7 +464,12 @@ impl http_body::Body for SseBody {
         // after every write (re-arming costs a timer-wheel update). It is
         // re-armed for one interval after the last write, so the stream is
         // never silent for longer than the interval.
+        if this.heartbeat_polled && !this.heartbeat.is_elapsed() {
+            return Poll::Pending;
+        }
         while this.heartbeat.as_mut().poll(cx).is_ready() {
+            // A reset timer holds no waker until it is polled again.
+            this.heartbeat_polled = false;
             let now = tokio::time::Instant::now();
             let due = this.last_write + this.heartbeat_every;
             if due <= now {
@@ -468,6 +479,7 @@ impl http_body::Body for SseBody {
             }
             this.heartbeat.as_mut().reset(due);
         }
+        this.heartbeat_polled = true;
         Poll::Pending
     }
 }

@@ -154,6 +154,36 @@ async fn idle_streams_get_heartbeat_comments() {
 }
 
 #[tokio::test]
+async fn heartbeats_go_on_after_an_event_one_interval_after_the_last_write() {
+    let gw = Gateway::start_with(|c| c.heartbeat = Duration::from_secs(1)).await;
+    let mut sub = gw.subscribe("/events").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.post_json(&json!({"n": 1})).await;
+    sub.expect_event().await;
+    let written = tokio::time::Instant::now();
+    // The timer set at the start fires at 1 s, half an interval after the
+    // event: it must wait for 1.5 s, then keep beating.
+    let mut beats = Vec::new();
+    while beats.len() < 3 {
+        match sub.next_item(Duration::from_secs(3)).await {
+            Some(SseItem::Comment(c)) => {
+                assert_eq!(c, "keep-alive");
+                beats.push(written.elapsed().as_secs_f64());
+            }
+            Some(other) => panic!("only heartbeats after the event, got {other:?}"),
+            None => panic!("heartbeats stopped after {beats:?} s"),
+        }
+    }
+    for (i, at) in beats.iter().enumerate() {
+        let expected = (i + 1) as f64;
+        assert!(
+            (expected - 0.15..expected + 0.6).contains(at),
+            "heartbeat {i} at {at} s after the event: {beats:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn cors_allows_any_origin_by_default_and_can_be_restricted() {
     let gw = Gateway::start().await;
     let r = gw
