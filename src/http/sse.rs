@@ -442,7 +442,9 @@ impl http_body::Body for SseBody {
             this.pending_gap |= drained.gap;
             // Nothing at or below what the client has: in a cluster, an
             // event can reach this node's hub after a client that already
-            // holds its id (from the 202) resumed from it. The queue is in
+            // holds its id (from the 202) resumed from it; on one node, an
+            // event can reach this stream's hub shard after the client had
+            // it on a stream in a shard it passed first. The queue is in
             // id order, so once one live event passes, every later one does.
             if this.skipping_seen {
                 if let Some(last) = this.last_id {
