@@ -13,6 +13,7 @@
 //! an empty queue, whatever its size.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -71,6 +72,12 @@ struct State {
 #[derive(Debug)]
 pub struct SubscriberQueue {
     state: Mutex<State>,
+    /// Something happened that the consumer has not seen (an event, a drop,
+    /// the close, a gap). Cleared, under the lock, only when the consumer's
+    /// waker is registered with nothing left to report: while it is clear,
+    /// the next change wakes that waker, so [`Self::poll_drain`] can answer
+    /// `Pending` without the lock. Each delivery ends with such a poll.
+    news: AtomicBool,
     capacity: usize,
     max_bytes: usize,
 }
@@ -80,6 +87,7 @@ impl SubscriberQueue {
     pub fn new(capacity: usize, max_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
+            news: AtomicBool::new(true),
             capacity: capacity.max(1),
             max_bytes,
         })
@@ -102,10 +110,12 @@ impl SubscriberQueue {
                 || (!s.items.is_empty() && s.bytes + weight > self.max_bytes);
             if full {
                 s.dropped += 1;
+                self.news.store(true, Ordering::Release);
                 return Offer::Dropped;
             }
             s.bytes += weight;
             s.items.push_back(event.clone());
+            self.news.store(true, Ordering::Release);
             // Only the first event after a drain needs a wake-up; later ones
             // are picked up by the same poll.
             let depth = s.items.len();
@@ -136,6 +146,7 @@ impl SubscriberQueue {
         let waker = {
             let mut s = self.lock();
             change(&mut s);
+            self.news.store(true, Ordering::Release);
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -145,18 +156,23 @@ impl SubscriberQueue {
 
     /// Moves up to `max` queued events into `out`. Pending (with the waker
     /// registered) when there is nothing to report.
+    ///
+    /// One task polls a queue for its whole life (the stream's): the waker
+    /// registered by an earlier poll is that task's, and while nothing new
+    /// has come it is still there, so this answers `Pending` without the lock.
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
         out: &mut Vec<Arc<Published>>,
         max: usize,
     ) -> Poll<Drained> {
+        if !self.news.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
         let mut s = self.lock();
         if s.items.is_empty() && s.dropped == 0 && s.closed.is_none() && !s.gap {
-            match &mut s.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
+            Self::register(&mut s, cx);
+            self.news.store(false, Ordering::Relaxed);
             return Poll::Pending;
         }
         let n = s.items.len().min(max);
@@ -172,11 +188,25 @@ impl SubscriberQueue {
             s.bytes -= out[start..].iter().map(|e| e.weight()).sum::<usize>();
         }
         let closed = if s.items.is_empty() { s.closed } else { None };
-        Poll::Ready(Drained {
+        let drained = Drained {
             dropped: std::mem::take(&mut s.dropped),
             closed,
             gap: std::mem::take(&mut s.gap),
-        })
+        };
+        if s.items.is_empty() && s.closed.is_none() {
+            // All reported: the poll that follows this delivery finds
+            // nothing, and need not take the lock to find it.
+            Self::register(&mut s, cx);
+            self.news.store(false, Ordering::Relaxed);
+        }
+        Poll::Ready(drained)
+    }
+
+    fn register(s: &mut State, cx: &Context<'_>) {
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
     }
 
     /// Events waiting to be written.
@@ -234,6 +264,43 @@ mod tests {
             1,
             "one wake per batch"
         );
+    }
+
+    #[test]
+    fn a_drain_that_empties_the_queue_leaves_the_waker_for_what_comes_next() {
+        let q = SubscriberQueue::new(8, usize::MAX);
+        let counter = Arc::new(CountingWaker(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        q.offer(&published(1));
+        assert!(q.poll_drain(&mut cx, &mut out, 8).is_ready());
+        // No poll in between: the drain registered the waker.
+        assert!(q.poll_drain(&mut cx, &mut out, 8).is_pending());
+        q.offer(&published(2));
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(q.poll_drain(&mut cx, &mut out, 8).is_ready());
+        assert_eq!(
+            out.iter().map(|e| e.event.id.as_u64()).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        // A close after the lock-free answer wakes and is reported.
+        assert!(q.poll_drain(&mut cx, &mut out, 8).is_pending());
+        q.close(CloseReason::Shutdown);
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let Poll::Ready(d) = q.poll_drain(&mut cx, &mut out, 8) else {
+            panic!("the close is news")
+        };
+        assert_eq!(d.closed, Some(CloseReason::Shutdown));
+        // A drain that leaves events behind keeps answering from the queue.
+        let q = SubscriberQueue::new(8, usize::MAX);
+        for id in 1..=3 {
+            q.offer(&published(id));
+        }
+        out.clear();
+        assert!(q.poll_drain(&mut cx, &mut out, 2).is_ready());
+        assert!(q.poll_drain(&mut cx, &mut out, 2).is_ready());
+        assert_eq!(out.len(), 3);
     }
 
     #[test]
