@@ -564,10 +564,8 @@ impl Hub {
             // Ids up to `passed` went by this shard before the subscriber
             // joined it: the replay's. Later ones reach its queue.
             let live_from = shard.passed;
-            seq.zip(resume).map(|(mut seq, last)| Replay {
-                live_from,
-                ..seq.ring.between(Instant::now(), last, live_from)
-            })
+            seq.zip(resume)
+                .map(|(mut seq, last)| seq.ring.between(Instant::now(), last, live_from))
         };
         // Filtered outside the lock: publishes do not wait on it.
         let replay = replay.map(|mut r| {

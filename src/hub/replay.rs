@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{EventFilter, Published};
+use super::Published;
 use crate::event::EventId;
 
 /// Recent events, oldest first.
@@ -98,31 +98,11 @@ impl ReplayRing {
         }
     }
 
-    /// Events after `last` that match `filter`.
-    pub fn since(&mut self, now: Instant, last: EventId, filter: &EventFilter) -> Replay {
-        let mut r = self.after(now, last);
-        r.events.retain(|e| filter.matches(&e.event));
-        r
-    }
-
-    /// Every event after `last`, unfiltered: only reference counts are
-    /// taken, so that a caller holding the hub's lock can filter after
-    /// releasing it. The list is bounded by the ring (count and bytes).
-    pub fn after(&mut self, now: Instant, last: EventId) -> Replay {
-        self.expire(now);
-        let start = self.events.partition_point(|(_, e)| e.event.id <= last);
-        Replay {
-            events: self.events.range(start..).map(|(_, e)| e.clone()).collect(),
-            truncated: last < self.horizon,
-            oldest: self.events.front().map(|(_, e)| e.event.id),
-            ring_first: self.events.get(start).map(|(_, e)| e.event.id),
-            live_from: EventId::from_u64(0),
-        }
-    }
-
-    /// As [`ReplayRing::after`], but only the events up to `until`
-    /// (included): the ones a shard had passed when a subscriber joined
-    /// it. `ring_first` is the first of those.
+    /// Every event after `last` up to `until` (included): the ones a shard
+    /// had passed when a subscriber joined it. Unfiltered: only reference
+    /// counts are taken, so that a caller holding the hub's locks can
+    /// filter after releasing them. The list is bounded by the ring (count
+    /// and bytes). `ring_first` is the first of those events.
     pub fn between(&mut self, now: Instant, last: EventId, until: EventId) -> Replay {
         self.expire(now);
         let start = self.events.partition_point(|(_, e)| e.event.id <= last);
@@ -163,9 +143,18 @@ impl ReplayRing {
 mod tests {
     use super::*;
     use crate::event::test_event;
+    use crate::hub::EventFilter;
 
     fn published(id: u64, device: &str) -> Arc<Published> {
         Arc::new(Published::new(test_event(id, Some(device), None)))
+    }
+
+    /// Everything after `last` that matches `filter`, as a resume with no
+    /// publish on its way sees it.
+    fn since(ring: &mut ReplayRing, now: Instant, last: EventId, filter: &EventFilter) -> Replay {
+        let mut r = ring.between(now, last, EventId::from_u64(u64::MAX));
+        r.events.retain(|e| filter.matches(&e.event));
+        r
     }
 
     fn ids(r: &Replay) -> Vec<u64> {
@@ -185,15 +174,22 @@ mod tests {
             ring.push(now, published(id, if id % 2 == 0 { "a" } else { "b" }));
         }
         let any = EventFilter::default();
-        let r = ring.since(now, EventId::from_u64(11), &any);
+        let r = since(&mut ring, now, EventId::from_u64(11), &any);
         assert_eq!(ids(&r), [12, 13, 14]);
         assert!(!r.truncated);
         let only_a = EventFilter::new(["a"], Vec::<String>::new()).unwrap();
         assert_eq!(
-            ids(&ring.since(now, EventId::from_u64(9), &only_a)),
+            ids(&since(&mut ring, now, EventId::from_u64(9), &only_a)),
             [10, 12, 14]
         );
-        assert!(ring.since(now, EventId::from_u64(8), &any).truncated);
+        assert!(since(&mut ring, now, EventId::from_u64(8), &any).truncated);
+        // Up to what a shard had passed: the rest reaches the queue.
+        let r = ring.between(now, EventId::from_u64(10), EventId::from_u64(12));
+        assert_eq!(ids(&r), [11, 12]);
+        assert_eq!(r.ring_first, Some(EventId::from_u64(11)));
+        assert_eq!(r.live_from, EventId::from_u64(12));
+        let r = ring.between(now, EventId::from_u64(12), EventId::from_u64(11));
+        assert!(r.events.is_empty() && r.ring_first.is_none());
     }
 
     #[test]
@@ -205,13 +201,22 @@ mod tests {
             ring.push(now, published(id, "a"));
         }
         assert_eq!(ring.len(), 3);
-        let r = ring.since(now, EventId::from_u64(1), &EventFilter::default());
+        let r = since(
+            &mut ring,
+            now,
+            EventId::from_u64(1),
+            &EventFilter::default(),
+        );
         assert_eq!(ids(&r), [3, 4, 5]);
         assert!(r.truncated, "event 2 was evicted");
         assert!(
-            !ring
-                .since(now, EventId::from_u64(2), &EventFilter::default())
-                .truncated
+            !since(
+                &mut ring,
+                now,
+                EventId::from_u64(2),
+                &EventFilter::default()
+            )
+            .truncated
         );
     }
 
@@ -225,16 +230,25 @@ mod tests {
             assert!(ring.bytes() <= w * 3);
         }
         assert_eq!((ring.len(), ring.bytes()), (3, w * 3));
-        let r = ring.since(now, EventId::from_u64(1), &EventFilter::default());
+        let r = since(
+            &mut ring,
+            now,
+            EventId::from_u64(1),
+            &EventFilter::default(),
+        );
         assert_eq!(ids(&r), [3, 4, 5]);
         assert!(r.truncated);
         let mut small = ReplayRing::new(100, w - 1, Duration::from_secs(60), EventId::from_u64(0));
         small.push(now, published(7, "a"));
         assert_eq!(small.len(), 0, "heavier than the whole budget: not kept");
         assert!(
-            small
-                .since(now, EventId::from_u64(6), &EventFilter::default())
-                .truncated
+            since(
+                &mut small,
+                now,
+                EventId::from_u64(6),
+                &EventFilter::default()
+            )
+            .truncated
         );
     }
 
@@ -245,7 +259,8 @@ mod tests {
             ReplayRing::new(10, usize::MAX, Duration::from_secs(5), EventId::from_u64(0));
         ring.push(t0, published(1, "a"));
         ring.push(t0 + Duration::from_secs(4), published(2, "a"));
-        let r = ring.since(
+        let r = since(
+            &mut ring,
             t0 + Duration::from_secs(6),
             EventId::from_u64(0),
             &EventFilter::default(),
