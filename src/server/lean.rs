@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 use tower::ServiceExt as _;
 
 use super::PeerAddr;
-use crate::hub::frame::Transfer;
+use crate::hub::frame::{Piece, Transfer};
 
 /// Largest request head accepted on this path.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -363,21 +363,13 @@ async fn write_all(stream: &TcpStream, data: &[u8], write_timeout: Duration) -> 
     write_parts(stream, [data], write_timeout).await
 }
 
-/// Writes `data` as one chunk (`<hex length>\r\n<data>\r\n`) with one
-/// vectored write in the common case: no copy of the data.
+/// Writes `data` as one chunk, framed by the stream encoder's own
+/// [`Piece`] (a copy: only a body that did not make its own chunks comes
+/// here). An empty `data` writes nothing: an empty chunk would end the body.
 async fn write_chunk(stream: &TcpStream, data: &[u8], write_timeout: Duration) -> io::Result<()> {
-    if data.is_empty() {
-        // An empty chunk would end the body.
-        return Ok(());
-    }
-    let mut size = [0u8; 18];
-    let n = {
-        use std::io::Write as _;
-        let mut cursor = io::Cursor::new(&mut size[..]);
-        write!(cursor, "{:x}\r\n", data.len())?;
-        cursor.position() as usize
-    };
-    write_parts(stream, [&size[..n], data, b"\r\n"], write_timeout).await
+    let mut piece = Piece::with_capacity(data.len());
+    piece.extend(data);
+    write_all(stream, &piece.finish(Transfer::Chunked), write_timeout).await
 }
 
 /// Writes every byte of `parts`, in order, with vectored writes straight
@@ -494,6 +486,44 @@ mod tests {
             )
             .unwrap_err(),
             BadHead
+        );
+    }
+
+    /// What the pump writes for `body` with `framing`, read by a client
+    /// over a real socket until the server side closes.
+    async fn pumped(body: &'static str, framing: Framing) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        pump(
+            &mut server,
+            Body::from(body),
+            framing,
+            Duration::from_secs(5),
+        )
+        .await;
+        drop(server);
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_pump_frames_chunks_itself_only_when_the_body_did_not() {
+        assert_eq!(
+            pumped("data: a\n\n", Framing::Chunked).await,
+            "9\r\ndata: a\n\n\r\n0\r\n\r\n"
+        );
+        assert_eq!(
+            pumped("9\r\ndata: a\n\n\r\n", Framing::ChunkedByBody).await,
+            "9\r\ndata: a\n\n\r\n0\r\n\r\n"
+        );
+        assert_eq!(
+            pumped("data: a\n\n", Framing::UntilClose).await,
+            "data: a\n\n"
         );
     }
 
