@@ -128,6 +128,11 @@ function setConnection(ok, text) {
 function connect() {
   clearTimeout(state.reconnectTimer);
   if (state.es) state.es.close();
+  // Not "live" until this stream opens: events published before then are
+  // not in it (a new filter starts from now).
+  const c = $("#conn");
+  c.textContent = "connecting…";
+  c.className = "badge";
   const es = new EventSource(streamUrl());
   state.es = es;
   es.onopen = () => {
