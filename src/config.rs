@@ -120,6 +120,14 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub write_timeout: Duration,
 
+    /// Whether a publish writes an event straight to an idle HTTP/1.x
+    /// stream's socket (when its send buffer has room and nothing is
+    /// queued), instead of waking the stream's task to write it. `auto`: on
+    /// with one worker thread, where it saves the wake-up and poll of a task
+    /// per delivery; with more, the tasks spread the writes over the cores.
+    #[arg(long, env = "RATATOSKR_INLINE_WRITES", value_enum, default_value_t = InlineWrites::Auto)]
+    pub inline_writes: InlineWrites,
+
     /// Window in which a repeated Idempotency-Key returns the first event's id.
     #[arg(long, env = "RATATOSKR_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = parse_duration, allow_hyphen_values = true)]
     pub idempotency_window: Duration,
@@ -329,6 +337,28 @@ pub enum StoreKind {
     Redb,
     /// Process memory: lost on exit (tests, throwaway runs).
     Memory,
+}
+
+/// When a publish writes to idle streams' sockets itself (`--inline-writes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InlineWrites {
+    /// With one worker thread only.
+    Auto,
+    /// Always.
+    On,
+    /// Never: each stream's task writes its events.
+    Off,
+}
+
+impl InlineWrites {
+    /// Whether inline writes are on, on a runtime with `workers` threads.
+    pub fn enabled(self, workers: usize) -> bool {
+        match self {
+            Self::Auto => workers <= 1,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
 }
 
 /// The hard ceiling on a registration's duration, as in xmidt Mimisbrunnr.

@@ -231,6 +231,9 @@ pub async fn run_with_store(
         header_timeout: config.header_timeout,
         write_timeout: config.write_timeout,
         grace: config.shutdown_grace,
+        inline_writes: config
+            .inline_writes
+            .enabled(tokio::runtime::Handle::current().metrics().num_workers()),
     };
     let credentials = Arc::new(auth::credentials::Credentials::load(config.credentials())?);
     metrics.register(|r| credentials.register(r));

@@ -32,7 +32,8 @@ use super::App;
 use crate::error::ApiError;
 use crate::event::{Event, EventId};
 use crate::hub::{
-    frame, CloseReason, EventFilter, Format, LagPolicy, Published, SubscribeError, Subscription,
+    frame, CloseReason, DirectConnection, EventFilter, Format, LagPolicy, Lane, LaneWrite,
+    Published, SubscribeError, Subscription,
 };
 use crate::telemetry::{Metrics, StreamEnd};
 use frame::{Piece, Transfer};
@@ -69,6 +70,7 @@ pub async fn subscribe(
     peer: Option<axum::Extension<crate::server::PeerAddr>>,
     who: Option<axum::Extension<crate::auth::Principal>>,
     transfer: Option<axum::Extension<Transfer>>,
+    direct: Option<axum::Extension<DirectConnection>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = QueryPairs::parse(
@@ -124,7 +126,14 @@ pub async fn subscribe(
         resume_from_cluster(&app, cluster, &mut subscription, last).await;
     }
     let transfer = transfer.map(|t| t.0).unwrap_or_default();
-    let mut body = SseBody::new(subscription, format, transfer, &app, resume);
+    // The connection writes this body's bytes as they are (the lean path):
+    // the hub may write events to it directly, in the same form.
+    let lane = direct.map(|d| Lane {
+        writer: d.0 .0,
+        format,
+        transfer,
+    });
+    let mut body = SseBody::new(subscription, format, transfer, &app, resume, lane);
     body.slot = slot;
     let mut response = Response::new(Body::new(body));
     // Says to the connection (the lean HTTP/1.1 path) that the body's bytes
@@ -258,6 +267,10 @@ struct SseBody {
     /// Resumed, and no live event written yet: live events at or below
     /// `last_id` are skipped until then (see `poll_frame`).
     skipping_seen: bool,
+    /// The queue has a lane to the connection (see `hub::subscriber`).
+    lane: bool,
+    /// Bytes of the first event in `batch` that the lane already wrote.
+    partial: usize,
     finished: bool,
     /// This stream's place under `--max-streams-per-ip` (freed on drop).
     slot: Option<super::per_ip::StreamSlot>,
@@ -270,7 +283,12 @@ impl SseBody {
         transfer: Transfer,
         app: &App,
         resume: Option<EventId>,
+        lane: Option<Lane>,
     ) -> Self {
+        let has_lane = lane.is_some();
+        if let Some(lane) = lane {
+            subscription.queue.attach_lane(lane);
+        }
         let mut preamble = Piece::with_capacity(64);
         preamble.extend(&frame::retry(app.config.sse_retry.as_millis() as u64));
         let mut replay = Vec::new();
@@ -308,9 +326,25 @@ impl SseBody {
             last_write: tokio::time::Instant::now(),
             last_id: resume,
             skipping_seen: resume.is_some(),
+            lane: has_lane,
+            partial: 0,
             slot: None,
             finished: false,
         }
+    }
+
+    /// Takes in what the lane wrote: the last id (for notices) and the
+    /// time (the heartbeat is due one interval after it).
+    fn note_lane(&mut self, wrote: Option<LaneWrite>) {
+        if let Some(w) = wrote {
+            self.last_id = self.last_id.max(Some(w.id));
+            self.last_write = self.last_write.max(w.at);
+        }
+    }
+
+    /// Notices (drops, the close, a gap) wait to be written.
+    fn has_notices(&self) -> bool {
+        self.pending_dropped > 0 || self.pending_closed.is_some() || self.pending_gap
     }
 
     /// Concatenates the next replayed events, up to the chunk limit.
@@ -333,6 +367,14 @@ impl SseBody {
     /// written.
     fn live_chunk(&mut self) -> Bytes {
         let format = self.format;
+        if self.partial > 0 {
+            // The rest of a frame the lane began: alone, as it is (with its
+            // chunk framing already on the wire).
+            let from = std::mem::take(&mut self.partial);
+            let e = self.batch.remove(0);
+            self.last_id = Some(e.event.id);
+            return e.wire(format, self.transfer).slice(from..);
+        }
         let (mut take, mut size) = (0, 0);
         for e in &self.batch {
             let len = e.frame(format).len();
@@ -428,15 +470,23 @@ impl http_body::Body for SseBody {
             this.last_write = tokio::time::Instant::now();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        if !this.batch.is_empty() {
+        if !this.batch.is_empty() || this.has_notices() {
             this.last_write = tokio::time::Instant::now();
             return Poll::Ready(Some(Ok(Frame::data(this.live_chunk()))));
         }
-        while let Poll::Ready(drained) =
-            this.subscription
-                .queue
-                .poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS)
-        {
+        // Everything taken is written (the lean pump polls again only then):
+        // the lane may write, once no seen id is left to skip.
+        loop {
+            let arm = this.lane && !this.skipping_seen;
+            let Poll::Ready(drained) =
+                this.subscription
+                    .queue
+                    .poll_drain(cx, &mut this.batch, MAX_BATCH_EVENTS, arm)
+            else {
+                break;
+            };
+            this.note_lane(drained.lane);
+            this.partial = drained.partial;
             this.pending_dropped += drained.dropped;
             this.pending_closed = drained.closed.or(this.pending_closed);
             this.pending_gap |= drained.gap;
@@ -472,9 +522,28 @@ impl http_body::Body for SseBody {
         while this.heartbeat.as_mut().poll(cx).is_ready() {
             // A reset timer holds no waker until it is polled again.
             this.heartbeat_polled = false;
+            if this.lane {
+                let wrote = this.subscription.queue.lane_writes();
+                this.note_lane(wrote);
+            }
             let now = tokio::time::Instant::now();
             let due = this.last_write + this.heartbeat_every;
             if due <= now {
+                if this.lane {
+                    // The heartbeat is this body's to write: the lane stops
+                    // until the next poll finds the queue empty again.
+                    match this.subscription.queue.disarm() {
+                        Ok(wrote) => this.note_lane(wrote),
+                        Err(wrote) => {
+                            // Events came in meanwhile (a publish on another
+                            // thread, maybe half written through the lane):
+                            // they go first, and count as the write.
+                            this.note_lane(wrote);
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    }
+                }
                 this.last_write = now;
                 this.heartbeat.as_mut().reset(now + this.heartbeat_every);
                 return Poll::Ready(Some(Ok(Frame::data(frame::heartbeat(this.transfer)))));
@@ -483,6 +552,16 @@ impl http_body::Body for SseBody {
         }
         this.heartbeat_polled = true;
         Poll::Pending
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        if self.lane {
+            // The connection closes when the stream lets it go, not when
+            // the hub drops the queue.
+            self.subscription.queue.detach_lane();
+        }
     }
 }
 

@@ -19,12 +19,18 @@
 //! [`Transfer`] request extension), so that a delivery is one contiguous
 //! buffer, shared by every subscriber, and one `send`.
 //!
+//! The connection also offers itself to the stream's queue as a lane
+//! ([`DirectConnection`], with `--inline-writes`): a publish may then write
+//! an event to the socket itself while the stream is idle, and the pump
+//! writes only what the publish could not (see `hub::subscriber`).
+//!
 //! While the body has nothing to write, the pump watches the socket's read
 //! readiness through its single waker slot (`poll_read_ready`), not a
 //! `readable()` future per wake-up: a wake-up then costs no waiter list
 //! insertion and removal.
 
 use std::io;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,6 +45,7 @@ use tower::ServiceExt as _;
 
 use super::PeerAddr;
 use crate::hub::frame::{Piece, Transfer};
+use crate::hub::{DirectConnection, DirectWrite};
 
 /// Largest request head accepted on this path.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -86,12 +93,15 @@ fn has_body(headers: &[httparse::Header<'_>]) -> bool {
 }
 
 /// Serves one `GET /events` request whose complete head is `head`.
+/// `inline`: the hub may write events to this connection directly (see
+/// [`DirectConnection`]).
 pub async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     head: Bytes,
     peer: PeerAddr,
     router: Router,
     write_timeout: Duration,
+    inline: bool,
 ) {
     let request = build_request(&head, peer);
     drop(head);
@@ -105,12 +115,20 @@ pub async fn serve(
     if version == Version::HTTP_11 {
         request.extensions_mut().insert(Transfer::Chunked);
     }
+    let stream = Arc::new(stream);
+    if inline {
+        let socket: Arc<dyn DirectWrite> = Arc::new(Socket(stream.clone()));
+        request.extensions_mut().insert(DirectConnection(socket));
+    }
     // Boxed so that the routing future, alive for a moment, is not part of
     // this task's state, which lives as long as the stream.
     let Ok(response) = Box::pin(router.oneshot(request)).await;
     let (parts, body) = response.into_parts();
     if parts.status != StatusCode::OK {
-        Box::pin(reply_finite(stream, version, parts, body, write_timeout)).await;
+        // The request, and the connection's clone in it, are gone.
+        if let Ok(stream) = Arc::try_unwrap(stream) {
+            Box::pin(reply_finite(stream, version, parts, body, write_timeout)).await;
+        }
         return;
     }
     let framing = match (version, parts.extensions.get::<Transfer>()) {
@@ -122,7 +140,24 @@ pub async fn serve(
     drop(parts);
     if write_all(&stream, &head, write_timeout).await.is_ok() {
         drop(head);
-        pump(&mut stream, body, framing, write_timeout).await;
+        pump(&stream, body, framing, write_timeout).await;
+    }
+}
+
+/// The connection, as the hub writes to it directly.
+#[derive(Debug)]
+struct Socket(Arc<TcpStream>);
+
+impl DirectWrite for Socket {
+    /// A plain `send` on the descriptor, not tokio's `try_write`: that one
+    /// first reads the socket's readiness, a cache miss per delivery when a
+    /// publish walks a thousand sockets. When the send buffer is full, the
+    /// stream's own `try_write` meets `WouldBlock` and clears the readiness.
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match socket2::SockRef::from(&*self.0).send(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
     }
 }
 
@@ -292,7 +327,7 @@ async fn close_after_reply(stream: &mut TcpStream) {
 
 /// Copies the body to the socket until it ends, the client goes away, or a
 /// write stays blocked for longer than `write_timeout`.
-async fn pump(stream: &mut TcpStream, mut body: Body, framing: Framing, write_timeout: Duration) {
+async fn pump(stream: &TcpStream, mut body: Body, framing: Framing, write_timeout: Duration) {
     loop {
         let data = match std::future::poll_fn(|cx| poll_next(stream, &mut body, cx)).await {
             Next::Data(data) => data,
@@ -497,14 +532,8 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
-        pump(
-            &mut server,
-            Body::from(body),
-            framing,
-            Duration::from_secs(5),
-        )
-        .await;
+        let (server, _) = listener.accept().await.unwrap();
+        pump(&server, Body::from(body), framing, Duration::from_secs(5)).await;
         drop(server);
         let mut out = String::new();
         client.read_to_string(&mut out).await.unwrap();

@@ -44,6 +44,9 @@ pub struct ServerLimits {
     pub write_timeout: Duration,
     /// Time given to open connections on shutdown.
     pub grace: Duration,
+    /// A publish may write events straight to idle lean streams' sockets
+    /// (`--inline-writes`; see `hub::subscriber`).
+    pub inline_writes: bool,
 }
 
 /// Descriptors kept back from client connections: the store, outbound
@@ -228,6 +231,7 @@ async fn connection(mut stream: TcpStream, peer: PeerAddr, shared: &Shared) {
                 peer,
                 shared.api.router().clone(),
                 shared.limits.write_timeout,
+                shared.limits.inline_writes,
             )
             .await;
         }

@@ -355,3 +355,149 @@ async fn raw_http1_edge_cases_over_a_real_socket() {
     assert!(r.contains("\"status\":\"ok\""), "{r}");
     assert!(r.contains("text/event-stream"), "the stream follows: {r}");
 }
+
+/// Decodes an HTTP/1.1 chunked body as far as it is complete: the data,
+/// and how many bytes of `raw` that took.
+fn dechunk(raw: &[u8]) -> (Vec<u8>, usize) {
+    let (mut out, mut at) = (Vec::new(), 0);
+    loop {
+        let Some(eol) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
+            return (out, at);
+        };
+        let size = std::str::from_utf8(&raw[at..at + eol]).unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        let start = at + eol + 2;
+        if raw.len() < start + size + 2 {
+            return (out, at);
+        }
+        assert_eq!(&raw[start + size..start + size + 2], b"\r\n", "chunk end");
+        out.extend_from_slice(&raw[start..start + size]);
+        at = start + size + 2;
+    }
+}
+
+/// Reads an HTTP/1.1 chunked SSE stream from `s` until `n` events came:
+/// their `data` (JSON strings), checking the chunks' framing on the way.
+/// `pause` between reads makes a slow reader.
+async fn read_chunked_events(
+    s: &mut tokio::net::TcpStream,
+    n: usize,
+    pause: Duration,
+) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let (mut at, mut data, mut events) = (None, Vec::new(), Vec::new());
+    while events.len() < n {
+        tokio::time::sleep(pause).await;
+        let got = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("every event arrives")
+            .unwrap();
+        assert!(got > 0, "the stream ended after {} events", events.len());
+        raw.extend_from_slice(&buf[..got]);
+        let from = match at {
+            Some(from) => from,
+            None => match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(p) => {
+                    let head = String::from_utf8_lossy(&raw[..p]).to_lowercase();
+                    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+                    p + 4
+                }
+                None => continue,
+            },
+        };
+        let (more, used) = dechunk(&raw[from..]);
+        at = Some(from + used);
+        data.extend_from_slice(&more);
+        while let Some(end) = data.windows(2).position(|w| w == b"\n\n") {
+            let block = String::from_utf8(data.drain(..end + 2).collect()).unwrap();
+            if let Some(line) = block.lines().find(|l| l.starts_with("data: ")) {
+                events.push(serde_json::from_str::<String>(&line[6..]).unwrap());
+            }
+        }
+    }
+    events
+}
+
+/// Opens a raw stream with a small receive buffer (so that it fills).
+async fn raw_stream(gw: &Gateway) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+fn inline_gateway(events: usize) -> impl FnOnce(&mut ratatoskr::config::Config) {
+    move |c| {
+        c.inline_writes = ratatoskr::config::InlineWrites::On;
+        c.subscriber_buffer = events;
+        c.subscriber_buffer_bytes = 64 << 20;
+        c.heartbeat = Duration::from_secs(1);
+    }
+}
+
+/// With inline writes (a publish writing to an idle stream's socket
+/// itself), a reader that stops until its socket is full gets, once it
+/// reads again, every event whole, in order, in well-formed chunks: what a
+/// publish could not write whole, the stream's task finishes, and the
+/// events after it wait behind it.
+#[tokio::test]
+async fn inline_writes_into_a_full_socket_are_finished_whole_and_in_order() {
+    const EVENTS: usize = 400;
+    let gw = Gateway::start_with(inline_gateway(EVENTS)).await;
+    let mut s = raw_stream(&gw).await;
+    gw.wait_subscribers(1).await;
+    // Not read while they are published: the socket fills up mid-event.
+    for i in 0..EVENTS {
+        let text = format!("{i:04}{}", "y".repeat(32 * 1024 + i));
+        gw.post_json(&json!(text)).await;
+    }
+    let events = read_chunked_events(&mut s, EVENTS, Duration::ZERO).await;
+    for (i, text) in events.iter().enumerate() {
+        assert!(
+            text.starts_with(&format!("{i:04}")) && text.len() == 4 + 32 * 1024 + i,
+            "event {i} is whole and in its place"
+        );
+    }
+}
+
+/// The same on several threads, with spaced events (each written by its
+/// publish where it can) and a reader that falls behind: publishes and the
+/// stream's task write at once on different threads, and both streams stay
+/// whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_writes_and_the_streams_own_writes_on_several_threads_stay_in_order() {
+    const EVENTS: usize = 120;
+    let gw = Gateway::start_with(inline_gateway(EVENTS)).await;
+    let mut slow = raw_stream(&gw).await;
+    let mut fast = raw_stream(&gw).await;
+    gw.wait_subscribers(2).await;
+    let publisher = {
+        let (http, url) = (gw.http.clone(), gw.url("/api/events"));
+        tokio::spawn(async move {
+            for i in 0..EVENTS {
+                let text = format!("{i:04}{}", "z".repeat(24 * 1024 + i * 97));
+                let r = http.post(&url).json(&json!(text)).send().await.unwrap();
+                assert_eq!(r.status(), 202);
+                // Spaced past the hub's quiet gap, so that publishes write.
+                tokio::time::sleep(Duration::from_millis(12 + (i % 5) as u64 * 4)).await;
+            }
+        })
+    };
+    let fast_events = read_chunked_events(&mut fast, EVENTS, Duration::ZERO).await;
+    let slow_events = read_chunked_events(&mut slow, EVENTS, Duration::from_millis(3)).await;
+    publisher.await.unwrap();
+    for events in [fast_events, slow_events] {
+        for (i, text) in events.iter().enumerate() {
+            assert!(
+                text.starts_with(&format!("{i:04}")) && text.len() == 4 + 24 * 1024 + i * 97,
+                "event {i} is whole and in its place"
+            );
+        }
+    }
+}
