@@ -502,11 +502,7 @@ impl http_body::Body for SseBody {
                 }
                 this.skipping_seen = this.batch.is_empty();
             }
-            if this.batch.is_empty()
-                && this.pending_dropped == 0
-                && this.pending_closed.is_none()
-                && !this.pending_gap
-            {
+            if this.batch.is_empty() && !this.has_notices() {
                 continue;
             }
             this.last_write = tokio::time::Instant::now();

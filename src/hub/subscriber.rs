@@ -19,9 +19,10 @@
 //! per delivery, which is most of what a delivery costs above the `send`
 //! itself. Anything the lane cannot write whole (a full send buffer, an
 //! error) disarms it and goes through the queue as usual, with the number
-//! of bytes already written, so the consumer writes only the rest. Whatever
-//! else the consumer must report (drops, a gap, the close) disarms it too:
-//! an armed lane means nothing is pending, so bytes never go out of order.
+//! of bytes already written, so the consumer writes only the rest. The lane
+//! writes only while nothing is queued or to report (drops, a gap, the
+//! close) and the consumer holds nothing it has not written, so bytes never
+//! go out of order.
 
 use std::collections::VecDeque;
 use std::io;
@@ -227,25 +228,18 @@ impl SubscriberQueue {
             return Err(0);
         };
         let bytes = event.wire(lane.format, lane.transfer);
-        let written = match lane.writer.try_write(bytes) {
-            Ok(n) if n == bytes.len() => {
-                s.wrote = Some(LaneWrite {
-                    id: event.event.id,
-                    at: tokio::time::Instant::now(),
-                });
-                return Ok(());
-            }
-            Ok(n) => n,
-            // The consumer's own write meets the error and ends the stream.
-            Err(_) => 0,
-        };
-        self.armed.store(false, Ordering::Release);
+        // On an error, the consumer's own write meets it and ends the stream.
+        let written = lane.writer.try_write(bytes).unwrap_or(0);
         if written > 0 {
             s.wrote = Some(LaneWrite {
                 id: event.event.id,
                 at: tokio::time::Instant::now(),
             });
         }
+        if written == bytes.len() {
+            return Ok(());
+        }
+        self.armed.store(false, Ordering::Release);
         Err(written)
     }
 
