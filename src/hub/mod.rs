@@ -514,8 +514,12 @@ impl Hub {
 
     /// Gives the event an id, keeps it for replay and offers it to every
     /// matching subscriber. Never waits on a subscriber.
+    ///
+    /// The id's time is the draft's `received_at`, which ingest has just
+    /// read: not a second read of the clock per event.
     pub fn publish(&self, draft: EventDraft) -> FanOut {
-        self.fan_out(draft, |ids| Some(ids.next(unix_ms())))
+        let received_ms = u64::try_from(draft.received_at.timestamp_millis()).unwrap_or(0);
+        self.fan_out(draft, |ids| Some(ids.next(received_ms)))
             .expect("a generated id is always new")
     }
 
