@@ -71,18 +71,46 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
     }
 }
 
-/// What [`authenticate`] does, for a caller outside the router (the
-/// direct ingest path, [`super::Api`]): the [`Principal`] (and, where a
-/// rate limit reads it, the [`ClientKey`]) go into the request's
-/// extensions, or the 401 answer comes back.
+/// Who a request is, as its credentials say.
+#[derive(Debug)]
+pub struct Identity {
+    /// `None` only for a CORS preflight, which carries no credentials.
+    pub principal: Option<Principal>,
+    /// The credential's rate-limit key, made only where a limit reads it.
+    pub key: Option<ClientKey>,
+}
+
+/// What [`authenticate`] does, with the result put in the request's
+/// extensions: the [`Principal`] and, where a rate limit reads it, the
+/// [`ClientKey`]; or the 401 answer.
 pub fn identify<B>(app: &App, request: &mut http::Request<B>) -> Result<(), Box<Response>> {
+    let Identity { principal, key } = identity(app, request)?;
+    if let Some(key) = key {
+        request.extensions_mut().insert(key);
+    }
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal);
+    }
+    Ok(())
+}
+
+/// Finds who the request is, leaving the request as it is: a caller
+/// outside the router (the direct ingest path, [`super::Api`]) keeps the
+/// result itself rather than pay an extension map (an allocation per
+/// value) for it. Refuses a missing or invalid token (401).
+pub fn identity<B>(app: &App, request: &http::Request<B>) -> Result<Identity, Box<Response>> {
     if !auth_on(app) {
-        request.extensions_mut().insert(Principal::Anyone);
-        return Ok(());
+        return Ok(Identity {
+            principal: Some(Principal::Anyone),
+            key: None,
+        });
     }
     // CORS preflights carry no credentials by design.
     if request.method() == Method::OPTIONS {
-        return Ok(());
+        return Ok(Identity {
+            principal: None,
+            key: None,
+        });
     }
     // A query token only where a header cannot be set: EventSource.
     let query_allowed = request.method() == Method::GET && request.uri().path() == "/events";
@@ -98,18 +126,18 @@ pub fn identify<B>(app: &App, request: &mut http::Request<B>) -> Result<(), Box<
         Some(ref token) => app.credentials.identify(token),
     };
     match principal {
-        Ok(p) => {
+        Ok(p) => Ok(Identity {
+            principal: Some(p),
             // A rate-limit key only where a limit will read it: the digest
             // is work on every request.
-            if let Some(token) = given.as_ref().filter(|_| app.rate_limits.any()) {
-                let digest = crate::auth::keys::digest(token);
-                request
-                    .extensions_mut()
-                    .insert(ClientKey(hex::encode(&digest[..12])));
-            }
-            request.extensions_mut().insert(p);
-            Ok(())
-        }
+            key: given
+                .as_ref()
+                .filter(|_| app.rate_limits.any())
+                .map(|token| {
+                    let digest = crate::auth::keys::digest(token);
+                    ClientKey(hex::encode(&digest[..12]))
+                }),
+        }),
         Err(why) => {
             let mut response = ApiError::unauthorized(why).into_response();
             response.headers_mut().insert(

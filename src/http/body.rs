@@ -5,6 +5,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Body as HttpBody;
 use serde::de::DeserializeOwned;
 use std::future::Future as _;
 use std::task::Poll;
@@ -12,8 +13,14 @@ use std::task::Poll;
 use super::App;
 use crate::error::ApiError;
 
-/// Reads the body within the size limit and the body timeout.
-pub async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// Reads the body within the size limit and the body timeout. Any body
+/// type: the router's [`Body`], or hyper's own on the direct ingest path
+/// (not boxed into a `Body` there).
+pub async fn read_body<B>(app: &App, headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = app.config.max_body;
     let declared = headers
         .get(header::CONTENT_LENGTH)

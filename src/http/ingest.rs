@@ -95,29 +95,53 @@ pub async fn post_events(
 /// `POST /api/events` as the server calls it directly ([`super::Api`]):
 /// the same authentication and rate limit as the router's layers, then
 /// the same handler, without the router's per-request boxing and cloning
-/// of the layered services, and without a copy of the headers.
-pub async fn serve_direct(app: App, mut request: http::Request<Body>) -> Response {
-    if let Err(refused) = super::auth::identify(&app, &mut request) {
+/// of the layered services, without a copy of the headers, and with the
+/// principal, the client's address and hyper's body kept as they are
+/// rather than put in the request's extensions or boxed.
+pub async fn serve_direct<B>(app: App, request: http::Request<B>, peer: PeerAddr) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let identity = match super::auth::identity(&app, &request) {
+        Ok(identity) => identity,
+        Err(refused) => return *refused,
+    };
+    let key = identity.key.as_ref().map(|k| k.0.as_str());
+    if let Err(refused) = super::rate::admit_client(
+        &app,
+        crate::http::rate::Limited::Ingest,
+        Some(peer.0.ip()),
+        key,
+    ) {
         return *refused;
     }
-    if let Err(refused) = super::rate::admit(&app, crate::http::rate::Limited::Ingest, &request) {
-        return *refused;
-    }
-    let (mut parts, body) = request.into_parts();
-    let who = super::auth::principal(&app, parts.extensions.remove::<Principal>().map(Extension));
-    let peer = parts.extensions.get::<PeerAddr>().copied();
-    handle(&app, &who, peer, parts.uri.query(), &parts.headers, body).await
+    let who = super::auth::principal(&app, identity.principal.map(Extension));
+    let (parts, body) = request.into_parts();
+    handle(
+        &app,
+        &who,
+        Some(peer),
+        parts.uri.query(),
+        &parts.headers,
+        body,
+    )
+    .await
 }
 
 /// Ingests one request: counts it, and turns a refusal into its answer.
-async fn handle(
+async fn handle<B>(
     app: &App,
     who: &Principal,
     peer: Option<PeerAddr>,
     query: Option<&str>,
     headers: &HeaderMap,
-    body: Body,
-) -> Response {
+    body: B,
+) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
     let format = format_of(headers);
     let result = ingest(app, who, format, peer, query, headers, body).await;
@@ -135,15 +159,19 @@ async fn handle(
     }
 }
 
-async fn ingest(
+async fn ingest<B>(
     app: &App,
     who: &Principal,
     format: Option<IngestFormat>,
     peer: Option<PeerAddr>,
     query: Option<&str>,
     headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+    body: B,
+) -> Result<Response, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let format = format.ok_or_else(|| {
         ApiError::unsupported_media_type(format!(
             "Content-Type {:?} is not supported; use application/json, application/msgpack (WRP), application/wrp+json or application/x-ndjson",

@@ -209,18 +209,24 @@ impl Api {
         &self.router
     }
 
-    /// Answers one request. The future is boxed: an ingest request's
-    /// state is kilobytes, and hyper moves the future it is given.
+    /// Answers one request from `peer`. The future is boxed: an ingest
+    /// request's state is kilobytes, and hyper moves the future it is
+    /// given.
     pub fn call(
         self,
-        request: http::Request<axum::body::Body>,
+        mut request: http::Request<hyper::body::Incoming>,
+        peer: crate::server::PeerAddr,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>> {
         use tower::ServiceExt as _;
         if request.method() == Method::POST && request.uri().path() == "/api/events" {
-            return Box::pin(ingest::serve_direct(self.app, request));
+            return Box::pin(ingest::serve_direct(self.app, request, peer));
         }
+        request.extensions_mut().insert(peer);
         Box::pin(async move {
-            let Ok(response) = self.router.oneshot(request).await;
+            let Ok(response) = self
+                .router
+                .oneshot(request.map(axum::body::Body::new))
+                .await;
             response
         })
     }

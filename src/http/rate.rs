@@ -170,15 +170,14 @@ async fn limit(
     }
 }
 
-/// What the limit middlewares check, for a caller outside the router (the
-/// direct ingest path, [`super::Api`]): `Ok` within the limits, else the
-/// 429 answer with its `Retry-After`.
+/// What the limit middlewares check, from the request's extensions (the
+/// [`crate::server::PeerAddr`] and [`super::auth::ClientKey`]): `Ok`
+/// within the limits, else the 429 answer with its `Retry-After`.
 pub fn admit<B>(
     app: &super::App,
     what: Limited,
     request: &http::Request<B>,
 ) -> Result<(), Box<axum::response::Response>> {
-    use axum::response::IntoResponse;
     if !app.rate_limits.any() {
         return Ok(());
     }
@@ -190,6 +189,21 @@ pub fn admit<B>(
         .extensions()
         .get::<super::auth::ClientKey>()
         .map(|k| k.0.as_str());
+    admit_client(app, what, ip, key)
+}
+
+/// [`admit`] for a caller outside the router (the direct ingest path,
+/// [`super::Api`]), which holds the client's address and key itself.
+pub fn admit_client(
+    app: &super::App,
+    what: Limited,
+    ip: Option<IpAddr>,
+    key: Option<&str>,
+) -> Result<(), Box<axum::response::Response>> {
+    use axum::response::IntoResponse;
+    if !app.rate_limits.any() {
+        return Ok(());
+    }
     app.rate_limits.check(what, ip, key).map_err(|wait| {
         let flag = match what {
             Limited::Ingest => "--rate-limit-ingest",

@@ -268,12 +268,10 @@ where
         shared.limits.write_timeout,
     ));
     let api = shared.api.clone();
-    let service =
-        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(peer);
-            let call = api.clone().call(req.map(axum::body::Body::new));
-            async move { Ok::<_, std::convert::Infallible>(call.await) }
-        });
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let call = api.clone().call(req, peer);
+        async move { Ok::<_, std::convert::Infallible>(call.await) }
+    });
     let conn = shared.builder.serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
