@@ -5,7 +5,6 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Body as HttpBody;
 use serde::de::DeserializeOwned;
 use std::future::Future as _;
 use std::task::Poll;
@@ -18,8 +17,8 @@ use crate::error::ApiError;
 /// (not boxed into a `Body` there).
 pub async fn read_body<B>(app: &App, headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
 where
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
 {
     let limit = app.config.max_body;
     let declared = headers

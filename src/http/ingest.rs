@@ -100,8 +100,8 @@ pub async fn post_events(
 /// rather than put in the request's extensions or boxed.
 pub async fn serve_direct<B>(app: App, request: http::Request<B>, peer: PeerAddr) -> Response
 where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
 {
     let identity = match super::auth::identity(&app, &request) {
         Ok(identity) => identity,
@@ -139,8 +139,8 @@ async fn handle<B>(
     body: B,
 ) -> Response
 where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
 {
     let started = Instant::now();
     let format = format_of(headers);
@@ -169,8 +169,8 @@ async fn ingest<B>(
     body: B,
 ) -> Result<Response, ApiError>
 where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
 {
     let format = format.ok_or_else(|| {
         ApiError::unsupported_media_type(format!(
