@@ -194,20 +194,26 @@ pub async fn run_with_store(
         }
         None => None,
     };
-    let mut cluster_tasks = Vec::new();
+    let mut background = shutdown::Background::new();
     if let Some(c) = &cluster {
-        cluster_tasks.push(c.start_reader(hub.clone()).await?);
+        background.adopt("cluster reader", c.start_reader(hub.clone()).await?);
         // Each destination is forwarded by the node holding its lease.
-        cluster_tasks.push(c.start_leasing(forwarding.clone(), hub.clone()));
+        background.adopt(
+            "cluster leases",
+            c.start_leasing(forwarding.clone(), hub.clone()),
+        );
         let address = listener
             .local_addr()
             .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-        cluster_tasks.push(c.start_announcing(address, hub.clone()));
-        cluster_tasks.push(c.start_following(cluster::follow::Followers {
-            registry: registry.clone(),
-            catalog: catalog.clone(),
-            accounts: accounts.clone(),
-        }));
+        background.adopt("cluster members", c.start_announcing(address, hub.clone()));
+        background.adopt(
+            "cluster follower",
+            c.start_following(cluster::follow::Followers {
+                registry: registry.clone(),
+                catalog: catalog.clone(),
+                accounts: accounts.clone(),
+            }),
+        );
     }
     // The id high-water mark is the embedded mode's: in a cluster, ids are
     // the shared stream's.
@@ -218,14 +224,18 @@ pub async fn run_with_store(
     let rate_limits = metrics.register(|r| {
         http::rate::RateLimits::register(r, config.rate_limit_ingest, config.rate_limit_changes)
     });
-    let sweeper = tokio::spawn(sweep(
-        registry.clone(),
-        hub.clone(),
-        mark,
-        store.clone(),
-        cluster.clone(),
-        rate_limits.clone(),
-    ));
+    background.spawn(
+        "sweeper",
+        sweep(
+            registry.clone(),
+            hub.clone(),
+            mark,
+            store.clone(),
+            cluster.clone(),
+            rate_limits.clone(),
+            background.shutdown(),
+        ),
+    );
     let limits = ServerLimits {
         max_connections: server::connection_cap(config.max_connections),
         header_timeout: config.header_timeout,
@@ -244,10 +254,16 @@ pub async fn run_with_store(
         })?)),
         _ => None,
     };
-    let hangups = tokio::spawn(reload::on_hangup(reload::Reloadable {
-        credentials: credentials.clone(),
-        tls: tls.clone(),
-    }));
+    background.spawn(
+        "SIGHUP reload",
+        reload::on_hangup(
+            reload::Reloadable {
+                credentials: credentials.clone(),
+                tls: tls.clone(),
+            },
+            background.shutdown(),
+        ),
+    );
     let app = Arc::new(AppState {
         credentials,
         idempotency: IdempotencyCache::new(config.idempotency_window, config.idempotency_max_keys),
@@ -291,10 +307,9 @@ pub async fn run_with_store(
     // of the grace period (forwarding is best effort, but not silently so).
     let left = app.config.shutdown_grace.saturating_sub(stopping.elapsed());
     let abandoned = forwarding.drain(left).await;
-    sweeper.abort();
-    hangups.abort();
-    for t in cluster_tasks {
-        t.abort();
+    let stopped = background.stop(BACKGROUND_GRACE).await;
+    if !stopped.panicked.is_empty() {
+        tracing::error!(tasks = ?stopped.panicked, "background tasks had panicked");
     }
     drop(forward_runtime);
     if abandoned > 0 {
@@ -303,6 +318,10 @@ pub async fn run_with_store(
     tracing::info!(drained, "stopped");
     Ok(drained)
 }
+
+/// How long the background tasks (sweeper, SIGHUP) have to finish what
+/// they are doing (a store write) once told to stop.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(2);
 
 /// Events waiting between the hub and the forwarding router.
 const FORWARD_INBOX: usize = 65_536;
@@ -314,12 +333,16 @@ async fn sweep(
     store: Arc<Store>,
     cluster: Option<Arc<cluster::Cluster>>,
     rate_limits: Arc<http::rate::RateLimits>,
+    stop: CancellationToken,
 ) {
     let mark = Arc::new(std::sync::Mutex::new(mark));
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         rate_limits.sweep();
         if let Some(c) = &cluster {
             c.trim().await;
@@ -327,7 +350,7 @@ async fn sweep(
         }
         // These write the store: off the async workers.
         let (r, h, m, s) = (registry.clone(), hub.clone(), mark.clone(), store.clone());
-        let _ = tokio::task::spawn_blocking(move || {
+        let swept = tokio::task::spawn_blocking(move || {
             // A store that failed a write reopens here, even when no
             // client writes, so that `/ready` recovers on its own.
             s.recover();
@@ -345,5 +368,9 @@ async fn sweep(
             }
         })
         .await;
+        if let Err(e) = swept {
+            // The next tick tries again; a bug must not pass in silence.
+            tracing::error!(error = %e, "the sweep panicked");
+        }
     }
 }

@@ -8,9 +8,33 @@ use std::sync::Arc;
 use ratatoskr::config::Config;
 use ratatoskr::store::Store;
 
+use std::io::Write;
+
+/// One line on stderr and the exit code. Written with `writeln!`, not
+/// `eprintln!`: a closed stderr must not turn a clear exit into a panic.
 fn fatal(code: u8, message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("ratatoskr: {message}");
+    let _ = writeln!(std::io::stderr(), "ratatoskr: {message}");
     ExitCode::from(code)
+}
+
+/// Writes a command's output. A reader that went away (`| head -1`,
+/// EPIPE) ends the output quietly, as for any other command-line tool;
+/// `println!` would panic there instead.
+fn print_lines(lines: &[&str]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        match writeln!(out, "{line}") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
+            Err(e) => return fatal(1, format!("cannot write the output: {e}")),
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            fatal(1, format!("cannot write the output: {e}"))
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 /// `ratatoskr new-api-key <id>`: prints a new key (give it to the
@@ -21,11 +45,7 @@ fn new_api_key(id: Option<&str>) -> ExitCode {
         return fatal(2, "usage: ratatoskr new-api-key <id>");
     };
     match ratatoskr::auth::keys::new_key(id) {
-        Ok((key, entry)) => {
-            println!("{key}");
-            println!("{entry}");
-            ExitCode::SUCCESS
-        }
+        Ok((key, entry)) => print_lines(&[&key, &entry.to_string()]),
         Err(e) => fatal(2, e),
     }
 }
@@ -56,7 +76,20 @@ where
     }
 }
 
+/// Leaves out of stderr only the panic of the thread that probes a damaged
+/// store file (the start reports it as one line); every other panic is
+/// printed by the default hook as always. Set once, before any thread.
+fn quiet_store_probe_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(ratatoskr::store::OPEN_THREAD) {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_store_probe_panics();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
         Some("new-api-key") => return new_api_key(args.get(2).and_then(|a| a.to_str())),

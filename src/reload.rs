@@ -26,9 +26,9 @@ impl Reloadable {
     }
 }
 
-/// Reloads on every SIGHUP, until the process ends. Listening replaces
-/// SIGHUP's default action (ending the process).
-pub async fn on_hangup(parts: Reloadable) {
+/// Reloads on every SIGHUP, until `stop`. Listening replaces SIGHUP's
+/// default action (ending the process).
+pub async fn on_hangup(parts: Reloadable, stop: tokio_util::sync::CancellationToken) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -36,9 +36,15 @@ pub async fn on_hangup(parts: Reloadable) {
             return;
         }
     };
-    while hangups.recv().await.is_some() {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            hangup = hangups.recv() => if hangup.is_none() { return },
+        }
         tracing::info!("SIGHUP: reloading credentials and certificates");
         let p = parts.clone();
-        let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+        if let Err(e) = tokio::task::spawn_blocking(move || p.reload()).await {
+            tracing::error!(error = %e, "the SIGHUP reload panicked");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! whether each signature verified (with `--secret`), and the body (as
 //! text, or base64 when it is not UTF-8). It answers 204.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -35,26 +36,47 @@ pub struct SinkArgs {
     pub secret: Option<String>,
 }
 
-/// Runs the sink until the process is stopped.
+/// What every request handler shares.
+struct Sink {
+    secret: Option<String>,
+    /// Told when stdout's reader went away: the sink then ends.
+    closed: tokio::sync::Notify,
+}
+
+/// Runs the sink until the process is stopped, or until its output's
+/// reader goes away (`ratatoskr sink | head -1`): then it ends quietly,
+/// as a command-line tool does on EPIPE, rather than panic per request.
 pub async fn run(args: SinkArgs) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "ratatoskr sink: listening on http://{}",
         listener.local_addr()?
     );
+    let sink = Arc::new(Sink {
+        secret: args.secret,
+        closed: tokio::sync::Notify::new(),
+    });
     let app = Router::new()
         .fallback(any(receive))
-        .with_state(Arc::new(args.secret));
-    axum::serve(listener, app).await
+        .with_state(Arc::clone(&sink));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { sink.closed.notified().await })
+        .await
 }
 
 async fn receive(
-    State(secret): State<Arc<Option<String>>>,
+    State(sink): State<Arc<Sink>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    println!("{}", describe(secret.as_deref(), &uri, &headers, &body));
+    let line = describe(sink.secret.as_deref(), &uri, &headers, &body);
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        // Nobody reads what we print: stop (the request is still answered).
+        sink.closed.notify_one();
+    }
     StatusCode::NO_CONTENT
 }
 

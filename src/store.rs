@@ -196,6 +196,11 @@ fn upgrade_v2(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The name of the thread that opens a redb file: a panic in it (redb
+/// asserts on some damaged files) is reported as [`StoreError::Damaged`],
+/// so a panic hook may leave its message out.
+pub const OPEN_THREAD: &str = "ratatoskr-store-open";
+
 /// Opens the redb file at `path`, or says exactly why it cannot.
 fn open_redb(dir: &Path) -> Result<Database, StoreError> {
     if dir.exists() && !dir.is_dir() {
@@ -212,13 +217,19 @@ fn open_redb(dir: &Path) -> Result<Database, StoreError> {
         _ => {}
     }
     // redb asserts on some truncated files instead of returning an error.
-    // Catch that, and keep the panic message off stderr: the caller says
-    // what is wrong in one line. (The hook is process-wide; this runs once,
-    // at start.)
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| Database::create(&path));
-    std::panic::set_hook(previous);
+    // The open runs on a thread of its own, named OPEN_THREAD, so that its
+    // panic is caught by `join` and said as one error. The process-wide
+    // panic hook is never touched here (swapping it would silence every
+    // other thread's panics meanwhile); the binary's hook leaves out only
+    // this thread's message, which the error repeats.
+    let opened = std::thread::Builder::new()
+        .name(OPEN_THREAD.into())
+        .spawn({
+            let path = path.clone();
+            move || Database::create(&path)
+        })
+        .map_err(|e| StoreError::Open(path.clone(), e.to_string()))?
+        .join();
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::UpgradeRequired(_))) => {
@@ -631,6 +642,50 @@ mod tests {
         let e = Store::open(StoreKind::Redb, &file).unwrap_err();
         assert!(matches!(e, StoreError::NotADirectory(_)), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn opening_a_damaged_store_leaves_the_panic_hook_alone() {
+        // The process's own hook must see redb's assertion on a damaged
+        // file (it used to be swapped for a silent one during the open,
+        // hiding every other thread's panics meanwhile), and it must still
+        // be installed afterwards.
+        static SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {
+            SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let dir = std::env::temp_dir().join(format!("ratatoskr-store-{}", uuid::Uuid::new_v4()));
+        {
+            let store = Store::open(StoreKind::Redb, &dir).unwrap();
+            round_trip(&store);
+        }
+        let file = dir.join(FILE_NAME);
+        let full = std::fs::read(&file).unwrap();
+        // A flipped byte in the first pages makes redb assert (found by
+        // flipping every 16th byte of such a file) rather than return an error.
+        for at in [4096, 12288, 12320] {
+            let mut bad = full.clone();
+            bad[at] ^= 0xff;
+            std::fs::write(&file, &bad).unwrap();
+            let e = Store::open(StoreKind::Redb, &dir).unwrap_err();
+            assert!(matches!(e, StoreError::Damaged(..)), "{at}: {e}");
+        }
+        let during = SEEN.load(std::sync::atomic::Ordering::SeqCst);
+        let after = std::thread::spawn(|| panic!("another thread's panic")).join();
+        let total = SEEN.load(std::sync::atomic::Ordering::SeqCst);
+        std::panic::set_hook(previous);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(after.is_err());
+        assert!(
+            during >= 1,
+            "redb's panics on the damaged files reached the process's hook {during} times"
+        );
+        assert_eq!(
+            total,
+            during + 1,
+            "the hook is still installed after the open"
+        );
     }
 
     #[test]

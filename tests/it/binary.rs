@@ -212,3 +212,70 @@ fn healthcheck_exits_0_on_a_live_gateway_and_1_on_a_dead_port() {
     assert!(String::from_utf8_lossy(&dead.stderr).contains("unhealthy"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn new_api_key_ends_quietly_when_its_reader_is_gone() {
+    // `ratatoskr new-api-key x | head -0`: the pipe's read end is closed
+    // before the command writes, so its first write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["new-api-key", "plant-7"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "exit code on a closed stdout (101 is a panic): {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_stdout_that_closes_ends_the_sink_quietly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(BIN)
+        .args(["sink", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.contains("listening"), "{first}");
+    // One request: its line cannot be written, so the sink stops.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::Write as _;
+    conn.write_all(
+        b"POST /hook HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut conn, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the sink kept running with nobody reading its output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
+}
