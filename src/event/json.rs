@@ -64,12 +64,8 @@ pub struct Parsed {
 pub fn parse_payload(body: &[u8], max_depth: usize) -> Result<Parsed, JsonError> {
     let shape = scan(body, max_depth)?;
     let hints = parse(body).map_err(|e| {
-        let text = e.to_string();
-        if e.is_syntax()
-            && ["out of range", "surrogate", "hex escape"]
-                .iter()
-                .any(|w| text.contains(w))
-        {
+        let at = offset_of(body, e.line(), e.column());
+        if e.is_syntax() && first_unrepresentable(body).is_some_and(|start| start <= at) {
             JsonError::Unrepresentable(e)
         } else {
             JsonError::Malformed(e)
@@ -81,6 +77,91 @@ pub fn parse_payload(body: &[u8], max_depth: usize) -> Result<Parsed, JsonError>
         Bytes::from(minify(body, shape.spaces))
     };
     Ok(Parsed { hints, data })
+}
+
+/// The byte offset of serde_json's 1-based `line` and `column` in `body`.
+fn offset_of(body: &[u8], line: usize, column: usize) -> usize {
+    let line_start = body
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(line.saturating_sub(2))
+        .map_or(0, |(i, _)| i + 1);
+    if line <= 1 {
+        column
+    } else {
+        line_start + column
+    }
+}
+
+/// Where the first value no consumer can represent starts: a number past
+/// f64 range, or a `\u` escape that is a lone UTF-16 surrogate.
+///
+/// serde_json tells its errors apart no finer than "syntax" (its codes
+/// are private), and its message text is no contract; so the cause of a
+/// refused body is found in the body itself. A parser that reads left to
+/// right stops at the first such value (where it ends), so when one starts
+/// at or before the error's position, that value is why. Run only on a
+/// refused body: it costs one more pass, on the error path alone.
+fn first_unrepresentable(body: &[u8]) -> Option<usize> {
+    let hex4 = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(body.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let low = |unit: u16| (0xDC00..=0xDFFF).contains(&unit);
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                i += 1;
+                while i < body.len() && body[i] != b'"' {
+                    if body[i] != b'\\' {
+                        i += 1;
+                        continue;
+                    }
+                    if body.get(i + 1) != Some(&b'u') {
+                        i += 2;
+                        continue;
+                    }
+                    // A malformed escape stops the parser first.
+                    let unit = hex4(i + 2)?;
+                    let start = i;
+                    i += 6;
+                    if low(unit) {
+                        return Some(start);
+                    }
+                    if (0xD800..=0xDBFF).contains(&unit) {
+                        let paired = body.get(i) == Some(&b'\\')
+                            && body.get(i + 1) == Some(&b'u')
+                            && hex4(i + 2).is_some_and(low);
+                        if !paired {
+                            return Some(start);
+                        }
+                        i += 6;
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while body
+                    .get(i)
+                    .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    i += 1;
+                }
+                let finite = std::str::from_utf8(&body[start..i])
+                    .ok()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_none_or(f64::is_finite);
+                if !finite {
+                    return Some(start);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// The non-blank lines of an NDJSON body, numbered from 1, each without
@@ -454,9 +535,22 @@ mod tests {
             br#"["\ud800"]"#,
             br#"{"device":"\udc00x"}"#,
             b"-1e309",
+            b"[1,\n 2,\n \"\\ud800\\u0041\"]",
+            br#"{"k":"\ud800\n"}"#,
         ] {
             let e = payload(bad).unwrap_err();
             assert!(matches!(e, JsonError::Unrepresentable(_)), "{bad:?}: {e}");
+        }
+        // What is malformed before (or instead of) an unrepresentable value
+        // is malformed, whatever serde_json's message says.
+        for bad in [
+            &br#"[tru, 1e400]"#[..],
+            b"[1,\n 2 3,\n \"\\udc00\"]",
+            br#"["\u12"]"#,
+            br#"["\ud83d\ude00" "x"]"#,
+        ] {
+            let e = payload(bad).unwrap_err();
+            assert!(matches!(e, JsonError::Malformed(_)), "{bad:?}: {e}");
         }
         assert!(payload(br#"["\ud83d\ude00", 1e308]"#).is_ok());
     }

@@ -222,16 +222,7 @@ impl Message {
         let mut rest = bytes;
         let mut de = rmp_serde::Deserializer::new(&mut rest);
         de.set_max_depth(max_depth);
-        let msg = Message::deserialize(&mut de).map_err(|e| {
-            let text = e.to_string();
-            if text.contains("depth") {
-                WrpError::Decode(format!(
-                    "WRP msgpack nested deeper than {max_depth} levels (--max-json-depth)"
-                ))
-            } else {
-                WrpError::Decode(format!("malformed WRP msgpack: {}", explain(&text)))
-            }
-        })?;
+        let msg = Message::deserialize(&mut de).map_err(|e| decode_error(&e, max_depth))?;
         drop(de);
         if !rest.is_empty() {
             return Err(WrpError::Decode(format!(
@@ -411,12 +402,19 @@ fn put_int(out: &mut Vec<u8>, v: i64) {
     };
 }
 
-/// Turns serde's wording into one a client can act on.
-fn explain(err: &str) -> String {
-    if err.contains("byte array, expected") && !err.contains("msgpack bin") {
-        format!("{err} (every WRP string must be valid UTF-8)")
-    } else {
-        err.to_owned()
+/// A msgpack decode error as the client's answer, told apart by the
+/// decoder's error variant: its message can quote the client's own text
+/// (`invalid type: string "depth"`), so words in it decide nothing.
+fn decode_error(e: &rmp_serde::decode::Error, max_depth: usize) -> WrpError {
+    use rmp_serde::decode::Error;
+    match e {
+        Error::DepthLimitExceeded => WrpError::Decode(format!(
+            "WRP msgpack nested deeper than {max_depth} levels (--max-json-depth)"
+        )),
+        Error::Utf8Error(_) => WrpError::Decode(format!(
+            "malformed WRP msgpack: {e} (every WRP string must be valid UTF-8)"
+        )),
+        _ => WrpError::Decode(format!("malformed WRP msgpack: {e}")),
     }
 }
 

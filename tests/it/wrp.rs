@@ -145,3 +145,42 @@ async fn wrp_routing_comes_from_the_locators() {
     assert_eq!(ev.json()["status"], 200);
     online.expect_silence(Duration::from_millis(200)).await;
 }
+
+/// Issue 24 ("found by a full read"): a decode error is classified by the
+/// decoder's error variant, not by words in its message, which can quote
+/// the client's own text. A `metadata` of `"depth"` is a wrong type, not a
+/// message nested deeper than 64 levels; a real 100-deep one is; a string
+/// that is not UTF-8 says so.
+#[tokio::test]
+async fn wrp_decode_errors_are_told_apart_by_kind_not_by_the_words_in_them() {
+    let gw = Gateway::start().await;
+    let post = |body: Vec<u8>| gw.post("/api/events", "application/msgpack", body);
+    let detail = |r: &crate::util::Reply| r.body["detail"].as_str().unwrap_or_default().to_owned();
+    let wrong_type = rmp_serde::to_vec_named(&serde_json::json!(
+        {"msg_type": 4, "source": "dns:a", "dest": "event:x", "metadata": "depth"}
+    ))
+    .unwrap();
+    let r = post(wrong_type).await;
+    r.assert_problem(400);
+    assert!(
+        !detail(&r).contains("nested deeper") && detail(&r).contains("invalid type"),
+        "a string \"depth\" where metadata is a map: {}",
+        r.text
+    );
+    let mut deep = serde_json::json!(1);
+    for _ in 0..100 {
+        deep = serde_json::json!([deep]);
+    }
+    let nested =
+        serde_json::json!({"msg_type": 4, "source": "dns:a", "dest": "event:x", "x": deep});
+    let r = post(rmp_serde::to_vec_named(&nested).unwrap()).await;
+    r.assert_problem(400);
+    assert!(
+        detail(&r).contains("deeper than 64"),
+        "100 deep: {}",
+        r.text
+    );
+    let r = post(vector("invalid-non-utf8-dest.msgpack")).await;
+    r.assert_problem(400);
+    assert!(detail(&r).contains("valid UTF-8"), "{}", r.text);
+}
