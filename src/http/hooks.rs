@@ -5,8 +5,9 @@
 //! As in Caduceus, the webhook's id is the sha256 of its URL, so posting
 //! the same URL again replaces and renews it; `events` are unanchored
 //! regexes (matched against the event type and the WRP event path);
-//! `matcher.device_id` regexes match the source or event path, `.*` or none
-//! meaning every device; `duration` is seconds or a Go duration, `until` an
+//! `matcher.device_id` regexes match the event's (canonical) device only,
+//! never the publisher-chosen source or event path, `.*` or none meaning
+//! every device; `duration` is seconds or a Go duration, `until` an
 //! RFC 3339 time that wins over it. Answers are `{"message": ...}` with 200,
 //! and errors 400 as Caduceus gives them (in a problem document that also
 //! has `message`). `config.alt_urls` is accepted and ignored.

@@ -38,7 +38,7 @@ use crate::forward::Matcher;
 use crate::store::{Collection, Store, StoreError, StoredDisabled};
 use crate::sync::lock;
 use crate::validation::FieldError;
-use filter::{cel_value, event_path, CompiledFilter};
+use filter::{cel_value, CompiledFilter};
 use spec::{Origin, Registration, RegistrationRequest};
 
 /// Most devices one registration may name.
@@ -150,16 +150,18 @@ impl Live {
         if self.device_patterns.is_empty() {
             return true;
         }
-        // xmidt semantics: a pattern matches the source or the event path.
-        let d = &event.draft;
-        let subjects = [
-            Some(d.source.as_str()),
-            event_path(event),
-            d.device.as_ref().map(DeviceId::as_str),
-        ];
-        self.device_patterns
-            .iter()
-            .any(|p| subjects.iter().flatten().any(|s| p.is_match(s)))
+        // The device only, never the source or the WRP event path: those
+        // are the publisher's to choose (`?source=`, `X-Event-Source`, the
+        // body), so a publisher scoped to one device could name any other
+        // there and reach its consumers. The device is what a scoped
+        // publisher is checked for (and a WRP message's device comes from
+        // its event path or source, canonical), so a pattern sees what
+        // Caduceus matches without trusting the rest. No device, no match.
+        event
+            .draft
+            .device
+            .as_ref()
+            .is_some_and(|d| self.device_patterns.iter().any(|p| p.is_match(d.as_str())))
     }
 }
 

@@ -144,3 +144,82 @@ async fn bad_hooks_are_refused_with_400_and_a_message() {
         );
     }
 }
+
+/// Issue 24, item 2: a `matcher.device_id` regex matches the event's
+/// device only, never the source or WRP event path a publisher chooses.
+/// A publisher scoped to `dev-mallory` sends 4 forged events naming
+/// `mac:112233445566` every other way it can; the consumer registered for
+/// `^mac:112233445566$` gets none of them, and the one real event.
+#[tokio::test]
+async fn a_scoped_publisher_cannot_reach_a_device_pattern_hook_through_source_or_event_path() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    const SECRET: &str = "a-jwt-secret-of-some-good-length-0123";
+    let token = |claim: Value| {
+        let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        let exp = chrono::Utc::now().timestamp() + 600;
+        let claims = json!({"sub": "t", "exp": exp, "ratatoskr": claim});
+        format!(
+            "Bearer {}",
+            encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        )
+    };
+    let (admin, mallory) = (
+        token(json!({"admin": true})),
+        token(json!({"publish": ["dev-mallory"]})),
+    );
+    let rx = Receiver::start().await;
+    let gw = Gateway::start_with(|c| c.jwt_secret = Some(SECRET.parse().unwrap())).await;
+    let body = hook(
+        &rx.url("/victim"),
+        &[".*"],
+        &["^mac:112233445566$"],
+        json!(60),
+    );
+    let r = gw
+        .post_with(
+            "/hook",
+            "application/json",
+            body.to_string(),
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let forged: [(&str, &str, &str, &[(&str, &str)]); 4] = [
+        ("/api/events?device=dev-mallory&source=mac:112233445566", "application/json", "{\"forged\":1}", &[]),
+        ("/api/events?device=dev-mallory", "application/json", "{\"forged\":2}", &[("x-event-source", "mac:112233445566")]),
+        ("/api/events?device=dev-mallory", "application/json", "{\"forged\":3,\"source\":\"mac:112233445566\"}", &[]),
+        (
+            "/api/events?device=dev-mallory",
+            "application/wrp+json",
+            "{\"msg_type\":4,\"source\":\"mac:112233445566\",\"dest\":\"event:node-change/mac:112233445566/online\"}",
+            &[],
+        ),
+    ];
+    for (path, ct, body, extra) in forged {
+        let mut headers = vec![("authorization", mallory.as_str())];
+        headers.extend_from_slice(extra);
+        let r = gw.post_with(path, ct, body, &headers).await;
+        assert_eq!(r.status, 202, "{path}: {}", r.text);
+    }
+    let real = gw
+        .post_with(
+            "/api/events?device=mac:112233445566",
+            "application/json",
+            "{\"real\":1}",
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(real.status, 202, "{}", real.text);
+    rx.wait_for("/victim", 1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<String> = rx
+        .received("/victim")
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.body).into_owned())
+        .collect();
+    assert_eq!(
+        got,
+        ["{\"real\":1}"],
+        "forged events of 4 reached the victim's hook"
+    );
+}
