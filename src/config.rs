@@ -169,6 +169,13 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_MAX_REGISTRATIONS", default_value_t = 100_000)]
     pub max_registrations: usize,
 
+    /// Most bytes all registrations may keep: their stored documents and
+    /// compiled patterns (a regex counts what it compiled to). Past it a
+    /// new or larger registration gets 422. The default holds the count cap
+    /// of ordinary registrations (a few KiB each) and bounds the RAM of any.
+    #[arg(long, env = "RATATOSKR_MAX_REGISTRATION_BYTES", default_value_t = 1 << 30)]
+    pub max_registration_bytes: usize,
+
     /// Events queued per destination; further events are dropped and the destination notified.
     #[arg(long, env = "RATATOSKR_DESTINATION_BUFFER", default_value_t = 10_000)]
     pub destination_buffer: usize,

@@ -155,6 +155,7 @@ pub async fn run_with_store(
         RegistryLimits {
             max_duration: config.registration_max_duration,
             max_registrations: config.max_registrations,
+            max_bytes: config.max_registration_bytes,
             sqs_default_credentials: config.sqs_default_credentials,
         },
     )?;

@@ -85,7 +85,7 @@ fn refused(detail: impl Into<String>) -> ApiError {
         (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
@@ -168,6 +168,7 @@ pub async fn register(
         (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Rate limited", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 503, description = "The store is unavailable", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
     security(("bearer" = []), ("cookie" = [])))]

@@ -39,6 +39,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => ApiError::not_found(detail),
             RegistryError::PreconditionFailed(_) => ApiError::precondition_failed(detail),
             RegistryError::Full(_) => ApiError::unavailable(detail),
+            RegistryError::OverBudget(_) => ApiError::unprocessable(detail),
             RegistryError::Store(cause) => ApiError::store_unavailable("registration", &cause),
             RegistryError::Forbidden(_) => ApiError::forbidden(detail),
         }

@@ -9,11 +9,18 @@
 //! - `expression`: CEL over `event` (`id`, `type`, `device`, `source`,
 //!   `content_type`, `metadata`, `payload`, `received_at`), which must
 //!   evaluate to `true`. An error while evaluating counts as no match.
+//!
+//! What a filter keeps is bounded in bytes, not only in count: a pattern is
+//! at most [`MAX_PATTERN_LEN`] bytes, a regex compiles to at most
+//! [`MAX_REGEX_BYTES`], and a registration's regexes (type and device
+//! patterns) to at most [`MAX_COMPILED_BYTES`] in all. A 6-byte pattern
+//! such as `\w{10}` compiles to over half a MiB (Unicode `\w` is about
+//! 56 KiB per repetition), so a count of patterns alone bounds nothing.
 
 use std::collections::BTreeMap;
 
 use globset::{Glob, GlobMatcher};
-use regex::Regex;
+use regex_automata::meta::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::expression::Expression;
@@ -23,6 +30,19 @@ use crate::validation::{FieldError, Position};
 
 /// Most type patterns or metadata matchers.
 pub const MAX_PATTERNS: usize = 64;
+/// Longest pattern (type glob or regex, metadata glob and key, device
+/// pattern), in bytes: a glob compiles to a regex too.
+pub const MAX_PATTERN_LEN: usize = 1024;
+/// Most bytes one regex may compile to (its NFA; and its one-pass DFA,
+/// each bounded alike). Ordinary type and device patterns compile to
+/// under 16 KiB; `\w{10}` to over 512 KiB.
+pub const MAX_REGEX_BYTES: usize = 256 * 1024;
+/// What one regex's lazy DFA may grow to while matching. It lives as long
+/// as the regex, so it is counted with it, in full, from the start.
+pub const REGEX_CACHE_BYTES: usize = 16 * 1024;
+/// Most bytes a registration's regexes may compile to, in all (each counts
+/// [`BoundedRegex::bytes`]).
+pub const MAX_COMPILED_BYTES: usize = 2 * 1024 * 1024;
 
 /// The filter as the API takes and shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,12 +65,14 @@ pub struct CompiledFilter {
     types: Vec<TypePattern>,
     metadata: Vec<(String, GlobMatcher)>,
     expression: Option<Expression>,
+    /// What its regexes keep (see [`BoundedRegex::bytes`]).
+    bytes: usize,
 }
 
 #[derive(Debug)]
 enum TypePattern {
     Glob(GlobMatcher),
-    Regex(Regex),
+    Regex(BoundedRegex),
 }
 
 impl TypePattern {
@@ -62,18 +84,114 @@ impl TypePattern {
     }
 }
 
-/// Builds a regex with a size limit, so a hostile pattern cannot eat memory.
-pub fn bounded_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(1 << 20)
-        .dfa_size_limit(1 << 20)
-        .build()
+/// A regex compiled within [`MAX_REGEX_BYTES`], that knows what it keeps.
+#[derive(Debug)]
+pub struct BoundedRegex {
+    regex: Regex,
+    bytes: usize,
+}
+
+impl BoundedRegex {
+    /// Whether the regex matches anywhere in `s` (unanchored).
+    pub fn is_match(&self, s: &str) -> bool {
+        self.regex.is_match(s)
+    }
+
+    /// The heap it keeps: the compiled regex as the engine measures it, a
+    /// fresh matching cache, and all its lazy DFA may grow to
+    /// ([`REGEX_CACHE_BYTES`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Why a regex was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    /// Longer than [`MAX_PATTERN_LEN`].
+    #[error("longer than {MAX_PATTERN_LEN} bytes")]
+    TooLong,
+    /// Compiles past [`MAX_REGEX_BYTES`].
+    #[error("compiles past {MAX_REGEX_BYTES} bytes; simplify it (Unicode classes such as \\w cost about 56 KiB each: [0-9A-Za-z_] costs under 1 KiB)")]
+    TooBig,
+    /// Not a regex.
+    #[error("invalid regex: {0}")]
+    Invalid(String),
+}
+
+/// Compiles a regex within [`MAX_PATTERN_LEN`] and [`MAX_REGEX_BYTES`],
+/// so a hostile pattern cannot eat memory (the meta engine measures what
+/// it built, which the `regex` crate does not show).
+pub fn bounded_regex(pattern: &str) -> Result<BoundedRegex, PatternError> {
+    if pattern.len() > MAX_PATTERN_LEN {
+        return Err(PatternError::TooLong);
+    }
+    let config = Regex::config()
+        .nfa_size_limit(Some(MAX_REGEX_BYTES))
+        .onepass_size_limit(Some(MAX_REGEX_BYTES))
+        .dfa_size_limit(Some(MAX_REGEX_BYTES))
+        .hybrid_cache_capacity(REGEX_CACHE_BYTES);
+    let regex = Regex::builder()
+        .configure(config)
+        .build(pattern)
+        .map_err(|e| match (e.size_limit(), e.syntax_error()) {
+            (Some(_), _) => PatternError::TooBig,
+            (None, Some(syntax)) => PatternError::Invalid(syntax.to_string()),
+            (None, None) => PatternError::Invalid(e.to_string()),
+        })?;
+    let bytes = regex.memory_usage() + regex.create_cache().memory_usage() + REGEX_CACHE_BYTES;
+    Ok(BoundedRegex { regex, bytes })
+}
+
+/// A registration's compiled regex bytes so far, against
+/// [`MAX_COMPILED_BYTES`]: once past it, no further regex is compiled
+/// (compiling is the costly part, in time as in memory).
+#[derive(Debug, Default)]
+pub struct CompileBudget {
+    spent: usize,
+    exceeded: bool,
+}
+
+impl CompileBudget {
+    /// Compiles `pattern` if the budget is not spent, naming `field` in
+    /// the error.
+    pub fn regex(&mut self, field: &str, pattern: &str) -> Result<BoundedRegex, FieldError> {
+        if self.exceeded {
+            return Err(FieldError::new(field, over_budget()));
+        }
+        let r = bounded_regex(pattern).map_err(|e| FieldError::new(field, e.to_string()))?;
+        self.spent += r.bytes();
+        if self.spent > MAX_COMPILED_BYTES {
+            self.exceeded = true;
+            return Err(FieldError::new(field, over_budget()));
+        }
+        Ok(r)
+    }
+
+    /// Bytes compiled so far.
+    pub fn spent(&self) -> usize {
+        self.spent
+    }
+}
+
+fn over_budget() -> String {
+    format!("the registration's regexes compile past {MAX_COMPILED_BYTES} bytes of compiled patterns per registration")
 }
 
 impl FilterSpec {
     /// Compiles every part, collecting every error with its field (and,
     /// for the expression, its line and column).
     pub fn compile(&self) -> Result<CompiledFilter, Vec<FieldError>> {
+        self.compile_within(&mut CompileBudget::default())
+    }
+
+    /// [`FilterSpec::compile`], its regexes counted in `budget` (shared
+    /// with the registration's device patterns).
+    pub fn compile_within(
+        &self,
+        budget: &mut CompileBudget,
+    ) -> Result<CompiledFilter, Vec<FieldError>> {
+        let spent_before = budget.spent();
         let mut errors = Vec::new();
         if self.types.len() > MAX_PATTERNS || self.metadata.len() > MAX_PATTERNS {
             errors.push(FieldError::new(
@@ -87,9 +205,16 @@ impl FilterSpec {
         for (i, p) in self.types.iter().enumerate() {
             let field = format!("filter.types[{i}]");
             let compiled = match p.strip_prefix("re:") {
-                Some(re) => bounded_regex(re)
-                    .map(TypePattern::Regex)
-                    .map_err(|e| format!("invalid regex: {e}")),
+                Some(re) => match budget.regex(&field, re) {
+                    Ok(r) => Ok(TypePattern::Regex(r)),
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
+                None if p.len() > MAX_PATTERN_LEN => {
+                    Err(format!("longer than {MAX_PATTERN_LEN} bytes"))
+                }
                 None if p.is_empty() => Err("must not be empty".to_owned()),
                 None if wildcards(p) > MAX_WILDCARDS => Err(format!(
                     "at most {MAX_WILDCARDS} wildcards per pattern (*, ?, [..], each {{..}} alternative)"
@@ -105,6 +230,13 @@ impl FilterSpec {
         }
         let mut metadata = Vec::new();
         for (k, v) in &self.metadata {
+            if k.len() > MAX_PATTERN_LEN || v.len() > MAX_PATTERN_LEN {
+                errors.push(FieldError::new(
+                    "filter.metadata",
+                    format!("keys and globs up to {MAX_PATTERN_LEN} bytes"),
+                ));
+                continue;
+            }
             if wildcards(v) > MAX_WILDCARDS {
                 errors.push(FieldError::new(
                     format!("filter.metadata.{k}"),
@@ -135,6 +267,7 @@ impl FilterSpec {
                 types,
                 metadata,
                 expression,
+                bytes: budget.spent() - spent_before,
             })
         } else {
             Err(errors)
@@ -158,10 +291,18 @@ impl CompiledFilter {
     /// A filter no event passes (for disabled registrations).
     pub fn nothing() -> Self {
         Self {
-            types: vec![TypePattern::Regex(Regex::new("$^").expect("a valid regex"))],
+            types: vec![TypePattern::Regex(
+                bounded_regex(r"[^\s\S]").expect("a valid regex"),
+            )],
             metadata: Vec::new(),
             expression: None,
+            bytes: 0,
         }
+    }
+
+    /// What its regexes keep, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether the filter has a CEL expression (so the event must be
@@ -322,6 +463,28 @@ mod tests {
         assert!(!spec(&["online"], None).compile().unwrap().matches(&e, None));
         let errs = spec(&["re:(", "[z-a]"], None).compile().unwrap_err();
         assert_eq!(errs.len(), 2);
+    }
+
+    #[test]
+    fn a_regex_counts_what_it_compiled_to_and_a_registration_is_bounded_in_all() {
+        let small = bounded_regex("^device-status/.*/online$").unwrap();
+        assert!(small.bytes() < 32 * 1024, "{}", small.bytes());
+        let wide = bounded_regex(r"\w{3}").unwrap();
+        assert!(wide.bytes() > 128 * 1024, "{}", wide.bytes());
+        assert!(matches!(
+            bounded_regex(r"\w{10}"),
+            Err(PatternError::TooBig)
+        ));
+        assert!(matches!(bounded_regex("("), Err(PatternError::Invalid(_))));
+        let long = "a".repeat(MAX_PATTERN_LEN + 1);
+        assert!(matches!(bounded_regex(&long), Err(PatternError::TooLong)));
+        let mut budget = CompileBudget::default();
+        let refused = (0..64)
+            .map(|i| budget.regex("f", &format!(r"\w{{3}}{i}")))
+            .position(|r| r.is_err())
+            .expect("the budget ends");
+        assert!(refused * wide.bytes() <= MAX_COMPILED_BYTES, "{refused}");
+        assert!(budget.spent() > MAX_COMPILED_BYTES);
     }
 
     #[test]

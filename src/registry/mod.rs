@@ -17,10 +17,17 @@
 //! Expiry is checked on every event, so an expired registration stops
 //! receiving at once; a sweeper then removes it. Clocks are wall-clock
 //! (`expires_at`), so they keep running across a restart.
+//!
+//! Bounded in bytes: each field ([`size`]), each registration's compiled
+//! patterns ([`filter::MAX_COMPILED_BYTES`]), and everything all
+//! registrations keep ([`RegistryLimits::max_bytes`]: their stored
+//! documents and compiled patterns). A stored registration that breaks a
+//! bound is loaded disabled and reported.
 
 pub mod duration;
 pub mod expression;
 pub mod filter;
+pub mod size;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,7 +37,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::gauge::Gauge;
-use regex::Regex;
 
 use crate::event::{DeviceId, Event};
 use crate::forward::destination::Destination;
@@ -38,7 +44,7 @@ use crate::forward::Matcher;
 use crate::store::{Collection, Store, StoreError, StoredDisabled};
 use crate::sync::lock;
 use crate::validation::FieldError;
-use filter::{cel_value, CompiledFilter};
+use filter::{cel_value, BoundedRegex, CompileBudget, CompiledFilter};
 use spec::{Origin, Registration, RegistrationRequest};
 
 /// Most devices one registration may name.
@@ -59,6 +65,10 @@ pub enum RegistryError {
     /// The registration limit is reached (503).
     #[error("the gateway has reached its limit of {0} registrations")]
     Full(usize),
+    /// The registration would take the bytes all registrations keep past
+    /// their budget (422).
+    #[error("the registrations would keep more than {0} bytes in all (--max-registration-bytes); delete some or make this one smaller")]
+    OverBudget(usize),
     /// The caller may not make this registration (403): a device outside
     /// its scope.
     #[error("{0}")]
@@ -75,6 +85,9 @@ pub struct RegistryLimits {
     pub max_duration: Duration,
     /// Most live registrations.
     pub max_registrations: usize,
+    /// Most bytes all enabled registrations keep: stored documents and
+    /// compiled patterns ([`Live::cost`]).
+    pub max_bytes: usize,
     /// Whether SQS destinations without credentials may use the gateway's
     /// own AWS identity (the default chain).
     pub sqs_default_credentials: bool,
@@ -85,7 +98,7 @@ pub struct RegistryLimits {
 struct Live {
     registration: Registration,
     filter: CompiledFilter,
-    device_patterns: Vec<Regex>,
+    device_patterns: Vec<BoundedRegex>,
     /// Shared with the matches handed out; `None` for a disabled
     /// registration, which is listed but never matched.
     destination: Option<Arc<Destination>>,
@@ -96,6 +109,24 @@ struct Live {
 }
 
 impl Live {
+    /// What it counts against [`RegistryLimits::max_bytes`]: its stored
+    /// document (a fair proxy for its parsed form and its destination's
+    /// copies, each bounded by [`size`]) and its compiled patterns. A
+    /// disabled one counts nothing (it holds no compiled form, and a start
+    /// must load what is stored).
+    fn cost(&self) -> usize {
+        if self.destination.is_none() {
+            return 0;
+        }
+        self.doc.len()
+            + self.filter.bytes()
+            + self
+                .device_patterns
+                .iter()
+                .map(|p| p.bytes())
+                .sum::<usize>()
+    }
+
     /// A registration that cannot run: kept so the API shows it (with the
     /// reason) and can replace or delete it; never matched.
     fn disabled(mut registration: Registration, reason: String) -> Self {
@@ -127,16 +158,13 @@ impl Live {
         if !bad_devices.is_empty() {
             return Err(bad_devices);
         }
-        let filter = registration.filter.compile()?;
-        let mut device_patterns = Vec::new();
-        for p in &registration.device_patterns {
-            device_patterns.push(filter::bounded_regex(p).map_err(|e| {
-                vec![FieldError::new(
-                    "matcher.device_id",
-                    format!("invalid regex: {e}"),
-                )]
-            })?);
+        let mut sizes = Vec::new();
+        size::check_destination(&registration.destination, &mut sizes);
+        if !sizes.is_empty() {
+            return Err(sizes);
         }
+        let (filter, device_patterns) =
+            compile_patterns(&registration.filter, &registration.device_patterns)?;
         Ok(Self {
             destination: Some(Arc::new(registration.destination.clone())),
             registration,
@@ -165,6 +193,30 @@ impl Live {
     }
 }
 
+/// Compiles a registration's filter and device patterns within one
+/// [`CompileBudget`], collecting every error.
+fn compile_patterns(
+    spec: &filter::FilterSpec,
+    device_patterns: &[String],
+) -> Result<(CompiledFilter, Vec<BoundedRegex>), Vec<FieldError>> {
+    let mut budget = CompileBudget::default();
+    let mut errors = Vec::new();
+    let filter = spec
+        .compile_within(&mut budget)
+        .map_err(|mut e| errors.append(&mut e));
+    let mut patterns = Vec::new();
+    for (i, p) in device_patterns.iter().enumerate() {
+        match budget.regex(&format!("device_patterns[{i}]"), p) {
+            Ok(r) => patterns.push(r),
+            Err(e) => errors.push(e),
+        }
+    }
+    match filter {
+        Ok(f) if errors.is_empty() => Ok((f, patterns)),
+        _ => Err(errors),
+    }
+}
+
 /// The registrations at one moment, indexed for matching. Never changed
 /// once published: a change builds the next one.
 #[derive(Debug, Default, Clone)]
@@ -174,6 +226,8 @@ pub struct Snapshot {
     any_device: Vec<Arc<Live>>,
     /// Registrations that can match (not disabled).
     enabled: usize,
+    /// What the enabled ones keep ([`Live::cost`]).
+    bytes: usize,
 }
 
 impl Snapshot {
@@ -181,6 +235,7 @@ impl Snapshot {
         self.remove(&live.registration.id);
         if live.destination.is_some() {
             self.enabled += 1;
+            self.bytes += live.cost();
             let devices = &live.registration.devices;
             if devices.is_empty() {
                 self.any_device.push(live.clone());
@@ -198,6 +253,7 @@ impl Snapshot {
             return Some(live);
         }
         self.enabled -= 1;
+        self.bytes -= live.cost();
         self.any_device.retain(|l| l.registration.id != id);
         for d in live
             .registration
@@ -341,7 +397,7 @@ impl Registry {
         metrics: RegistryMetrics,
         limits: RegistryLimits,
     ) -> Result<Arc<Self>, RegistryError> {
-        let (snapshot, expired) = load_snapshot(&store, &metrics, None)?;
+        let (snapshot, expired) = load_snapshot(&store, &metrics, &limits, None)?;
         let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
         store.delete(Collection::Registrations, &ids)?;
         metrics.registrations.set(snapshot.len() as i64);
@@ -371,7 +427,7 @@ impl Registry {
     /// [`Registry::reload`], for a caller that holds `writes`.
     fn reload_locked(&self) -> Result<(), RegistryError> {
         let current = self.current.load_full();
-        let (next, _) = load_snapshot(&self.store, &self.metrics, Some(&current))?;
+        let (next, _) = load_snapshot(&self.store, &self.metrics, &self.limits, Some(&current))?;
         let same = next.by_id.len() == current.by_id.len()
             && next
                 .by_id
@@ -449,14 +505,6 @@ impl Registry {
                 format!("at most {MAX_DEVICES} patterns"),
             ));
         }
-        for (i, p) in device_patterns.iter().enumerate() {
-            if let Err(e) = filter::bounded_regex(p) {
-                errors.push(FieldError::new(
-                    format!("device_patterns[{i}]"),
-                    format!("invalid regex: {e}"),
-                ));
-            }
-        }
         if raw.is_empty() && device_patterns.is_empty() && origin == Origin::Api {
             errors.push(FieldError::new(
                 "device",
@@ -477,6 +525,7 @@ impl Registry {
             }
         };
         req.destination.validate(&mut errors);
+        size::check_destination(&req.destination, &mut errors);
         if let Destination::Sqs(sqs) = &req.destination {
             if sqs.access_key_id.is_none() && !self.limits.sqs_default_credentials {
                 errors.push(FieldError::new(
@@ -485,7 +534,10 @@ impl Registry {
                 ));
             }
         }
-        if let Err(mut e) = req.filter.compile() {
+        // Compiled here to report every error at once, then again (the
+        // same work, bounded alike) when committed: callers run this off
+        // the async workers.
+        if let Err(mut e) = compile_patterns(&req.filter, &device_patterns) {
             errors.append(&mut e);
         }
         if req.metadata.len() > 32
@@ -584,6 +636,13 @@ impl Registry {
     ) -> Result<Registration, RegistryError> {
         let mut live = Live::compile(registration.clone()).map_err(RegistryError::Invalid)?;
         let doc = serde_json::to_vec(&registration).expect("registrations serialise");
+        live.doc = Arc::from(doc.as_slice());
+        let current = self.current.load();
+        let others = current.bytes - current.by_id.get(&registration.id).map_or(0, |l| l.cost());
+        if others + live.cost() > self.limits.max_bytes {
+            return Err(RegistryError::OverBudget(self.limits.max_bytes));
+        }
+        drop(current);
         let written = self.store.put_guarded(
             Collection::Registrations,
             &registration.id,
@@ -594,7 +653,6 @@ impl Registry {
         if !written {
             return Err(self.lost_race(&registration.id));
         }
-        live.doc = Arc::from(doc);
         let mut next = Snapshot::clone(&self.current.load());
         next.insert(Arc::new(live));
         self.publish(next);
@@ -723,8 +781,17 @@ impl Matcher for Registry {
 fn load_snapshot(
     store: &Store,
     metrics: &RegistryMetrics,
+    limits: &RegistryLimits,
     previous: Option<&Snapshot>,
 ) -> Result<(Snapshot, Vec<String>), RegistryError> {
+    let over_budget =
+        |snapshot: &Snapshot, live: &Live| snapshot.bytes + live.cost() > limits.max_bytes;
+    let budget_reason = || {
+        format!(
+            "past the {} bytes all registrations may keep (--max-registration-bytes)",
+            limits.max_bytes
+        )
+    };
     let now = Utc::now();
     let mut expired = Vec::new();
     let mut snapshot = Snapshot::default();
@@ -733,10 +800,17 @@ fn load_snapshot(
             .and_then(|p| p.by_id.get(&id))
             .filter(|l| *l.doc == *doc)
         {
-            if kept.registration.expires_at > now {
-                snapshot.insert(kept.clone());
-            } else {
+            if kept.registration.expires_at <= now {
                 expired.push(id);
+            } else if over_budget(&snapshot, kept) {
+                let reason = budget_reason();
+                tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
+                metrics.disabled.count("registration");
+                let mut live = Live::disabled(kept.registration.clone(), reason);
+                live.doc = kept.doc.clone();
+                snapshot.insert(Arc::new(live));
+            } else {
+                snapshot.insert(kept.clone());
             }
             continue;
         }
@@ -751,10 +825,19 @@ fn load_snapshot(
             expired.push(id);
             continue;
         }
-        let mut live = match Live::compile(reg.clone()) {
+        let checked = Live::compile(reg.clone())
+            .map_err(|errors| crate::validation::describe(&errors))
+            .and_then(|mut live| {
+                live.doc = Arc::from(doc.as_slice());
+                if over_budget(&snapshot, &live) {
+                    Err(budget_reason())
+                } else {
+                    Ok(live)
+                }
+            });
+        let mut live = match checked {
             Ok(live) => live,
-            Err(errors) => {
-                let reason = crate::validation::describe(&errors);
+            Err(reason) => {
                 tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
                 metrics.disabled.count("registration");
                 Live::disabled(reg, reason)
@@ -871,6 +954,7 @@ mod tests {
             RegistryLimits {
                 max_duration: Duration::from_secs(3600),
                 max_registrations: 10,
+                max_bytes: 1 << 20,
                 sqs_default_credentials: false,
             },
         )

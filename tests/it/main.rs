@@ -20,6 +20,7 @@ mod openapi;
 mod persistence;
 mod process;
 mod receiver;
+mod registration_bounds;
 mod resume;
 mod setup;
 mod shutdown;
