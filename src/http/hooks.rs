@@ -29,7 +29,7 @@ use super::App;
 use crate::error::ApiError;
 use crate::event::DeviceId;
 use crate::forward::destination::{BodyFormat, Destination, HttpDestination};
-use crate::registry::filter::{bounded_regex, FilterSpec};
+use crate::registry::filter::{FilterSpec, MAX_PATTERN_LEN};
 use crate::registry::spec::{Origin, Registration, RegistrationRequest};
 use crate::registry::RegistryError;
 use crate::server::PeerAddr;
@@ -89,7 +89,7 @@ fn refused(detail: impl Into<String>) -> ApiError {
         (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        (status = 503, description = "The store or Redis is unavailable, or too many registrations are compiling; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -138,7 +138,7 @@ pub async fn register(
         .await
         .map_err(|e| refused(e.to_string()))?;
     let registry = app.registry.clone();
-    let r = super::store_write(move || {
+    let r = super::registrations::compile(move || {
         let make = |previous: Option<&Registration>| {
             registry.build(req.clone(), id.clone(), Origin::XmidtHook, previous)
         };
@@ -170,7 +170,7 @@ pub async fn register(
         (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Rate limited", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store is unavailable", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
+        (status = 503, description = "The store is unavailable, or too many registrations are compiling", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
     security(("bearer" = []), ("cookie" = [])))]
 pub async fn register_v2(
     state: State<App>,
@@ -213,8 +213,13 @@ fn devices_of(entries: &[String]) -> Result<(Vec<String>, Vec<String>), ApiError
     if literal {
         return Ok((entries.to_vec(), Vec::new()));
     }
-    for e in entries {
-        bounded_regex(e).map_err(|err| refused(format!("matcher.device_id {e:?}: {err}")))?;
+    // Compiled with the registration, off the async workers: here only
+    // what costs nothing to check.
+    if let Some(e) = entries.iter().find(|e| e.len() > MAX_PATTERN_LEN) {
+        return Err(refused(format!(
+            "matcher.device_id {:?}...: longer than {MAX_PATTERN_LEN} bytes",
+            e.chars().take(32).collect::<String>()
+        )));
     }
     Ok((Vec::new(), entries.to_vec()))
 }

@@ -46,6 +46,37 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+/// Registrations compiled at once. Compiling a registration's patterns is
+/// CPU work (up to [`crate::registry::filter::MAX_COMPILED_BYTES`] of
+/// regexes, tens of milliseconds): it runs on the blocking pool, never an
+/// async worker, and one at a time, so every other core is left to
+/// streams, ingest and probes however many arrive at once.
+const COMPILING_AT_ONCE: usize = 1;
+/// How long a registration waits for its turn to compile before it is
+/// refused (503): the bound in time of one request's compilation.
+const COMPILE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+static COMPILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(COMPILING_AT_ONCE);
+
+/// Runs `work`, which compiles a registration, off the async workers and
+/// in its turn ([`COMPILING_AT_ONCE`]); 503 after [`COMPILE_WAIT`].
+pub async fn compile<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    let _turn = tokio::time::timeout(COMPILE_WAIT, COMPILING.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::unavailable("too many registrations are being compiled; try again")
+                .with_retry_after(std::time::Duration::from_secs(1))
+        })?;
+    super::store_write(work).await
+}
+
 /// 422 listing every field error.
 pub fn invalid(errors: Vec<FieldError>) -> ApiError {
     ApiError::unprocessable(describe(&errors)).with_extra(json!({ "errors": errors }))
@@ -162,7 +193,7 @@ fn within_scope(app: &App, who: &Principal, r: &Registration) -> Result<(), Regi
         (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        (status = 503, description = "The store or Redis is unavailable, or too many registrations are compiling; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -176,12 +207,13 @@ pub async fn create(
     let owner = owner_of(&who)?.map(str::to_owned);
     let req: RegistrationRequest = read_json(&app, &headers, body).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let mut registration = app.registry.build(req, id, Origin::Api, None)?;
+    let registry = app.registry.clone();
+    let mut registration = compile(move || registry.build(req, id, Origin::Api, None)).await?;
     within_scope(&app, &who, &registration)?;
     registration.owner = owner;
     check_addresses(&app, &registration.destination).await?;
     let registry = app.registry.clone();
-    let registration = super::store_write(move || registry.insert(registration)).await?;
+    let registration = compile(move || registry.insert(registration)).await?;
     tracing::info!(id = %registration.id, destination = %registration.destination.label(),
         expires_at = %registration.expires_at, "registration created");
     let mut response = with_etag(StatusCode::CREATED, &app, &registration);
@@ -279,7 +311,7 @@ pub async fn get_one(
         (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        (status = 503, description = "The store or Redis is unavailable, or too many registrations are compiling; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -298,7 +330,7 @@ pub async fn replace(
     check_addresses(&app, &req.destination).await?;
     let registry = app.registry.clone();
     let checker = app.clone();
-    let updated = super::store_write(move || {
+    let updated = compile(move || {
         registry.replace(&id, condition.as_deref(), |current| {
             let next = registry.build(req, id.clone(), current.origin, Some(current))?;
             // Checked against the registration as it is under the write

@@ -3,7 +3,7 @@
 //! sizes, a byte budget over every registration, and compilation kept off
 //! the async workers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ratatoskr::config::StoreKind;
 use ratatoskr::store::{Collection, Store};
@@ -162,6 +162,57 @@ async fn registrations_past_the_256_kib_budget_are_refused_with_422_naming_it() 
         r.text.contains("--max-registration-bytes") && r.text.contains("262144"),
         "{}",
         r.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_within_100_ms_while_8_heavy_registrations_compile() {
+    let gw = Gateway::start().await;
+    // Heavy but accepted or refused only once compiled: a few hundred KiB
+    // of NFA each, up to the per-registration budget.
+    let types: Vec<String> = (0..64).map(|i| format!(r"re:\w{{3}}{i}")).collect();
+    let body = with_types("http://127.0.0.1:9/x", &types).to_string();
+    // Connected before the posts start, so a probe measures the answer
+    // only.
+    let probe = reqwest::Client::new();
+    assert_eq!(
+        probe.get(gw.url("/health")).send().await.unwrap().status(),
+        200
+    );
+    let posts: Vec<_> = (0..8)
+        .map(|_| {
+            let http = gw.http.clone();
+            let url = gw.url("/api/registrations");
+            let body = body.clone();
+            tokio::spawn(async move {
+                http.post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    let started = Instant::now();
+    while posts.iter().any(|p| !p.is_finished()) && started.elapsed() < Duration::from_secs(60) {
+        let t = Instant::now();
+        let r = probe.get(gw.url("/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        times.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    times.sort();
+    eprintln!("/health while compiling: {} probes, {times:?}", times.len());
+    let worst = times.last().copied().unwrap_or_default();
+    for p in posts {
+        let status = p.await.unwrap().unwrap();
+        assert!(status == 201 || status == 422, "{status}");
+    }
+    assert!(
+        worst < Duration::from_millis(100),
+        "/health took {worst:?} (over 100 ms) while registrations compiled"
     );
 }
 
