@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use globset::{Glob, GlobMatcher};
+use globset::Glob;
 use regex_automata::meta::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +40,8 @@ pub const MAX_REGEX_BYTES: usize = 256 * 1024;
 /// What one regex's lazy DFA may grow to while matching. It lives as long
 /// as the regex, so it is counted with it, in full, from the start.
 pub const REGEX_CACHE_BYTES: usize = 16 * 1024;
-/// Most bytes a registration's regexes may compile to, in all (each counts
-/// [`BoundedRegex::bytes`]).
+/// Most bytes a registration's patterns (regexes and globs: a glob is a
+/// regex too) may compile to, in all (each counts [`BoundedRegex::bytes`]).
 pub const MAX_COMPILED_BYTES: usize = 2 * 1024 * 1024;
 
 /// The filter as the API takes and shows it.
@@ -63,7 +63,7 @@ pub struct FilterSpec {
 #[derive(Debug)]
 pub struct CompiledFilter {
     types: Vec<TypePattern>,
-    metadata: Vec<(String, GlobMatcher)>,
+    metadata: Vec<(String, BoundedRegex)>,
     expression: Option<Expression>,
     /// What its regexes keep (see [`BoundedRegex::bytes`]).
     bytes: usize,
@@ -71,7 +71,7 @@ pub struct CompiledFilter {
 
 #[derive(Debug)]
 enum TypePattern {
-    Glob(GlobMatcher),
+    Glob(BoundedRegex),
     Regex(BoundedRegex),
 }
 
@@ -126,12 +126,38 @@ pub fn bounded_regex(pattern: &str) -> Result<BoundedRegex, PatternError> {
     if pattern.len() > MAX_PATTERN_LEN {
         return Err(PatternError::TooLong);
     }
+    build(pattern, regex_automata::util::syntax::Config::new())
+}
+
+/// Compiles a glob as `globset` does (its regex, on bytes, `.` matching
+/// newlines), but within [`MAX_REGEX_BYTES`] and [`REGEX_CACHE_BYTES`]:
+/// `globset` lets each glob's NFA and lazy DFA grow to 10 MiB.
+pub fn bounded_glob(glob: &str) -> Result<BoundedRegex, String> {
+    if glob.len() > MAX_PATTERN_LEN {
+        return Err(PatternError::TooLong.to_string());
+    }
+    let regex = Glob::new(glob)
+        .map_err(|e| format!("invalid glob: {e}"))?
+        .regex()
+        .to_owned();
+    let syntax = regex_automata::util::syntax::Config::new()
+        .utf8(false)
+        .dot_matches_new_line(true);
+    build(&regex, syntax).map_err(|e| e.to_string())
+}
+
+fn build(
+    pattern: &str,
+    syntax: regex_automata::util::syntax::Config,
+) -> Result<BoundedRegex, PatternError> {
     let config = Regex::config()
         .nfa_size_limit(Some(MAX_REGEX_BYTES))
         .onepass_size_limit(Some(MAX_REGEX_BYTES))
         .dfa_size_limit(Some(MAX_REGEX_BYTES))
         .hybrid_cache_capacity(REGEX_CACHE_BYTES);
+    let config = config.utf8_empty(syntax.get_utf8());
     let regex = Regex::builder()
+        .syntax(syntax)
         .configure(config)
         .build(pattern)
         .map_err(|e| match (e.size_limit(), e.syntax_error()) {
@@ -156,10 +182,24 @@ impl CompileBudget {
     /// Compiles `pattern` if the budget is not spent, naming `field` in
     /// the error.
     pub fn regex(&mut self, field: &str, pattern: &str) -> Result<BoundedRegex, FieldError> {
+        self.spend(field, || bounded_regex(pattern).map_err(|e| e.to_string()))
+    }
+
+    /// Compiles the glob `pattern` (see [`bounded_glob`]) if the budget is
+    /// not spent, naming `field` in the error.
+    pub fn glob(&mut self, field: &str, pattern: &str) -> Result<BoundedRegex, FieldError> {
+        self.spend(field, || bounded_glob(pattern))
+    }
+
+    fn spend(
+        &mut self,
+        field: &str,
+        compile: impl FnOnce() -> Result<BoundedRegex, String>,
+    ) -> Result<BoundedRegex, FieldError> {
         if self.exceeded {
             return Err(FieldError::new(field, over_budget()));
         }
-        let r = bounded_regex(pattern).map_err(|e| FieldError::new(field, e.to_string()))?;
+        let r = compile().map_err(|e| FieldError::new(field, e))?;
         self.spent += r.bytes();
         if self.spent > MAX_COMPILED_BYTES {
             self.exceeded = true;
@@ -175,7 +215,7 @@ impl CompileBudget {
 }
 
 fn over_budget() -> String {
-    format!("the registration's regexes compile past {MAX_COMPILED_BYTES} bytes of compiled patterns per registration")
+    format!("the registration's patterns compile past {MAX_COMPILED_BYTES} bytes of compiled patterns per registration")
 }
 
 impl FilterSpec {
@@ -219,9 +259,13 @@ impl FilterSpec {
                 None if wildcards(p) > MAX_WILDCARDS => Err(format!(
                     "at most {MAX_WILDCARDS} wildcards per pattern (*, ?, [..], each {{..}} alternative)"
                 )),
-                None => Glob::new(p)
-                    .map(|g| TypePattern::Glob(g.compile_matcher()))
-                    .map_err(|e| format!("invalid glob: {e}")),
+                None => match budget.glob(&field, p) {
+                    Ok(g) => Ok(TypePattern::Glob(g)),
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
             };
             match compiled {
                 Ok(t) => types.push(t),
@@ -244,12 +288,9 @@ impl FilterSpec {
                 ));
                 continue;
             }
-            match Glob::new(v) {
-                Ok(g) => metadata.push((k.clone(), g.compile_matcher())),
-                Err(e) => errors.push(FieldError::new(
-                    format!("filter.metadata.{k}"),
-                    format!("invalid glob: {e}"),
-                )),
+            match budget.glob(&format!("filter.metadata.{k}"), v) {
+                Ok(g) => metadata.push((k.clone(), g)),
+                Err(e) => errors.push(e),
             }
         }
         let expression = match self.expression.as_deref() {
@@ -467,6 +508,14 @@ mod tests {
 
     #[test]
     fn a_regex_counts_what_it_compiled_to_and_a_registration_is_bounded_in_all() {
+        let glob = bounded_glob("device-status/*/online").unwrap();
+        assert!(glob.is_match("device-status/mac:1/online"));
+        assert!(
+            glob.is_match("device-status/a\nb/online"),
+            "* crosses lines, as in globset"
+        );
+        assert!(!glob.is_match("device-status/mac:1/offline"));
+        assert!(glob.bytes() < 32 * 1024, "{}", glob.bytes());
         let small = bounded_regex("^device-status/.*/online$").unwrap();
         assert!(small.bytes() < 32 * 1024, "{}", small.bytes());
         let wide = bounded_regex(r"\w{3}").unwrap();
