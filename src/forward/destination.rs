@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::validation::FieldError;
 
@@ -186,26 +187,40 @@ impl std::fmt::Debug for SqsDestination {
 }
 
 impl Destination {
-    /// A label safe to log and export: no secrets, no query string, no user info.
+    /// A label safe to log and to export to anyone (`/metrics` is open):
+    /// the kind, scheme, host and port, then `/#` and an 8 hex digit
+    /// digest of the rest (path and query). Capability URLs (Slack,
+    /// Discord, many SaaS ingest URLs) carry their secret in the path, and
+    /// one tenant's registrations are not another's to read: the digest
+    /// tells destinations on one host apart without showing either. Its
+    /// length is bounded too (the host at [`LABEL_HOST_MAX`] bytes), so
+    /// every series costs the same whatever URL a consumer registers.
     pub fn label(&self) -> String {
-        let url = match self {
-            Self::Http(h) => &h.url,
-            Self::Sqs(s) => &s.queue_url,
+        let (kind, url) = match self {
+            Self::Http(h) => ("http", &h.url),
+            Self::Sqs(s) => ("sqs", &s.queue_url),
         };
-        let kind = match self {
-            Self::Http(_) => "http",
-            Self::Sqs(_) => "sqs",
+        let Ok(u) = url::Url::parse(url) else {
+            return format!("{kind}:invalid");
         };
-        match url::Url::parse(url) {
-            Ok(u) => format!(
-                "{kind}:{}://{}{}{}",
-                u.scheme(),
-                u.host_str().unwrap_or(""),
-                u.port().map(|p| format!(":{p}")).unwrap_or_default(),
-                u.path()
-            ),
-            Err(_) => format!("{kind}:invalid"),
+        let host = u.host_str().unwrap_or("");
+        let shown = if host.len() <= LABEL_HOST_MAX {
+            host
+        } else {
+            host.get(..LABEL_HOST_MAX).unwrap_or("")
+        };
+        let mut digest = sha2::Sha256::new();
+        if shown.len() < host.len() {
+            // A cut host names no destination alone: the digest keeps it.
+            digest.update(host.as_bytes());
         }
+        digest.update(u[url::Position::BeforePath..].as_bytes());
+        let digest = hex::encode(&digest.finalize()[..LABEL_DIGEST_BYTES]);
+        let port = u
+            .port_or_known_default()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        format!("{kind}:{}://{shown}{port}/#{digest}", u.scheme())
     }
 
     /// Every URL this destination makes the gateway contact, with the
@@ -332,6 +347,15 @@ impl Destination {
     }
 }
 
+/// Most bytes of a host shown in a destination's label (a DNS name's
+/// longest).
+pub const LABEL_HOST_MAX: usize = 253;
+
+/// Bytes of the digest of a URL's path and query in a label (8 hex digits:
+/// enough to tell one host's destinations apart, too few to stand for a
+/// secret).
+const LABEL_DIGEST_BYTES: usize = 4;
+
 /// Headers the gateway sets itself; a registration cannot override them.
 const RESERVED_HEADERS: &[&str] = &[
     "host",
@@ -415,9 +439,41 @@ mod tests {
     }
 
     #[test]
-    fn label_drops_query_and_credentials() {
-        let d = http("https://user:pw@x.example:8443/a/b?token=t");
-        assert_eq!(d.label(), "http:https://x.example:8443/a/b");
+    fn label_shows_host_and_port_and_only_a_digest_of_path_and_query() {
+        let d = http("https://user:pw@x.example:8443/a/SECRET?token=TOKEN");
+        let label = d.label();
+        let digest = label
+            .strip_prefix("http:https://x.example:8443/#")
+            .unwrap_or_else(|| panic!("{label}"));
+        assert!(
+            digest.len() == 8 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{label}"
+        );
+        // The default port is named; the path and the query both count.
+        assert!(http("https://x.example/a")
+            .label()
+            .starts_with("http:https://x.example:443/#"));
+        assert_ne!(
+            http("https://x.example/a").label(),
+            http("https://x.example/b").label()
+        );
+        assert_ne!(
+            http("https://x.example/a?k=1").label(),
+            http("https://x.example/a?k=2").label()
+        );
+        assert_eq!(
+            http("https://x.example/a").label(),
+            http("https://x.example/a").label()
+        );
+        // A long host is cut, and still tells destinations apart.
+        let long = vec!["h".repeat(50); 6].join(".");
+        let (a, b) = (
+            http(&format!("https://{long}.a/x")).label(),
+            http(&format!("https://{long}.b/x")).label(),
+        );
+        assert!(a.len() < LABEL_HOST_MAX + 40, "{a}");
+        assert_ne!(a, b);
+        assert_eq!(http("not a url").label(), "http:invalid");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod ingest;
 mod jwt;
 mod limits;
 mod openapi;
+mod outbound;
 mod persistence;
 mod process;
 mod receiver;
