@@ -202,6 +202,15 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_DESTINATION_CONCURRENCY", default_value_t = 4)]
     pub destination_concurrency: usize,
 
+    /// Outbound connections (webhook and SQS deliveries and drop notices
+    /// in flight) over every destination together; past it a delivery
+    /// waits for one to end (never dropped for it). Destinations are as
+    /// many as registrations, so without this bound slow receivers could
+    /// fill the descriptor table and lock clients out. The connection cap
+    /// keeps this many descriptors back, beside its fixed reserve.
+    #[arg(long, env = "RATATOSKR_MAX_OUTBOUND_CONNECTIONS", default_value_t = crate::forward::DEFAULT_MAX_OUTBOUND)]
+    pub max_outbound_connections: usize,
+
     /// Time one delivery attempt may take.
     #[arg(long, env = "RATATOSKR_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub delivery_timeout: Duration,
@@ -461,6 +470,9 @@ impl Config {
         }
         if self.destination_concurrency == 0 || self.destination_concurrency > 256 {
             return err("--destination-concurrency must be between 1 and 256");
+        }
+        if self.max_outbound_connections == 0 || self.max_outbound_connections > 100_000 {
+            return err("--max-outbound-connections must be between 1 and 100000");
         }
         if self.delivery_timeout.is_zero() || self.delivery_retries > 10 {
             return err("--delivery-timeout must be more than 0 and --delivery-retries at most 10");

@@ -134,6 +134,7 @@ pub async fn run_with_store(
                 bytes: config.destination_buffer_bytes,
             },
             concurrency: config.destination_concurrency,
+            max_outbound: config.max_outbound_connections,
             timeout: config.delivery_timeout,
             retries: config.delivery_retries,
             backoff: config.retry_backoff,
@@ -238,7 +239,10 @@ pub async fn run_with_store(
         ),
     );
     let limits = ServerLimits {
-        max_connections: server::connection_cap(config.max_connections),
+        max_connections: server::connection_cap(
+            config.max_connections,
+            config.max_outbound_connections,
+        ),
         header_timeout: config.header_timeout,
         write_timeout: config.write_timeout,
         grace: config.shutdown_grace,

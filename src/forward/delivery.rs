@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::metrics::ForwardMetrics;
 use super::outbox::{BufferLimits, Outbox, Queued};
@@ -31,6 +33,8 @@ pub struct DeliverySettings {
     pub buffer: BufferLimits,
     /// Deliveries in flight per destination.
     pub concurrency: usize,
+    /// Outbound connections in use over every destination together.
+    pub max_outbound: usize,
     /// Time per attempt.
     pub timeout: Duration,
     /// Retries after the first attempt.
@@ -45,6 +49,12 @@ pub struct DeliverySettings {
     pub notice_interval: Duration,
 }
 
+/// Outbound connections over every destination, by default: half of the
+/// descriptors the connection cap keeps back
+/// ([`crate::server::FD_RESERVE`]), the other half staying for the store,
+/// DNS and logs.
+pub const DEFAULT_MAX_OUTBOUND: usize = 256;
+
 /// What every destination worker shares.
 #[derive(Debug)]
 pub struct DeliveryContext {
@@ -53,6 +63,63 @@ pub struct DeliveryContext {
     pub(super) http: reqwest::Client,
     pub(super) policy: Arc<AddressPolicy>,
     pub(super) metrics: Arc<ForwardMetrics>,
+    pub(super) outbound: OutboundLimit,
+}
+
+/// The outbound connections every destination's worker shares: one permit
+/// per delivery attempt or drop notice in flight. Each destination may
+/// hold `concurrency` of them and destinations are as many as
+/// registrations, so without this bound slow receivers would take every
+/// descriptor and lock clients out. A delivery waits for a permit (in
+/// order: the semaphore is fair) and is never dropped for it; the
+/// attempt's timeout starts once it has one.
+#[derive(Debug)]
+pub(super) struct OutboundLimit {
+    permits: Arc<Semaphore>,
+    in_use: Gauge,
+    waits: Counter,
+}
+
+/// One outbound connection in use; given back when dropped.
+#[derive(Debug)]
+pub(super) struct OutboundPermit {
+    _permit: Option<OwnedSemaphorePermit>,
+    in_use: Gauge,
+}
+
+impl Drop for OutboundPermit {
+    fn drop(&mut self) {
+        self.in_use.dec();
+    }
+}
+
+impl OutboundLimit {
+    fn new(max: usize, metrics: &ForwardMetrics) -> Self {
+        let (in_use, waits) = metrics.outbound();
+        Self {
+            permits: Arc::new(Semaphore::new(max.max(1))),
+            in_use,
+            waits,
+        }
+    }
+
+    /// A permit, waiting (and counting the wait) while every one is in use.
+    pub(super) async fn acquire(&self) -> OutboundPermit {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(TryAcquireError::NoPermits) => {
+                self.waits.inc();
+                // The semaphore is never closed, so this always yields one.
+                self.permits.clone().acquire_owned().await.ok()
+            }
+            Err(TryAcquireError::Closed) => None,
+        };
+        self.in_use.inc();
+        OutboundPermit {
+            _permit: permit,
+            in_use: self.in_use.clone(),
+        }
+    }
 }
 
 impl DeliveryContext {
@@ -75,12 +142,14 @@ impl DeliveryContext {
             .no_proxy()
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
+        let outbound = OutboundLimit::new(settings.max_outbound, &metrics);
         Ok(Arc::new(Self {
             settings,
             runtime,
             http,
             policy,
             metrics,
+            outbound,
         }))
     }
 
@@ -139,7 +208,13 @@ async fn deliver(outbox: &Outbox, ctx: &DeliveryContext, sink: &impl Sink, batch
     let n = batch.len() as u64;
     let mut attempt = 0;
     let result = loop {
-        let wait = match sink.send(batch).await {
+        // One connection per attempt, held for the attempt only: a retry's
+        // backoff holds none.
+        let sent = {
+            let _connection = ctx.outbound.acquire().await;
+            sink.send(batch).await
+        };
+        let wait = match sent {
             Err(Failure::Retryable(why)) if attempt < s.retries && !outbox.is_closed() => {
                 tracing::debug!(destination = %outbox.label, attempt, %why, "retrying");
                 backoff(s.backoff, attempt)
@@ -190,7 +265,11 @@ pub(super) fn notify_dropped(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>, sha
             "at": chrono::Utc::now().to_rfc3339(),
         });
         let sink = opened(&shared, &outbox.destination, &ctx).await;
-        match sink.notice(notice.to_string()).await {
+        let sent = {
+            let _connection = ctx.outbound.acquire().await;
+            sink.notice(notice.to_string()).await
+        };
+        match sent {
             Ok(()) => ctx.metrics.notice_sent(),
             Err(e) => {
                 tracing::warn!(destination = %outbox.label, error = ?e, "drop notice not delivered")

@@ -90,6 +90,8 @@ pub struct ForwardMetrics {
     latency: HistogramFamily<DestinationLabels>,
     checkpoint_lag: Family<DestinationLabels, F64Gauge>,
     folded: Counter,
+    outbound_in_use: Gauge,
+    outbound_waits: Counter,
     /// Most destination labels exported on their own.
     label_cap: usize,
     /// The labels exported on their own now.
@@ -123,6 +125,8 @@ impl ForwardMetrics {
             latency: Family::new_with_constructor(delivery_histogram),
             checkpoint_lag: Family::default(),
             folded: Counter::default(),
+            outbound_in_use: Gauge::default(),
+            outbound_waits: Counter::default(),
             label_cap,
             labelled: Default::default(),
         };
@@ -196,7 +200,23 @@ impl ForwardMetrics {
             "How far, in event time, a destination's finished point trails the newest event routed (updated with each cluster checkpoint)",
             m.checkpoint_lag.clone(),
         );
+        registry.register(
+            "outbound_connections",
+            "Outbound connections in use now, over every destination (deliveries and drop notices in flight; at most --max-outbound-connections)",
+            m.outbound_in_use.clone(),
+        );
+        registry.register(
+            "outbound_waits",
+            "Deliveries and drop notices that waited for an outbound connection (--max-outbound-connections were in use)",
+            m.outbound_waits.clone(),
+        );
         m
+    }
+
+    /// The gauge of outbound connections in use and the counter of waits
+    /// for one (for [`super::delivery::OutboundLimit`]).
+    pub fn outbound(&self) -> (Gauge, Counter) {
+        (self.outbound_in_use.clone(), self.outbound_waits.clone())
     }
 
     /// The series of one destination label (created on first use), or,

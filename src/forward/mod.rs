@@ -33,7 +33,7 @@ pub mod sqs;
 pub mod ssrf;
 pub mod webhook;
 
-pub use delivery::{DeliveryContext, DeliverySettings, Failure};
+pub use delivery::{DeliveryContext, DeliverySettings, Failure, DEFAULT_MAX_OUTBOUND};
 pub use destinations::{Destinations, ForwardTotals};
 pub use outbox::{BufferLimits, Outbox, Pushed, Queued};
 pub use router::{Forwarding, InboxLimits, Matcher};

@@ -50,26 +50,37 @@ pub struct ServerLimits {
 }
 
 /// Descriptors kept back from client connections: the store, outbound
-/// webhook and SQS connections, DNS, logs.
+/// webhook and SQS connections, DNS, logs. This much at least; more when
+/// `--max-outbound-connections` needs it ([`fd_reserve`]).
 pub const FD_RESERVE: u64 = 512;
 
+/// Descriptors kept back for everything but client connections: the
+/// `outbound` connections forwarding may hold, plus half of
+/// [`FD_RESERVE`] for the rest, and never less than [`FD_RESERVE`].
+pub fn fd_reserve(outbound: usize) -> u64 {
+    let outbound = u64::try_from(outbound).unwrap_or(u64::MAX);
+    outbound.saturating_add(FD_RESERVE / 2).max(FD_RESERVE)
+}
+
 /// The connection cap that fits the process's descriptor limit: at most
-/// `configured`, and at most the soft `RLIMIT_NOFILE` less
-/// [`FD_RESERVE`]. Past the descriptor limit `accept` fails, and the
-/// connections waiting in the backlog are neither served nor refused.
-pub fn connection_cap(configured: usize) -> usize {
+/// `configured`, and at most the soft `RLIMIT_NOFILE` less the reserve
+/// ([`fd_reserve`] of `outbound`). Past the descriptor limit `accept`
+/// fails, and the connections waiting in the backlog are neither served
+/// nor refused.
+pub fn connection_cap(configured: usize, outbound: usize) -> usize {
     let Some(soft) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current else {
         // Unlimited.
         return configured;
     };
-    let fits = soft.saturating_sub(FD_RESERVE).max(1);
+    let reserve = fd_reserve(outbound);
+    let fits = soft.saturating_sub(reserve).max(1);
     let cap = configured.min(usize::try_from(fits).unwrap_or(usize::MAX));
     if cap < configured {
         tracing::warn!(
             configured,
             cap,
             nofile = soft,
-            reserve = FD_RESERVE,
+            reserve,
             "connection cap lowered to fit the file descriptor limit (raise `ulimit -n` for more)"
         );
     } else {

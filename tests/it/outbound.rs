@@ -1,14 +1,19 @@
 //! What forwarding shows and holds outside a tenant's own registrations:
 //! the destination labels in `/metrics` (never a capability URL's path or
-//! query) and the size of a scrape.
+//! query), the size of a scrape, and the outbound connections all
+//! destinations together may hold.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::forward::register_ok;
 use crate::receiver::Receiver;
-use crate::util::{series_value, Gateway};
+use crate::util::{eventually, series_value, Gateway};
 
 const DEVICE: &str = "mac:112233445566";
 const WAIT: Duration = Duration::from_secs(20);
@@ -123,4 +128,164 @@ async fn a_scrape_with_100_destinations_of_1900_byte_paths_stays_under_512_kib()
         "a scrape of 100 destinations is {} bytes, over {SCRAPE_MAX}",
         text.len()
     );
+}
+
+/// A webhook receiver that counts the connections it holds at once: each
+/// request is answered after `delay`, and the connection is closed then.
+/// The count drops before the answer is written, so a client that opens
+/// its next connection on reading the answer is never counted twice.
+struct SlowReceiver {
+    addr: std::net::SocketAddr,
+    open: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowReceiver {
+    async fn start(delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let (o, p, s) = (open.clone(), peak.clone(), served.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                let (o, s) = (o.clone(), s.clone());
+                tokio::spawn(async move {
+                    let complete = read_request(&mut conn).await;
+                    tokio::time::sleep(delay).await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                    if complete {
+                        s.fetch_add(1, Ordering::SeqCst);
+                        let _ = conn
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                            )
+                            .await;
+                    }
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        Self {
+            addr,
+            open,
+            peak,
+            served,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for SlowReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP/1.1 request (head, then a `content-length` body), at
+/// most 1 MiB; false if the connection ended first.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return true;
+            }
+        }
+        if buf.len() > 1 << 20 {
+            return false;
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// 40 destinations on one slow receiver, 4 deliveries in flight each,
+/// would hold 40 connections at once; with `--max-outbound-connections 8`
+/// they hold at most 8, the rest wait (counted), every event is still
+/// delivered, and `/health` answers throughout.
+#[tokio::test]
+async fn outbound_connections_stay_within_8_for_40_slow_destinations_and_health_answers() {
+    const BOUND: usize = 8;
+    const DESTINATIONS: usize = 40;
+    let rx = SlowReceiver::start(Duration::from_millis(400)).await;
+    let gw = Gateway::start_with(|c| {
+        c.max_outbound_connections = BOUND;
+        c.destination_concurrency = 4;
+    })
+    .await;
+    for i in 0..DESTINATIONS {
+        register_url(&gw, &rx.url(&format!("/slow/{i}"))).await;
+    }
+    // Two events each: 80 deliveries, up to 4 at a time per destination.
+    publish(&gw).await;
+    publish(&gw).await;
+    let started = Instant::now();
+    let mut in_use_peak = 0.0_f64;
+    while rx.served.load(Ordering::SeqCst) < 2 * DESTINATIONS {
+        assert!(
+            started.elapsed() < WAIT,
+            "only {} of {} deliveries arrived",
+            rx.served.load(Ordering::SeqCst),
+            2 * DESTINATIONS
+        );
+        let asked = Instant::now();
+        let health = gw.get("/health").await;
+        assert_eq!(health.status, 200, "/health during the deliveries");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "/health took {:?}",
+            asked.elapsed()
+        );
+        let text = gw.get("/metrics").await.text;
+        if let Some(v) = series_value(&text, "ratatoskr_outbound_connections") {
+            in_use_peak = in_use_peak.max(v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak = rx.peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= BOUND,
+        "the receiver held {peak} connections at once; the bound is {BOUND}"
+    );
+    assert_eq!(peak, BOUND, "the load reached the bound");
+    assert!(
+        in_use_peak <= BOUND as f64,
+        "ratatoskr_outbound_connections was {in_use_peak}"
+    );
+    let text = gw.get("/metrics").await.text;
+    let waits = series_value(&text, "ratatoskr_outbound_waits_total").unwrap_or(0.0);
+    assert!(
+        waits > 0.0,
+        "deliveries that waited for a connection: {waits}\n{text}"
+    );
+    eventually("every connection given back", WAIT, || async {
+        rx.open.load(Ordering::SeqCst) == 0
+            && series_value(
+                &gw.get("/metrics").await.text,
+                "ratatoskr_outbound_connections",
+            ) == Some(0.0)
+    })
+    .await;
 }
