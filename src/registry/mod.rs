@@ -342,6 +342,7 @@ impl Snapshot {
 #[derive(Debug, Clone)]
 pub struct RegistryMetrics {
     registrations: Gauge,
+    bytes: Gauge,
     disabled: StoredDisabled,
 }
 
@@ -358,8 +359,15 @@ impl RegistryMetrics {
             "Live forwarding registrations",
             registrations.clone(),
         );
+        let bytes = Gauge::default();
+        registry.register(
+            "registration_bytes",
+            "Bytes all enabled registrations keep: stored documents and compiled patterns (bounded by --max-registration-bytes)",
+            bytes.clone(),
+        );
         Self {
             registrations,
+            bytes,
             disabled,
         }
     }
@@ -401,6 +409,7 @@ impl Registry {
         let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
         store.delete(Collection::Registrations, &ids)?;
         metrics.registrations.set(snapshot.len() as i64);
+        metrics.bytes.set(snapshot.bytes as i64);
         tracing::info!(
             live = snapshot.len(),
             expired = expired.len(),
@@ -460,6 +469,7 @@ impl Registry {
             listener(&next);
         }
         self.metrics.registrations.set(next.len() as i64);
+        self.metrics.bytes.set(next.bytes as i64);
         self.current.store(Arc::new(next));
     }
 

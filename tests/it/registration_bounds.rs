@@ -163,6 +163,11 @@ async fn registrations_past_the_256_kib_budget_are_refused_with_422_naming_it() 
         "{}",
         r.text
     );
+    let kept = gw.metric("ratatoskr_registration_bytes").await;
+    assert!(
+        kept > (accepted * 4000) as f64 && kept <= 262144.0,
+        "{kept} bytes kept by {accepted} registrations, within 256 KiB"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
