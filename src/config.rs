@@ -100,7 +100,10 @@ pub struct Config {
 
     /// Most concurrent SSE streams from one client address; further ones
     /// get 429. 0: no cap (the default: behind a proxy or a NAT many
-    /// clients share one address).
+    /// clients share one address). Also the most HTTP/2 connections from
+    /// one address, counted apart from the streams (an idle h2 connection
+    /// holds a connection slot as a stream does); further ones are closed
+    /// at once.
     #[arg(long, env = "RATATOSKR_MAX_STREAMS_PER_IP", default_value_t = 0)]
     pub max_streams_per_ip: usize,
 
@@ -119,6 +122,13 @@ pub struct Config {
     /// A connection that accepts no bytes for this long is closed (slow readers).
     #[arg(long, env = "RATATOSKR_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub write_timeout: Duration,
+
+    /// An HTTP/2 connection with no stream open for this long is closed
+    /// (GOAWAY). hyper's keep-alive PINGs only check that the peer
+    /// answers, so without it an idle h2 connection holds a connection
+    /// slot forever (HTTP/1.1 gets `--header-timeout` between requests).
+    #[arg(long, env = "RATATOSKR_H2_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub h2_idle_timeout: Duration,
 
     /// Whether a publish writes an event straight to an idle HTTP/1.x
     /// stream's socket (when its send buffer has room and nothing is
@@ -455,6 +465,7 @@ impl Config {
             ("--header-timeout", self.header_timeout),
             ("--body-timeout", self.body_timeout),
             ("--write-timeout", self.write_timeout),
+            ("--h2-idle-timeout", self.h2_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name} must be more than 0")));

@@ -245,6 +245,7 @@ pub async fn run_with_store(
         ),
         header_timeout: config.header_timeout,
         write_timeout: config.write_timeout,
+        h2_idle_timeout: config.h2_idle_timeout,
         grace: config.shutdown_grace,
         inline_writes: config
             .inline_writes

@@ -209,6 +209,12 @@ impl Api {
         &self.router
     }
 
+    /// The per-address count (`--max-streams-per-ip`), which the accept
+    /// loop also holds HTTP/2 connections to.
+    pub fn streams_per_ip(&self) -> &Arc<per_ip::StreamsPerIp> {
+        &self.app.streams_per_ip
+    }
+
     /// Answers one request from `peer`. The future is boxed: an ingest
     /// request's state is kilobytes, and hyper moves the future it is
     /// given.

@@ -55,8 +55,11 @@ const MAX_HEADERS: usize = 48;
 pub enum Sniff {
     /// Not (yet) known: read more.
     NeedMore,
-    /// Some other request, or HTTP/2: give the connection to hyper.
+    /// Some other request: give the connection to hyper.
     Other,
+    /// The HTTP/2 preface (h2c, prior knowledge): hyper's, as an HTTP/2
+    /// connection (counted per address, closed when idle).
+    Http2,
     /// A complete `GET /events` head of this many bytes.
     Stream(usize),
 }
@@ -64,6 +67,15 @@ pub enum Sniff {
 /// Looks at what a connection has sent so far.
 pub fn sniff(buf: &[u8]) -> Sniff {
     const PREFIX: &[u8] = b"GET /events";
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let n = buf.len().min(H2_PREFACE.len());
+    if n > 0 && buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Sniff::Http2
+        } else {
+            Sniff::NeedMore
+        };
+    }
     let n = buf.len().min(PREFIX.len());
     if buf[..n] != PREFIX[..n] {
         return Sniff::Other;
@@ -476,7 +488,6 @@ mod tests {
             &b"GET /eventsx HTTP/1.1\r\n\r\n"[..],
             b"POST /events HTTP/1.1\r\n\r\n",
             b"GET /health HTTP/1.1\r\n\r\n",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET /events HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
             b"GET /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"GET /events HTTP/1.1\r\nBad Header\r\n\r\n",
@@ -487,6 +498,16 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
+        // The HTTP/2 preface, whole (and maybe the client's SETTINGS after
+        // it) or not yet.
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        assert!(matches!(sniff(preface), Sniff::Http2));
+        assert!(matches!(
+            sniff(&[&preface[..], b"\0\0\0\x04\0"].concat()),
+            Sniff::Http2
+        ));
+        assert!(matches!(sniff(&preface[..9]), Sniff::NeedMore));
+        assert!(matches!(sniff(b"PRI * HTTP/1.1\r\n"), Sniff::Other));
         // An oversized head goes to hyper, which answers it.
         let big = [&b"GET /events HTTP/1.1\r\nX: "[..], &vec![b'a'; MAX_HEAD]].concat();
         assert!(matches!(sniff(&big), Sniff::Other));

@@ -7,8 +7,10 @@
 //! connection forever), the peer address in every request, and the lean
 //! path that keeps an idle SSE subscriber to a few KB (see [`lean`]).
 //! Every other request, HTTP/2 (h2c), and every TLS connection
-//! ([`tls`]) is served by hyper.
+//! ([`tls`]) is served by hyper; HTTP/2 connections under the bounds of
+//! [`h2`] (per-address count, idle close).
 
+mod h2;
 mod io;
 pub mod lean;
 pub mod tls;
@@ -42,6 +44,8 @@ pub struct ServerLimits {
     pub header_timeout: Duration,
     /// Time a write may stay blocked before the connection is closed.
     pub write_timeout: Duration,
+    /// Time an HTTP/2 connection may stay open with no stream.
+    pub h2_idle_timeout: Duration,
     /// Time given to open connections on shutdown.
     pub grace: Duration,
     /// A publish may write events straight to idle lean streams' sockets
@@ -248,7 +252,12 @@ async fn connection(mut stream: TcpStream, peer: PeerAddr, shared: &Shared) {
         }
         // Boxed: hyper's connection state is kilobytes, which the task of
         // every idle lean stream would otherwise reserve.
-        Ok(Some(_)) => Box::pin(hyper_connection(stream, buf, peer, shared)).await,
+        Ok(Some(Sniff::Http2)) => {
+            Box::pin(hyper_connection(stream, buf, peer, shared, Protocol::Http2)).await;
+        }
+        Ok(Some(_)) => {
+            Box::pin(hyper_connection(stream, buf, peer, shared, Protocol::Http1)).await;
+        }
         Ok(None) => {}
         Err(_) => tracing::debug!(peer = %peer.0, "request head not received in time"),
     }
@@ -262,32 +271,83 @@ async fn tls_connection(stream: TcpStream, peer: PeerAddr, shared: &Shared, tls:
         h = tokio::time::timeout(shared.limits.header_timeout, tls.acceptor().accept(stream)) => h,
     };
     match handshake {
-        Ok(Ok(stream)) => hyper_connection(stream, BytesMut::new(), peer, shared).await,
+        Ok(Ok(stream)) => {
+            let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            hyper_connection(stream, BytesMut::new(), peer, shared, protocol).await;
+        }
         Ok(Err(e)) => tracing::debug!(peer = %peer.0, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %peer.0, "TLS handshake not done in time"),
     }
 }
 
-/// Serves a connection with hyper (HTTP/1.1 keep-alive or HTTP/2).
-async fn hyper_connection<S>(stream: S, read: BytesMut, peer: PeerAddr, shared: &Shared)
-where
+/// The protocol of a connection for hyper, as the accept loop knows it
+/// (the h2c preface, or TLS's ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Serves a connection with hyper (HTTP/1.1 keep-alive or HTTP/2). An
+/// HTTP/2 connection takes a place under `--max-streams-per-ip` (or is
+/// closed at once), and is closed once it has had no stream for
+/// `--h2-idle-timeout`.
+async fn hyper_connection<S>(
+    stream: S,
+    read: BytesMut,
+    peer: PeerAddr,
+    shared: &Shared,
+    protocol: Protocol,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // The place is held for as long as the connection is served.
+    let (_place, streams) = match protocol {
+        Protocol::Http1 => (None, None),
+        Protocol::Http2 => match shared.api.streams_per_ip().open_h2_connection(peer.0.ip()) {
+            Ok(place) => (place, Some(h2::Streams::new())),
+            Err(cap) => {
+                tracing::debug!(peer = %peer.0, cap = cap.0, "HTTP/2 connections from this address at --max-streams-per-ip: closing");
+                return;
+            }
+        },
+    };
     let io = TokioIo::new(ClientIo::new(
         stream,
         read.freeze(),
         shared.limits.write_timeout,
     ));
     let api = shared.api.clone();
+    let counted = streams.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        // Counted as hyper accepts the stream, before its answer is begun.
+        let open = counted.as_ref().map(h2::Streams::open);
         let call = api.clone().call(req, peer);
-        async move { Ok::<_, std::convert::Infallible>(call.await) }
+        async move {
+            let response = call.await;
+            Ok::<_, std::convert::Infallible>(response.map(|body| h2::Tracked::new(body, open)))
+        }
     });
+    let idle = async {
+        match &streams {
+            Some(s) => s.idle(shared.limits.h2_idle_timeout).await,
+            None => std::future::pending().await,
+        }
+    };
     let conn = shared.builder.serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = shared.stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = idle => {
+            tracing::debug!(peer = %peer.0, idle = ?shared.limits.h2_idle_timeout, "HTTP/2 connection idle, closing");
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -13,6 +13,7 @@ mod faults;
 mod forward;
 mod health;
 mod hostile;
+mod http2;
 mod ingest;
 mod jwt;
 mod limits;
