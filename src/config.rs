@@ -119,7 +119,10 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub body_timeout: Duration,
 
-    /// A connection that accepts no bytes for this long is closed (slow readers).
+    /// A connection that accepts no bytes for this long is closed (slow
+    /// readers); an HTTP/2 stream whose response chunk waits this long for
+    /// the client's flow-control window is reset (its socket may still
+    /// read, and answer PINGs).
     #[arg(long, env = "RATATOSKR_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub write_timeout: Duration,
 

@@ -8,7 +8,7 @@
 //! path that keeps an idle SSE subscriber to a few KB (see [`lean`]).
 //! Every other request, HTTP/2 (h2c), and every TLS connection
 //! ([`tls`]) is served by hyper; HTTP/2 connections under the bounds of
-//! [`h2`] (per-address count, idle close).
+//! [`h2`] (per-address count, idle close, stalled-stream reset).
 
 mod h2;
 mod io;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -125,7 +125,7 @@ struct Shared {
     api: crate::http::Api,
     limits: ServerLimits,
     metrics: Arc<Metrics>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<h2::StreamExecutor>,
     stop: CancellationToken,
     tls: Option<Arc<tls::Tls>>,
 }
@@ -141,7 +141,9 @@ pub async fn serve(
     tls: Option<Arc<tls::Tls>>,
 ) -> bool {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(h2::StreamExecutor {
+        write_timeout: limits.write_timeout,
+    });
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -329,7 +331,11 @@ async fn hyper_connection<S>(
         let call = api.clone().call(req, peer);
         async move {
             let response = call.await;
-            Ok::<_, std::convert::Infallible>(response.map(|body| h2::Tracked::new(body, open)))
+            // An HTTP/2 stream task's cell (see `h2`); none over HTTP/1.
+            let progress = h2::Progress::current();
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| h2::Tracked::new(body, progress, open)),
+            )
         }
     });
     let idle = async {

@@ -172,3 +172,85 @@ async fn h2c_connections_count_under_max_streams_per_ip_2_and_do_not_lock_out_ot
     let mut again = again.expect("a place freed by a closed h2c connection");
     assert_eq!(again.get("/health").await.status(), 200);
 }
+
+#[tokio::test]
+async fn an_h2_stream_that_grants_no_window_is_reset_after_the_1s_write_timeout() {
+    let gw = Gateway::start_with(|c| c.write_timeout = Duration::from_secs(1)).await;
+    // 64 bytes of window, never released: the preamble fits, the first
+    // event does not. The connection stays alive (the driver answers PINGs).
+    let mut client = h2c(&gw, HOME, 64).await;
+    let response = client.get("/events").await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    gw.wait_subscribers(1).await;
+    let pad = "x".repeat(4096);
+    for n in 0..20 {
+        gw.post_json(&json!({"n": n, "pad": pad})).await;
+    }
+    let started = Instant::now();
+    // Takes what the window let through (without releasing it) until the
+    // stream ends.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match body.data().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("an h2 stream that grants no window still open 10 s after a 1 s --write-timeout");
+    let waited = started.elapsed();
+    let reason = end.as_ref().and_then(h2::Error::reason);
+    assert_eq!(
+        reason,
+        Some(h2::Reason::CANCEL),
+        "the stalled stream ends with RST_STREAM(CANCEL): {end:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "reset {waited:?} after the publish, with a 1 s --write-timeout"
+    );
+    // Its subscription is gone, and the connection is still usable.
+    gw.wait_subscribers(0).await;
+    assert!(!client.closed_within(Duration::ZERO).await);
+    assert_eq!(client.get("/health").await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_h2_stream_stalled_on_window_past_its_8_event_queue_gets_lagged_when_it_reads_again() {
+    let gw = Gateway::start_with(|c| {
+        c.subscriber_buffer = 8;
+        c.write_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut client = h2c(&gw, HOME, 64).await;
+    let response = client.get("/events").await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    gw.wait_subscribers(1).await;
+    let pad = "x".repeat(4096);
+    for n in 0..50 {
+        gw.post_json(&json!({"n": n, "pad": pad})).await;
+    }
+    // Reads again, granting window for what it takes.
+    let mut seen = Vec::new();
+    let lagged = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            seen.extend_from_slice(&chunk);
+            if String::from_utf8_lossy(&seen).contains("event: lagged") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        lagged,
+        Ok(true),
+        "50 events into an 8-event queue while the window was shut: {} bytes read",
+        seen.len()
+    );
+}
