@@ -39,7 +39,7 @@ use redis::AsyncCommands;
 
 use crate::event::{EventDraft, EventId};
 use crate::hub::Hub;
-use crate::idempotency::Claim;
+use crate::idempotency::{Claim, Fingerprint};
 
 /// Cluster settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -417,17 +417,22 @@ impl Cluster {
         format!("{}:idem:{key}", self.config.prefix)
     }
 
-    /// Claims an `Idempotency-Key` cluster-wide.
-    pub async fn claim(&self, key: &str) -> Result<Claim, ClusterError> {
+    /// Claims an `Idempotency-Key` (already in its credential's namespace,
+    /// see [`crate::idempotency::scoped_key`]) cluster-wide, for a request
+    /// with `fingerprint`. The value is the fingerprint's hex while the
+    /// event is in flight, then `<fingerprint>:<id>` (see
+    /// [`Cluster::complete`]).
+    pub async fn claim(&self, key: &str, fingerprint: &Fingerprint) -> Result<Claim, ClusterError> {
         let k = self.idempotency_key(key);
         let window = self.config.idempotency_window.as_millis().max(1) as u64;
         let mut conn = self.commands.clone();
         let started = Instant::now();
+        let ours = fingerprint.hex();
         let set: Option<String> = self.observe(
             started,
             redis::cmd("SET")
                 .arg(&k)
-                .arg("")
+                .arg(&ours)
                 .arg("NX")
                 .arg("PX")
                 .arg(window)
@@ -439,21 +444,33 @@ impl Cluster {
         }
         let started = Instant::now();
         let seen: Option<String> = self.observe(started, conn.get(&k).await)?;
-        Ok(match seen.as_deref().map(str::parse::<EventId>) {
-            Some(Ok(id)) => Claim::Seen(id),
-            // Claimed, not yet answered (or gone in between: treat as busy).
-            _ => Claim::InProgress,
+        let Some(seen) = seen else {
+            // Gone in between (expired or released): treat as busy.
+            return Ok(Claim::InProgress);
+        };
+        let (stored, id) = seen.split_once(':').unwrap_or((seen.as_str(), ""));
+        if stored != ours {
+            return Ok(Claim::Mismatch);
+        }
+        Ok(match id.parse::<EventId>() {
+            Ok(id) => Claim::Seen(id),
+            Err(_) => Claim::InProgress,
         })
     }
 
     /// Records the id published under a claimed key.
-    pub async fn complete(&self, key: &str, id: EventId) -> Result<(), ClusterError> {
+    pub async fn complete(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        id: EventId,
+    ) -> Result<(), ClusterError> {
         let k = self.idempotency_key(key);
         let window = self.config.idempotency_window.as_millis().max(1) as u64;
         let started = Instant::now();
         let r: redis::RedisResult<()> = redis::cmd("SET")
             .arg(&k)
-            .arg(id.to_string())
+            .arg(format!("{}:{id}", fingerprint.hex()))
             .arg("PX")
             .arg(window)
             .query_async(&mut self.commands.clone())

@@ -28,7 +28,7 @@ use crate::auth::Principal;
 use crate::catalog::Rejection;
 use crate::error::ApiError;
 use crate::event::{json as json_event, wrp, DeviceId, EventDraft, EventId};
-use crate::idempotency::{Claim, MAX_KEY_LEN};
+use crate::idempotency::{scoped_key, Claim, Fingerprint, MAX_KEY_LEN};
 use crate::server::PeerAddr;
 use crate::telemetry::{IngestFormat, IngestResult};
 
@@ -49,22 +49,56 @@ struct Overrides {
     source: Option<String>,
 }
 
+/// An `Idempotency-Key` in its credential's namespace ([`scoped_key`]),
+/// with the fingerprint of the request (or batch line) it came with.
+#[derive(Debug)]
+struct Idempotent {
+    key: String,
+    fingerprint: Fingerprint,
+}
+
+/// What shapes the event a request makes: its content type, the routing
+/// given outside the body, and the body (or batch line). Computed only
+/// for a request with an `Idempotency-Key`.
+fn fingerprint(content_type: &str, overrides: &Overrides, body: &[u8]) -> Fingerprint {
+    Fingerprint::of(&[
+        Some(content_type.as_bytes()),
+        overrides.device.as_ref().map(|d| d.as_str().as_bytes()),
+        overrides.event_type.as_deref().map(str::as_bytes),
+        overrides.source.as_deref().map(str::as_bytes),
+        Some(body),
+    ])
+}
+
+/// 422: the key was first used for another event; answering the first
+/// event's id would silently drop this one.
+fn key_reused() -> ApiError {
+    ApiError::unprocessable(
+        "this Idempotency-Key was first used with a different request (body, content type or routing); send a new event with a new key",
+    )
+}
+
+/// 409: the first request with this key has not finished.
+fn key_in_flight() -> ApiError {
+    ApiError::conflict("a request with this Idempotency-Key is still being processed")
+}
+
 /// Ingests events: plain JSON (the payload is the event), NDJSON batches (one event per line), xmidt WRP as msgpack or JSON.
 #[utoipa::path(
     post,
     path = "/api/events",
     tag = "events",
-    params(("device" = Option<String>, Query, description = "The event's device (JSON ingest)"), ("type" = Option<String>, Query, description = "The event type"), ("source" = Option<String>, Query, description = "The event source"), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key are accepted once")),
+    params(("device" = Option<String>, Query, description = "The event's device (JSON ingest)"), ("type" = Option<String>, Query, description = "The event type"), ("source" = Option<String>, Query, description = "The event source"), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and request are accepted once; keys are per credential")),
     request_body(content((serde_json::Value = "application/json"), (String = "application/x-ndjson"), (Vec<u8> = "application/msgpack"), (serde_json::Value = "application/wrp+json")), description = "The event, a batch, or a WRP message"),
     responses(
-        (status = 202, description = "Accepted (one event)", body = crate::http::openapi::Accepted),
-        (status = 200, description = "A repeated Idempotency-Key: the first answer", body = crate::http::openapi::Accepted),
+        (status = 202, description = "Accepted (one event). A repeated Idempotency-Key from the same credential with the same request (body, content type, routing) within the window gets the first event's id again, with Idempotent-Replayed: true, and is not published again", body = crate::http::openapi::Accepted,
+            headers(("Idempotent-Replayed" = String, description = "\"true\" on the answer to a repeated Idempotency-Key"))),
         (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 409, description = "This Idempotency-Key is still in flight", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with a different request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
@@ -179,7 +213,7 @@ where
         ))
     })?;
     let overrides = overrides(query, headers)?;
-    let idempotency_key = idempotency_key(headers)?;
+    let idempotency_key = idempotency_key(headers)?.map(|k| scoped_key(who, &k));
     let body = read_body(app, headers, body).await?;
     let received_at = chrono::Utc::now();
     let fallback_source = peer.map_or_else(|| "http".to_owned(), |p| peer_source(p.0.ip()));
@@ -212,8 +246,12 @@ where
         ))
         .await;
     }
+    let idempotent = idempotency_key.map(|key| Idempotent {
+        fingerprint: fingerprint(&base.content_type, &overrides, &body),
+        key,
+    });
     let draft = decode_one(app, format, base, &overrides, &body)?;
-    let Outcome { id, replayed, .. } = publish(app, who, draft, idempotency_key.as_deref()).await?;
+    let Outcome { id, replayed, .. } = publish(app, who, draft, idempotent.as_ref()).await?;
     app.metrics.ingested(
         format,
         if replayed {
@@ -284,7 +322,7 @@ async fn publish(
     app: &App,
     who: &Principal,
     draft: EventDraft,
-    key: Option<&str>,
+    key: Option<&Idempotent>,
 ) -> Result<Outcome, ApiError> {
     may_publish(who, &draft)?;
     conform(app, &draft)?;
@@ -298,18 +336,17 @@ async fn publish(
         replayed: false,
         deepest: f.deepest,
     };
-    let Some(key) = key else {
+    let Some(Idempotent { key, fingerprint }) = key else {
         return Ok(fresh(app.hub.publish(draft)));
     };
-    match app.idempotency.claim(key, Instant::now()) {
+    match app.idempotency.claim(key, fingerprint, Instant::now()) {
         Claim::Seen(id) => Ok(Outcome {
             id,
             replayed: true,
             deepest: 0,
         }),
-        Claim::InProgress => Err(ApiError::conflict(
-            "a request with this Idempotency-Key is still being processed",
-        )),
+        Claim::InProgress => Err(key_in_flight()),
+        Claim::Mismatch => Err(key_reused()),
         Claim::New => {
             let outcome = fresh(app.hub.publish(draft));
             app.idempotency.complete(key, outcome.id);
@@ -329,11 +366,11 @@ fn cluster_unavailable(e: &crate::cluster::ClusterError) -> ApiError {
 async fn publish_to_cluster(
     cluster: &crate::cluster::Cluster,
     draft: EventDraft,
-    key: Option<&str>,
+    key: Option<&Idempotent>,
 ) -> Result<Outcome, ApiError> {
-    if let Some(key) = key {
+    if let Some(Idempotent { key, fingerprint }) = key {
         match cluster
-            .claim(key)
+            .claim(key, fingerprint)
             .await
             .map_err(|e| cluster_unavailable(&e))?
         {
@@ -344,19 +381,16 @@ async fn publish_to_cluster(
                     deepest: 0,
                 })
             }
-            Claim::InProgress => {
-                return Err(ApiError::conflict(
-                    "a request with this Idempotency-Key is still being processed",
-                ))
-            }
+            Claim::InProgress => return Err(key_in_flight()),
+            Claim::Mismatch => return Err(key_reused()),
             Claim::New => {}
         }
     }
     match cluster.append(std::slice::from_ref(&draft)).await {
         Ok(ids) => {
             let id = ids[0];
-            if let Some(key) = key {
-                if let Err(e) = cluster.complete(key, id).await {
+            if let Some(Idempotent { key, fingerprint }) = key {
+                if let Err(e) = cluster.complete(key, fingerprint, id).await {
                     tracing::warn!(error = %e, "idempotency key not recorded");
                 }
             }
@@ -367,7 +401,7 @@ async fn publish_to_cluster(
             })
         }
         Err(e) => {
-            if let Some(key) = key {
+            if let Some(Idempotent { key, .. }) = key {
                 cluster.release(key).await;
             }
             Err(cluster_unavailable(&e))
@@ -435,12 +469,17 @@ async fn ingest_batch(
     }
     let half_full = (app.config.subscriber_buffer / 2).max(1);
     let mut paced = std::time::Duration::ZERO;
+    let content_type = base.content_type.clone();
     for (line, text) in lines {
         let decoded = decode_one(app, IngestFormat::Json, base.clone(), overrides, &text);
         let outcome = match decoded {
             Ok(draft) => {
-                let line_key = key.map(|k| format!("{k}#{line}"));
-                publish(app, who, draft, line_key.as_deref()).await
+                // Each line is its own event: its own key and fingerprint.
+                let line_key = key.map(|k| Idempotent {
+                    key: format!("{k}#{line}"),
+                    fingerprint: fingerprint(&content_type, overrides, &text),
+                });
+                publish(app, who, draft, line_key.as_ref()).await
             }
             Err(e) => Err(e),
         };

@@ -202,7 +202,7 @@ async fn idempotency_key_returns_the_first_id_and_does_not_broadcast_again() {
         .post_with(
             "/api/events",
             "application/json",
-            "2",
+            "1",
             &[("idempotency-key", "k-1")],
         )
         .await;
@@ -229,6 +229,83 @@ async fn idempotency_key_returns_the_first_id_and_does_not_broadcast_again() {
     )
     .await
     .assert_problem(400);
+}
+
+/// Issue 24, item 1: a key comes back only with the body (and routing)
+/// it was first used with; anything else is 422, as Stripe and Svix do,
+/// never the first event's id for a different event.
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_body_or_routing_is_422() {
+    let gw = Gateway::start().await;
+    let mut sub = gw.subscribe("/events").await;
+    let post = |path: &'static str, ct: &'static str, body: &'static str, key: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.post_with(path, ct, body, &[("idempotency-key", key)])
+                .await
+        }
+    };
+    let first = post("/api/events", "application/json", "{\"n\":1}", "k").await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    post("/api/events", "application/json", "{\"n\":2}", "k")
+        .await
+        .assert_problem(422);
+    post(
+        "/api/events?type=other",
+        "application/json",
+        "{\"n\":1}",
+        "k",
+    )
+    .await
+    .assert_problem(422);
+    let again = post("/api/events", "application/json", "{\"n\":1}", "k").await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body["id"], first.body["id"]);
+    // A batch: each line keeps its own fingerprint.
+    let batch = post(
+        "/api/events",
+        "application/x-ndjson",
+        "{\"n\":10}\n{\"n\":11}\n",
+        "b",
+    )
+    .await;
+    assert_eq!(batch.body["accepted"], 2, "{}", batch.text);
+    let retried = post(
+        "/api/events",
+        "application/x-ndjson",
+        "{\"n\":10}\n{\"n\":12}\n",
+        "b",
+    )
+    .await;
+    assert_eq!(retried.status, 202, "{}", retried.text);
+    let results = &retried.body["results"];
+    assert_eq!(
+        results[0]["id"], batch.body["results"][0]["id"],
+        "{}",
+        retried.text
+    );
+    assert_eq!(
+        results[1]["status"], 422,
+        "line 2 changed: {}",
+        retried.text
+    );
+    for n in [1, 10, 11] {
+        assert_eq!(sub.expect_event().await.data, format!("{{\"n\":{n}}}"));
+    }
+    sub.expect_silence(Duration::from_millis(200)).await;
+    // The OpenAPI document says what the code answers: a replay is 202.
+    let doc = gw.get("/openapi.json").await.body;
+    let responses = &doc["paths"]["/api/events"]["post"]["responses"];
+    assert!(
+        responses["200"].is_null(),
+        "a replay is documented as 200: {responses}"
+    );
+    assert!(
+        responses["202"]["headers"]["Idempotent-Replayed"].is_object(),
+        "{responses}"
+    );
+    assert!(responses["422"].is_object(), "{responses}");
 }
 
 #[tokio::test]

@@ -581,3 +581,79 @@ async fn whoami_tells_a_token_its_scope() {
     let open = Gateway::start().await.get("/api/whoami").await;
     assert_eq!(open.body["role"], "anyone");
 }
+
+/// Issue 24, item 1: an `Idempotency-Key` is the credential's own. One
+/// tenant claiming 50 keys first must not swallow another tenant's 50
+/// events posted later with the same keys (embedded, and cluster-wide
+/// under `RATATOSKR_TEST_REDIS`).
+#[tokio::test]
+async fn idempotency_keys_are_per_credential_so_50_of_50_other_tenant_events_are_broadcast() {
+    const KEYS: usize = 50;
+    let gw = gateway().await;
+    let admin = scoped(json!({"admin": true}));
+    let first =
+        hs256(json!({"sub": "tenant-a", "exp": now() + 600, "ratatoskr": {"publish": [MINE]}}));
+    let second =
+        hs256(json!({"sub": "tenant-b", "exp": now() + 600, "ratatoskr": {"publish": [NOT_MINE]}}));
+    let mut sub = gw
+        .subscribe_with(
+            &format!("/events?device={NOT_MINE}"),
+            &[("authorization", &bearer(&admin))],
+        )
+        .await;
+    let post = |token: String, device: &'static str, key: String| {
+        let gw = &gw;
+        async move {
+            gw.post_with(
+                &format!("/api/events?device={device}"),
+                "application/json",
+                "{\"order\":1}",
+                &[
+                    ("authorization", &bearer(&token)),
+                    ("idempotency-key", &key),
+                ],
+            )
+            .await
+        }
+    };
+    let mut first_ids = std::collections::HashSet::new();
+    for k in 0..KEYS {
+        let r = post(first.clone(), MINE, format!("order-{k}")).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        first_ids.insert(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let mut swallowed = 0;
+    for k in 0..KEYS {
+        let r = post(second.clone(), NOT_MINE, format!("order-{k}")).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        let id = r.body["id"].as_str().unwrap();
+        if r.headers.contains_key("idempotent-replayed") || first_ids.contains(id) {
+            swallowed += 1;
+        }
+    }
+    assert_eq!(
+        swallowed, 0,
+        "{swallowed} of {KEYS} of tenant b's events were answered as tenant a's replays"
+    );
+    for k in 0..KEYS {
+        let ev = sub.next_event(Duration::from_secs(5)).await;
+        assert!(
+            ev.is_some(),
+            "only {k} of {KEYS} of tenant b's events were broadcast"
+        );
+    }
+    // Within one credential a retry is still a replay, and a token with
+    // no `sub` has a namespace of its own (a digest of its claim).
+    let again = post(second.clone(), NOT_MINE, "order-0".into()).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let anonymous = hs256(json!({"exp": now() + 600, "ratatoskr": {"publish": [NOT_MINE]}}));
+    let r = post(anonymous.clone(), NOT_MINE, "order-0".into()).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert!(
+        !r.headers.contains_key("idempotent-replayed"),
+        "a token without sub shares tenant b's keys"
+    );
+    let r = post(anonymous, NOT_MINE, "order-0".into()).await;
+    assert_eq!(r.headers["idempotent-replayed"], "true");
+}
