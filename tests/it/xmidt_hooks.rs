@@ -184,7 +184,9 @@ async fn a_scoped_publisher_cannot_reach_a_device_pattern_hook_through_source_or
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let forged: [(&str, &str, &str, &[(&str, &str)]); 4] = [
+    /// Path, content type, body, extra headers.
+    type Forged<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let forged: [Forged; 4] = [
         ("/api/events?device=dev-mallory&source=mac:112233445566", "application/json", "{\"forged\":1}", &[]),
         ("/api/events?device=dev-mallory", "application/json", "{\"forged\":2}", &[("x-event-source", "mac:112233445566")]),
         ("/api/events?device=dev-mallory", "application/json", "{\"forged\":3,\"source\":\"mac:112233445566\"}", &[]),
