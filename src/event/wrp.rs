@@ -307,6 +307,29 @@ impl Message {
             .collect()
     }
 
+    /// Every device the message names: in its event locator
+    /// (`event:<type>/<device>/...`), its source and its dest. A scoped
+    /// publisher must be allowed each of them, not only the device the
+    /// event is routed to (which `?device=` may override), or it could
+    /// name another tenant's device to whatever matches the event path.
+    pub fn named_devices(&self) -> Vec<DeviceId> {
+        let dest = Locator::parse(&self.dest).ok();
+        let in_path = dest
+            .as_ref()
+            .filter(|d| d.scheme == "event")
+            .and_then(|d| d.rest)
+            .and_then(|r| r.split('/').next())
+            .and_then(|dev| Locator::parse(dev).ok())
+            .and_then(|l| l.device_id());
+        let source = Locator::parse(&self.source)
+            .ok()
+            .and_then(|l| l.device_id());
+        let dest = dest.as_ref().and_then(Locator::device_id);
+        let mut named: Vec<DeviceId> = [in_path, source, dest].into_iter().flatten().collect();
+        named.dedup();
+        named
+    }
+
     /// Device and event type for routing: the device in an event locator
     /// (`event:<type>/<device>/...`), else the source's, else the dest's.
     pub fn routing(&self) -> Routing {
@@ -697,6 +720,24 @@ mod tests {
         let r = m.routing();
         assert_eq!(r.event_type, "device-status");
         assert_eq!(r.device.unwrap().as_str(), "mac:112233445566");
+    }
+
+    #[test]
+    fn named_devices_are_every_device_in_the_locators() {
+        let m = Message {
+            msg_type: 4,
+            source: "mac:665544332211/x".into(),
+            dest: "event:node-change/MAC:11:22:33:44:55:66/online".into(),
+            ..Default::default()
+        };
+        let named: Vec<String> = m.named_devices().iter().map(|d| d.to_string()).collect();
+        assert_eq!(named, ["mac:112233445566", "mac:665544332211"]);
+        let m = Message {
+            source: "dns:talaria".into(),
+            dest: "event:x".into(),
+            ..Default::default()
+        };
+        assert!(m.named_devices().is_empty());
     }
 
     #[test]

@@ -414,6 +414,16 @@ fn may_publish(who: &Principal, draft: &EventDraft) -> Result<(), ApiError> {
     let Some(scope) = who.scope() else {
         return Ok(());
     };
+    if let Some(named) = draft.wrp.as_ref().and_then(|m| {
+        m.named_devices()
+            .into_iter()
+            .find(|d| !scope.publish.allows(d))
+    }) {
+        return Err(ApiError::forbidden(format!(
+            "this token may not publish for device {:?}, which the WRP message names in its source, dest or event path",
+            named.as_str()
+        )));
+    }
     if scope.may_publish(draft.device.as_ref(), draft.event_type.as_deref()) {
         return Ok(());
     }

@@ -197,12 +197,44 @@ async fn a_scoped_publisher_cannot_reach_a_device_pattern_hook_through_source_or
             &[],
         ),
     ];
-    for (path, ct, body, extra) in forged {
+    for (i, (path, ct, body, extra)) in forged.into_iter().enumerate() {
         let mut headers = vec![("authorization", mallory.as_str())];
         headers.extend_from_slice(extra);
         let r = gw.post_with(path, ct, body, &headers).await;
-        assert_eq!(r.status, 202, "{path}: {}", r.text);
+        if ct == "application/wrp+json" {
+            // A WRP message naming a device outside the publish scope (its
+            // source, its event path) is refused whatever `?device=` says.
+            r.assert_problem(403);
+        } else {
+            assert_eq!(r.status, 202, "forged {}: {path}: {}", i + 1, r.text);
+        }
     }
+    // Nor can an `events` regex over the event path be reached that way:
+    // a hook on `node-change/mac:112233445566/.*` for any device.
+    let body = hook(
+        &rx.url("/by-path"),
+        &["node-change/mac:112233445566/.*"],
+        &[".*"],
+        json!(60),
+    );
+    let r = gw
+        .post_with(
+            "/hook",
+            "application/json",
+            body.to_string(),
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = gw
+        .post_with(
+            "/api/events?device=dev-mallory",
+            "application/wrp+json",
+            "{\"msg_type\":4,\"source\":\"dns:mallory\",\"dest\":\"event:node-change/mac:112233445566/online\"}",
+            &[("authorization", &mallory)],
+        )
+        .await;
+    r.assert_problem(403);
     let real = gw
         .post_with(
             "/api/events?device=mac:112233445566",
