@@ -85,10 +85,16 @@ impl Credentials {
         })
     }
 
-    /// Registers `ratatoskr_credentials_reloads_total{result}`.
+    /// Registers `ratatoskr_credentials_reloads_total{result}` (the
+    /// registry adds the `ratatoskr_` prefix).
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        // Both results exported from the start, at 0: a scraper sees the
+        // series (and its name) before the first SIGHUP.
+        for result in ["ok", "failed"] {
+            let _ = self.reloads.get_or_create(&ResultLabel { result });
+        }
         registry.register(
-            "ratatoskr_credentials_reloads",
+            "credentials_reloads",
             "Credential reloads on SIGHUP (JWT keys, API keys), by result",
             self.reloads.clone(),
         );
