@@ -106,7 +106,7 @@ label_values!(IngestFormat {
     Ndjson => "ndjson",
     Unsupported => "unsupported",
 });
-label_values!(StreamEnd { Lagged => "lagged", Shutdown => "shutdown" });
+label_values!(StreamEnd { Lagged => "lagged", Shutdown => "shutdown", Revoked => "revoked" });
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IngestLabels {
@@ -121,6 +121,8 @@ pub enum StreamEnd {
     Lagged,
     /// The gateway shut down.
     Shutdown,
+    /// Its credential expired or was removed (`auth::lease`).
+    Revoked,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -16,6 +16,7 @@ use prometheus_client::metrics::family::Family;
 
 use super::jwt::{JwtSettings, KeyError, Verifier};
 use super::keys::{ApiKeys, KeysFileError};
+use super::lease::Lease;
 use super::Principal;
 use crate::http::auth::Secret;
 
@@ -68,6 +69,9 @@ pub struct Credentials {
     api_token: Option<[u8; 32]>,
     current: ArcSwap<Loaded>,
     reloads: Family<ResultLabel, Counter>,
+    /// Counts the reloads that took: open streams watch it, to look their
+    /// API key up again ([`super::lease::LeaseWatch`]).
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Credentials {
@@ -82,6 +86,7 @@ impl Credentials {
             settings,
             current: ArcSwap::from_pointee(loaded),
             reloads: Family::default(),
+            generation: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -111,6 +116,8 @@ impl Credentials {
             Ok(loaded) => {
                 let keys = loaded.keys.len();
                 self.current.store(Arc::new(loaded));
+                // After the store: a stream woken by this finds the new set.
+                self.generation.send_modify(|g| *g += 1);
                 self.reloads
                     .get_or_create(&ResultLabel { result: "ok" })
                     .inc();
@@ -129,22 +136,38 @@ impl Credentials {
 
     /// Who presents `token`: the API token, an API key, or a JWT.
     pub fn identify(&self, token: &str) -> Result<Principal, String> {
+        self.identify_leased(token).map(|(p, _)| p)
+    }
+
+    /// Who presents `token`, and what ends the credential ([`Lease`]): a
+    /// stream opened with it ends then.
+    pub fn identify_leased(&self, token: &str) -> Result<(Principal, Lease), String> {
         let loaded = self.current.load();
         // One digest serves the API token and the API keys; a gateway with
         // neither (JWTs only) computes none.
         if self.api_token.is_some() || !loaded.keys.is_empty() {
             let digest = super::keys::digest(token);
             if self.api_token.is_some_and(|t| same(&t, &digest)) {
-                return Ok(Principal::Admin);
+                return Ok((Principal::Admin, Lease::forever()));
             }
             if let Some(p) = loaded.keys.identify_digest(&digest) {
-                return Ok(p);
+                return Ok((p, Lease::api_key(digest)));
             }
         }
         match &loaded.verifier {
-            Some(v) => v.verify(token).map_err(|e| e.to_string()),
+            Some(v) => v.verify_leased(token).map_err(|e| e.to_string()),
             None => Err("the token is not valid".to_owned()),
         }
+    }
+
+    /// Whether the API key with this digest is still loaded.
+    pub fn holds_key(&self, digest: &[u8; 32]) -> bool {
+        self.current.load().keys.identify_digest(digest).is_some()
+    }
+
+    /// The reloads that took, to watch: it changes after each one.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }
 

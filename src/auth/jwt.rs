@@ -17,6 +17,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::lease::Lease;
 use super::{Claim, Principal, Scope, ScopeError};
 use crate::http::auth::Secret;
 
@@ -115,6 +116,9 @@ pub struct Verifier {
     keys: Vec<Key>,
     /// One per algorithm the keys can verify, built once at load.
     validations: Vec<Validation>,
+    /// `--jwt-leeway`, in seconds: a stream's token ends this long after
+    /// its `exp`, when it would be refused.
+    leeway_secs: u64,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +127,10 @@ struct Claims {
     ratatoskr: Option<Claim>,
     #[serde(default)]
     sub: Option<String>,
+    /// Checked by the validation (required); read here for the lease. A
+    /// number, possibly with a fraction.
+    #[serde(default)]
+    exp: Option<f64>,
 }
 
 impl Verifier {
@@ -155,11 +163,21 @@ impl Verifier {
                 }
             }
         }
-        Ok(Some(Arc::new(Self { keys, validations })))
+        Ok(Some(Arc::new(Self {
+            keys,
+            validations,
+            leeway_secs: settings.leeway_secs,
+        })))
     }
 
     /// The principal a token stands for.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        self.verify_leased(token).map(|(p, _)| p)
+    }
+
+    /// The principal a token stands for, and its lease: until `exp` plus
+    /// the leeway.
+    pub fn verify_leased(&self, token: &str) -> Result<(Principal, Lease), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let family = header.alg.family();
         let by_kid = header
@@ -183,7 +201,13 @@ impl Verifier {
             match jsonwebtoken::decode::<Claims>(token, &k.key, validation) {
                 Ok(data) => {
                     let claim = data.claims.ratatoskr.unwrap_or_default();
-                    return Ok(match Scope::from_claim(claim)? {
+                    // The validation required a numeric exp; a fraction
+                    // rounds down, as the validation reads it.
+                    let lease = match data.claims.exp {
+                        Some(exp) => Lease::until_exp(exp.max(0.0) as u64, self.leeway_secs),
+                        None => return Err(TokenError::NoExpiry),
+                    };
+                    let principal = match Scope::from_claim(claim)? {
                         None => Principal::Admin,
                         Some(mut scope) => {
                             scope.owner = data
@@ -193,7 +217,8 @@ impl Verifier {
                                 .map(|s| format!("sub:{s}"));
                             Principal::Scoped(Arc::new(scope))
                         }
-                    });
+                    };
+                    return Ok((principal, lease));
                 }
                 Err(e) => {
                     let why = match e.kind() {

@@ -17,6 +17,7 @@
 pub mod credentials;
 pub mod jwt;
 pub mod keys;
+pub mod lease;
 
 use std::sync::Arc;
 

@@ -24,6 +24,7 @@ use http::{header, HeaderValue, Method};
 use super::App;
 use std::sync::Arc;
 
+use crate::auth::lease::Lease;
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::hub::filter::DeviceScope;
@@ -78,15 +79,25 @@ pub struct Identity {
     pub principal: Option<Principal>,
     /// The credential's rate-limit key, made only where a limit reads it.
     pub key: Option<ClientKey>,
+    /// What ends the credential, for a stream (`GET /events`) it opens;
+    /// `None` elsewhere, and when nothing ends it.
+    pub lease: Option<Lease>,
 }
 
 /// What [`authenticate`] does, with the result put in the request's
 /// extensions: the [`Principal`] and, where a rate limit reads it, the
 /// [`ClientKey`]; or the 401 answer.
 pub fn identify<B>(app: &App, request: &mut http::Request<B>) -> Result<(), Box<Response>> {
-    let Identity { principal, key } = identity(app, request)?;
+    let Identity {
+        principal,
+        key,
+        lease,
+    } = identity(app, request)?;
     if let Some(key) = key {
         request.extensions_mut().insert(key);
+    }
+    if let Some(lease) = lease {
+        request.extensions_mut().insert(lease);
     }
     if let Some(principal) = principal {
         request.extensions_mut().insert(principal);
@@ -103,6 +114,7 @@ pub fn identity<B>(app: &App, request: &http::Request<B>) -> Result<Identity, Bo
         return Ok(Identity {
             principal: Some(Principal::Anyone),
             key: None,
+            lease: None,
         });
     }
     // CORS preflights carry no credentials by design.
@@ -110,6 +122,7 @@ pub fn identity<B>(app: &App, request: &http::Request<B>) -> Result<Identity, Bo
         return Ok(Identity {
             principal: None,
             key: None,
+            lease: None,
         });
     }
     // A query token only where a header cannot be set: EventSource.
@@ -123,11 +136,13 @@ pub fn identity<B>(app: &App, request: &http::Request<B>) -> Result<Identity, Bo
         } else {
             "this gateway requires a token: Authorization: Bearer <token> or the ratatoskr_token cookie (?access_token= is accepted only on GET /events)".to_owned()
         }),
-        Some(ref token) => app.credentials.identify(token),
+        Some(ref token) => app.credentials.identify_leased(token),
     };
     match principal {
-        Ok(p) => Ok(Identity {
+        Ok((p, lease)) => Ok(Identity {
             principal: Some(p),
+            // Only a stream outlives its request.
+            lease: query_allowed.then_some(lease).filter(Lease::ends),
             // A rate-limit key only where a limit will read it: the digest
             // is work on every request.
             key: given

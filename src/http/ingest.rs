@@ -137,20 +137,10 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<axum::BoxError>,
 {
-    let identity = match super::auth::identity(&app, &request) {
-        Ok(identity) => identity,
+    let who = match admit(&app, &request, peer) {
+        Ok(who) => who,
         Err(refused) => return *refused,
     };
-    let key = identity.key.as_ref().map(|k| k.0.as_str());
-    if let Err(refused) = super::rate::admit_client(
-        &app,
-        crate::http::rate::Limited::Ingest,
-        Some(peer.0.ip()),
-        key,
-    ) {
-        return *refused;
-    }
-    let who = super::auth::principal(&app, identity.principal.map(Extension));
     let (parts, body) = request.into_parts();
     handle(
         &app,
@@ -161,6 +151,28 @@ where
         body,
     )
     .await
+}
+
+/// Who is posting, once authenticated and admitted by the rate limit. A
+/// plain function, so that nothing of the identity but the principal (not
+/// its key, nor a stream's lease) lives in the POST's future.
+fn admit<B>(
+    app: &App,
+    request: &http::Request<B>,
+    peer: PeerAddr,
+) -> Result<Principal, Box<Response>> {
+    let identity = super::auth::identity(app, request)?;
+    let key = identity.key.as_ref().map(|k| k.0.as_str());
+    super::rate::admit_client(
+        app,
+        crate::http::rate::Limited::Ingest,
+        Some(peer.0.ip()),
+        key,
+    )?;
+    Ok(super::auth::principal(
+        app,
+        identity.principal.map(Extension),
+    ))
 }
 
 /// Ingests one request: counts it, and turns a refusal into its answer.

@@ -9,8 +9,13 @@
 //! events may be missing, the missed events, then live events. Live events
 //! waiting in the subscriber's queue are written together in one chunk, so
 //! a busy subscriber costs one socket write per batch, not per event.
-//! Named events (`gap`, `lagged`, `shutdown`) do not trigger a browser's
-//! `onmessage`; comments keep idle connections alive.
+//! Named events (`gap`, `lagged`, `shutdown`, `revoked`) do not trigger a
+//! browser's `onmessage`; comments keep idle connections alive.
+//!
+//! A stream ends with `revoked` when the credential that opened it no
+//! longer holds: a JWT past its `exp` (plus `--jwt-leeway`), an API key a
+//! reload removed (see `auth::lease`); the client's reconnect then gets
+//! 401. The `--api-token` and auth off never end a stream this way.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -29,6 +34,7 @@ use tokio::time::Sleep;
 
 use super::query::QueryPairs;
 use super::App;
+use crate::auth::lease::{Lease, LeaseWatch};
 use crate::error::ApiError;
 use crate::event::{Event, EventId};
 use crate::hub::{
@@ -71,6 +77,7 @@ pub async fn subscribe(
     who: Option<axum::Extension<crate::auth::Principal>>,
     transfer: Option<axum::Extension<Transfer>>,
     direct: Option<axum::Extension<DirectConnection>>,
+    lease: Option<axum::Extension<Lease>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = QueryPairs::parse(
@@ -135,6 +142,7 @@ pub async fn subscribe(
     });
     let mut body = SseBody::new(subscription, format, transfer, &app, resume, lane);
     body.slot = slot;
+    body.lease = lease.and_then(|l| LeaseWatch::new(&l.0, &app.credentials));
     let mut response = Response::new(Body::new(body));
     // Says to the connection (the lean HTTP/1.1 path) that the body's bytes
     // are already chunks.
@@ -274,6 +282,9 @@ struct SseBody {
     finished: bool,
     /// This stream's place under `--max-streams-per-ip` (freed on drop).
     slot: Option<super::per_ip::StreamSlot>,
+    /// What ends the stream's credential; `None` once it has (or when
+    /// nothing can).
+    lease: Option<LeaseWatch>,
 }
 
 impl SseBody {
@@ -329,6 +340,7 @@ impl SseBody {
             lane: has_lane,
             partial: 0,
             slot: None,
+            lease: None,
             finished: false,
         }
     }
@@ -435,17 +447,32 @@ impl SseBody {
                 self.finished = true;
             }
         }
-        if let Some(CloseReason::Shutdown) = closed {
-            if !self.finished {
-                self.metrics.stream_ended(StreamEnd::Shutdown);
-                let data = json!({"reason": "the gateway is shutting down", "last_event_id": self.last_id.map(|id| id.to_string())});
-                out.extend(&frame::event(
-                    None,
-                    Some("shutdown"),
-                    data.to_string().as_bytes(),
-                ));
+        match closed {
+            Some(CloseReason::Shutdown) => {
+                if !self.finished {
+                    self.metrics.stream_ended(StreamEnd::Shutdown);
+                    let data = json!({"reason": "the gateway is shutting down", "last_event_id": self.last_id.map(|id| id.to_string())});
+                    out.extend(&frame::event(
+                        None,
+                        Some("shutdown"),
+                        data.to_string().as_bytes(),
+                    ));
+                }
+                self.finished = true;
             }
-            self.finished = true;
+            Some(CloseReason::Revoked(why)) => {
+                if !self.finished {
+                    self.metrics.stream_ended(StreamEnd::Revoked);
+                    let data = json!({"reason": why.reason(), "last_event_id": self.last_id.map(|id| id.to_string())});
+                    out.extend(&frame::event(
+                        None,
+                        Some("revoked"),
+                        data.to_string().as_bytes(),
+                    ));
+                }
+                self.finished = true;
+            }
+            None => {}
         }
         out.finish(self.transfer)
     }
@@ -465,6 +492,15 @@ impl http_body::Body for SseBody {
         }
         if let Some(p) = this.preamble.take() {
             return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        // Atomic loads unless the expiry or a reload woke this task. The
+        // queue, once closed, reports it after what it holds (and stops
+        // its lane), as the shutdown does.
+        if let Some(watch) = &mut this.lease {
+            if let Poll::Ready(why) = watch.poll_revoked(cx) {
+                this.lease = None;
+                this.subscription.queue.close(CloseReason::Revoked(why));
+            }
         }
         if let Some(chunk) = this.next_replay_chunk() {
             this.last_write = tokio::time::Instant::now();

@@ -44,11 +44,13 @@ pub enum LagPolicy {
     Resume,
 }
 
-/// Why the hub ended a subscription.
+/// Why the hub (or the stream itself) ended a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// The gateway is shutting down.
     Shutdown,
+    /// The stream's credential no longer holds (see `auth::lease`).
+    Revoked(crate::auth::lease::Revoked),
 }
 
 /// Result of offering an event to a subscriber.

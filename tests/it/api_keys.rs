@@ -232,3 +232,83 @@ async fn a_key_has_one_allowance_whatever_address_it_comes_from() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Sends SIGHUP to this test's own process: the gateway in it reloads
+/// (nextest runs each test in a process of its own).
+fn hangup_self() {
+    let ok = Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn a_stream_opened_with_a_key_a_reload_removed_ends_with_revoked_and_the_key_gets_401() {
+    use std::time::Duration;
+    let dir = temp_dir("api-keys-revoke");
+    let file = dir.join("keys.json");
+    let claim = json!({"subscribe": [MINE], "publish": [MINE]});
+    let (gone, mut gone_entry) = ratatoskr::auth::keys::new_key("gone").unwrap();
+    let (kept, mut kept_entry) = ratatoskr::auth::keys::new_key("kept").unwrap();
+    gone_entry["ratatoskr"] = claim.clone();
+    kept_entry["ratatoskr"] = claim;
+    std::fs::write(
+        &file,
+        json!({"keys": [gone_entry, kept_entry.clone()]}).to_string(),
+    )
+    .unwrap();
+    let keys_file = file.clone();
+    let gw = crate::util::Gateway::start_with(|c| c.api_keys_file = Some(keys_file)).await;
+    async fn open(gw: &crate::util::Gateway, key: &str) -> crate::util::SseClient {
+        gw.subscribe_with(
+            &format!("/events?device={MINE}"),
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await
+    }
+    async fn post(gw: &crate::util::Gateway, key: &str, n: i64) -> u16 {
+        gw.post_with(
+            &format!("/api/events?device={MINE}"),
+            "application/json",
+            json!({"n": n}).to_string(),
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await
+        .status
+    }
+    let mut doomed = open(&gw, &gone).await;
+    let mut staying = open(&gw, &kept).await;
+    assert_eq!(post(&gw, &kept, 1).await, 202);
+    assert_eq!(doomed.expect_event().await.json()["n"], 1);
+    assert_eq!(staying.expect_event().await.json()["n"], 1);
+
+    std::fs::write(&file, json!({"keys": [kept_entry]}).to_string()).unwrap();
+    hangup_self();
+    let revoked = doomed
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("a revoked notice within 5 s of the reload that removed the key");
+    assert_eq!(revoked.event.as_deref(), Some("revoked"), "{revoked:?}");
+    assert!(revoked.json()["last_event_id"].is_string(), "{revoked:?}");
+    assert!(
+        doomed.next_item(Duration::from_secs(2)).await.is_none() && doomed.ended,
+        "the stream closes after revoked"
+    );
+    let again = gw
+        .http
+        .get(gw.url(&format!("/events?device={MINE}")))
+        .bearer_auth(&gone)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401, "the reconnect with the removed key");
+    assert_eq!(post(&gw, &kept, 2).await, 202);
+    assert_eq!(
+        staying.expect_event().await.json()["n"],
+        2,
+        "the key the reload kept keeps its stream"
+    );
+    drop(gw);
+    std::fs::remove_dir_all(dir).unwrap();
+}

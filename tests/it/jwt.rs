@@ -657,3 +657,58 @@ async fn idempotency_keys_are_per_credential_so_50_of_50_other_tenant_events_are
     let r = post(anonymous, NOT_MINE, "order-0".into()).await;
     assert_eq!(r.headers["idempotent-replayed"], "true");
 }
+
+#[tokio::test]
+async fn a_stream_ends_with_revoked_once_its_token_expires_then_the_token_gets_401() {
+    const LEEWAY: i64 = 1;
+    let gw = Gateway::start_with(|c| {
+        c.jwt_secret = Some(SECRET.parse().unwrap());
+        c.jwt_leeway = Duration::from_secs(LEEWAY as u64);
+    })
+    .await;
+    let exp = now() + 2;
+    let short = hs256(json!({"sub": "user-1", "exp": exp, "ratatoskr": {"subscribe": [MINE]}}));
+    let admin = hs256(json!({"exp": now() + 600, "ratatoskr": {"admin": true}}));
+    let mut sub = gw
+        .subscribe_with(
+            &format!("/events?device={MINE}"),
+            &[("authorization", &bearer(&short))],
+        )
+        .await;
+    // A stream opened with the --api-token's equal (an admin JWT far from
+    // its exp) stays.
+    let mut lasting = gw
+        .subscribe_with("/events", &[("authorization", &bearer(&admin))])
+        .await;
+    assert_eq!(publish_as(&gw, &admin, MINE, "status", 1).await, 202);
+    assert_eq!(sub.expect_event().await.json()["n"], 1);
+    assert_eq!(lasting.expect_event().await.json()["n"], 1);
+    let revoked = sub
+        .next_event(Duration::from_secs(8))
+        .await
+        .expect("a revoked notice within 8 s of a token that expires in 2 s (leeway 1 s)");
+    assert_eq!(revoked.event.as_deref(), Some("revoked"), "{revoked:?}");
+    assert_eq!(revoked.json()["reason"], "the token expired");
+    assert!(
+        now() > exp + LEEWAY,
+        "ended only once the token is refused (exp + leeway {LEEWAY} s)"
+    );
+    assert!(
+        sub.next_item(Duration::from_secs(2)).await.is_none() && sub.ended,
+        "the stream closes after revoked"
+    );
+    let again = gw
+        .http
+        .get(gw.url(&format!("/events?device={MINE}")))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401, "the reconnect with the expired token");
+    assert_eq!(publish_as(&gw, &admin, MINE, "status", 2).await, 202);
+    assert_eq!(
+        lasting.expect_event().await.json()["n"],
+        2,
+        "a token not expired keeps its stream"
+    );
+}
