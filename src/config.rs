@@ -50,6 +50,13 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_REPLAY_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
     pub replay_max_bytes: usize,
 
+    /// Cluster mode: most bytes of the shared stream's entries one resume
+    /// reads, where this node's ring does not cover it; past them the
+    /// client gets `gap`. Read page by page (at most 1 MiB each), so a
+    /// resume never holds more than one page.
+    #[arg(long, env = "RATATOSKR_CLUSTER_REPLAY_MAX_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub cluster_replay_max_bytes: usize,
+
     /// Oldest event kept for resume (e.g. `1h`, `90s`).
     #[arg(long, env = "RATATOSKR_REPLAY_MAX_AGE", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
     pub replay_max_age: Duration,

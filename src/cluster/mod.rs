@@ -204,6 +204,37 @@ const READ_BLOCK: Duration = Duration::from_millis(1000);
 const READ_LINGER: Duration = Duration::from_millis(1);
 /// Most entries per XREAD or XRANGE.
 const READ_BATCH: usize = 1000;
+/// A resume's page ([`Cluster::resume_page`]): XRANGE's entries, cut at
+/// ARGV[4] bytes of ids and fields (the first entry always goes, so a page
+/// is never empty while entries remain).
+const RESUME_PAGE: &str = r"
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]))
+local budget = tonumber(ARGV[4])
+local out = {}
+local used = 0
+for i, e in ipairs(entries) do
+  local size = #e[1]
+  local fields = e[2]
+  for j = 1, #fields do size = size + #fields[j] end
+  if i > 1 and used + size > budget then break end
+  used = used + size
+  out[i] = e
+end
+return out
+";
+
+/// One page of a resume, from [`Cluster::resume_page`].
+#[derive(Debug)]
+pub struct ResumePage {
+    /// The entries that decoded, oldest first.
+    pub entries: Vec<(EventId, EventDraft)>,
+    /// Entries read (decoded or not): 0 once nothing is left before the bound.
+    pub read: usize,
+    /// Bytes of their ids and fields.
+    pub bytes: usize,
+    /// The stream id of the last entry read: the next page starts after it.
+    pub cursor: Option<String>,
+}
 
 impl Cluster {
     /// Connects (failing at once if Redis cannot be reached: a node that
@@ -287,6 +318,69 @@ impl Cluster {
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Whether the stream still holds everything after `after`: false when
+    /// trimming or a Redis restart lost some of them (the client's last
+    /// event, or an older one, is no longer its oldest entry).
+    pub async fn holds_after(&self, after: EventId) -> Result<bool, ClusterError> {
+        let mut conn = self.commands.clone();
+        let started = Instant::now();
+        let first: StreamRangeReply =
+            self.observe(started, conn.xrange_count(&self.stream, "-", "+", 1).await)?;
+        Ok(first
+            .ids
+            .first()
+            .and_then(|e| wire::event_id(&e.id).ok())
+            .is_some_and(|oldest| oldest <= after))
+    }
+
+    /// One page of a resume: the entries after the stream id `cursor` and
+    /// before `before`, oldest first, at most `count` of them and, past the
+    /// first, no more than `max_bytes` of fields. Redis cuts the page (a
+    /// script over XRANGE), so a node never holds more than that of one
+    /// resume, however large the events are.
+    pub async fn resume_page(
+        &self,
+        cursor: &str,
+        before: EventId,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<ResumePage, ClusterError> {
+        let mut conn = self.commands.clone();
+        let started = Instant::now();
+        let reply: redis::Value = self.observe(
+            started,
+            redis::Script::new(RESUME_PAGE)
+                .key(&self.stream)
+                .arg(format!("({cursor}"))
+                .arg(format!("({}", wire::stream_id(before)))
+                .arg(count.max(1))
+                .arg(max_bytes)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        let raw = wire::range_entries(reply).map_err(|e| {
+            self.metrics.skipped.inc();
+            ClusterError::Unavailable(e.to_string())
+        })?;
+        let mut page = ResumePage {
+            entries: Vec::with_capacity(raw.len()),
+            read: raw.len(),
+            bytes: 0,
+            cursor: raw.last().map(|e| e.stream_id()),
+        };
+        for e in raw {
+            page.bytes += e.size();
+            match e.decode() {
+                Ok(entry) => page.entries.push(entry),
+                Err(e) => {
+                    self.metrics.skipped.inc();
+                    tracing::error!(error = %e, "a stream entry could not be read back; skipped");
+                }
+            }
+        }
+        Ok(page)
     }
 
     /// Entries after `after` and before `before`, oldest first, at most

@@ -131,6 +131,19 @@ impl RawEntry {
         String::from_utf8_lossy(&self.id).into_owned()
     }
 
+    /// Bytes of its id and fields, as a resume's byte budget counts them.
+    pub fn size(&self) -> usize {
+        self.id.len()
+            + self
+                .fields
+                .iter()
+                .map(|f| match f {
+                    redis::Value::BulkString(b) => b.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+    }
+
     /// The event id and the draft in this entry (fields taken, not copied).
     pub fn decode(self) -> Result<(EventId, EventDraft), WireError> {
         // The id as text only for an error message.

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod body;
+pub mod cluster_resume;
 pub mod dashboard;
 pub mod event_types;
 pub mod health;

@@ -32,11 +32,12 @@ use http_body::Frame;
 use serde_json::json;
 use tokio::time::Sleep;
 
+use super::cluster_resume::{ClusterResume, Step};
 use super::query::QueryPairs;
 use super::App;
 use crate::auth::lease::{Lease, LeaseWatch};
 use crate::error::ApiError;
-use crate::event::{Event, EventId};
+use crate::event::EventId;
 use crate::hub::{
     frame, CloseReason, DirectConnection, EventFilter, Format, LagPolicy, Lane, LaneWrite,
     Published, SubscribeError, Subscription,
@@ -74,10 +75,9 @@ pub async fn subscribe(
     State(app): State<App>,
     RawQuery(query): RawQuery,
     peer: Option<axum::Extension<crate::server::PeerAddr>>,
-    who: Option<axum::Extension<crate::auth::Principal>>,
+    opener: Opener,
     transfer: Option<axum::Extension<Transfer>>,
     direct: Option<axum::Extension<DirectConnection>>,
-    lease: Option<axum::Extension<Lease>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = QueryPairs::parse(
@@ -86,7 +86,11 @@ pub async fn subscribe(
     )?;
     let filter = EventFilter::new(q.all("device"), q.all("type"))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let filter = scoped(&app, super::auth::principal(&app, who), filter)?;
+    let filter = scoped(
+        &app,
+        super::auth::principal(&app, opener.who.map(axum::Extension)),
+        filter,
+    )?;
     let format = match q.one("format")? {
         None | Some("data") => Format::Data,
         Some("envelope") => Format::Envelope,
@@ -129,9 +133,12 @@ pub async fn subscribe(
             ApiError::unavailable(e.to_string())
         }
     })?;
-    if let (Some(cluster), Some(last)) = (&app.cluster, resume) {
-        resume_from_cluster(&app, cluster, &mut subscription, last).await;
-    }
+    let from_cluster = match (&app.cluster, resume) {
+        (Some(cluster), Some(last)) => {
+            resume_from_cluster(&app, cluster, &mut subscription, last).await
+        }
+        _ => None,
+    };
     let transfer = transfer.map(|t| t.0).unwrap_or_default();
     // The connection writes this body's bytes as they are (the lean path):
     // the hub may write events to it directly, in the same form.
@@ -142,7 +149,14 @@ pub async fn subscribe(
     });
     let mut body = SseBody::new(subscription, format, transfer, &app, resume, lane);
     body.slot = slot;
-    body.lease = lease.and_then(|l| LeaseWatch::new(&l.0, &app.credentials));
+    if let Some(r) = from_cluster {
+        // The ring's part waits for the stream's part.
+        body.ring_part = std::mem::take(&mut body.replay).collect();
+        body.from_cluster = Some(r);
+    }
+    body.lease = opener
+        .lease
+        .and_then(|l| LeaseWatch::new(&l, &app.credentials));
     let mut response = Response::new(Body::new(body));
     // Says to the connection (the lean HTTP/1.1 path) that the body's bytes
     // are already chunks.
@@ -156,6 +170,28 @@ pub async fn subscribe(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Who opens a stream, as authentication found them, and what ends their
+/// credential ([`Lease`]: none for the `--api-token` or with auth off).
+#[derive(Debug)]
+pub struct Opener {
+    who: Option<crate::auth::Principal>,
+    lease: Option<Lease>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Opener {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Infallible> {
+        Ok(Self {
+            who: parts.extensions.get::<crate::auth::Principal>().cloned(),
+            lease: parts.extensions.get::<Lease>().copied(),
+        })
+    }
 }
 
 /// A scoped token sees only its devices: a device it names outside them is
@@ -201,42 +237,40 @@ fn scoped(
 
 /// Cluster mode: what the local ring does not cover (this node started
 /// after the client's last event, or it was evicted) comes from the shared
-/// stream, up to where the ring's coverage starts. The hub registered the
-/// subscriber before taking the ring's part, so the stream's part, the
-/// ring's part and the live queue join with no gap and no duplicate. A
-/// stream that no longer holds everything after `last` keeps the `gap`.
+/// stream, up to where the ring's coverage starts, page by page as the
+/// body writes it ([`ClusterResume`]). The hub registered the subscriber
+/// before taking the ring's part, so the stream's part, the ring's part and
+/// the live queue join with no gap and no duplicate. A stream that no
+/// longer holds everything after `last` keeps the `gap`.
 async fn resume_from_cluster(
     app: &App,
-    cluster: &crate::cluster::Cluster,
+    cluster: &Arc<crate::cluster::Cluster>,
     subscription: &mut Subscription,
     last: EventId,
-) {
+) -> Option<ClusterResume> {
     let filter = subscription.filter().clone();
-    let Some(r) = subscription.replay.as_mut() else {
-        return;
-    };
+    let r = subscription.replay.as_mut()?;
     if !r.truncated {
-        return;
+        return None;
     }
     let before = r
         .ring_first
         .unwrap_or(EventId::from_u64(r.live_from.as_u64().saturating_add(1)));
-    match cluster
-        .range(last, before, app.config.replay_capacity.max(1))
-        .await
-    {
-        Ok((entries, complete)) => {
-            let mut older: Vec<Arc<Published>> = entries
-                .into_iter()
-                .map(|(id, draft)| Arc::new(Published::new(Event { id, draft })))
-                .filter(|p| filter.matches(&p.event))
-                .collect();
-            older.append(&mut r.events);
-            r.events = older;
+    match cluster.holds_after(last).await {
+        Ok(complete) => {
             r.truncated = !complete;
+            Some(ClusterResume::new(
+                cluster.clone(),
+                filter,
+                last,
+                before,
+                app.config.cluster_replay_max_bytes,
+                app.config.replay_capacity.max(1),
+            ))
         }
         Err(e) => {
             tracing::warn!(error = %e, "resume: the shared stream is unavailable; the client gets a gap");
+            None
         }
     }
 }
@@ -251,8 +285,13 @@ struct SseBody {
     metrics: Arc<Metrics>,
     /// Frames to write before anything else (retry, gap notice).
     preamble: Option<Bytes>,
-    /// Missed events still to write, when resuming.
+    /// Missed events still to write, when resuming (in a cluster: the
+    /// current page of the shared stream's part, then the ring's part).
     replay: std::vec::IntoIter<Arc<Published>>,
+    /// Cluster mode: the shared stream's part of a resume, still to read.
+    from_cluster: Option<ClusterResume>,
+    /// The ring's part of a resume, written after the shared stream's.
+    ring_part: Vec<Arc<Published>>,
     /// Drained from the queue, not yet written (a drain can be larger
     /// than one chunk).
     batch: Vec<Arc<Published>>,
@@ -327,6 +366,8 @@ impl SseBody {
             metrics: app.metrics.clone(),
             preamble: Some(preamble.finish(transfer)),
             replay: replay.into_iter(),
+            from_cluster: None,
+            ring_part: Vec::new(),
             batch: Vec::new(),
             pending_dropped: 0,
             pending_closed: None,
@@ -357,6 +398,22 @@ impl SseBody {
     /// Notices (drops, the close, a gap) wait to be written.
     fn has_notices(&self) -> bool {
         self.pending_dropped > 0 || self.pending_closed.is_some() || self.pending_gap
+    }
+
+    /// The `gap` of a resume from the shared stream that stopped at its
+    /// budget (or at a Redis failure) before the ring's part.
+    fn resume_gap(&self) -> Bytes {
+        let data = json!({
+            "last_event_id": self.last_id.map(|id| id.to_string()),
+            "detail": "events after last_event_id may be missing: the resume from the cluster's shared stream stopped at its bound (--cluster-replay-max-bytes, --replay-capacity) or at a Redis failure",
+        });
+        let mut out = Piece::with_capacity(256);
+        out.extend(&frame::event(
+            None,
+            Some("gap"),
+            data.to_string().as_bytes(),
+        ));
+        out.finish(self.transfer)
     }
 
     /// Concatenates the next replayed events, up to the chunk limit.
@@ -502,9 +559,26 @@ impl http_body::Body for SseBody {
                 this.subscription.queue.close(CloseReason::Revoked(why));
             }
         }
-        if let Some(chunk) = this.next_replay_chunk() {
-            this.last_write = tokio::time::Instant::now();
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        loop {
+            if let Some(chunk) = this.next_replay_chunk() {
+                this.last_write = tokio::time::Instant::now();
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            // The next page only once this one is written: one page held.
+            let Some(resume) = this.from_cluster.as_mut() else {
+                break;
+            };
+            match std::task::ready!(resume.poll_step(cx)) {
+                Step::Events(page) => this.replay = page.into_iter(),
+                Step::Done { gap } => {
+                    this.from_cluster = None;
+                    this.replay = std::mem::take(&mut this.ring_part).into_iter();
+                    if gap {
+                        this.last_write = tokio::time::Instant::now();
+                        return Poll::Ready(Some(Ok(Frame::data(this.resume_gap()))));
+                    }
+                }
+            }
         }
         if !this.batch.is_empty() || this.has_notices() {
             this.last_write = tokio::time::Instant::now();

@@ -930,3 +930,72 @@ async fn another_node_takes_over_forwarding_when_the_forwarder_dies() {
         n.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_resume_from_the_shared_stream_stops_at_its_byte_budget_with_a_gap() {
+    // 16 KiB events, a 64 KiB budget: four events at most (the budget, and
+    // the one entry a page always takes), where the shared stream holds 20.
+    const EVENT: usize = 16 * 1024;
+    const BUDGET: usize = 64 * 1024;
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let gw = crate::util::Gateway::start_with(|c| {
+        c.redis_url = Some(url);
+        c.redis_prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        // The ring keeps about one of them: the rest is the stream's part.
+        c.replay_max_bytes = 64 * 1024;
+        c.cluster_replay_max_bytes = BUDGET;
+    })
+    .await;
+    let first = gw.post_json(&json!({"n": 0})).await;
+    let pad = "x".repeat(EVENT);
+    for n in 1..=20 {
+        gw.post_json(&json!({"n": n, "pad": pad})).await;
+    }
+    let mut sub = gw
+        .subscribe_with("/events", &[("last-event-id", &first)])
+        .await;
+    let mut before_gap = Vec::new();
+    let gap = loop {
+        let e = sub
+            .next_event(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "no gap after {} events of {EVENT} bytes: the stream's part went past the {BUDGET}-byte budget",
+                    before_gap.len()
+                )
+            });
+        if e.event.as_deref() == Some("gap") {
+            break e;
+        }
+        before_gap.push(e.json()["n"].as_i64().unwrap());
+    };
+    assert!(
+        !before_gap.is_empty() && before_gap.len() * EVENT <= BUDGET + EVENT,
+        "the events of a {BUDGET}-byte budget (and one page's first entry), not {} of {EVENT} bytes",
+        before_gap.len()
+    );
+    let expected: Vec<i64> = (1..=before_gap.len() as i64).collect();
+    assert_eq!(before_gap, expected, "in order, with no duplicate");
+    assert!(
+        gap.json()["last_event_id"].is_string(),
+        "the gap names the last event sent: {gap:?}"
+    );
+    // Then the ring's part, after the gap, and no event twice.
+    let mut after = Vec::new();
+    while let Some(e) = sub.next_event(Duration::from_millis(500)).await {
+        after.push(e.json()["n"].as_i64().unwrap());
+    }
+    assert_eq!(
+        after.last(),
+        Some(&20),
+        "the ring's part follows: {after:?}"
+    );
+    assert!(
+        after.windows(2).all(|w| w[0] < w[1]) && after[0] > *before_gap.last().unwrap(),
+        "after the gap, in order and nothing already sent: {after:?}"
+    );
+    drop(gw);
+    redis.stop();
+}
