@@ -51,6 +51,13 @@ impl Fingerprint {
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Reads back what [`Fingerprint::hex`] wrote; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
 }
 
 /// `key` in the namespace of the credential that sent it: `-:<key>` for

@@ -168,12 +168,7 @@ impl Background {
             match handle.await {
                 Ok(()) => Ended::Returned,
                 Err(e) if e.is_panic() => {
-                    let payload = e.into_panic();
-                    let why = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
+                    let why = crate::sync::panic_message(&*e.into_panic()).unwrap_or_default();
                     tracing::error!(task = name, panic = %why, "a background task panicked");
                     Ended::Panicked
                 }

@@ -255,10 +255,7 @@ fn on_open_thread<T: Send + 'static>(
         .map_err(|e| StoreError::Open(path.to_owned(), e.to_string()))?
         .join()
         .map_err(|panic| {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
+            let why = crate::sync::panic_message(&*panic)
                 .unwrap_or_else(|| "the file is shorter than its header says".into());
             StoreError::Damaged(path.to_owned(), why)
         })

@@ -372,13 +372,7 @@ impl Cluster {
         };
         for e in raw {
             page.bytes += e.size();
-            match e.decode() {
-                Ok(entry) => page.entries.push(entry),
-                Err(e) => {
-                    self.metrics.skipped.inc();
-                    tracing::error!(error = %e, "a stream entry could not be read back; skipped");
-                }
-            }
+            page.entries.extend(self.read_back(e));
         }
         Ok(page)
     }
@@ -392,18 +386,11 @@ impl Cluster {
         before: EventId,
         max: usize,
     ) -> Result<(Vec<(EventId, EventDraft)>, bool), ClusterError> {
-        let mut conn = self.commands.clone();
-        let started = Instant::now();
-        let first: StreamRangeReply =
-            self.observe(started, conn.xrange_count(&self.stream, "-", "+", 1).await)?;
         // Complete only if the client's last event (or an older one) is
         // still in the stream: otherwise trimming, or a Redis that came back
         // empty, may have lost events after it.
-        let mut complete = first
-            .ids
-            .first()
-            .and_then(|e| wire::event_id(&e.id).ok())
-            .is_some_and(|oldest| oldest <= after);
+        let mut complete = self.holds_after(after).await?;
+        let mut conn = self.commands.clone();
         let mut out = Vec::new();
         let mut cursor = format!("({}", wire::stream_id(after));
         while out.len() < max {
@@ -428,13 +415,10 @@ impl Cluster {
             }
             for e in page {
                 cursor = format!("({}", e.stream_id());
-                match e.decode() {
-                    Ok((id, _)) if id >= before => return Ok((out, complete)),
-                    Ok(entry) => out.push(entry),
-                    Err(e) => {
-                        self.metrics.skipped.inc();
-                        tracing::error!(error = %e, "a stream entry could not be read back; skipped");
-                    }
+                match self.read_back(e) {
+                    Some((id, _)) if id >= before => return Ok((out, complete)),
+                    Some(entry) => out.push(entry),
+                    None => {}
                 }
             }
         }
@@ -543,13 +527,11 @@ impl Cluster {
             return Ok(Claim::InProgress);
         };
         let (stored, id) = seen.split_once(':').unwrap_or((seen.as_str(), ""));
-        if stored != ours {
+        // A value that is not a fingerprint's hex is no match either.
+        let Some(stored) = Fingerprint::from_hex(stored) else {
             return Ok(Claim::Mismatch);
-        }
-        Ok(match id.parse::<EventId>() {
-            Ok(id) => Claim::Seen(id),
-            Err(_) => Claim::InProgress,
-        })
+        };
+        Ok(Claim::of(&stored, id.parse::<EventId>().ok(), fingerprint))
     }
 
     /// Records the id published under a claimed key.
@@ -742,15 +724,21 @@ impl Cluster {
     }
 
     fn publish(&self, hub: &Hub, entry: wire::RawEntry) {
-        match entry.decode() {
-            Ok((id, draft)) => {
-                hub.publish_at(id, draft);
-            }
-            Err(e) => {
+        if let Some((id, draft)) = self.read_back(entry) {
+            hub.publish_at(id, draft);
+        }
+    }
+
+    /// An entry's event id and draft; an entry that cannot be read back
+    /// is counted, logged and skipped (by the reader and every resume alike).
+    fn read_back(&self, entry: wire::RawEntry) -> Option<(EventId, EventDraft)> {
+        entry
+            .decode()
+            .map_err(|e| {
                 self.metrics.skipped.inc();
                 tracing::error!(error = %e, "a stream entry could not be read back; skipped");
-            }
-        }
+            })
+            .ok()
     }
 
     async fn disconnected(&self, why: &str, backoff: &mut Duration) {
