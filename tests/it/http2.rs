@@ -47,6 +47,25 @@ async fn h2c(gw: &Gateway, from: IpAddr, window: u32) -> H2c {
     }
 }
 
+/// Reads `body`, granting window for what it takes, until what it read
+/// holds `needle` (true) or the body ends or `wait` passes (false); and
+/// what it read.
+async fn read_until(body: &mut h2::RecvStream, needle: &str, wait: Duration) -> (bool, Vec<u8>) {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(wait, async {
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            seen.extend_from_slice(&chunk);
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    (found == Ok(true), seen)
+}
+
 impl H2c {
     /// Opens `GET path`; returns the response (head and body stream).
     async fn get(&mut self, path: &str) -> http::Response<h2::RecvStream> {
@@ -99,21 +118,14 @@ async fn idle_h2c_connections_are_closed_after_the_1s_idle_timeout_but_a_stream_
         "an h2 connection with a stream open was closed as idle"
     );
     gw.post_json(&json!({"n": "after the idle timeout"})).await;
-    let mut seen = Vec::new();
-    let got = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(chunk)) = stream.data().await {
-            let _ = stream.flow_control().release_capacity(chunk.len());
-            seen.extend_from_slice(&chunk);
-            if String::from_utf8_lossy(&seen).contains("after the idle timeout") {
-                return true;
-            }
-        }
-        false
-    })
+    let (got, seen) = read_until(
+        &mut stream,
+        "after the idle timeout",
+        Duration::from_secs(5),
+    )
     .await;
-    assert_eq!(
+    assert!(
         got,
-        Ok(true),
         "the stream on the busy connection: {}",
         String::from_utf8_lossy(&seen)
     );
@@ -235,21 +247,9 @@ async fn an_h2_stream_stalled_on_window_past_its_8_event_queue_gets_lagged_when_
         gw.post_json(&json!({"n": n, "pad": pad})).await;
     }
     // Reads again, granting window for what it takes.
-    let mut seen = Vec::new();
-    let lagged = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(Ok(chunk)) = body.data().await {
-            let _ = body.flow_control().release_capacity(chunk.len());
-            seen.extend_from_slice(&chunk);
-            if String::from_utf8_lossy(&seen).contains("event: lagged") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
+    let (lagged, seen) = read_until(&mut body, "event: lagged", Duration::from_secs(10)).await;
+    assert!(
         lagged,
-        Ok(true),
         "50 events into an 8-event queue while the window was shut: {} bytes read",
         seen.len()
     );
