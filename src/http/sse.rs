@@ -504,32 +504,24 @@ impl SseBody {
                 self.finished = true;
             }
         }
-        match closed {
-            Some(CloseReason::Shutdown) => {
-                if !self.finished {
-                    self.metrics.stream_ended(StreamEnd::Shutdown);
-                    let data = json!({"reason": "the gateway is shutting down", "last_event_id": self.last_id.map(|id| id.to_string())});
-                    out.extend(&frame::event(
-                        None,
-                        Some("shutdown"),
-                        data.to_string().as_bytes(),
-                    ));
-                }
-                self.finished = true;
+        // The queue closed: one last named notice (unless a lag already
+        // ended the stream), then the end.
+        let last = match closed {
+            Some(CloseReason::Shutdown) => Some((
+                StreamEnd::Shutdown,
+                "shutdown",
+                "the gateway is shutting down",
+            )),
+            Some(CloseReason::Revoked(why)) => Some((StreamEnd::Revoked, "revoked", why.reason())),
+            None => None,
+        };
+        if let Some((end, name, reason)) = last {
+            if !self.finished {
+                self.metrics.stream_ended(end);
+                let data = json!({"reason": reason, "last_event_id": self.last_id.map(|id| id.to_string())});
+                out.extend(&frame::event(None, Some(name), data.to_string().as_bytes()));
             }
-            Some(CloseReason::Revoked(why)) => {
-                if !self.finished {
-                    self.metrics.stream_ended(StreamEnd::Revoked);
-                    let data = json!({"reason": why.reason(), "last_event_id": self.last_id.map(|id| id.to_string())});
-                    out.extend(&frame::event(
-                        None,
-                        Some("revoked"),
-                        data.to_string().as_bytes(),
-                    ));
-                }
-                self.finished = true;
-            }
-            None => {}
+            self.finished = true;
         }
         out.finish(self.transfer)
     }
