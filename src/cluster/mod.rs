@@ -360,10 +360,7 @@ impl Cluster {
                 .invoke_async(&mut conn)
                 .await,
         )?;
-        let raw = wire::range_entries(reply).map_err(|e| {
-            self.metrics.skipped.inc();
-            ClusterError::Unavailable(e.to_string())
-        })?;
+        let raw = self.entries(reply)?;
         let mut page = ResumePage {
             entries: Vec::with_capacity(raw.len()),
             read: raw.len(),
@@ -406,10 +403,7 @@ impl Cluster {
                     .query_async(&mut conn)
                     .await,
             )?;
-            let page = wire::range_entries(page).map_err(|e| {
-                self.metrics.skipped.inc();
-                ClusterError::Unavailable(e.to_string())
-            })?;
+            let page = self.entries(page)?;
             if page.is_empty() {
                 return Ok((out, complete));
             }
@@ -727,6 +721,15 @@ impl Cluster {
         if let Some((id, draft)) = self.read_back(entry) {
             hub.publish_at(id, draft);
         }
+    }
+
+    /// The entries of an XRANGE reply; a malformed reply is counted as
+    /// skipped and answered as Redis being unavailable.
+    fn entries(&self, reply: redis::Value) -> Result<Vec<wire::RawEntry>, ClusterError> {
+        wire::range_entries(reply).map_err(|e| {
+            self.metrics.skipped.inc();
+            ClusterError::Unavailable(e.to_string())
+        })
     }
 
     /// An entry's event id and draft; an entry that cannot be read back

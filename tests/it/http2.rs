@@ -66,6 +66,22 @@ async fn read_until(body: &mut h2::RecvStream, needle: &str, wait: Duration) -> 
     (found == Ok(true), seen)
 }
 
+/// A stream on a connection that grants 64 bytes of window and never
+/// releases any (the preamble fits, the first event does not), then
+/// `events` events of 4 KiB published to it.
+async fn stalled_stream(gw: &Gateway, events: usize) -> (H2c, h2::RecvStream) {
+    let mut client = h2c(gw, HOME, 64).await;
+    let response = client.get("/events").await;
+    assert_eq!(response.status(), 200);
+    let body = response.into_body();
+    gw.wait_subscribers(1).await;
+    let pad = "x".repeat(4096);
+    for n in 0..events {
+        gw.post_json(&json!({"n": n, "pad": pad})).await;
+    }
+    (client, body)
+}
+
 impl H2c {
     /// Opens `GET path`; returns the response (head and body stream).
     async fn get(&mut self, path: &str) -> http::Response<h2::RecvStream> {
@@ -190,15 +206,7 @@ async fn an_h2_stream_that_grants_no_window_is_reset_after_the_1s_write_timeout(
     let gw = Gateway::start_with(|c| c.write_timeout = Duration::from_secs(1)).await;
     // 64 bytes of window, never released: the preamble fits, the first
     // event does not. The connection stays alive (the driver answers PINGs).
-    let mut client = h2c(&gw, HOME, 64).await;
-    let response = client.get("/events").await;
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    gw.wait_subscribers(1).await;
-    let pad = "x".repeat(4096);
-    for n in 0..20 {
-        gw.post_json(&json!({"n": n, "pad": pad})).await;
-    }
+    let (mut client, mut body) = stalled_stream(&gw, 20).await;
     let started = Instant::now();
     // Takes what the window let through (without releasing it) until the
     // stream ends.
@@ -237,15 +245,7 @@ async fn an_h2_stream_stalled_on_window_past_its_8_event_queue_gets_lagged_when_
         c.write_timeout = Duration::from_secs(30);
     })
     .await;
-    let mut client = h2c(&gw, HOME, 64).await;
-    let response = client.get("/events").await;
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    gw.wait_subscribers(1).await;
-    let pad = "x".repeat(4096);
-    for n in 0..50 {
-        gw.post_json(&json!({"n": n, "pad": pad})).await;
-    }
+    let (_client, mut body) = stalled_stream(&gw, 50).await;
     // Reads again, granting window for what it takes.
     let (lagged, seen) = read_until(&mut body, "event: lagged", Duration::from_secs(10)).await;
     assert!(
