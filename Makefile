@@ -16,9 +16,10 @@ run: ## run the gateway on its embedded defaults (0.0.0.0:8080)
 cluster-demo: ## Redis plus three cluster nodes on 127.0.0.1:8081-8083 (Ctrl-C stops them)
 	scripts/cluster-demo.sh
 
-test: test-rust test-js test-browser test-contract test-readme ## every test: Rust suites, the EventSource client, the dashboard in Chromium, the OpenAPI contract, the README's examples
+test: test-rust test-js test-browser test-contract test-readme ## every test: Rust suites, the EventSource client, the dashboard in Chromium, the OpenAPI contract, the examples of the README and docs/
 
 test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto; nextest when installed), doctests, then the black-box suite again on a Redis cluster node
+	@rm -f target/tmp/skipped-tests.txt
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --locked --all-targets --no-fail-fast; \
 	else \
@@ -27,6 +28,10 @@ test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over 
 	fi
 	$(CARGO) test --locked --doc
 	CARGO=$(CARGO) scripts/test-cluster.sh
+	@if [ -s target/tmp/skipped-tests.txt ]; then \
+	  echo "== not run here ($$(wc -l < target/tmp/skipped-tests.txt)), each with why:"; \
+	  cat target/tmp/skipped-tests.txt; \
+	fi
 
 # The binary the browser, EventSource and contract tests run: the one the
 # Rust tests built (same features), not a second build of every dependency
@@ -43,7 +48,7 @@ test-build:
 test-contract: test-build .venv/bin/moto_server ## schemathesis against a live gateway, auth off and on (reports in artifacts/contract/)
 	tests/contract/run.sh
 
-test-readme: test-build ## the README's examples run as written against a live gateway, their output compared
+test-readme: test-build ## the examples of the README and docs/ run as written against a live gateway, their output compared
 	tests/readme/run.sh
 
 test-js: test-build ## a real EventSource client (npm eventsource) against the binary
@@ -59,7 +64,7 @@ lint: ## formatting and clippy, warnings are errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-bench: ## load benchmark, side by side with the roofline and nginx+nchan (see README)
+bench: ## load benchmark, side by side with the roofline and nginx+nchan (see docs/performance.md)
 	scripts/bench.sh
 
 fuzz: ## every cargo-fuzz target for FUZZ_SECONDS each (default 60; nightly toolchain)

@@ -59,7 +59,12 @@ stop_server() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || 
 cleanup() { stop_server || true; [ -z "${NODE_PIDS+x}" ] || stop_nodes || true; [ "$HAVE_NCHAN" = 1 ] && "$SHARED/peers/nchan.sh" stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server on $1 did not start" >&2; exit 1; }
-start_gateway() { taskset -c 0 "$GATEWAY" --listen 127.0.0.1:$GW_PORT --log warn --store memory "$@" & SERVER_PID=$!; wait_port $GW_PORT; }
+# --store memory unless the arguments name a store.
+start_gateway() {
+  local store=(--store memory)
+  [[ " $* " == *" --store "* ]] && store=()
+  taskset -c 0 "$GATEWAY" --listen 127.0.0.1:$GW_PORT --log warn "${store[@]}" "$@" & SERVER_PID=$!; wait_port $GW_PORT
+}
 start_roofline() { taskset -c 0 "$SSEBENCH" roofline --listen 127.0.0.1:$ROOF_PORT >/dev/null 2>&1 & SERVER_PID=$!; sleep 0.3; }
 run() { # label, then ratatoskr-bench arguments
   local label=$1; shift
@@ -144,6 +149,20 @@ if want 4; then
 echo "== 4. ingest with no subscribers (wrk -t1 -c8 -d5s, 200-byte POST, best of 3), and NDJSON batches of 100"
 if command -v wrk >/dev/null; then
   start_gateway; ingest "ingest ratatoskr" "http://127.0.0.1:$GW_PORT/api/events"; stop_server
+  # With the embedded event log (the redb store's default: every POST
+  # answered once its event is written to the OS) against without it
+  # (--store memory), alternated.
+  for round in 1 2; do
+    for mode in memory log; do
+      if [ $mode = log ]; then
+        LOG_DIR=$(mktemp -d); start_gateway --store redb --data-dir "$LOG_DIR"
+      else
+        start_gateway
+      fi
+      ingest "ingest-$mode-$round ratatoskr" "http://127.0.0.1:$GW_PORT/api/events"; stop_server
+      [ $mode = log ] && rm -rf "$LOG_DIR"
+    done
+  done
   start_gateway; ingest "ingest-batch100 ratatoskr" "http://127.0.0.1:$GW_PORT/api/events" "$OUT/batch.lua"; stop_server
   if [ -n "$SSEBENCH" ]; then start_roofline; ingest "ingest roofline" "http://127.0.0.1:$ROOF_PORT/pub"; stop_server; fi
   if [ "$HAVE_NCHAN" = 1 ]; then
@@ -184,6 +203,16 @@ run "forward-publisher ratatoskr" -n 1 --devices 10 -m $FWD_EVENTS --pid "$SERVE
   --sub-url "http://127.0.0.1:$GW_PORT/events?device=dev-{i}" --pub-url "http://127.0.0.1:$GW_PORT/api/events?device=dev-{d}"
 wait "$SINK_PID" || true
 stop_server
+# The same with the event log on (the redb store's default).
+LOG_DIR=$(mktemp -d)
+start_gateway --allow-destination-nets 127.0.0.1/32 --store redb --data-dir "$LOG_DIR"
+register_all
+start_sink "forward-1000x100-log ratatoskr" $((FWD_EVENTS * 10))
+run "forward-publisher-log ratatoskr" -n 1 --devices 10 -m $FWD_EVENTS --pid "$SERVER_PID" \
+  --sub-url "http://127.0.0.1:$GW_PORT/events?device=dev-{i}" --pub-url "http://127.0.0.1:$GW_PORT/api/events?device=dev-{d}"
+wait "$SINK_PID" || true
+stop_server
+rm -rf "$LOG_DIR"
 
 fi
 if want 6; then

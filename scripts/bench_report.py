@@ -52,6 +52,11 @@ else:
     print("| unsaturated p99 <= 1.2x roofline | n/a |")
 ig, ix, ir = (get(f"ingest {s}", "ingest_per_s") for s in ("ratatoskr", "nchan", "roofline"))
 print(f"| ingest >= 1.0x nchan | {fmt(ig)}/s vs {fmt(ix)}/s ({ratio(ig, ix)}; roofline {fmt(ir)}/s) |")
+mem = [get(f"ingest-memory-{i} ratatoskr", "ingest_per_s") for i in (1, 2)]
+log = [get(f"ingest-log-{i} ratatoskr", "ingest_per_s") for i in (1, 2)]
+if all(mem) and all(log):
+    print(f"| ingest with the event log >= 0.9x without (--store memory) | {', '.join(fmt(x) for x in log)}/s vs "
+          f"{', '.join(fmt(x) for x in mem)}/s ({ratio(sum(log), sum(mem))}) |")
 ib = get("ingest-batch100 ratatoskr", "ingest_per_s")
 if ib:
     print(f"| ingest, NDJSON batches of 100 | {fmt(ib * 100)} events/s ({fmt(ib)} POST/s) |")
@@ -61,11 +66,12 @@ for n in (10000, 50000):
         print(f"| idle RSS <= 4 KB/conn, ssebench idlemem at {n:,} | {fmt(r['idle_bytes_per_connection'], ' B')} with {r['connected']:,} connections |")
 lost = sum(r.get("missing", 0) + r.get("duplicates", 0) for l, r in by.items() if l.endswith("ratatoskr") and "missing" in r)
 print(f"| no loss for subscribers that keep up | {lost} missing+duplicate deliveries across all Ratatoskr runs |")
-fw = by.get("forward-1000x100 ratatoskr")
-if fw:
-    print(f"| forwarding, 1,000 registrations over 100 webhook destinations | {fmt(fw['webhook_per_s'])} webhook deliveries/s "
-          f"({fmt(fw['webhook_deliveries'])} delivered of {fmt(get('forward-publisher ratatoskr', 'posted') or 0)} events x 10), "
-          f"latency p50 {fmt(fw['webhook_latency_ms_p50'])} ms, p99 {fmt(fw['webhook_latency_ms_p99'])} ms |")
+for suffix, what in (("", ""), ("-log", ", with the event log")):
+    fw = by.get(f"forward-1000x100{suffix} ratatoskr")
+    if fw:
+        print(f"| forwarding, 1,000 registrations over 100 webhook destinations{what} | {fmt(fw['webhook_per_s'])} webhook deliveries/s "
+              f"({fmt(fw['webhook_deliveries'])} delivered of {fmt(get(f'forward-publisher{suffix} ratatoskr', 'posted') or 0)} events x 10), "
+              f"latency p50 {fmt(fw['webhook_latency_ms_p50'])} ms, p99 {fmt(fw['webhook_latency_ms_p99'])} ms |")
 rounds = (1, 2, 3)
 plain = [get(f"sse-plain-{i} ratatoskr", "deliveries_per_s") for i in rounds]
 fwd = [get(f"sse-forwarding-{i} ratatoskr", "deliveries_per_s") for i in rounds]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make cluster-demo: a redis-server and three Ratatoskr nodes on one
-# machine, as in the README's "Run a cluster". Ctrl-C stops them all.
+# machine, as in docs/cluster.md ("Run a cluster"). Ctrl-C stops them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q --bin ratatoskr

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::hub::LagPolicy;
+use crate::state::store::StoreKind;
 pub use crate::telemetry::LogFormat;
 
 /// Ratatoskr: a Server-Sent Events broadcast gateway.
@@ -181,6 +182,23 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Most bytes of events the embedded event log keeps on disk (under
+    /// `--data-dir`/events); past it the oldest go. Not used with
+    /// `--store memory` (no log: forwarding and resume are in memory) or
+    /// in a cluster (the Redis stream is the log).
+    #[arg(long, env = "RATATOSKR_EVENT_LOG_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub event_log_max_bytes: usize,
+
+    /// Oldest event the embedded event log keeps.
+    #[arg(long, env = "RATATOSKR_EVENT_LOG_MAX_AGE", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub event_log_max_age: Duration,
+
+    /// Time between two fsyncs of the event log: what a power loss (not a
+    /// crash of the process) can cost. Each event is written to the OS
+    /// before its POST is answered.
+    #[arg(long, env = "RATATOSKR_EVENT_LOG_SYNC", default_value = "100ms", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub event_log_sync: Duration,
+
     /// Longest registration a consumer may ask for (at most 1h).
     #[arg(long, env = "RATATOSKR_REGISTRATION_MAX_DURATION", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
     pub registration_max_duration: Duration,
@@ -218,8 +236,15 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_FORWARD_INBOX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
     pub forward_inbox_bytes: usize,
 
-    /// Deliveries in flight per destination.
-    #[arg(long, env = "RATATOSKR_DESTINATION_CONCURRENCY", default_value_t = 4)]
+    /// No longer used: a destination gets one delivery at a time, so that
+    /// it sees its events in id order. Accepted so that old settings still
+    /// start; a value other than 1 is warned about.
+    #[arg(
+        long,
+        env = "RATATOSKR_DESTINATION_CONCURRENCY",
+        default_value_t = 1,
+        hide = true
+    )]
     pub destination_concurrency: usize,
 
     /// Outbound connections (webhook and SQS deliveries and drop notices
@@ -235,21 +260,31 @@ pub struct Config {
     #[arg(long, env = "RATATOSKR_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub delivery_timeout: Duration,
 
-    /// Retries after a failed attempt (5xx, 408, 429, timeout, connection error; never other 4xx).
-    #[arg(long, env = "RATATOSKR_DELIVERY_RETRIES", default_value_t = 2)]
-    pub delivery_retries: u32,
+    /// Most retries of one event before it is given up on (counted as
+    /// failed). Unset (the default): a retryable failure (5xx, 408, 429,
+    /// timeout, connection error) is retried until it succeeds or the
+    /// registration ends; other 4xx are never retried.
+    #[arg(long, env = "RATATOSKR_DELIVERY_RETRIES")]
+    pub delivery_retries: Option<u32>,
 
-    /// First retry delay; doubled each retry, with full jitter.
+    /// First retry delay; doubled each retry up to --retry-max-backoff, with full jitter.
     #[arg(long, env = "RATATOSKR_RETRY_BACKOFF", default_value = "200ms", value_parser = parse_duration, allow_hyphen_values = true)]
     pub retry_backoff: Duration,
 
-    /// Consecutive failed deliveries that open a destination's circuit.
-    #[arg(long, env = "RATATOSKR_CIRCUIT_FAILURES", default_value_t = 10)]
-    pub circuit_failures: u32,
+    /// Longest delay between two attempts at one delivery (a receiver's
+    /// `Retry-After` may ask for longer, and gets it).
+    #[arg(long, env = "RATATOSKR_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub retry_max_backoff: Duration,
 
-    /// How long an open circuit pauses a destination.
-    #[arg(long, env = "RATATOSKR_CIRCUIT_PAUSE", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
-    pub circuit_pause: Duration,
+    /// No longer used: a failing destination's retries back off up to
+    /// --retry-max-backoff instead of a circuit. Accepted so that old
+    /// settings still start.
+    #[arg(long, env = "RATATOSKR_CIRCUIT_FAILURES", hide = true)]
+    pub circuit_failures: Option<u32>,
+
+    /// No longer used (see --circuit-failures).
+    #[arg(long, env = "RATATOSKR_CIRCUIT_PAUSE", value_parser = parse_duration, allow_hyphen_values = true, hide = true)]
+    pub circuit_pause: Option<Duration>,
 
     /// Least time between two drop notices to one destination.
     #[arg(long, env = "RATATOSKR_NOTICE_INTERVAL", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -293,11 +328,11 @@ pub struct Config {
     /// Require this bearer token (16+ characters) on the API, the stream and
     /// the hook endpoints. Unset: open (for a trusted network only).
     #[arg(long, env = "RATATOSKR_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<crate::http::auth::Secret>,
+    pub api_token: Option<crate::auth::secret::Secret>,
 
     /// HS256 secret (16+ characters) for JSON Web Tokens; turns auth on.
     #[arg(long, env = "RATATOSKR_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<crate::http::auth::Secret>,
+    pub jwt_secret: Option<crate::auth::secret::Secret>,
 
     /// A PEM file with an RSA, EC or Ed25519 public key for JSON Web
     /// Tokens (RS*/PS*, ES*, EdDSA); turns auth on.
@@ -324,7 +359,7 @@ pub struct Config {
     pub jwt_leeway: Duration,
 
     /// A JSON file of API keys, stored as SHA-256 digests, each with the
-    /// devices and event types it may publish (see the README); turns auth
+    /// devices and event types it may publish (see docs/access.md); turns auth
     /// on. Reloaded on SIGHUP.
     #[arg(long, env = "RATATOSKR_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
@@ -364,15 +399,6 @@ impl Config {
             leeway_secs: self.jwt_leeway.as_secs(),
         }
     }
-}
-
-/// Which store keeps registrations and event types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StoreKind {
-    /// redb, in `--data-dir`: survives restarts.
-    Redb,
-    /// Process memory: lost on exit (tests, throwaway runs).
-    Memory,
 }
 
 /// When a publish writes to idle streams' sockets itself (`--inline-writes`).
@@ -489,17 +515,17 @@ impl Config {
         if self.destination_buffer == 0 || self.destination_buffer > 1_000_000 {
             return err("--destination-buffer must be between 1 and 1000000");
         }
-        if self.destination_concurrency == 0 || self.destination_concurrency > 256 {
-            return err("--destination-concurrency must be between 1 and 256");
-        }
         if self.max_outbound_connections == 0 || self.max_outbound_connections > 100_000 {
             return err("--max-outbound-connections must be between 1 and 100000");
         }
-        if self.delivery_timeout.is_zero() || self.delivery_retries > 10 {
-            return err("--delivery-timeout must be more than 0 and --delivery-retries at most 10");
+        if self.event_log_sync.is_zero() || self.event_log_max_age.is_zero() {
+            return err("--event-log-sync and --event-log-max-age must be more than 0");
         }
-        if self.circuit_failures == 0 {
-            return err("--circuit-failures must be at least 1");
+        if self.delivery_timeout.is_zero() {
+            return err("--delivery-timeout must be more than 0");
+        }
+        if self.retry_backoff.is_zero() || self.retry_max_backoff < self.retry_backoff {
+            return err("--retry-backoff must be more than 0 and --retry-max-backoff at least --retry-backoff");
         }
         if self.cors_origins.is_empty()
             || self

@@ -137,10 +137,11 @@ impl ApiError {
 
     /// 503 for a store that cannot write now: logged with its cause, and
     /// answered with `Retry-After` (when the store tries again).
-    pub fn store_unavailable(what: &str, cause: &crate::store::StoreError) -> Self {
+    pub fn store_unavailable(what: &str, cause: &crate::state::store::StoreError) -> Self {
         tracing::error!(error = %cause, "{what} store failed");
         let detail = match cause {
-            crate::store::StoreError::Gone(_) | crate::store::StoreError::Unwritable { .. } => {
+            crate::state::store::StoreError::Gone(_)
+            | crate::state::store::StoreError::Unwritable { .. } => {
                 format!("the {what} store cannot write now: {cause}")
             }
             _ => format!("the {what} store is unavailable; try again"),

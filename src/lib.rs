@@ -7,23 +7,25 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod bus;
 pub mod catalog;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod eventlog;
 pub mod forward;
-pub mod healthcheck;
 pub mod http;
 pub mod hub;
-pub mod id_mark;
 pub mod idempotency;
+pub mod ingest;
 pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
-pub mod sink;
-pub mod store;
+pub mod state;
+pub mod stream;
 pub mod sync;
 pub mod telemetry;
 pub mod validation;
@@ -49,7 +51,7 @@ use crate::idempotency::IdempotencyCache;
 use crate::registry::{Registry, RegistryLimits, RegistryMetrics};
 use crate::server::ServerLimits;
 use crate::shutdown::Phase;
-use crate::store::{Store, StoredDisabled};
+use crate::state::store::{self, Store, StoredDisabled};
 use crate::telemetry::Metrics;
 
 /// Why the gateway could not start.
@@ -70,6 +72,9 @@ pub enum StartError {
     /// A credential (JWT key, API keys file) could not be loaded.
     #[error(transparent)]
     Keys(#[from] auth::credentials::CredentialError),
+    /// The event log could not be opened.
+    #[error(transparent)]
+    EventLog(#[from] eventlog::LogError),
     /// The TLS certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] server::tls::TlsError),
@@ -133,13 +138,11 @@ pub async fn run_with_store(
                 events: config.destination_buffer,
                 bytes: config.destination_buffer_bytes,
             },
-            concurrency: config.destination_concurrency,
             max_outbound: config.max_outbound_connections,
             timeout: config.delivery_timeout,
             retries: config.delivery_retries,
             backoff: config.retry_backoff,
-            circuit_failures: config.circuit_failures,
-            circuit_pause: config.circuit_pause,
+            max_backoff: config.retry_max_backoff,
             notice_interval: config.notice_interval,
         },
         Arc::new(AddressPolicy::new(config.allow_destination_nets.clone())),
@@ -160,6 +163,18 @@ pub async fn run_with_store(
             sqs_default_credentials: config.sqs_default_credentials,
         },
     )?;
+    // A destination that answers 410 Gone turns its registrations off.
+    // Weak: the registry holds the destinations, which hold this.
+    let owner = Arc::downgrade(&registry);
+    delivery.on_gone(Box::new(move |d, why| {
+        let Some(owner) = owner.upgrade() else {
+            return 0;
+        };
+        owner.disable_destination(&d, &why).unwrap_or_else(|e| {
+            tracing::warn!(destination = %d.label(), error = %e, "registrations of a gone destination not disabled");
+            0
+        })
+    }));
     // The registry matches; forwarding delivers. The destinations follow
     // the registry's snapshots, and the router asks the registry.
     let destinations = Destinations::new(delivery.clone(), config.redis_url.is_some());
@@ -175,7 +190,11 @@ pub async fn run_with_store(
         },
         forward_runtime.handle(),
     );
-    hub.set_tap(forwarding.clone());
+    // In a cluster the reader publishes from the start; an embedded node
+    // sets its taps once the event log is open (below), before serving.
+    if config.redis_url.is_some() {
+        hub.set_tap(forwarding.clone());
+    }
     // Cluster mode: ids come from the shared stream, read by one reader
     // per node; there is no local id mark to keep.
     let cluster = match &config.redis_url {
@@ -220,9 +239,68 @@ pub async fn run_with_store(
     // The id high-water mark is the embedded mode's: in a cluster, ids are
     // the shared stream's.
     let mark = match &cluster {
-        None => Some(id_mark::IdMark::open(store.clone(), &hub)?),
+        None => Some(state::id_mark::IdMark::open(store.clone(), &hub)?),
         Some(_) => None,
     };
+    // After the id mark: a new log holds nothing up to the ids already
+    // handed out.
+    // The embedded node logs every event on disk (with the redb store:
+    // `--store memory` keeps nothing); a cluster's log is the stream.
+    let event_log = match (&config.redis_url, config.store) {
+        (None, state::store::StoreKind::Redb) => {
+            let log = eventlog::EventLog::open(
+                eventlog::LogConfig {
+                    dir: eventlog::dir_under(&config.data_dir),
+                    max_bytes: config.event_log_max_bytes,
+                    max_age: config.event_log_max_age,
+                    sync_every: config.event_log_sync,
+                },
+                // A new log holds nothing from before this start.
+                hub.last_id().max(event::EventId::from_u64(
+                    event::EventId::floor_at(hub::unix_ms())
+                        .as_u64()
+                        .saturating_sub(1),
+                )),
+            )?;
+            metrics.register(|r| log.register(r));
+            Some(log)
+        }
+        _ => None,
+    };
+    match (&event_log, &cluster) {
+        (Some(log), _) => hub.set_tap(Arc::new(hub::Taps(vec![log.clone(), forwarding.clone()]))),
+        (None, None) => hub.set_tap(forwarding.clone()),
+        // A cluster node's tap was set before its reader started.
+        (None, Some(_)) => {}
+    }
+    if let Some(log) = &event_log {
+        // The ring as it was, so that streams resume across the restart;
+        // then every destination from its checkpoint, before serving.
+        let (l, count, bytes) = (log.clone(), config.replay_capacity, config.replay_max_bytes);
+        let tail = tokio::task::spawn_blocking(move || l.tail(count, bytes))
+            .await
+            .unwrap_or_default();
+        hub.restore(
+            tail.into_iter()
+                .map(|(id, draft)| Arc::new(hub::Published::new(event::Event { id, draft })))
+                .collect(),
+        );
+        let requeued = forward::resume::catch_up(log, &forwarding, hub.last_id()).await;
+        if requeued > 0 {
+            tracing::info!(
+                events = requeued,
+                "restart: undelivered events queued again for their destinations"
+            );
+        }
+        background.spawn(
+            "checkpoints",
+            forward::resume::keep_checkpoints(
+                log.clone(),
+                forwarding.clone(),
+                background.shutdown(),
+            ),
+        );
+    }
     let rate_limits = metrics.register(|r| {
         http::rate::RateLimits::register(r, config.rate_limit_ingest, config.rate_limit_changes)
     });
@@ -270,12 +348,32 @@ pub async fn run_with_store(
             background.shutdown(),
         ),
     );
+    // The deployment mode, chosen once: every handler asks the bus.
+    let bus = Arc::new(match &cluster {
+        Some(c) => bus::Bus::Shared(c.clone()),
+        None => bus::Bus::Local(bus::Local {
+            hub: hub.clone(),
+            dedup: IdempotencyCache::new(config.idempotency_window, config.idempotency_max_keys),
+            log: event_log.clone(),
+            registry: registry.clone(),
+        }),
+    });
+    let ingest = ingest::Pipeline::new(
+        bus.clone(),
+        catalog.clone(),
+        ingest::Limits {
+            max_json_depth: config.max_json_depth,
+            max_batch: config.max_batch,
+            pacing_depth: config.subscriber_buffer / 2,
+        },
+    );
     let app = Arc::new(AppState {
         credentials,
-        idempotency: IdempotencyCache::new(config.idempotency_window, config.idempotency_max_keys),
+        bus,
+        ingest,
         rate_limits: rate_limits.clone(),
         streams_per_ip: metrics
-            .register(|r| http::per_ip::StreamsPerIp::register(r, config.max_streams_per_ip)),
+            .register(|r| server::per_ip::StreamsPerIp::register(r, config.max_streams_per_ip)),
         config,
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -285,7 +383,7 @@ pub async fn run_with_store(
         store,
         delivery,
         forwarding: forwarding.clone(),
-        cluster,
+        replays: Default::default(),
         readiness: Default::default(),
         started: Instant::now(),
     });
@@ -317,9 +415,17 @@ pub async fn run_with_store(
     if !stopped.panicked.is_empty() {
         tracing::error!(tasks = ?stopped.panicked, "background tasks had panicked");
     }
+    if let Some(log) = &event_log {
+        // Where each destination is, for the next start to go on from.
+        forward::resume::save(log, &forwarding, &mut Default::default());
+        log.close();
+    }
     drop(forward_runtime);
     if abandoned > 0 {
-        tracing::warn!(abandoned, "stopped with undelivered forwarding events");
+        match &event_log {
+            Some(_) => tracing::info!(abandoned, "stopped with undelivered forwarding events: the next start delivers them from the event log"),
+            None => tracing::warn!(abandoned, "stopped with undelivered forwarding events"),
+        }
     }
     tracing::info!(drained, "stopped");
     Ok(drained)
@@ -335,7 +441,7 @@ const FORWARD_INBOX: usize = 65_536;
 async fn sweep(
     registry: Arc<Registry>,
     hub: Arc<Hub>,
-    mark: Option<id_mark::IdMark>,
+    mark: Option<state::id_mark::IdMark>,
     store: Arc<Store>,
     cluster: Option<Arc<cluster::Cluster>>,
     rate_limits: Arc<http::rate::RateLimits>,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ratatoskr::config::Config;
-use ratatoskr::store::Store;
+use ratatoskr::state::store::Store;
 
 use std::io::Write;
 
@@ -82,7 +82,7 @@ where
 fn quiet_store_probe_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().name() != Some(ratatoskr::store::OPEN_THREAD) {
+        if std::thread::current().name() != Some(ratatoskr::state::store::OPEN_THREAD) {
             default(info);
         }
     }));
@@ -93,16 +93,16 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
         Some("new-api-key") => return new_api_key(args.get(2).and_then(|a| a.to_str())),
-        // A webhook receiver that prints what it gets (`ratatoskr::sink`).
-        Some("sink") => return tool(&args[1..], "sink", ratatoskr::sink::run),
+        // A webhook receiver that prints what it gets (`ratatoskr::cli::sink`).
+        Some("sink") => return tool(&args[1..], "sink", ratatoskr::cli::sink::run),
         // Exit 0 when the local `/health` answers 200: the image's
-        // HEALTHCHECK (`ratatoskr::healthcheck`).
+        // HEALTHCHECK (`ratatoskr::cli::healthcheck`).
         Some("healthcheck") => {
             return tool(
                 &args[1..],
                 "unhealthy",
-                |a: ratatoskr::healthcheck::HealthcheckArgs| async move {
-                    ratatoskr::healthcheck::probe(&a).await
+                |a: ratatoskr::cli::healthcheck::HealthcheckArgs| async move {
+                    ratatoskr::cli::healthcheck::probe(&a).await
                 },
             )
         }

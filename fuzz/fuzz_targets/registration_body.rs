@@ -15,5 +15,5 @@ fuzz_target!(|data: &[u8]| {
     let mut errors = Vec::new();
     req.destination.validate(&mut errors);
     let _ = req.filter.compile();
-    let _ = req.destination.redacted();
+    let _ = req.destination.redacted(chrono::Utc::now());
 });

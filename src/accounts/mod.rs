@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::DeviceId;
 use crate::hub::filter::SharedDevices;
-use crate::store::{Collection, Store, StoreError, StoredDisabled};
+use crate::state::store::{Collection, Store, StoreError, StoredDisabled};
 use crate::sync::{lock, read, write};
 use crate::validation::FieldError;
 
@@ -394,7 +394,7 @@ fn canonical(devices: &[String]) -> Result<HashSet<DeviceId>, Vec<FieldError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreKind;
+    use crate::state::store::StoreKind;
 
     fn accounts() -> Accounts {
         let store = Arc::new(Store::open(StoreKind::Memory, std::path::Path::new("")).unwrap());

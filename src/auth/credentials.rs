@@ -18,7 +18,7 @@ use super::jwt::{JwtSettings, KeyError, Verifier};
 use super::keys::{ApiKeys, KeysFileError};
 use super::lease::Lease;
 use super::Principal;
-use crate::http::auth::Secret;
+use crate::auth::secret::Secret;
 
 /// Why credentials could not be loaded.
 #[derive(Debug, thiserror::Error)]

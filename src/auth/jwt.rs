@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::lease::Lease;
 use super::{Claim, Principal, Scope, ScopeError};
-use crate::http::auth::Secret;
+use crate::auth::secret::Secret;
 
 /// Where the keys come from, from the configuration.
 #[derive(Debug, Clone, Default)]

@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod jwt;
 pub mod keys;
 pub mod lease;
+pub mod secret;
 
 use std::sync::Arc;
 
@@ -145,7 +146,7 @@ impl Scope {
     }
 
     /// Accounts whose devices it may subscribe to (resolved per stream,
-    /// through `crate::accounts`).
+    /// through the accounts room).
     pub fn accounts(&self) -> &[String] {
         &self.claim.accounts
     }

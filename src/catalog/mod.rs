@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::EventDraft;
-use crate::store::{Collection, Store, StoreError};
+use crate::state::store::{Collection, Store, StoreError};
 use crate::sync::{read, write};
 use crate::validation::FieldError;
 
@@ -162,7 +162,7 @@ pub fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
 /// Every stored definition, compiled (or disabled, with the reason).
 fn load_types(
     store: &Store,
-    disabled: &crate::store::StoredDisabled,
+    disabled: &crate::state::store::StoredDisabled,
 ) -> Result<HashMap<String, Arc<Compiled>>, StoreError> {
     let mut types = HashMap::new();
     for (name, doc) in store.load(Collection::EventTypes)? {
@@ -194,7 +194,7 @@ pub struct Catalog {
     /// Serialises definition changes (check, store write, swap).
     writes: std::sync::Mutex<()>,
     /// Counts definitions loaded disabled (on every load).
-    disabled: crate::store::StoredDisabled,
+    disabled: crate::state::store::StoredDisabled,
 }
 
 impl Catalog {
@@ -202,7 +202,7 @@ impl Catalog {
     pub fn open(
         store: Arc<Store>,
         strict: bool,
-        disabled: &crate::store::StoredDisabled,
+        disabled: &crate::state::store::StoredDisabled,
     ) -> Result<Self, StoreError> {
         let types = load_types(&store, disabled)?;
         Ok(Self {
@@ -418,7 +418,7 @@ fn check_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreKind;
+    use crate::state::store::StoreKind;
     use serde_json::json;
 
     fn catalog(strict: bool) -> Catalog {

@@ -13,7 +13,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{wire, Cluster, ClusterError};
+use super::{Cluster, ClusterError};
+use crate::event::wire;
 use crate::event::EventId;
 
 /// Most requests in one pipeline (a request may hold many entries).

@@ -31,8 +31,6 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sha2::Digest;
-
 use super::Cluster;
 use crate::catalog::Catalog;
 use crate::event::{Event, EventId};
@@ -40,7 +38,7 @@ use crate::forward::destination::Destination;
 use crate::forward::Forwarding;
 use crate::hub::{Hub, Published};
 use crate::registry::Registry;
-use crate::store::Collection;
+use crate::state::store::Collection;
 
 /// Full resync of registrations and event types, whatever was announced.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
@@ -124,7 +122,8 @@ impl Cluster {
     pub fn start_following(self: &Arc<Self>, followers: Followers) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let channel = super::documents::RedisDocuments::changes_channel(&me.config.prefix);
+            let channel =
+                crate::state::store::redis::RedisDocuments::changes_channel(&me.config.prefix);
             let mut backoff = Duration::from_millis(100);
             loop {
                 let mut pubsub = match me.client.get_async_pubsub().await {
@@ -173,8 +172,7 @@ impl Cluster {
     /// A destination's name in the checkpoints hash and in its lease key: a
     /// digest, so that no secret appears in Redis key space.
     fn checkpoint_field(d: &Destination) -> String {
-        let doc = serde_json::to_vec(d).unwrap_or_default();
-        hex::encode(&sha2::Sha256::digest(&doc)[..16])
+        d.digest()
     }
 
     /// After taking `d`'s lease at `from`: replays to it the stream's

@@ -19,7 +19,7 @@ pub const MEMBER_TTL: Duration = Duration::from_secs(6);
 /// One node, as it announces itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {
-    /// Its id (also its name in the forwarding lease).
+    /// Its id (also its name in the destination leases it holds).
     pub node: String,
     /// The address it listens on.
     pub address: String,

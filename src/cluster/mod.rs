@@ -21,10 +21,8 @@
 //! other nodes is skipped.
 
 mod append;
-pub mod documents;
 pub mod follow;
 pub mod members;
-pub mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,7 +35,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 
-use crate::event::{EventDraft, EventId};
+use crate::event::{wire, EventDraft, EventId};
 use crate::hub::Hub;
 use crate::idempotency::{Claim, Fingerprint};
 
@@ -104,17 +102,17 @@ impl ClusterMetrics {
         };
         registry.register(
             "cluster_lease_takeovers",
-            "Times this node took the forwarding lease",
+            "Times this node took a destination's lease",
             m.lease_takeovers.clone(),
         );
         registry.register(
             "cluster_forwarding",
-            "1 while this node holds the forwarding lease (and forwards for the cluster)",
+            "1 while this node holds any destination's lease (and forwards to it for the cluster)",
             m.forwarding.clone(),
         );
         registry.register(
             "cluster_destinations_owned",
-            "Destinations this node forwards for the cluster (all of them while it holds the lease)",
+            "Destinations this node forwards for the cluster (those whose lease it holds)",
             m.destinations_owned.clone(),
         );
         registry.register(
@@ -243,7 +241,8 @@ impl Cluster {
         config: ClusterConfig,
         metrics: &crate::telemetry::Metrics,
     ) -> Result<Arc<Self>, ClusterError> {
-        let client = open_client(&config.url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let client = crate::state::store::redis::open_client(&config.url)
+            .map_err(|e| ClusterError::Url(e.to_string()))?;
         let manager = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
@@ -754,18 +753,6 @@ impl Cluster {
         tokio::time::sleep(wait).await;
         *backoff = (*backoff * 2).min(Duration::from_secs(5));
     }
-}
-
-/// A Redis client for `url`. For `rediss://`, rustls needs one process-wide
-/// crypto provider, and cannot choose by itself because the dependency
-/// tree enables two (ring through reqwest, aws-lc-rs through the AWS SDK):
-/// without this, the first TLS connection panics. aws-lc-rs, as the AWS
-/// SDK uses. The server's certificate is checked against the system's
-/// roots (`SSL_CERT_FILE` selects another bundle).
-pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
-    // Fails only if a provider is installed already: then that one serves.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    redis::Client::open(url)
 }
 
 /// The oldest stream time kept: `max_age` before `now_ms`, or the epoch

@@ -8,6 +8,7 @@
 pub mod device;
 pub mod id;
 pub mod json;
+pub mod wire;
 pub mod wrp;
 
 use std::collections::BTreeMap;

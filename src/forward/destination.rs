@@ -4,9 +4,17 @@
 //!
 //! Secrets (webhook secret, extra header values, AWS keys) are kept here as
 //! given; `Debug` and [`Destination::redacted`] never show them.
+//!
+//! A webhook's secret can be rotated with a grace period: the secret a
+//! `PUT` replaces is kept as [`PreviousSecret`] until an absolute time (never
+//! a ttl, so a destination reads the same on every load and stays the same
+//! key of its outbox), and signatures are made with both until then
+//! ([`HttpDestination::signing_secrets`], checked at each signing).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -104,6 +112,88 @@ pub struct HttpDestination {
     /// Receives drop notices instead of `url`, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_url: Option<String>,
+    /// On `PUT`, with a new `secret`: how long the secret it replaces stays
+    /// valid (seconds, or a duration such as `"10m"`; at most the
+    /// registration's `duration`). Meanwhile Standard Webhooks requests
+    /// carry both signatures, the new one first; `X-Webpa-Signature` only
+    /// the new one. Without it the old secret stops at once. Read when the
+    /// registration is built, which keeps the absolute expiry instead:
+    /// never stored, never returned.
+    // Never serialised; not `skip_serializing`, which would leave it out of
+    // the request schema too.
+    #[serde(default, skip_serializing_if = "never_serialised")]
+    #[schema(schema_with = previous_secret_ttl_schema)]
+    pub previous_secret_ttl: Option<serde_json::Value>,
+    /// The secret a rotation replaced, while its grace period runs. Set by
+    /// the gateway only (a request naming it is refused); stored, never
+    /// returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// `previous_secret_ttl` in the OpenAPI document: seconds or a duration
+/// text, as `duration` takes.
+fn previous_secret_ttl_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    serde_json::from_value(serde_json::json!({
+        "description": "On PUT, with a new `secret`: how long the secret it replaces stays valid \
+            (seconds, or a duration such as \"10m\"; at most the registration's `duration`). \
+            Meanwhile `webhook-signature` carries both signatures, the new one first; \
+            `X-Webpa-Signature` only the new one. Without it the old secret stops at once. \
+            Never returned: the response shows `has_previous_secret` and \
+            `previous_secret_expires_at`.",
+        "oneOf": [
+            {"type": "string", "examples": ["10m"]},
+            {"type": "integer", "minimum": 1},
+            {"type": "null"}
+        ]
+    }))
+    .expect("a schema")
+}
+
+/// Leaves a request-only field out of every serialised form.
+fn never_serialised<T>(_: &T) -> bool {
+    true
+}
+
+/// A webhook secret that a rotation replaced, and when it stops being
+/// valid (wall clock, so the grace period keeps running across a
+/// restart). Its `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousSecret {
+    /// The old secret.
+    pub secret: String,
+    /// When it stops signing.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for PreviousSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviousSecret")
+            .field("secret", &format_args!("<redacted>"))
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl HttpDestination {
+    /// The secrets that sign a request made at `now`: the current one,
+    /// then the previous one while its grace period runs. Empty without a
+    /// secret.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> {
+        let previous = self
+            .previous_secret
+            .as_ref()
+            .filter(|p| p.expires_at > now)
+            .map(|p| p.secret.as_str());
+        self.secret.as_deref().into_iter().chain(previous)
+    }
+
+    /// The previous secret still valid at `now`.
+    fn previous_at(&self, now: DateTime<Utc>) -> Option<&PreviousSecret> {
+        self.previous_secret.as_ref().filter(|p| p.expires_at > now)
+    }
 }
 
 /// An AWS SQS destination. Its `Debug` shows no secret.
@@ -162,6 +252,7 @@ impl std::fmt::Debug for HttpDestination {
                 "failure_url",
                 &self.failure_url.as_deref().map(without_query),
             )
+            .field("previous_secret", &self.previous_secret)
             .finish()
     }
 }
@@ -223,6 +314,13 @@ impl Destination {
         format!("{kind}:{}://{shown}{port}/#{digest}", u.scheme())
     }
 
+    /// The destination's name in checkpoints and leases: a digest of its
+    /// whole document, so that no secret appears where it is stored.
+    pub fn digest(&self) -> String {
+        let doc = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(&doc)[..16])
+    }
+
     /// Every URL this destination makes the gateway contact, with the
     /// request field that names it (for errors).
     pub fn urls(&self) -> Vec<(&'static str, &str)> {
@@ -254,6 +352,12 @@ impl Destination {
             Self::Http(h) => {
                 if h.secret.as_deref() == Some("") {
                     errors.push(FieldError::new("destination.secret", "must not be empty"));
+                }
+                if h.previous_secret.is_some() {
+                    errors.push(FieldError::new(
+                        "destination.previous_secret",
+                        "is kept by the gateway: send previous_secret_ttl with a new secret",
+                    ));
                 }
                 if h.headers.len() > 32 {
                     errors.push(FieldError::new("destination.headers", "at most 32 headers"));
@@ -324,17 +428,70 @@ impl Destination {
         }
     }
 
-    /// The destination as responses show it: secrets replaced by flags.
-    pub fn redacted(&self) -> serde_json::Value {
+    /// Decides the previous secret of this destination, built from a
+    /// request at `now` to replace `old` (the registration's destination so
+    /// far, `None` for a new one). Only the gateway sets it, so whatever the
+    /// request carried is replaced:
+    /// - the same place (`url`) and the same secret (resent, or left out
+    ///   and inherited): a running grace period goes on;
+    /// - the same place and a new secret: the old one stays valid for
+    ///   `grace` (the request's `previous_secret_ttl`), or stops at once
+    ///   without it; an older previous secret stops at once either way;
+    /// - anything else: no previous secret.
+    ///
+    /// The request's ttl is cleared: the expiry is kept as a time, so the
+    /// destination is the same on every load.
+    pub fn rotate_from(
+        &mut self,
+        old: Option<&Destination>,
+        grace: Option<Duration>,
+        now: DateTime<Utc>,
+    ) {
+        let Self::Http(new) = self else {
+            return;
+        };
+        new.previous_secret_ttl = None;
+        let old = match old {
+            Some(Self::Http(old)) if old.url == new.url => old,
+            _ => {
+                new.previous_secret = None;
+                return;
+            }
+        };
+        new.previous_secret = if new.secret == old.secret {
+            old.previous_at(now).cloned()
+        } else {
+            match (
+                &old.secret,
+                grace.and_then(|g| chrono::Duration::from_std(g).ok()),
+            ) {
+                (Some(secret), Some(grace)) => Some(PreviousSecret {
+                    secret: secret.clone(),
+                    expires_at: now + grace,
+                }),
+                _ => None,
+            }
+        };
+    }
+
+    /// The destination as responses show it at `now`: secrets replaced by
+    /// flags (and a previous secret's expiry, while it is valid).
+    pub fn redacted(&self, now: DateTime<Utc>) -> serde_json::Value {
         match self {
-            Self::Http(h) => serde_json::json!({
-                "type": "http",
-                "url": h.url,
-                "content_type": h.content_type,
-                "failure_url": h.failure_url,
-                "has_secret": h.secret.is_some(),
-                "header_names": h.headers.keys().collect::<Vec<_>>(),
-            }),
+            Self::Http(h) => {
+                let previous = h.previous_at(now);
+                serde_json::json!({
+                    "type": "http",
+                    "url": h.url,
+                    "content_type": h.content_type,
+                    "failure_url": h.failure_url,
+                    "has_secret": h.secret.is_some(),
+                    "has_previous_secret": previous.is_some(),
+                    "previous_secret_expires_at": previous
+                        .map(|p| p.expires_at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                    "header_names": h.headers.keys().collect::<Vec<_>>(),
+                })
+            }
             Self::Sqs(s) => serde_json::json!({
                 "type": "sqs",
                 "queue_url": s.queue_url,
@@ -400,6 +557,8 @@ mod tests {
             headers: BTreeMap::from([("Authorization".into(), "Bearer tok".into())]),
             content_type: BodyFormat::Json,
             failure_url: None,
+            previous_secret_ttl: None,
+            previous_secret: None,
         })
     }
 
@@ -411,6 +570,11 @@ mod tests {
             headers: [("Authorization".to_owned(), "Bearer TOPSECRET-H".to_owned())].into(),
             content_type: BodyFormat::default(),
             failure_url: Some("https://h.example/f?k=TOPSECRET-F".into()),
+            previous_secret_ttl: None,
+            previous_secret: Some(PreviousSecret {
+                secret: "TOPSECRET-P".into(),
+                expires_at: Utc::now(),
+            }),
         });
         let sqs = Destination::Sqs(SqsDestination {
             queue_url: "https://sqs.example/1/q".into(),
@@ -430,12 +594,125 @@ mod tests {
 
     #[test]
     fn redacted_view_carries_no_secret() {
-        let text = http("https://x.example/hook").redacted().to_string();
+        let text = http("https://x.example/hook")
+            .redacted(Utc::now())
+            .to_string();
         assert!(
             !text.contains("s3cret") && !text.contains("Bearer tok"),
             "{text}"
         );
         assert!(text.contains("\"has_secret\":true") && text.contains("Authorization"));
+    }
+
+    fn with_secret(d: &Destination, secret: Option<&str>) -> Destination {
+        let mut d = d.clone();
+        if let Destination::Http(h) = &mut d {
+            h.secret = secret.map(Into::into);
+        }
+        d
+    }
+
+    fn previous(d: &Destination) -> Option<&PreviousSecret> {
+        match d {
+            Destination::Http(h) => h.previous_secret.as_ref(),
+            Destination::Sqs(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_new_secret_keeps_the_old_one_for_the_grace_only() {
+        let now = Utc::now();
+        let old = http("https://x.example/hook");
+        let grace = Some(Duration::from_secs(600));
+        let mut rotated = with_secret(&old, Some("new"));
+        rotated.rotate_from(Some(&old), grace, now);
+        let p = previous(&rotated).expect("the old secret kept");
+        assert_eq!(p.secret, "s3cret");
+        assert_eq!(p.expires_at, now + chrono::Duration::seconds(600));
+        let Destination::Http(h) = &rotated else {
+            unreachable!()
+        };
+        assert_eq!(
+            h.signing_secrets(now).collect::<Vec<_>>(),
+            ["new", "s3cret"]
+        );
+        assert_eq!(
+            h.signing_secrets(p.expires_at).collect::<Vec<_>>(),
+            ["new"],
+            "expired at its time"
+        );
+        let view = rotated.redacted(now);
+        assert_eq!(view["has_previous_secret"], true);
+        assert!(view["previous_secret_expires_at"].is_string(), "{view}");
+        assert!(!view.to_string().contains("s3cret"), "{view}");
+        assert_eq!(rotated.redacted(p.expires_at)["has_previous_secret"], false);
+
+        // The same secret again (resent, or inherited): the grace goes on.
+        let later = now + chrono::Duration::seconds(60);
+        let mut renewed = with_secret(&old, Some("new"));
+        renewed.rotate_from(Some(&rotated), None, later);
+        assert_eq!(previous(&renewed), previous(&rotated));
+        // Past its expiry it is dropped.
+        let mut renewed = with_secret(&old, Some("new"));
+        renewed.rotate_from(Some(&rotated), None, p.expires_at);
+        assert_eq!(previous(&renewed), None);
+        // A new secret without a ttl: the old one stops at once, and so
+        // does an older one still in its grace.
+        let mut again = with_secret(&old, Some("newer"));
+        again.rotate_from(Some(&rotated), None, later);
+        assert_eq!(previous(&again), None);
+        // Another place, or no registration before: nothing to keep, and
+        // nothing a request said is kept either.
+        let mut elsewhere = with_secret(&http("https://y.example/hook"), Some("new"));
+        if let Destination::Http(h) = &mut elsewhere {
+            h.previous_secret = Some(p.clone());
+            h.previous_secret_ttl = Some(serde_json::json!("10m"));
+        }
+        elsewhere.rotate_from(Some(&old), grace, now);
+        assert_eq!(previous(&elsewhere), None);
+        let Destination::Http(h) = &elsewhere else {
+            unreachable!()
+        };
+        assert_eq!(h.previous_secret_ttl, None, "the ttl is never kept");
+        let mut fresh = with_secret(&old, Some("new"));
+        fresh.rotate_from(None, grace, now);
+        assert_eq!(previous(&fresh), None);
+    }
+
+    #[test]
+    fn a_stored_rotation_reads_back_the_same_and_drops_the_ttl() {
+        let now = Utc::now();
+        let old = http("https://x.example/hook");
+        let mut rotated = with_secret(&old, Some("new"));
+        if let Destination::Http(h) = &mut rotated {
+            h.previous_secret_ttl = Some(serde_json::json!("10m"));
+        }
+        rotated.rotate_from(Some(&old), Some(Duration::from_secs(600)), now);
+        let stored = serde_json::to_string(&rotated).unwrap();
+        assert!(!stored.contains("previous_secret_ttl"), "{stored}");
+        let loaded: Destination = serde_json::from_str(&stored).unwrap();
+        assert_eq!(loaded, rotated, "the same destination, so the same outbox");
+        // A ttl is never serialised, even if one were left.
+        let mut left = old.clone();
+        if let Destination::Http(h) = &mut left {
+            h.previous_secret_ttl = Some(serde_json::json!(5));
+        }
+        assert!(!serde_json::to_string(&left).unwrap().contains("ttl"));
+    }
+
+    #[test]
+    fn a_request_may_not_name_the_previous_secret() {
+        let mut d = http("https://x.example/hook");
+        if let Destination::Http(h) = &mut d {
+            h.previous_secret = Some(PreviousSecret {
+                secret: "mine".into(),
+                expires_at: Utc::now(),
+            });
+        }
+        let mut errors = Vec::new();
+        d.validate(&mut errors);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "destination.previous_secret");
     }
 
     #[test]

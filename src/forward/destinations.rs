@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::delivery::{notify_dropped, work, DeliveryContext};
+use super::delivery::{notify, work, DeliveryContext, Notice};
 use super::destination::Destination;
 use super::outbox::{Outbox, Pushed};
 use super::sink::SharedSink;
@@ -176,8 +176,9 @@ impl Destinations {
     }
 
     /// Offers `p` to `d`'s outbox, if this node forwards to `d` and `p` is
-    /// after the point it took `d` from; a full one drops it and, at most
-    /// once per notice interval, tells the destination. Never waits.
+    /// after the point it took `d` from; a full one drops its oldest and,
+    /// at most once per notice interval, tells the destination. Never
+    /// waits.
     pub fn push(&self, d: &Destination, p: &Arc<Published>) {
         self.offer(d, p, false);
     }
@@ -198,7 +199,12 @@ impl Destinations {
             return;
         }
         if let Pushed::Dropped { notice_due: true } = entry.outbox.push(p.clone()) {
-            notify_dropped(entry.outbox.clone(), self.ctx.clone(), entry.sink.clone());
+            notify(
+                entry.outbox.clone(),
+                self.ctx.clone(),
+                entry.sink.clone(),
+                Notice::Dropped,
+            );
         }
     }
 

@@ -34,8 +34,12 @@ fn delivery_histogram() -> Histogram {
 pub struct DestinationMetrics {
     /// Events delivered.
     pub delivered: Counter,
-    /// Events given up on (after retries, or refused with a 4xx).
+    /// Events given up on: refused with a final answer (a 4xx other
+    /// than 408 and 429), or past `--delivery-retries` when set.
     pub failed: Counter,
+    /// Events given up on because every registration naming the
+    /// destination ended (expired, deleted, or disabled by a 410).
+    pub expired: Counter,
     /// Retried attempts.
     pub retried: Counter,
     /// Events dropped because the destination's buffer was full.
@@ -79,8 +83,10 @@ pub struct ForwardMetrics {
     router_panics: Counter,
     inbox_dropped: Counter,
     notices: Counter,
+    disabled: Counter,
     delivered: Family<DestinationLabels, Counter>,
     failed: Family<DestinationLabels, Counter>,
+    expired: Family<DestinationLabels, Counter>,
     retried: Family<DestinationLabels, Counter>,
     dropped: Family<DestinationLabels, Counter>,
     abandoned: Family<DestinationLabels, Counter>,
@@ -114,8 +120,10 @@ impl ForwardMetrics {
             router_panics: Counter::default(),
             inbox_dropped: Counter::default(),
             notices: Counter::default(),
+            disabled: Counter::default(),
             delivered: Family::default(),
             failed: Family::default(),
+            expired: Family::default(),
             retried: Family::default(),
             dropped: Family::default(),
             abandoned: Family::default(),
@@ -152,8 +160,18 @@ impl ForwardMetrics {
         );
         registry.register(
             "destination_failed",
-            "Events a destination did not accept after retries",
+            "Events given up on: the destination refused them with a final answer (a 4xx other than 408 and 429), or --delivery-retries ran out",
             m.failed.clone(),
+        );
+        registry.register(
+            "destination_expired",
+            "Events given up on because every registration naming the destination ended (expired, deleted, or disabled by a 410)",
+            m.expired.clone(),
+        );
+        registry.register(
+            "registrations_disabled",
+            "Registrations disabled because their destination answered 410 Gone",
+            m.disabled.clone(),
         );
         registry.register(
             "destination_retried",
@@ -237,6 +255,7 @@ impl ForwardMetrics {
         DestinationMetrics {
             delivered: self.delivered.get_or_create(&l).clone(),
             failed: self.failed.get_or_create(&l).clone(),
+            expired: self.expired.get_or_create(&l).clone(),
             retried: self.retried.get_or_create(&l).clone(),
             dropped: self.dropped.get_or_create(&l).clone(),
             abandoned: self.abandoned.get_or_create(&l).clone(),
@@ -260,6 +279,7 @@ impl ForwardMetrics {
         };
         self.delivered.remove(&l);
         self.failed.remove(&l);
+        self.expired.remove(&l);
         self.retried.remove(&l);
         self.dropped.remove(&l);
         self.abandoned.remove(&l);
@@ -268,6 +288,11 @@ impl ForwardMetrics {
         self.oldest_age.remove(&l);
         self.latency.remove(&l);
         self.checkpoint_lag.remove(&l);
+    }
+
+    /// A destination answered 410 Gone: its registrations were disabled.
+    pub fn registrations_disabled(&self, n: u64) {
+        self.disabled.inc_by(n);
     }
 
     /// The router panicked on an event and skipped it.

@@ -1,4 +1,5 @@
-//! Forwarding: events to registrations' destinations, best effort.
+//! Forwarding: events to registrations' destinations, at least once and
+//! in id order per destination, for the registration's life.
 //!
 //! ```text
 //! hub ──Tap::offer (never waits)──▶ inbox ──router task──▶ Matcher (registry snapshot)
@@ -11,21 +12,27 @@
 //!   [`Matcher`] which destinations want it.
 //! - [`destinations`]: the live set ([`Destinations`]), one bounded
 //!   [`Outbox`] per distinct destination, following the registry through
-//!   [`Destinations::reconcile`]. A full outbox drops the event for that
-//!   destination only and, at most once per notice interval, tells it so.
-//! - [`delivery`]: each destination's worker delivers with a concurrency
-//!   limit, retries with backoff and jitter, and a circuit that pauses a
-//!   failing destination — the same code for every [`sink::Sink`].
+//!   [`Destinations::reconcile`]. A full outbox drops its oldest events for
+//!   that destination only and, at most once per notice interval, tells
+//!   it so.
+//! - [`delivery`]: each destination's worker delivers one batch at a time
+//!   (in id order), retrying what may succeed later with capped
+//!   exponential backoff and full jitter until it does — the same code for
+//!   every [`sink::Sink`]. A 410 Gone disables the destination's
+//!   registrations.
+//! - [`attempts`]: each destination's recent attempts (the delivery log).
 //! - [`sink`], [`webhook`], [`sqs`]: how a batch and a notice are sent.
 //! - [`destination`]: what a destination is (kinds, formats, checks,
 //!   redaction); [`ssrf`]: which addresses it may reach.
 
+pub mod attempts;
 pub mod delivery;
 pub mod destination;
 pub mod destinations;
 pub mod metrics;
 pub mod outbox;
 pub mod payload;
+pub mod resume;
 pub mod router;
 pub mod runtime;
 pub mod sink;

@@ -1,24 +1,26 @@
-//! One destination's bounded buffer, its circuit, and its notice clock.
+//! One destination's bounded backlog, its delivery log, and its notice
+//! clock.
 //!
-//! The router pushes without ever waiting: a full buffer drops the event
-//! for this destination only, so one slow or dead destination costs the
-//! others (and the SSE subscribers) nothing. The destination's worker takes
-//! events out in batches.
+//! The router pushes without ever waiting: a full backlog drops its
+//! oldest waiting events for this destination only, so one slow or dead
+//! destination costs the others (and the SSE subscribers) nothing. The
+//! destination's worker takes events out one batch at a time, in id order.
 //!
-//! The buffer is bounded twice: by events (`--destination-buffer`) and by
+//! The backlog is bounded twice: by events (`--destination-buffer`) and by
 //! bytes (`--destination-buffer-bytes`, counted with
 //! [`Published::weight`]), so that a burst of large events cannot pin
 //! memory a count alone would allow. An event is always taken into an
-//! empty buffer, whatever its size: otherwise one event larger than the
+//! empty backlog, whatever its size: otherwise one event larger than the
 //! budget could never be delivered.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::attempts::{AttemptLog, Outcome, Try};
 use super::destination::Destination;
 use super::metrics::DestinationMetrics;
 use crate::hub::Published;
@@ -31,6 +33,8 @@ pub struct Queued {
     pub at: Instant,
     /// The event.
     pub event: Arc<Published>,
+    /// Sent again on request (`POST /api/registrations/{id}/replay`).
+    pub replay: bool,
 }
 
 /// What a push did.
@@ -40,8 +44,9 @@ pub enum Pushed {
     Queued,
     /// Not taken: the destination is gone (its last registration went).
     Closed,
-    /// Dropped: the buffer was full. `notice_due` when the destination
-    /// should be told now (at most once per notice interval).
+    /// Queued, after dropping the oldest waiting events to make room (the
+    /// backlog was full). `notice_due` when the destination should be
+    /// told now (at most once per notice interval).
     Dropped {
         /// Whether a notice should go out.
         notice_due: bool,
@@ -80,16 +85,22 @@ pub struct Outbox {
     notice_interval: Duration,
     last_notice: Mutex<Option<Instant>>,
     dropped_since_notice: AtomicU64,
-    failures: AtomicU32,
-    open_until: Mutex<Option<Instant>>,
+    /// Recent attempts.
+    pub attempts: AttemptLog,
+    /// Wakes a worker waiting out a backoff when the outbox closes.
+    closing: Notify,
     /// Events taken by the worker and not yet delivered or given up on.
     in_flight: AtomicUsize,
+    /// Replayed events queued or in flight (a replay runs until none are).
+    replays_pending: AtomicUsize,
     /// Progress, for the cluster's checkpoints.
     progress: Mutex<Progress>,
 }
 
 /// Which events this destination is finished with: every id up to the
-/// checkpoint was delivered, given up on, or dropped.
+/// checkpoint was delivered, refused for good, or dropped (and the
+/// destination told). An event being retried is not finished: a
+/// checkpoint never passes it.
 #[derive(Debug, Default)]
 struct Progress {
     /// Queued or in flight.
@@ -117,9 +128,10 @@ impl Outbox {
             notice_interval,
             last_notice: Mutex::new(None),
             dropped_since_notice: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
-            open_until: Mutex::new(None),
+            attempts: AttemptLog::default(),
+            closing: Notify::new(),
             in_flight: AtomicUsize::new(0),
+            replays_pending: AtomicUsize::new(0),
             progress: Mutex::default(),
         }
     }
@@ -132,6 +144,7 @@ impl Outbox {
     /// These events are delivered or given up on.
     pub fn end(&self, batch: &[Queued]) {
         self.in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
+        self.replays_done(batch);
         let mut p = lock(&self.progress);
         for q in batch {
             p.unfinished.remove(&q.event.event.id.as_u64());
@@ -161,47 +174,141 @@ impl Outbox {
         (self.depth(), self.in_flight.load(Ordering::Acquire))
     }
 
-    /// Queues an event, or drops it if the buffer is full (in events or
-    /// in bytes). Never waits. A closed outbox takes nothing and counts
-    /// nothing: its destination is gone.
+    /// Queues an event, dropping the oldest waiting ones first while the
+    /// backlog is full (in events or in bytes). Never waits. A closed
+    /// outbox takes nothing and counts nothing: its destination is gone.
     pub fn push(&self, event: Arc<Published>) -> Pushed {
+        self.push_as(event, false)
+    }
+
+    /// As [`Outbox::push`], for an event sent again on request.
+    pub fn push_replay(&self, event: Arc<Published>) -> Pushed {
+        self.push_as(event, true)
+    }
+
+    fn push_as(&self, event: Arc<Published>, replay: bool) -> Pushed {
         if self.is_closed() {
             return Pushed::Closed;
         }
-        let id = event.event.id.as_u64();
-        {
-            let mut p = lock(&self.progress);
-            p.offered = p.offered.max(id);
+        if replay {
+            self.replays_pending.fetch_add(1, Ordering::AcqRel);
         }
+        let id = event.event.id.as_u64();
+        let weight = event.weight();
+        let mut dropped = Vec::new();
         {
             let mut q = lock(&self.queue);
-            let weight = event.weight();
-            let fits = q.events.is_empty()
-                || (q.events.len() < self.limits.events
-                    && q.bytes.saturating_add(weight) <= self.limits.bytes);
-            if fits {
-                // Before it can be taken: its end must find it.
-                lock(&self.progress).unfinished.insert(id);
-                q.events.push_back(Queued {
-                    at: Instant::now(),
-                    event,
-                });
-                q.bytes += weight;
-                self.set_gauges(&q);
-                drop(q);
-                self.wake.notify_one();
-                return Pushed::Queued;
+            while !q.events.is_empty()
+                && (q.events.len() >= self.limits.events
+                    || q.bytes.saturating_add(weight) > self.limits.bytes)
+            {
+                let Some(old) = q.events.pop_front() else {
+                    break;
+                };
+                q.bytes -= old.event.weight();
+                dropped.push(old);
             }
+            let mut p = lock(&self.progress);
+            p.offered = p.offered.max(id);
+            // Before it can be taken: its end must find it.
+            p.unfinished.insert(id);
+            for old in &dropped {
+                p.unfinished.remove(&old.event.event.id.as_u64());
+            }
+            drop(p);
+            q.events.push_back(Queued {
+                at: Instant::now(),
+                event,
+                replay,
+            });
+            q.bytes += weight;
+            self.set_gauges(&q);
         }
-        self.metrics.dropped.inc();
-        self.dropped_since_notice.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        if dropped.is_empty() {
+            return Pushed::Queued;
+        }
+        self.replays_done(&dropped);
+        let n = dropped.len() as u64;
+        self.metrics.dropped.inc_by(n);
+        self.dropped_since_notice.fetch_add(n, Ordering::Relaxed);
+        for old in &dropped {
+            self.attempts.record(
+                Try {
+                    event_id: old.event.event.id,
+                    attempt: 0,
+                    replay: old.replay,
+                },
+                Outcome::Dropped,
+                None,
+                Some("the backlog was over budget"),
+                Duration::ZERO,
+            );
+        }
+        Pushed::Dropped {
+            notice_due: self.notice_due(),
+        }
+    }
+
+    /// Replayed events of `batch` are finished.
+    fn replays_done(&self, batch: &[Queued]) {
+        let n = batch.iter().filter(|q| q.replay).count();
+        if n > 0 {
+            self.replays_pending.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Replayed events still queued or in flight.
+    pub fn replays_pending(&self) -> usize {
+        self.replays_pending.load(Ordering::Acquire)
+    }
+
+    /// Whether the backlog is under half its budget (a replay waits for
+    /// room instead of pushing the oldest out).
+    pub fn has_room(&self) -> bool {
+        let q = lock(&self.queue);
+        q.events.len() < self.limits.events.div_ceil(2) && q.bytes < self.limits.bytes / 2
+    }
+
+    /// Whether a notice may go now (at most one per notice interval); if
+    /// so, the interval starts again.
+    pub fn notice_due(&self) -> bool {
         let now = Instant::now();
         let mut last = lock(&self.last_notice);
         let due = last.is_none_or(|t| now.duration_since(t) >= self.notice_interval);
         if due {
             *last = Some(now);
         }
-        Pushed::Dropped { notice_due: due }
+        due
+    }
+
+    /// Records one outcome for every event of `batch`.
+    pub fn record_all(
+        &self,
+        batch: &[Queued],
+        attempt: u32,
+        outcome: Outcome,
+        status: Option<u16>,
+        error: Option<&str>,
+        took: Duration,
+    ) {
+        for q in batch {
+            let what = Try {
+                event_id: q.event.event.id,
+                attempt,
+                replay: q.replay,
+            };
+            self.attempts.record(what, outcome, status, error, took);
+        }
+    }
+
+    /// Waits `wait`, or less if the outbox closes meanwhile.
+    pub async fn closed_or_after(&self, wait: Duration) {
+        let closing = self.closing.notified();
+        if self.is_closed() {
+            return;
+        }
+        let _ = tokio::time::timeout(wait, closing).await;
     }
 
     /// Drops counted since the last notice, resetting the count.
@@ -255,47 +362,28 @@ impl Outbox {
         self.metrics.oldest_age.set(age);
     }
 
-    /// Stops the worker and discards what is queued.
+    /// Stops the worker and gives up on what is queued (every
+    /// registration naming the destination ended): counted and logged as
+    /// expired.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        *lock(&self.queue) = Queue::default();
+        let left = std::mem::take(&mut *lock(&self.queue));
         lock(&self.progress).unfinished.clear();
         self.wake.notify_one();
+        self.closing.notify_waiters();
+        let n = left.events.len() as u64;
+        self.replays_pending.store(0, Ordering::Release);
+        if n > 0 {
+            self.metrics.expired.inc_by(n);
+            let batch: Vec<Queued> = left.events.into();
+            self.record_all(&batch, 0, Outcome::Expired, None, None, Duration::ZERO);
+            tracing::info!(destination = %self.label, events = n, "registrations ended: events still waiting for this destination given up");
+        }
     }
 
     /// Whether the outbox was closed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
-    }
-
-    /// A delivery succeeded: the circuit closes.
-    pub fn record_success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-    }
-
-    /// A delivery failed; after `threshold` in a row the circuit opens for
-    /// `pause`. Returns whether it opened now.
-    pub fn record_failure(&self, threshold: u32, pause: Duration) -> bool {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= threshold {
-            self.failures.store(0, Ordering::Relaxed);
-            *lock(&self.open_until) = Some(Instant::now() + pause);
-            return true;
-        }
-        false
-    }
-
-    /// How long the circuit stays open, if it is.
-    pub fn paused_for(&self) -> Option<Duration> {
-        let mut open = lock(&self.open_until);
-        match *open {
-            Some(until) if until > Instant::now() => Some(until - Instant::now()),
-            Some(_) => {
-                *open = None;
-                None
-            }
-            None => None,
-        }
     }
 }
 
@@ -317,6 +405,8 @@ mod tests {
             headers: Default::default(),
             content_type: BodyFormat::Json,
             failure_url: None,
+            previous_secret_ttl: None,
+            previous_secret: None,
         });
         let metrics = ForwardMetrics::register(&mut Default::default());
         Outbox::new(
@@ -332,7 +422,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn full_buffer_drops_and_asks_for_one_notice_per_interval() {
+    async fn a_full_backlog_drops_its_oldest_and_asks_for_one_notice_per_interval() {
         let o = outbox(2);
         assert_eq!(o.push(ev(1)), Pushed::Queued);
         assert_eq!(o.push(ev(2)), Pushed::Queued);
@@ -342,20 +432,30 @@ mod tests {
         assert_eq!(o.take_dropped_since_notice(), 2);
         let batch = o.take(10).await.unwrap();
         let ids: Vec<u64> = batch.iter().map(|q| q.event.event.id.as_u64()).collect();
-        assert_eq!(ids, [1, 2]);
+        assert_eq!(ids, [3, 4], "the newest are kept");
+        let logged: Vec<(u64, Outcome)> = o
+            .attempts
+            .page(10, None)
+            .deliveries
+            .iter()
+            .map(|a| (a.event_id.as_u64(), a.outcome))
+            .collect();
+        assert_eq!(logged, [(2, Outcome::Dropped), (1, Outcome::Dropped)]);
         o.close();
         assert!(o.take(10).await.is_none());
     }
 
     #[tokio::test]
-    async fn byte_budget_drops_but_an_empty_buffer_takes_any_event() {
+    async fn byte_budget_drops_the_oldest_but_an_empty_backlog_takes_any_event() {
         let weight = ev(1).weight();
         let o = outbox_within(100, weight * 2);
         assert_eq!(o.push(ev(1)), Pushed::Queued);
         assert_eq!(o.push(ev(2)), Pushed::Queued);
         assert_eq!(o.bytes(), weight * 2);
         assert_eq!(o.push(ev(3)), Pushed::Dropped { notice_due: true });
-        assert_eq!(o.take(1).await.unwrap().len(), 1);
+        assert_eq!(o.bytes(), weight * 2);
+        let first = o.take(1).await.unwrap();
+        assert_eq!(first[0].event.event.id.as_u64(), 2);
         assert_eq!(o.bytes(), weight);
         assert_eq!(o.push(ev(4)), Pushed::Queued);
         assert_eq!(o.take(10).await.unwrap().len(), 2);
@@ -367,15 +467,39 @@ mod tests {
             "larger than the budget, but alone"
         );
         assert!(matches!(tiny.push(ev(6)), Pushed::Dropped { .. }));
+        assert_eq!(tiny.depth(), 1);
     }
 
     #[tokio::test]
-    async fn a_closed_outbox_takes_and_counts_nothing() {
-        let o = outbox(1);
+    async fn a_closed_outbox_takes_and_counts_nothing_and_what_waited_expires() {
+        let o = outbox(4);
+        o.push(ev(1));
+        o.push(ev(2));
         o.close();
-        assert_eq!(o.push(ev(1)), Pushed::Closed);
-        assert_eq!(o.push(ev(2)), Pushed::Closed);
+        assert_eq!(o.metrics.expired.get(), 2);
+        assert_eq!(o.push(ev(3)), Pushed::Closed);
+        assert_eq!(o.push(ev(4)), Pushed::Closed);
         assert_eq!((o.depth(), o.metrics.dropped.get()), (0, 0));
+        let page = o.attempts.page(10, None);
+        assert!(page
+            .deliveries
+            .iter()
+            .all(|a| a.outcome == Outcome::Expired));
+    }
+
+    #[tokio::test]
+    async fn a_backoff_ends_when_the_outbox_closes() {
+        let o = Arc::new(outbox(1));
+        let waiting = {
+            let o = o.clone();
+            tokio::spawn(async move { o.closed_or_after(Duration::from_secs(3600)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        o.close();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the close")
+            .unwrap();
     }
 
     #[tokio::test]
@@ -387,29 +511,16 @@ mod tests {
         };
         assert_eq!(at(&o, 0), None);
         o.push(ev(1));
-        o.push(ev(2));
-        assert!(matches!(o.push(ev(3)), Pushed::Dropped { .. }));
-        assert_eq!(at(&o, 3), None, "1 and 2 are queued");
         let first = o.take(1).await.unwrap();
-        let second = o.take(1).await.unwrap();
-        o.end(&second);
-        assert_eq!(at(&o, 3), None, "event 1 is still in flight");
+        o.push(ev(2));
+        o.push(ev(3));
+        assert!(matches!(o.push(ev(4)), Pushed::Dropped { .. }), "2 goes");
+        assert_eq!(at(&o, 4), None, "1 is in flight");
         o.end(&first);
-        assert_eq!(at(&o, 3), Some(3), "dropped counts as finished");
+        assert_eq!(at(&o, 4), Some(2), "dropped counts as finished; 3 waits");
+        let rest = o.take(10).await.unwrap();
+        o.end(&rest);
+        assert_eq!(at(&o, 4), Some(4));
         assert_eq!(at(&o, 9), Some(9), "events routed elsewhere since then");
-    }
-
-    #[test]
-    fn circuit_opens_after_consecutive_failures_only() {
-        let o = outbox(1);
-        let pause = Duration::from_secs(30);
-        assert!(!o.record_failure(3, pause));
-        assert!(!o.record_failure(3, pause));
-        o.record_success();
-        assert!(!o.record_failure(3, pause));
-        assert!(!o.record_failure(3, pause));
-        assert!(o.paused_for().is_none());
-        assert!(o.record_failure(3, pause));
-        assert!(o.paused_for().is_some());
     }
 }

@@ -157,6 +157,23 @@ pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -
     format!("v1,{}", engine.encode(mac.finalize().into_bytes()))
 }
 
+/// The `webhook-signature` header for several secrets: one
+/// [`standard_signature`] each, in their order, space separated, as
+/// Standard Webhooks has it for key rotation (a receiver accepts the
+/// request if any one verifies).
+pub fn standard_signatures<'a>(
+    secrets: impl IntoIterator<Item = &'a str>,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    secrets
+        .into_iter()
+        .map(|s| standard_signature(s, id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +202,38 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn two_secrets_sign_with_two_space_separated_signatures_in_order() {
+        let (new, old) = (
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_dGhlIG9sZCBvbmUsIHN0aWxsIHZhbGlkIQ==",
+        );
+        let (id, ts, body) = (
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            &br#"{"test": 2432232314}"#[..],
+        );
+        let header = standard_signatures([new, old], id, ts, body);
+        assert_eq!(
+            header,
+            format!(
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= {}",
+                standard_signature(old, id, ts, body)
+            ),
+            "the new secret's first (the reference example's), then the old one's"
+        );
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|p| p.starts_with("v1,")), "{header}");
+        assert_ne!(parts[0], parts[1]);
+        assert_eq!(
+            standard_signatures([new], id, ts, body),
+            standard_signature(new, id, ts, body),
+            "one secret, one signature"
+        );
+        assert_eq!(standard_signatures([], id, ts, body), "");
     }
 
     #[test]

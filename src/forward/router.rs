@@ -128,18 +128,30 @@ impl Forwarding {
     /// The filters run on the forwarding runtime, as live routing does, so
     /// a costly one never holds up the API's threads.
     pub async fn replay_to(&self, only: Arc<Destination>, events: Vec<Arc<Published>>) -> usize {
-        let (matcher, destinations) = (self.matcher.clone(), self.destinations.clone());
-        let replay = self.runtime.spawn(async move {
-            let mut sent = 0;
-            for p in &events {
-                if matcher.wants(&p.event, &only) {
-                    destinations.push_replayed(&only, p);
-                    sent += 1;
-                }
-            }
-            sent
-        });
-        replay.await.unwrap_or(0)
+        let wanted = self.matching_for(only.clone(), events).await;
+        for p in &wanted {
+            self.destinations.push_replayed(&only, p);
+        }
+        wanted.len()
+    }
+
+    /// The events of `events` that `only`'s registrations match (a
+    /// replay's), matched on the forwarding runtime.
+    pub async fn matching_for(
+        &self,
+        only: Arc<Destination>,
+        events: Vec<Arc<Published>>,
+    ) -> Vec<Arc<Published>> {
+        let matcher = self.matcher.clone();
+        self.runtime
+            .spawn(async move {
+                events
+                    .into_iter()
+                    .filter(|p| matcher.wants(&p.event, &only))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
     }
 
     /// Since when `d` has been wanted (see [`Matcher::wanted_since`]).

@@ -1,6 +1,6 @@
 //! The one shape every destination kind delivers through.
 //!
-//! The worker, its retries, the circuit, the drop notices and the metrics
+//! The worker, its retries, the notices, the delivery log and the metrics
 //! are written once against [`Sink`]; a destination kind only says how to
 //! send a batch and a notice, and how large a batch may be.
 
@@ -15,18 +15,32 @@ use super::outbox::Queued;
 use super::sqs::SqsSink;
 use super::webhook::WebhookSink;
 
+/// What a successful [`Sink::send`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Events of the batch refused one by one (not retried: a retry
+    /// would repeat the others).
+    pub refused: usize,
+    /// The HTTP status the destination answered with, if one.
+    pub status: Option<u16>,
+}
+
 /// Where a destination's events are sent.
 pub trait Sink: Send + Sync + 'static {
     /// Most events in one [`Sink::send`].
     fn batch_max(&self) -> usize;
 
-    /// One attempt at a batch. `Ok(n)`: sent, with `n` of its events
-    /// refused one by one (not retried: a retry would repeat the others).
-    fn send(&self, batch: &[Queued]) -> impl Future<Output = Result<usize, Failure>> + Send;
+    /// One attempt at a batch.
+    fn send(&self, batch: &[Queued]) -> impl Future<Output = Result<Sent, Failure>> + Send;
 
-    /// One attempt at a drop notice (a JSON document). Never retried: a
-    /// notice must not add load to a destination that is already behind.
-    fn notice(&self, json: String) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// One attempt at a notice of `kind` (`dropped`, `disabled`; a JSON
+    /// document). Never retried: a notice must not add load to a
+    /// destination that is already behind.
+    fn notice(
+        &self,
+        kind: &'static str,
+        json: String,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
 /// A sink of either kind, chosen by the destination.
@@ -63,17 +77,17 @@ impl Sink for AnySink {
         }
     }
 
-    async fn send(&self, batch: &[Queued]) -> Result<usize, Failure> {
+    async fn send(&self, batch: &[Queued]) -> Result<Sent, Failure> {
         match self {
             Self::Webhook(s) => s.send(batch).await,
             Self::Sqs(s) => s.send(batch).await,
         }
     }
 
-    async fn notice(&self, json: String) -> Result<(), Failure> {
+    async fn notice(&self, kind: &'static str, json: String) -> Result<(), Failure> {
         match self {
-            Self::Webhook(s) => s.notice(json).await,
-            Self::Sqs(s) => s.notice(json).await,
+            Self::Webhook(s) => s.notice(kind, json).await,
+            Self::Sqs(s) => s.notice(kind, json).await,
         }
     }
 }
@@ -83,16 +97,17 @@ impl Sink for WebhookSink {
         1
     }
 
-    async fn send(&self, batch: &[Queued]) -> Result<usize, Failure> {
+    async fn send(&self, batch: &[Queued]) -> Result<Sent, Failure> {
+        let mut status = None;
         for q in batch {
-            self.deliver(&q.event.event).await?;
+            status = Some(self.deliver(&q.event.event, q.replay).await?);
         }
-        Ok(0)
+        Ok(Sent { refused: 0, status })
     }
 
-    async fn notice(&self, json: String) -> Result<(), Failure> {
+    async fn notice(&self, kind: &'static str, json: String) -> Result<(), Failure> {
         let id = format!("notice_{}", uuid::Uuid::new_v4().simple());
-        self.post_notice(&id, Bytes::from(json)).await
+        self.post_notice(kind, &id, Bytes::from(json)).await
     }
 }
 
@@ -101,12 +116,16 @@ impl Sink for SqsSink {
         super::sqs::BATCH_MAX
     }
 
-    async fn send(&self, batch: &[Queued]) -> Result<usize, Failure> {
-        self.send_batch(batch).await
+    async fn send(&self, batch: &[Queued]) -> Result<Sent, Failure> {
+        let refused = self.send_batch(batch).await?;
+        Ok(Sent {
+            refused,
+            status: None,
+        })
     }
 
-    async fn notice(&self, json: String) -> Result<(), Failure> {
-        self.send_notice(json).await
+    async fn notice(&self, kind: &'static str, json: String) -> Result<(), Failure> {
+        self.send_notice(kind, json).await
     }
 }
 

@@ -97,12 +97,12 @@ impl SqsSink {
     }
 
     /// Sends a drop notice as one message with a `notice` attribute.
-    pub async fn send_notice(&self, json: String) -> Result<(), Failure> {
+    pub async fn send_notice(&self, kind: &'static str, json: String) -> Result<(), Failure> {
         self.client
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(json)
-            .message_attributes("notice", string_attr("dropped"))
+            .message_attributes("notice", string_attr(kind))
             .send()
             .await
             .map(|_| ())

@@ -1,5 +1,6 @@
 //! HTTP webhook delivery: one POST per event, signed, with the xmidt
-//! headers; and the drop notice.
+//! headers; and the drop notice. While a rotated secret's grace period
+//! runs, `webhook-signature` carries a signature by each secret.
 
 use std::time::Duration;
 
@@ -50,20 +51,36 @@ impl WebhookSink {
         }
     }
 
-    /// Delivers one event.
-    pub async fn deliver(&self, event: &Event) -> Result<(), Failure> {
+    /// Delivers one event; `replay`: again, on request (marked
+    /// `X-Ratatoskr-Replay: true`, with the first delivery's
+    /// `webhook-id`, so that receivers can tell and deduplicate). Returns
+    /// the status the receiver answered.
+    pub async fn deliver(&self, event: &Event, replay: bool) -> Result<u16, Failure> {
         let body = payload::encode(self.destination.content_type, event);
         let mut headers = payload::event_headers(event);
+        if replay {
+            headers.insert(
+                HeaderName::from_static("x-ratatoskr-replay"),
+                HeaderValue::from_static("true"),
+            );
+        }
         let id = event.id.to_string();
         self.sign_and_post(&self.url, &id, body, &mut headers).await
     }
 
-    /// Posts a drop notice (JSON) to the failure URL, or else the webhook.
-    pub async fn post_notice(&self, notice_id: &str, json: Bytes) -> Result<(), Failure> {
+    /// Posts a notice of `kind` (JSON) to the failure URL, or else the
+    /// webhook (a disable notice is only sent when there is a failure URL:
+    /// see `DeliveryContext::destination_gone`).
+    pub async fn post_notice(
+        &self,
+        kind: &'static str,
+        notice_id: &str,
+        json: Bytes,
+    ) -> Result<(), Failure> {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             HeaderName::from_static("x-ratatoskr-notice"),
-            HeaderValue::from_static("dropped"),
+            HeaderValue::from_static(kind),
         );
         let body = Body {
             bytes: json,
@@ -71,6 +88,7 @@ impl WebhookSink {
         };
         self.sign_and_post(&self.notice_url, notice_id, body, &mut headers)
             .await
+            .map(|_| ())
     }
 
     async fn sign_and_post(
@@ -79,9 +97,10 @@ impl WebhookSink {
         id: &str,
         body: Body,
         headers: &mut http::HeaderMap,
-    ) -> Result<(), Failure> {
+    ) -> Result<u16, Failure> {
         let url = url.clone()?;
-        let timestamp = chrono::Utc::now().timestamp();
+        let now = chrono::Utc::now();
+        let timestamp = now.timestamp();
         let mut put = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(HeaderName::from_static(name), v);
@@ -90,13 +109,21 @@ impl WebhookSink {
         put("webhook-id", id.to_owned());
         put("webhook-timestamp", timestamp.to_string());
         if let Some(secret) = &self.destination.secret {
+            // xmidt receivers check one signature: the current secret's.
             put(
                 "x-webpa-signature",
                 payload::xmidt_signature(secret, &body.bytes),
             );
+            // During a rotation's grace period (checked now, at signing),
+            // the old secret signs too, after the new one.
             put(
                 "webhook-signature",
-                payload::standard_signature(secret, id, timestamp, &body.bytes),
+                payload::standard_signatures(
+                    self.destination.signing_secrets(now),
+                    id,
+                    timestamp,
+                    &body.bytes,
+                ),
             );
         }
         if let Ok(ct) = HeaderValue::from_str(&body.content_type) {
@@ -135,7 +162,7 @@ impl WebhookSink {
             {
                 Err(Failure::RetryAfter(why, after))
             }
-            (outcome, _) => outcome,
+            (outcome, _) => outcome.map(|()| status.as_u16()),
         }
     }
 }
@@ -151,11 +178,14 @@ pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time:
     Some(at.duration_since(now).unwrap_or_default())
 }
 
-/// 2xx is delivered; 408, 429 and 5xx are worth retrying; any other
-/// status is the receiver's final answer.
+/// 2xx is delivered; 408, 429 and 5xx are worth retrying; 410 says the
+/// receiver is gone for good; any other status is the receiver's final
+/// answer for this event.
 pub fn classify(status: StatusCode) -> Result<(), Failure> {
     if status.is_success() {
         Ok(())
+    } else if status == StatusCode::GONE {
+        Err(Failure::Gone(format!("status {status}")))
     } else if status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
@@ -214,7 +244,8 @@ mod tests {
             let s = StatusCode::from_u16(s).unwrap();
             assert!(matches!(classify(s), Err(Failure::Retryable(_))), "{s}");
         }
-        for s in [400, 401, 403, 404, 410, 413, 301] {
+        assert!(matches!(classify(StatusCode::GONE), Err(Failure::Gone(_))));
+        for s in [400, 401, 403, 404, 413, 301] {
             let s = StatusCode::from_u16(s).unwrap();
             assert!(matches!(classify(s), Err(Failure::Permanent(_))), "{s}");
         }

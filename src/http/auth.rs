@@ -36,33 +36,6 @@ pub struct ClientKey(pub String);
 /// The cookie a browser may carry its token in.
 pub const COOKIE: &str = "ratatoskr_token";
 
-/// A secret string whose `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() < 16 {
-            return Err("the token must be at least 16 characters".into());
-        }
-        Ok(Self(s.to_owned()))
-    }
-}
-
 /// Finds who the request is and puts the [`Principal`] in its extensions;
 /// refuses a missing or invalid token (401).
 pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
@@ -239,6 +212,23 @@ pub fn principal(app: &App, set: Option<axum::Extension<Principal>>) -> Principa
     }
 }
 
+/// Who a handler serves: the [`Principal`] authentication found, or, where
+/// it set none, anyone (auth off) or a scope that allows nothing.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl axum::extract::FromRequestParts<App> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        app: &App,
+    ) -> Result<Self, Self::Rejection> {
+        let set = parts.extensions.get::<Principal>().cloned();
+        Ok(Self(principal(app, set.map(axum::Extension))))
+    }
+}
+
 /// Whether any credential is configured (auth is off otherwise).
 fn auth_on(app: &App) -> bool {
     app.credentials.enabled()
@@ -273,16 +263,4 @@ fn from_query<B>(request: &http::Request<B>) -> Option<String> {
     form_urlencoded::parse(request.uri().query()?.as_bytes())
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_never_print() {
-        let s: Secret = "a-long-enough-token".parse().unwrap();
-        assert!(!format!("{s:?}").contains("token"));
-        assert!("short".parse::<Secret>().is_err());
-    }
 }

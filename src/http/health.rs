@@ -41,14 +41,12 @@ pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
 )]
 pub async fn ready(State(app): State<App>) -> Response {
     match app.readiness.phase() {
-        Phase::Ready if app.cluster.as_ref().is_some_and(|c| !c.is_healthy()) => {
-            ApiError::unavailable(
-                "Redis is unreachable: this node accepts no events until it is back",
-            )
-            .with_retry_after(std::time::Duration::from_secs(1))
-            .with_extra(json!({"phase": "ready", "redis": "unreachable"}))
-            .into_response()
-        }
+        Phase::Ready if !app.bus.is_reachable() => ApiError::unavailable(
+            "Redis is unreachable: this node accepts no events until it is back",
+        )
+        .with_retry_after(std::time::Duration::from_secs(1))
+        .with_extra(json!({"phase": "ready", "redis": "unreachable"}))
+        .into_response(),
         Phase::Ready => match app.store.check_writable() {
             Ok(()) => Json(json!({
                 "status": "ready",

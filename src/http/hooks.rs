@@ -103,37 +103,11 @@ pub async fn register(
         .await
         .map_err(|e| refused(format!("invalid webhook registration: {e}")))?;
     let id = hex::encode(sha2::Sha256::digest(hook.config.url.as_bytes()));
-    let (devices, patterns) = devices_of(&hook.matcher.device_id)?;
-    if hook.events.is_empty() {
-        return Err(refused("events must name at least one regex"));
-    }
-    let duration = duration_of(&hook, app.config.registration_max_duration)?;
-    let mut metadata = std::collections::BTreeMap::new();
-    if let Some(p) = peer {
-        metadata.insert("registered_from_address".to_owned(), p.0 .0.to_string());
-    }
-    let req = RegistrationRequest {
-        device: None,
-        devices,
-        device_patterns: Some(patterns),
-        destination: Destination::Http(HttpDestination {
-            url: hook.config.url,
-            secret: hook.config.secret.filter(|s| !s.is_empty()),
-            headers: Default::default(),
-            content_type: match BodyFormat::from_media_type(&hook.config.content_type) {
-                Some(BodyFormat::WrpMsgpack) => BodyFormat::WrpMsgpack,
-                Some(BodyFormat::WrpJson) => BodyFormat::WrpJson,
-                _ => BodyFormat::Payload,
-            },
-            failure_url: hook.failure_url.filter(|u| !u.is_empty()),
-        }),
-        duration: json!(duration.as_secs()),
-        filter: FilterSpec {
-            types: hook.events.iter().map(|e| format!("re:{e}")).collect(),
-            ..Default::default()
-        },
-        metadata,
-    };
+    let req = registration_of(
+        hook,
+        peer.map(|p| p.0),
+        app.config.registration_max_duration,
+    )?;
     check_addresses(&app, &req.destination)
         .await
         .map_err(|e| refused(e.to_string()))?;
@@ -155,6 +129,48 @@ pub async fn register(
     .await?;
     tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
     Ok(Json(json!({ "message": "Success" })).into_response())
+}
+
+/// The registration an xmidt hook asks for: its devices and event regexes,
+/// its webhook, for at most `max_duration`, with the address it came from.
+fn registration_of(
+    hook: Hook,
+    peer: Option<PeerAddr>,
+    max_duration: std::time::Duration,
+) -> Result<RegistrationRequest, ApiError> {
+    let (devices, patterns) = devices_of(&hook.matcher.device_id)?;
+    if hook.events.is_empty() {
+        return Err(refused("events must name at least one regex"));
+    }
+    let duration = duration_of(&hook, max_duration)?;
+    let mut metadata = std::collections::BTreeMap::new();
+    if let Some(p) = peer {
+        metadata.insert("registered_from_address".to_owned(), p.0.to_string());
+    }
+    Ok(RegistrationRequest {
+        device: None,
+        devices,
+        device_patterns: Some(patterns),
+        destination: Destination::Http(HttpDestination {
+            url: hook.config.url,
+            secret: hook.config.secret.filter(|s| !s.is_empty()),
+            headers: Default::default(),
+            content_type: match BodyFormat::from_media_type(&hook.config.content_type) {
+                Some(BodyFormat::WrpMsgpack) => BodyFormat::WrpMsgpack,
+                Some(BodyFormat::WrpJson) => BodyFormat::WrpJson,
+                _ => BodyFormat::Payload,
+            },
+            failure_url: hook.failure_url.filter(|u| !u.is_empty()),
+            previous_secret_ttl: None,
+            previous_secret: None,
+        }),
+        duration: json!(duration.as_secs()),
+        filter: FilterSpec {
+            types: hook.events.iter().map(|e| format!("re:{e}")).collect(),
+            ..Default::default()
+        },
+        metadata,
+    })
 }
 
 /// The same as `POST /hook`, at ancla's v2 path.

@@ -49,16 +49,8 @@ pub async fn stats(State(app): State<App>) -> impl IntoResponse {
     let (deliveries, dropped) = app.hub.metrics().delivery_totals();
     totals["deliveries"] = deliveries.into();
     totals["deliveries_dropped"] = dropped.into();
-    let cluster = match &app.cluster {
-        Some(c) => serde_json::json!({
-            "node": c.node_id(),
-            "healthy": c.is_healthy(),
-            "members": c.members().await.unwrap_or_default(),
-        }),
-        None => serde_json::Value::Null,
-    };
     Json(serde_json::json!({
-        "cluster": cluster,
+        "cluster": app.bus.cluster_status().await,
         "totals": totals,
         "replay_events": app.hub.replay_len(),
         "uptime_seconds": app.started.elapsed().as_secs(),

@@ -3,15 +3,14 @@
 pub mod accounts;
 pub mod auth;
 pub mod body;
-pub mod cluster_resume;
 pub mod dashboard;
+pub mod deliveries;
 pub mod event_types;
 pub mod health;
 pub mod hooks;
 pub mod ingest;
 pub mod metrics;
 pub mod openapi;
-pub mod per_ip;
 pub mod query;
 pub mod rate;
 pub mod registrations;
@@ -31,7 +30,6 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::forward::{DeliveryContext, Forwarding};
 use crate::hub::Hub;
-use crate::idempotency::IdempotencyCache;
 use crate::registry::Registry;
 use crate::shutdown::Readiness;
 use crate::telemetry::Metrics;
@@ -52,21 +50,23 @@ pub struct AppState {
     /// Accounts and their devices (a token's `accounts` claim).
     pub accounts: Arc<crate::accounts::Accounts>,
     /// Where registrations and event types are kept (for `/ready`).
-    pub store: Arc<crate::store::Store>,
+    pub store: Arc<crate::state::store::Store>,
     /// Delivery settings and the address policy.
     pub delivery: Arc<DeliveryContext>,
     /// The forwarding tap and its live destinations (statistics).
     pub forwarding: Arc<Forwarding>,
-    /// Cluster mode: the shared Redis (events, idempotency keys).
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
-    /// Idempotency-Key memory.
-    pub idempotency: IdempotencyCache,
+    /// Where events go and are read back from (the deployment mode).
+    pub bus: Arc<crate::bus::Bus>,
+    /// Ingest's pipeline, into the bus.
+    pub ingest: crate::ingest::Pipeline,
+    /// Registrations with a replay running on this node.
+    pub replays: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The API token, JWT keys and API keys (reloaded on SIGHUP).
     pub credentials: Arc<crate::auth::credentials::Credentials>,
     /// Rate limits on ingest and changes.
     pub rate_limits: Arc<rate::RateLimits>,
     /// Open SSE streams per client address (`--max-streams-per-ip`).
-    pub streams_per_ip: Arc<per_ip::StreamsPerIp>,
+    pub streams_per_ip: Arc<crate::server::per_ip::StreamsPerIp>,
     /// Lifecycle phase for `/ready`.
     pub readiness: Readiness,
     /// When the process started.
@@ -150,6 +150,11 @@ pub fn router(app: App) -> Router {
                 .put(registrations::replace)
                 .delete(registrations::delete),
         )
+        .route("/api/registrations/{id}/deliveries", get(deliveries::list))
+        .route(
+            "/api/registrations/{id}/replay",
+            axum::routing::post(deliveries::replay),
+        )
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             rate::limit_changes,
@@ -204,22 +209,18 @@ impl Api {
             app,
         }
     }
+}
 
-    /// The whole router (every route, `POST /api/events` included).
-    pub fn router(&self) -> &Router {
+impl crate::server::Service for Api {
+    fn router(&self) -> &Router {
         &self.router
     }
 
-    /// The per-address count (`--max-streams-per-ip`), which the accept
-    /// loop also holds HTTP/2 connections to.
-    pub fn streams_per_ip(&self) -> &Arc<per_ip::StreamsPerIp> {
+    fn streams_per_ip(&self) -> &Arc<crate::server::per_ip::StreamsPerIp> {
         &self.app.streams_per_ip
     }
 
-    /// Answers one request from `peer`. The future is boxed: an ingest
-    /// request's state is kilobytes, and hyper moves the future it is
-    /// given.
-    pub fn call(
+    fn call(
         self,
         mut request: http::Request<hyper::body::Incoming>,
         peer: crate::server::PeerAddr,

@@ -62,7 +62,9 @@ pub struct RegistrationView {
     id: String,
     devices: Vec<String>,
     device_patterns: Vec<String>,
-    /// The destination, secrets and header values redacted.
+    /// The destination, secrets and header values redacted: `has_secret`,
+    /// `header_names`, and for a rotated webhook secret `has_previous_secret`
+    /// and `previous_secret_expires_at` (RFC 3339) while its grace period runs.
     destination: serde_json::Value,
     filter: crate::registry::filter::FilterSpec,
     metadata: std::collections::BTreeMap<String, String>,
@@ -205,6 +207,8 @@ impl ToSchema for Destination {}
         super::registrations::get_one,
         super::registrations::replace,
         super::registrations::delete,
+        super::deliveries::list,
+        super::deliveries::replay,
         super::hooks::register,
         super::hooks::register_v2,
         super::hooks::list,

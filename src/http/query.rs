@@ -45,4 +45,16 @@ impl QueryPairs {
         }
         Ok(first)
     }
+
+    /// `limit`, between 1 and `max`; `default` when absent (400 otherwise).
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.one("limit")? {
+            None => Ok(default),
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ApiError::bad_request(format!("limit must be between 1 and {max}"))),
+        }
+    }
 }

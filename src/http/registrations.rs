@@ -12,11 +12,11 @@
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 
+use super::auth::Caller;
 use super::body::read_json;
 use super::query::QueryPairs;
 use super::App;
@@ -103,6 +103,7 @@ pub fn body(app: &App, r: &Registration) -> serde_json::Value {
         Some(o) if r.disabled.is_none() => json!({
             "delivered": o.metrics.delivered.get(),
             "failed": o.metrics.failed.get(),
+            "expired": o.metrics.expired.get(),
             "retried": o.metrics.retried.get(),
             "dropped": o.metrics.dropped.get(),
             "queue_depth": o.depth(),
@@ -146,7 +147,7 @@ fn owner_of(who: &Principal) -> Result<Option<&str>, ApiError> {
 }
 
 /// A registration the caller may see (another owner's is not there).
-fn visible(app: &App, who: &Principal, id: &str) -> Result<Registration, ApiError> {
+pub(super) fn visible(app: &App, who: &Principal, id: &str) -> Result<Registration, ApiError> {
     let owner = owner_of(who)?;
     app.registry
         .get(id)
@@ -199,11 +200,10 @@ fn within_scope(app: &App, who: &Principal, r: &Registration) -> Result<(), Regi
 )]
 pub async fn create(
     State(app): State<App>,
-    who: Option<Extension<Principal>>,
+    Caller(who): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let who = super::auth::principal(&app, who);
     let owner = owner_of(&who)?.map(str::to_owned);
     let req: RegistrationRequest = read_json(&app, &headers, body).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -239,26 +239,16 @@ pub async fn create(
 )]
 pub async fn list(
     State(app): State<App>,
-    who: Option<Extension<Principal>>,
+    Caller(who): Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let who = super::auth::principal(&app, who);
     let owner = owner_of(&who)?;
     let q = QueryPairs::parse(query.as_deref(), &["device", "limit", "cursor"])?;
     let device = q
         .one("device")?
         .map(|d| DeviceId::parse(d).map_err(|e| ApiError::bad_request(format!("device: {e}"))))
         .transpose()?;
-    let limit = match q.one("limit")? {
-        None => PAGE.0,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=PAGE.1).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("limit must be between 1 and {}", PAGE.1))
-            })?,
-    };
+    let limit = q.limit(PAGE.0, PAGE.1)?;
     let (items, more) = app
         .registry
         .list(device.as_ref(), owner, q.one("cursor")?, limit);
@@ -283,16 +273,19 @@ pub async fn list(
 )]
 pub async fn get_one(
     State(app): State<App>,
-    who: Option<Extension<Principal>>,
+    Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let who = super::auth::principal(&app, who);
     let r = visible(&app, &who, &id)?;
     Ok(with_etag(StatusCode::OK, &app, &r))
 }
 
 /// Replaces a registration, or renews it with the same body. With the same destination
 /// (url or queue_url), a secret, headers or SQS credentials left out keep their current values.
+/// A new webhook `secret` with `previous_secret_ttl` (at most `duration`) rotates it: the old
+/// secret also signs `webhook-signature` (after the new one) until then; without it the old
+/// secret stops at once. A secret left out or resent keeps a running grace period. The
+/// response shows `has_previous_secret` and `previous_secret_expires_at`, never the secrets.
 #[utoipa::path(
     put,
     path = "/api/registrations/{id}",
@@ -317,12 +310,11 @@ pub async fn get_one(
 )]
 pub async fn replace(
     State(app): State<App>,
-    who: Option<Extension<Principal>>,
+    Caller(who): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let who = super::auth::principal(&app, who);
     let condition = if_match(&headers)?.map(str::to_owned);
     let mut req: RegistrationRequest = read_json(&app, &headers, body).await?;
     let current = visible(&app, &who, &id)?;
@@ -364,11 +356,10 @@ pub async fn replace(
 )]
 pub async fn delete(
     State(app): State<App>,
-    who: Option<Extension<Principal>>,
+    Caller(who): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let who = super::auth::principal(&app, who);
     let condition = match if_match(&headers) {
         Ok(c) => c.map(str::to_owned),
         Err(e) => return e.into_response(),

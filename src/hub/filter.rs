@@ -46,7 +46,7 @@ pub struct EventFilter {
 }
 
 /// A set of devices a token grants (see [`EventFilter::within`] and
-/// `crate::auth`): exact ids, and bounded globs over canonical ids.
+/// the auth module): exact ids, and bounded globs over canonical ids.
 #[derive(Debug, Default)]
 pub struct DeviceScope {
     /// Exact ids (a set: a stream checks each event against it, inside

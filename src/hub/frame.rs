@@ -134,7 +134,8 @@ fn put_event(out: &mut BytesMut, id: Option<&str>, name: Option<&str>, data: &[u
     out.put_u8(b'\n');
 }
 
-/// A comment line, ignored by clients: used for heartbeats and notices.
+/// A comment line, ignored by clients (heartbeats are [`heartbeat`]'s
+/// pre-built bytes).
 /// No blank line after it: a blank line ends an event, and some clients
 /// (httpx-sse) then report an empty message for a block that held only a
 /// comment. By the WHATWG rules the line is skipped either way.

@@ -283,6 +283,19 @@ pub trait Tap: Send + Sync + std::fmt::Debug {
     fn offer(&self, event: &Arc<Published>);
 }
 
+/// Several taps, offered each event in turn (the event log first, then
+/// forwarding).
+#[derive(Debug)]
+pub struct Taps(pub Vec<Arc<dyn Tap>>);
+
+impl Tap for Taps {
+    fn offer(&self, event: &Arc<Published>) {
+        for t in &self.0 {
+            t.offer(event);
+        }
+    }
+}
+
 /// The fan-out point between ingest and subscribers.
 #[derive(Debug)]
 pub struct Hub {
@@ -477,9 +490,37 @@ impl Hub {
         seq.ids.raise_floor(mark);
         seq.ring.raise_horizon(mark);
         // No id up to the mark will be published: as if it had passed.
+        self.passed_up_to(mark);
+    }
+
+    /// Refills the replay ring with `events` (oldest first, the tail of
+    /// the embedded event log) at start, before any subscriber: a client
+    /// holding one of their ids resumes across the restart with no `gap`.
+    /// Ids go on above the newest.
+    pub fn restore(&self, events: Vec<Arc<Published>>) {
+        let Some(first) = events.first().map(|p| p.event.id) else {
+            return;
+        };
+        let newest = events.last().map_or(first, |p| p.event.id);
+        let mut seq = self.sequencer();
+        let now = Instant::now();
+        // Before the pushes: one that evicts raises it again.
+        seq.ring
+            .set_horizon(EventId::from_u64(first.as_u64().saturating_sub(1)));
+        for p in events {
+            seq.ring.push(now, p);
+        }
+        seq.ids.raise_floor(newest);
+        self.passed_up_to(newest);
+    }
+
+    /// Marks every shard as passed by the events up to `id` (ids no
+    /// publish will bring). Called with the sequencer held, or before
+    /// any publish.
+    fn passed_up_to(&self, id: EventId) {
         for k in 0..self.shards.len() {
             let mut shard = self.shard(k);
-            shard.passed = shard.passed.max(mark);
+            shard.passed = shard.passed.max(id);
         }
     }
 

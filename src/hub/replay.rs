@@ -50,6 +50,13 @@ impl ReplayRing {
         self.horizon = self.horizon.max(id);
     }
 
+    /// Sets the horizon to `id`, lower or higher: a restart that refilled
+    /// the ring from the event log vouches for every id after the first
+    /// event it refilled.
+    pub fn set_horizon(&mut self, id: EventId) {
+        self.horizon = id;
+    }
+
     /// An empty ring. `horizon` is the newest id this process cannot vouch
     /// for (ids below the first it will issue).
     pub fn new(capacity: usize, max_bytes: usize, max_age: Duration, horizon: EventId) -> Self {

@@ -49,8 +49,9 @@ pub enum LagPolicy {
 pub enum CloseReason {
     /// The gateway is shutting down.
     Shutdown,
-    /// The stream's credential no longer holds (see `auth::lease`).
-    Revoked(crate::auth::lease::Revoked),
+    /// The stream's credential no longer holds; the notice says why (the
+    /// reason the lease gave).
+    Revoked(&'static str),
 }
 
 /// Result of offering an event to a subscriber.

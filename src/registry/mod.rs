@@ -41,7 +41,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::event::{DeviceId, Event};
 use crate::forward::destination::Destination;
 use crate::forward::Matcher;
-use crate::store::{Collection, Store, StoreError, StoredDisabled};
+use crate::state::store::{Collection, Store, StoreError, StoredDisabled};
 use crate::sync::lock;
 use crate::validation::FieldError;
 use filter::{cel_value, BoundedRegex, CompileBudget, CompiledFilter};
@@ -534,6 +534,7 @@ impl Registry {
                 Duration::ZERO
             }
         };
+        let grace = previous_secret_ttl(&req.destination, duration, &self.limits, &mut errors);
         req.destination.validate(&mut errors);
         size::check_destination(&req.destination, &mut errors);
         if let Destination::Sqs(sqs) = &req.destination {
@@ -567,11 +568,13 @@ impl Registry {
         let now = Utc::now();
         let expires = now
             + chrono::Duration::from_std(duration).unwrap_or_else(|_| chrono::Duration::hours(1));
+        let mut destination = req.destination;
+        destination.rotate_from(previous.map(|p| &p.destination), grace, now);
         Ok(Registration {
             id,
             devices,
             device_patterns,
-            destination: req.destination,
+            destination,
             filter: req.filter,
             metadata: req.metadata,
             duration_secs: duration.as_secs(),
@@ -582,6 +585,7 @@ impl Registry {
             origin,
             owner: previous.and_then(|p| p.owner.clone()),
             disabled: None,
+            gone: None,
         })
     }
 
@@ -669,6 +673,47 @@ impl Registry {
         Ok(registration)
     }
 
+    /// Turns off every live registration naming `d`, which answered 410
+    /// Gone: each is stored with the reason (so it stays off across a
+    /// restart) and listed as disabled until replaced. Returns how many.
+    pub fn disable_destination(
+        &self,
+        d: &Destination,
+        reason: &str,
+    ) -> Result<usize, RegistryError> {
+        let _w = lock(&self.writes);
+        let naming: Vec<Registration> = self
+            .current
+            .load()
+            .by_id
+            .values()
+            .filter(|l| l.destination.as_deref() == Some(d))
+            .map(|l| l.registration.clone())
+            .collect();
+        let mut next = Snapshot::clone(&self.current.load());
+        for mut reg in naming.iter().cloned() {
+            reg.gone = Some(format!("the destination answered {reason}"));
+            reg.version += 1;
+            reg.updated_at = Utc::now();
+            let doc = serde_json::to_vec(&reg).expect("registrations serialise");
+            self.store.put_guarded(
+                Collection::Registrations,
+                &reg.id,
+                &doc,
+                None,
+                Some(reg.expires_at.timestamp_millis()),
+            )?;
+            let why = reg.gone.clone().unwrap_or_default();
+            let mut live = Live::disabled(reg, why);
+            live.doc = Arc::from(doc);
+            next.insert(Arc::new(live));
+        }
+        if !naming.is_empty() {
+            self.publish(next);
+        }
+        Ok(naming.len())
+    }
+
     /// Deletes a registration; with `if_match`, only if its ETag is that.
     pub fn delete(&self, id: &str, if_match: Option<&str>) -> Result<(), RegistryError> {
         let _w = lock(&self.writes);
@@ -694,6 +739,14 @@ impl Registry {
             next.remove(id);
         }
         self.publish(next);
+    }
+
+    /// Whether a live registration may want an event for `device` (by its
+    /// device list, or one that takes any device): what ingest must make
+    /// durable before it answers. Over-approximates: filters are not run.
+    pub fn may_match(&self, device: Option<&DeviceId>) -> bool {
+        let s = self.current.load();
+        !s.any_device.is_empty() || device.is_some_and(|d| s.by_device.contains_key(d))
     }
 
     /// A live, unexpired registration.
@@ -835,6 +888,12 @@ fn load_snapshot(
             expired.push(id);
             continue;
         }
+        if let Some(reason) = reg.gone.clone() {
+            let mut live = Live::disabled(reg, reason);
+            live.doc = Arc::from(doc);
+            snapshot.insert(Arc::new(live));
+            continue;
+        }
         let checked = Live::compile(reg.clone())
             .map_err(|errors| crate::validation::describe(&errors))
             .and_then(|mut live| {
@@ -857,6 +916,40 @@ fn load_snapshot(
         snapshot.insert(Arc::new(live));
     }
     Ok((snapshot, expired))
+}
+
+/// A webhook destination's `previous_secret_ttl`, if given: a duration
+/// like `duration`, and at most the registration's (`duration`, its life
+/// from this request on), so the old secret never outlives it. Longer is
+/// refused (422) rather than cut: a grace period shorter than asked for
+/// would surprise a receiver still on the old secret.
+fn previous_secret_ttl(
+    destination: &Destination,
+    duration: Duration,
+    limits: &RegistryLimits,
+    errors: &mut Vec<FieldError>,
+) -> Option<Duration> {
+    let Destination::Http(h) = destination else {
+        return None;
+    };
+    let ttl = h.previous_secret_ttl.as_ref()?;
+    let refuse = |errors: &mut Vec<FieldError>, m: String| {
+        errors.push(FieldError::new("destination.previous_secret_ttl", m));
+        None
+    };
+    match duration::parse(ttl, limits.max_duration) {
+        // An invalid `duration` is reported already (and is zero here).
+        Ok(d) if d > duration && !duration.is_zero() => refuse(
+            errors,
+            format!(
+                "{} is longer than the registration's duration ({}): the old secret may not outlive it",
+                humantime::format_duration(d),
+                humantime::format_duration(duration)
+            ),
+        ),
+        Ok(d) => Some(d),
+        Err(m) => refuse(errors, m),
+    }
 }
 
 fn check_if_match(current: &Registration, if_match: Option<&str>) -> Result<(), RegistryError> {
@@ -900,6 +993,8 @@ mod tests {
                 headers: Default::default(),
                 content_type: BodyFormat::Json,
                 failure_url: None,
+                previous_secret_ttl: None,
+                previous_secret: None,
             }),
             filter,
             metadata: Default::default(),
@@ -911,6 +1006,7 @@ mod tests {
             version: 1,
             origin: Origin::Api,
             disabled: None,
+            gone: None,
         }
     }
 
@@ -957,7 +1053,7 @@ mod tests {
     #[test]
     fn a_published_snapshot_is_never_changed_by_later_writes() {
         let dir = std::env::temp_dir().join(format!("rt-reg-{}", uuid::Uuid::new_v4().simple()));
-        let store = Arc::new(Store::open(crate::config::StoreKind::Memory, &dir).unwrap());
+        let store = Arc::new(Store::open(crate::state::store::StoreKind::Memory, &dir).unwrap());
         let registry = Registry::open(
             store,
             RegistryMetrics::register(&mut Default::default(), StoredDisabled::default()),

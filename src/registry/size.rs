@@ -49,7 +49,13 @@ pub fn check_destination(destination: &Destination, errors: &mut Vec<FieldError>
                     format!("more than {MAX_HEADERS_LEN} bytes of names and values in all"),
                 ));
             }
-            vec![("destination.secret", h.secret.as_deref())]
+            vec![
+                ("destination.secret", h.secret.as_deref()),
+                (
+                    "destination.previous_secret",
+                    h.previous_secret.as_ref().map(|p| p.secret.as_str()),
+                ),
+            ]
         }
         Destination::Sqs(s) => vec![
             ("destination.access_key_id", s.access_key_id.as_deref()),

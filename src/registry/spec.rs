@@ -60,6 +60,10 @@ pub struct Registration {
     /// stored); it then receives nothing until replaced. Never stored.
     #[serde(skip)]
     pub disabled: Option<String>,
+    /// Why its destination turned it off (it answered 410 Gone). Stored,
+    /// so that it stays off across restarts until replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone: Option<String>,
 }
 
 impl Registration {
@@ -75,7 +79,7 @@ impl Registration {
             "id": self.id,
             "devices": self.devices,
             "device_patterns": self.device_patterns,
-            "destination": self.destination.redacted(),
+            "destination": self.destination.redacted(now),
             "filter": self.filter,
             "metadata": self.metadata,
             "duration": self.duration_secs,
@@ -86,8 +90,8 @@ impl Registration {
             "origin": self.origin,
             "owner": self.owner,
             "etag": self.etag(),
-            "status": if self.disabled.is_some() { "disabled" } else { "active" },
-            "disabled_reason": self.disabled,
+            "status": if self.disabled.is_some() || self.gone.is_some() { "disabled" } else { "active" },
+            "disabled_reason": self.disabled.as_ref().or(self.gone.as_ref()),
         })
     }
 }

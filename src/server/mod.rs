@@ -13,6 +13,7 @@
 mod h2;
 mod io;
 pub mod lean;
+pub mod per_ip;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -34,6 +35,25 @@ use crate::telemetry::Metrics;
 /// The client's address, put in every request's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// What the accept loop serves. The HTTP API implements it; the server
+/// knows nothing else of it.
+pub trait Service: Clone + Send + Sync + 'static {
+    /// The router, for the lean path (which serves `GET` streams only).
+    fn router(&self) -> &axum::Router;
+
+    /// The per-address count (`--max-streams-per-ip`) that HTTP/2
+    /// connections take a place under.
+    fn streams_per_ip(&self) -> &Arc<per_ip::StreamsPerIp>;
+
+    /// Answers one request from `peer`. The future is boxed: hyper moves
+    /// the future it is given, and a request's state can be kilobytes.
+    fn call(
+        self,
+        request: http::Request<hyper::body::Incoming>,
+        peer: PeerAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>;
+}
 
 /// Connection-level limits.
 #[derive(Debug, Clone)]
@@ -121,8 +141,8 @@ impl AcceptBackoff {
 }
 
 /// What every connection task shares.
-struct Shared {
-    api: crate::http::Api,
+struct Shared<S> {
+    api: S,
     limits: ServerLimits,
     metrics: Arc<Metrics>,
     builder: auto::Builder<h2::StreamExecutor>,
@@ -132,9 +152,9 @@ struct Shared {
 
 /// Serves `api` on `listener` until `stop` is cancelled, then drains.
 /// Returns `false` if the grace period ran out with connections still open.
-pub async fn serve(
+pub async fn serve<S: Service>(
     listener: TcpListener,
-    api: crate::http::Api,
+    api: S,
     limits: ServerLimits,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -220,7 +240,7 @@ pub async fn serve(
 }
 
 /// Reads just enough of a new connection to choose its path, then serves it.
-async fn connection(mut stream: TcpStream, peer: PeerAddr, shared: &Shared) {
+async fn connection<S: Service>(mut stream: TcpStream, peer: PeerAddr, shared: &Shared<S>) {
     let mut buf = BytesMut::new();
     let sniffed = tokio::select! {
         () = shared.stop.cancelled() => return,
@@ -267,7 +287,12 @@ async fn connection(mut stream: TcpStream, peer: PeerAddr, shared: &Shared) {
 
 /// Completes the TLS handshake (within the header timeout), then serves
 /// the connection with hyper, in the protocol ALPN chose.
-async fn tls_connection(stream: TcpStream, peer: PeerAddr, shared: &Shared, tls: &tls::Tls) {
+async fn tls_connection<S: Service>(
+    stream: TcpStream,
+    peer: PeerAddr,
+    shared: &Shared<S>,
+    tls: &tls::Tls,
+) {
     let handshake = tokio::select! {
         () = shared.stop.cancelled() => return,
         h = tokio::time::timeout(shared.limits.header_timeout, tls.acceptor().accept(stream)) => h,
@@ -298,14 +323,14 @@ enum Protocol {
 /// HTTP/2 connection takes a place under `--max-streams-per-ip` (or is
 /// closed at once), and is closed once it has had no stream for
 /// `--h2-idle-timeout`.
-async fn hyper_connection<S>(
-    stream: S,
+async fn hyper_connection<S: Service, C>(
+    stream: C,
     read: BytesMut,
     peer: PeerAddr,
-    shared: &Shared,
+    shared: &Shared<S>,
     protocol: Protocol,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     // The place is held for as long as the connection is served.
     let (_place, streams) = match protocol {

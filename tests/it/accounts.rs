@@ -7,7 +7,7 @@ use std::time::Duration;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::util::{Gateway, Reply};
+use crate::support::util::{Gateway, Reply};
 
 const SECRET: &str = "an-accounts-test-secret-0123456789";
 const MINE: &str = "mac:112233445566";

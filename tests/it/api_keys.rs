@@ -7,8 +7,8 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::process::{temp_dir, Process, BIN};
-use crate::util::series_value;
+use crate::support::process::{temp_dir, Process, BIN};
+use crate::support::util::series_value;
 
 const MINE: &str = "mac:112233445566";
 const NOT_MINE: &str = "mac:665544332211";
@@ -178,7 +178,7 @@ async fn a_key_has_one_allowance_whatever_address_it_comes_from() {
     let (shared, a) = new_key("shared", json!({"publish": ["*"]}));
     let (other, b) = new_key("other", json!({"publish": ["*"]}));
     std::fs::write(&file, json!({"keys": [a, b]}).to_string()).unwrap();
-    let gw = crate::util::Gateway::start_with(|c| {
+    let gw = crate::support::util::Gateway::start_with(|c| {
         c.api_keys_file = Some(file.clone());
         c.rate_limit_ingest = 3;
     })
@@ -259,15 +259,18 @@ async fn a_stream_opened_with_a_key_a_reload_removed_ends_with_revoked_and_the_k
     )
     .unwrap();
     let keys_file = file.clone();
-    let gw = crate::util::Gateway::start_with(|c| c.api_keys_file = Some(keys_file)).await;
-    async fn open(gw: &crate::util::Gateway, key: &str) -> crate::util::SseClient {
+    let gw = crate::support::util::Gateway::start_with(|c| c.api_keys_file = Some(keys_file)).await;
+    async fn open(
+        gw: &crate::support::util::Gateway,
+        key: &str,
+    ) -> crate::support::util::SseClient {
         gw.subscribe_with(
             &format!("/events?device={MINE}"),
             &[("authorization", &format!("Bearer {key}"))],
         )
         .await
     }
-    async fn post(gw: &crate::util::Gateway, key: &str, n: i64) -> u16 {
+    async fn post(gw: &crate::support::util::Gateway, key: &str, n: i64) -> u16 {
         gw.post_with(
             &format!("/api/events?device={MINE}"),
             "application/json",

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 const TOKEN: &str = "a-test-token-of-some-length";
 

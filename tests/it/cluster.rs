@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::process::{temp_dir, Process};
-use crate::util::{eventually, series_value, SseClient};
+use crate::support::process::{temp_dir, Process};
+use crate::support::util::{eventually, series_value, SseClient};
 
 /// A `redis-server` of the test's own, keeping nothing on disk.
 struct Redis {
@@ -18,8 +18,51 @@ struct Redis {
 impl Redis {
     /// Starts one, or `None` (with the reason) where redis-server is not
     /// installed; CI installs it, and there a missing one is a failure.
+    ///
+    /// redis-server cannot be told to pick a port, so one is found free
+    /// first; the server that answers there must then be this one (its
+    /// `process_id`), or another process took the port first and a new
+    /// one is tried.
     fn start() -> Option<Self> {
-        Self::start_on(free_port())
+        for _ in 0..5 {
+            let mut redis = Self::start_on(free_port())?;
+            if redis.is_ours() {
+                return Some(redis);
+            }
+        }
+        panic!("redis-server could not get a port of its own in 5 tries");
+    }
+
+    /// Whether the server on its port is the process this test started.
+    fn is_ours(&mut self) -> bool {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        use std::io::{Read, Write};
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"INFO server\r\n").is_err() {
+            return false;
+        }
+        let mut reply = vec![0; 64 * 1024];
+        let mut got = 0;
+        let wanted = format!("process_id:{}\r\n", self.child.id());
+        while got < reply.len() {
+            match s.read(&mut reply[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            let text = String::from_utf8_lossy(&reply[..got]);
+            if text.contains(&wanted) {
+                return true;
+            }
+            if text.contains("process_id:") && text.ends_with("\r\n\r\n") {
+                break;
+            }
+        }
+        false
     }
 
     fn start_on(port: u16) -> Option<Self> {
@@ -37,11 +80,11 @@ impl Redis {
         let child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "redis-server is required in CI: {e}"
+                crate::support::skip::needs(
+                    "redis-server",
+                    false,
+                    &format!("{e}; .ci/run installs it"),
                 );
-                eprintln!("skipped: redis-server not found ({e}); .ci/run installs it");
                 return None;
             }
         };
@@ -289,7 +332,7 @@ async fn without_redis_ingest_is_refused_streams_stay_and_it_recovers() {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         match sub.next_item(Duration::from_millis(500)).await {
-            Some(crate::util::SseItem::Comment(_)) => comments += 1,
+            Some(crate::support::util::SseItem::Comment(_)) => comments += 1,
             Some(other) => panic!("unexpected {other:?}"),
             None => {}
         }
@@ -458,15 +501,7 @@ fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
 
 #[tokio::test]
 async fn a_node_joins_over_tls_and_refuses_a_certificate_it_cannot_verify() {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is required in CI"
-        );
+    if !crate::support::skip::redis_server() {
         return;
     }
     let dir = temp_dir("tls");
@@ -503,7 +538,7 @@ async fn a_node_joins_over_tls_and_refuses_a_certificate_it_cannot_verify() {
     n.stop().await;
     // With the system's roots only, the certificate cannot be verified:
     // the node does not start, and says why.
-    let out = Command::new(crate::process::BIN)
+    let out = Command::new(crate::support::process::BIN)
         .args(["--listen", "127.0.0.1:0", "--redis-url", &url])
         .env_remove("SSL_CERT_FILE")
         .output()
@@ -653,7 +688,7 @@ async fn metric(n: &Process, name: &str) -> f64 {
 #[tokio::test]
 async fn a_registration_made_on_one_node_forwards_once_for_events_posted_anywhere() {
     let Some(redis) = Redis::start() else { return };
-    let rx = crate::receiver::Receiver::start().await;
+    let rx = crate::support::receiver::Receiver::start().await;
     let nodes: Vec<Process> = (0..3).map(|_| node(&redis, &[])).collect();
     let created = nodes[0]
         .post_json(
@@ -673,7 +708,7 @@ async fn a_registration_made_on_one_node_forwards_once_for_events_posted_anywher
         )
         .await;
     }
-    // Exactly one node holds the forwarding lease.
+    // Exactly one node holds the one destination's lease.
     eventually("a forwarder", Duration::from_secs(10), || async {
         let mut holders = 0.0;
         for n in &nodes {
@@ -767,7 +802,7 @@ async fn owned(nodes: &[Process]) -> Vec<f64> {
 #[tokio::test]
 async fn destinations_spread_over_the_nodes_and_a_dead_nodes_share_moves_to_the_others() {
     let Some(redis) = Redis::start() else { return };
-    let rx = crate::receiver::Receiver::start().await;
+    let rx = crate::support::receiver::Receiver::start().await;
     let mut nodes: Vec<Process> = (0..3).map(|_| node(&redis, &[])).collect();
     for d in 0..6 {
         let r = nodes[d % 3]
@@ -840,11 +875,14 @@ async fn destinations_spread_over_the_nodes_and_a_dead_nodes_share_moves_to_the_
     }
 }
 
-#[tokio::test]
-async fn another_node_takes_over_forwarding_when_the_forwarder_dies() {
-    let Some(redis) = Redis::start() else { return };
-    let rx = crate::receiver::Receiver::start().await;
-    let mut nodes: Vec<Process> = (0..2).map(|_| node(&redis, &[])).collect();
+/// Two nodes with `extra` arguments and one registration forwarding to
+/// `rx`'s `/t`; and which of them forwards to it.
+async fn two_nodes_forwarding_to(
+    redis: &Redis,
+    rx: &crate::support::receiver::Receiver,
+    extra: &[&str],
+) -> (Vec<Process>, usize) {
+    let nodes: Vec<Process> = (0..2).map(|_| node(redis, extra)).collect();
     let r = nodes[0]
         .post_json(
             "/api/registrations",
@@ -853,16 +891,30 @@ async fn another_node_takes_over_forwarding_when_the_forwarder_dies() {
         )
         .await;
     assert_eq!(r.status, 201);
+    let dead = forwarder(&nodes).await;
+    (nodes, dead)
+}
+
+/// Which node forwards (holds the one destination's lease), waiting for
+/// one to, at most 10 s.
+async fn forwarder(nodes: &[Process]) -> usize {
     let started = Instant::now();
-    let dead = 'found: loop {
+    loop {
         for (i, n) in nodes.iter().enumerate() {
             if metric(n, "ratatoskr_cluster_forwarding").await == 1.0 {
-                break 'found i;
+                return i;
             }
         }
         assert!(started.elapsed() < Duration::from_secs(10), "no forwarder");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+#[tokio::test]
+async fn another_node_takes_over_forwarding_when_the_forwarder_dies() {
+    let Some(redis) = Redis::start() else { return };
+    let rx = crate::support::receiver::Receiver::start().await;
+    let (mut nodes, dead) = two_nodes_forwarding_to(&redis, &rx, &[]).await;
     let survivor = 1 - dead;
     eventually(
         "the registration on the survivor",
@@ -889,7 +941,7 @@ async fn another_node_takes_over_forwarding_when_the_forwarder_dies() {
     assert!(took <= Duration::from_secs(10), "takeover in {took:?}");
     // Every event arrives at least once: the survivor replays what came
     // after the dead node's last checkpoint.
-    let ns = |rx: &crate::receiver::Receiver| -> Vec<i64> {
+    let ns = |rx: &crate::support::receiver::Receiver| -> Vec<i64> {
         rx.received("/t")
             .iter()
             .map(|r| {
@@ -931,6 +983,43 @@ async fn another_node_takes_over_forwarding_when_the_forwarder_dies() {
     }
 }
 
+/// A checkpoint passes only what is finished: events being retried for a
+/// destination that is down when its forwarder dies are replayed from the
+/// stream by the node that takes over.
+#[tokio::test]
+async fn events_for_a_destination_that_is_down_when_its_forwarder_dies_are_delivered_by_the_next() {
+    let Some(redis) = Redis::start() else { return };
+    let rx = crate::support::receiver::Receiver::start().await;
+    let args = ["--retry-backoff", "50ms", "--retry-max-backoff", "300ms"];
+    let (mut nodes, dead) = two_nodes_forwarding_to(&redis, &rx, &args).await;
+    let survivor = 1 - dead;
+    rx.down().await;
+    let mut posted = Vec::new();
+    for i in 0..40 {
+        posted.push(post(&nodes[survivor], "mac:112233445566", &json!({"n": i})).await);
+    }
+    // The forwarder retries meanwhile, and checkpoints (never past them).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[dead].kill();
+    rx.up().await;
+    let got = rx.wait_for("/t", 40, Duration::from_secs(30)).await;
+    let mut first_seen: Vec<String> = Vec::new();
+    for r in &got {
+        let id = r.header("webhook-id").to_owned();
+        if !first_seen.contains(&id) {
+            first_seen.push(id);
+        }
+    }
+    assert_eq!(
+        first_seen, posted,
+        "every event, in order, after the takeover"
+    );
+    nodes.remove(dead);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_resume_from_the_shared_stream_stops_at_its_byte_budget_with_a_gap() {
     // 16 KiB events, a 64 KiB budget: four events at most (the budget, and
@@ -939,7 +1028,7 @@ async fn a_resume_from_the_shared_stream_stops_at_its_byte_budget_with_a_gap() {
     const BUDGET: usize = 64 * 1024;
     let Some(redis) = Redis::start() else { return };
     let url = redis.url();
-    let gw = crate::util::Gateway::start_with(|c| {
+    let gw = crate::support::util::Gateway::start_with(|c| {
         c.redis_url = Some(url);
         c.redis_prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         // The ring keeps about one of them: the rest is the stream's part.

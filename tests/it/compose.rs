@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::process::BIN;
+use crate::support::process::BIN;
 
 #[test]
 fn compose_file_parses_and_its_flags_are_the_binarys() {

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 #[tokio::test]
 async fn schemas_are_enforced_on_ingest() {

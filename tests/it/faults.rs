@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::process::{temp_dir, Process};
-use crate::receiver::Receiver;
+use crate::support::process::{temp_dir, Process};
+use crate::support::receiver::Receiver;
 
 /// An ext4 image mounted on a directory of its own; unmounted and removed
 /// on drop.
@@ -75,7 +75,9 @@ async fn a_frozen_disk_stalls_only_the_write_that_waits_for_it() {
     let fs = match LoopFs::mount() {
         Ok(fs) => fs,
         Err(e) => {
-            eprintln!("skipped: cannot mount a loop file system here ({e}); CI runs this as root");
+            crate::support::skip::skip(&format!(
+                "cannot mount a loop file system here ({e}); CI runs this as root"
+            ));
             return;
         }
     };
@@ -175,7 +177,9 @@ async fn a_full_disk_refuses_writes_with_retry_after_and_recovers_without_a_rest
     let fs = match LoopFs::mount() {
         Ok(fs) => fs,
         Err(e) => {
-            eprintln!("skipped: cannot mount a loop file system here ({e}); CI runs this as root");
+            crate::support::skip::skip(&format!(
+                "cannot mount a loop file system here ({e}); CI runs this as root"
+            ));
             return;
         }
     };

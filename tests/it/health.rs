@@ -1,6 +1,6 @@
 //! /health, /ready, /metrics, /api/stats and the dashboard page.
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 #[tokio::test]
 async fn health_and_ready() {

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use ratatoskr::config::StoreKind;
-use ratatoskr::store::{Collection, Store};
+use ratatoskr::state::store::StoreKind;
+use ratatoskr::state::store::{Collection, Store};
 use serde_json::{json, Value};
 
-use crate::process::{temp_dir, Process};
-use crate::receiver::Receiver;
-use crate::util::series_value;
+use crate::support::process::{temp_dir, Process};
+use crate::support::receiver::Receiver;
+use crate::support::util::series_value;
 
 /// The expressions that used to abort the process with a stack overflow.
 pub fn stack_killers() -> Vec<String> {
@@ -271,7 +271,7 @@ async fn hostile_payloads_are_refused_or_kept_small() {
         );
     }
     // A msgpack message with bytes after it.
-    let mut wrp = crate::util::vector("simple-event-online.msgpack");
+    let mut wrp = crate::support::util::vector("simple-event-online.msgpack");
     wrp.extend_from_slice(&[0xc0, 0xc0]);
     let r = gw.post("/api/events", "application/msgpack", wrp).await;
     r.assert_problem(400);
@@ -412,7 +412,7 @@ async fn checks_cannot_be_bypassed() {
             .send()
             .await
             .unwrap();
-        let r = crate::util::Reply::read(r).await;
+        let r = crate::support::util::Reply::read(r).await;
         r.assert_problem(422);
         assert!(r.text.contains("must be public"), "{host}: {}", r.text);
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Another client address (the loopback network is all of 127/8).

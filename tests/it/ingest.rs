@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 #[tokio::test]
 async fn pillarbox_json_post_just_works_and_reaches_a_subscriber() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 const SECRET: &str = "a-jwt-secret-of-some-good-length-0123";
 const MINE: &str = "mac:112233445566";
@@ -297,7 +297,7 @@ async fn the_header_wins_over_the_cookie_and_the_query_token_is_for_the_stream_o
 
 #[tokio::test]
 async fn asymmetric_keys_verify_their_own_algorithms_and_no_confusion() {
-    let dir = crate::process::temp_dir("jwt-keys");
+    let dir = crate::support::process::temp_dir("jwt-keys");
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -361,7 +361,7 @@ async fn asymmetric_keys_verify_their_own_algorithms_and_no_confusion() {
 #[tokio::test]
 async fn a_jwks_file_serves_its_keys_by_kid() {
     use base64::Engine;
-    let dir = crate::process::temp_dir("jwks");
+    let dir = crate::support::process::temp_dir("jwks");
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -458,7 +458,7 @@ async fn the_largest_scope_a_claim_may_hold_streams_exactly_its_devices() {
 #[tokio::test]
 async fn registrations_of_a_scoped_token_stay_in_its_scope_and_are_its_own() {
     let gw = gateway().await;
-    let rx = crate::receiver::Receiver::start().await;
+    let rx = crate::support::receiver::Receiver::start().await;
     let admin = scoped(json!({"admin": true}));
     let alice = hs256(
         json!({"sub": "alice", "exp": now() + 600, "ratatoskr": {"subscribe": [MINE, "serial:*"]}}),
@@ -475,7 +475,7 @@ async fn registrations_of_a_scoped_token_stay_in_its_scope_and_are_its_own() {
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
-        async move { crate::util::Reply::read(req.send().await.unwrap()).await }
+        async move { crate::support::util::Reply::read(req.send().await.unwrap()).await }
     };
     let reg = |devices: Value| {
         json!({"devices": devices, "duration": "10m",
@@ -562,7 +562,7 @@ async fn whoami_tells_a_token_its_scope() {
     let gw = gateway().await;
     let who = |token: String| {
         let req = gw.http.get(gw.url("/api/whoami")).bearer_auth(token);
-        async move { crate::util::Reply::read(req.send().await.unwrap()).await }
+        async move { crate::support::util::Reply::read(req.send().await.unwrap()).await }
     };
     let me = who(scoped(
         json!({"subscribe": [MINE], "accounts": ["acme"], "publish": [MINE]}),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::{series_value, Gateway};
+use crate::support::util::{series_value, Gateway};
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_413_with_or_without_content_length() {
@@ -230,10 +230,10 @@ fn rss_bytes(pid: u32) -> u64 {
 /// Posts 100 events of 1 MiB for a device that a stalled webhook and a
 /// stalled SSE reader both want, and returns the gateway's RSS after.
 async fn rss_after_large_events(args: &[&str]) -> u64 {
-    use crate::process::{temp_dir, Process};
+    use crate::support::process::{temp_dir, Process};
     use tokio::io::AsyncWriteExt;
 
-    let rx = crate::receiver::Receiver::start().await;
+    let rx = crate::support::receiver::Receiver::start().await;
     rx.delay("/slow", std::time::Duration::from_secs(30));
     let gw = Process::start(&temp_dir("rss"), args);
     let r = gw

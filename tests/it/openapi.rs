@@ -2,7 +2,7 @@
 //! gateway serves (schemathesis checks the responses against it, in
 //! tests/contract/run.sh).
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 #[tokio::test]
 async fn the_document_covers_every_route_and_the_auth_schemes() {
@@ -64,4 +64,9 @@ async fn the_document_covers_every_route_and_the_auth_schemes() {
     assert_eq!(kinds.len(), 2);
     assert_eq!(kinds[0]["properties"]["type"]["enum"][0], "http");
     assert_eq!(kinds[0]["additionalProperties"], false);
+    // A rotation's grace is asked for; the old secret it keeps is not a
+    // request field.
+    let http = &kinds[0]["properties"];
+    assert!(http["previous_secret_ttl"].is_object(), "{http}");
+    assert!(http["previous_secret"].is_null(), "{http}");
 }

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use ratatoskr::config::StoreKind;
-use ratatoskr::store::{Collection, Store};
+use ratatoskr::state::store::StoreKind;
+use ratatoskr::state::store::{Collection, Store};
 use serde_json::{json, Value};
 
 use crate::forward::{register, register_ok};
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 const DEVICE: &str = "mac:112233445566";
 
@@ -20,7 +20,7 @@ fn with_types(url: &str, types: &[String]) -> Value {
            "filter": {"types": types}})
 }
 
-fn field_of(r: &crate::util::Reply, i: usize) -> String {
+fn field_of(r: &crate::support::util::Reply, i: usize) -> String {
     r.body["errors"][i]["field"]
         .as_str()
         .unwrap_or_default()
@@ -223,7 +223,7 @@ async fn health_answers_within_100_ms_while_8_heavy_registrations_compile() {
 
 #[tokio::test]
 async fn a_stored_registration_past_the_new_bounds_loads_disabled() {
-    if crate::util::embedded_only("it restarts on a redb data dir") {
+    if crate::support::util::embedded_only("it restarts on a redb data dir") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("ratatoskr-it-{}", uuid::Uuid::new_v4()));
@@ -283,7 +283,7 @@ async fn a_stored_registration_past_the_new_bounds_loads_disabled() {
     }
     let metrics = gw.get("/metrics").await.text;
     assert_eq!(
-        crate::util::series_value(
+        crate::support::util::series_value(
             &metrics,
             "ratatoskr_stored_disabled_total{kind=\"registration\"}"
         ),

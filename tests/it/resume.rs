@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{Gateway, SseItem};
+use crate::support::util::{Gateway, SseItem};
 
 #[tokio::test]
 async fn reconnect_with_last_event_id_gets_exactly_the_missed_matching_events() {
@@ -58,7 +58,7 @@ async fn query_last_event_id_works_and_the_header_wins() {
 
 #[tokio::test]
 async fn an_id_older_than_the_ring_gets_a_gap_notice_then_what_is_left() {
-    if crate::util::embedded_only(
+    if crate::support::util::embedded_only(
         "the shared stream still holds what the ring evicted, so there is no gap",
     ) {
         return;
@@ -81,7 +81,9 @@ async fn an_id_older_than_the_ring_gets_a_gap_notice_then_what_is_left() {
 
 #[tokio::test]
 async fn an_id_from_before_this_process_started_gets_a_gap_notice() {
-    if crate::util::embedded_only("events from before the node started are in the shared stream") {
+    if crate::support::util::embedded_only(
+        "events from before the node started are in the shared stream",
+    ) {
         return;
     }
     let gw = Gateway::start().await;
@@ -109,7 +111,9 @@ async fn the_newest_id_resumes_with_nothing_and_no_gap() {
 
 #[tokio::test]
 async fn events_older_than_the_max_age_are_not_replayed() {
-    if crate::util::embedded_only("the stream is trimmed by age once a second, approximately") {
+    if crate::support::util::embedded_only(
+        "the stream is trimmed by age once a second, approximately",
+    ) {
         return;
     }
     let gw = Gateway::start_with(|c| c.replay_max_age = Duration::from_millis(300)).await;

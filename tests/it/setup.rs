@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::process::{temp_dir, Process, BIN};
+use crate::support::process::{temp_dir, Process, BIN};
 
 /// Runs the binary to its exit (it must exit by itself, within 20 s).
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -149,7 +149,7 @@ async fn the_first_heartbeat_comes_after_one_interval() {
     let mut beats = Vec::new();
     while beats.len() < 2 {
         match sub.next_item(Duration::from_secs(5)).await {
-            Some(crate::util::SseItem::Comment(_)) => beats.push(opened.elapsed()),
+            Some(crate::support::util::SseItem::Comment(_)) => beats.push(opened.elapsed()),
             Some(_) => {}
             None => panic!("no heartbeat within 5 s; got {beats:?}"),
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 #[tokio::test]
 async fn shutdown_tells_subscribers_ends_streams_and_drains() {
@@ -43,8 +43,8 @@ async fn shutdown_with_no_clients_is_immediate() {
 /// grace period; what is still undelivered then is logged per destination.
 #[tokio::test]
 async fn queued_deliveries_finish_within_the_grace_period() {
-    use crate::process::{temp_dir, Process};
-    use crate::receiver::Receiver;
+    use crate::support::process::{temp_dir, Process};
+    use crate::support::receiver::Receiver;
     let dir = temp_dir("shutdown-forward");
     // Two receivers: logs name a destination by host and port (never its
     // path, which may be a secret), so the two are told apart by port.

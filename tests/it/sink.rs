@@ -1,4 +1,4 @@
-//! `ratatoskr sink`, the receiver the README's forwarding example uses:
+//! `ratatoskr sink`, the receiver the forwarding example (docs/forwarding.md) uses:
 //! a registration forwards to it, and it prints the event with both
 //! signatures verified.
 
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::process::BIN;
-use crate::util::Gateway;
+use crate::support::process::BIN;
+use crate::support::util::Gateway;
 
 #[tokio::test]
 async fn the_sink_prints_forwarded_events_with_their_signatures_checked() {

@@ -6,7 +6,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 /// An SSE subscriber that connects with a tiny receive buffer and does not read.
 async fn stalled_subscriber(gw: &Gateway, path: &str) -> TcpStream {

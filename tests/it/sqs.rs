@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use crate::forward::register_ok;
-use crate::util::Gateway;
+use crate::support::util::Gateway;
 
 struct Moto {
     child: Child,
@@ -23,28 +23,26 @@ impl Drop for Moto {
     }
 }
 
-fn moto_binary() -> String {
-    std::env::var("MOTO_SERVER").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/moto_server");
-        assert!(
-            std::path::Path::new(venv).exists(),
-            "moto_server not found: run `make test` (it installs moto into .venv) or set MOTO_SERVER"
-        );
-        venv.to_owned()
-    })
+/// `MOTO_SERVER`, or the virtualenv's; none (the test skipped) when
+/// neither is there.
+fn moto_binary() -> Option<String> {
+    std::env::var("MOTO_SERVER")
+        .ok()
+        .or_else(|| crate::support::skip::venv_tool("moto_server"))
 }
 
 /// Starts moto on a free port. moto cannot be told to pick one, so the
 /// port is found free first; if another process takes it before moto
 /// binds, moto exits and a new port is tried.
-async fn start_moto() -> Moto {
+async fn start_moto() -> Option<Moto> {
+    let binary = moto_binary()?;
     for _ in 0..5 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(moto_binary())
+        let child = Command::new(&binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -62,7 +60,7 @@ async fn start_moto() -> Moto {
             // Our own moto answers HTTP; anything else on the port does not count.
             let url = format!("{}/moto-api/", moto.endpoint);
             if reqwest::get(&url).await.is_ok() {
-                return moto;
+                return Some(moto);
             }
             assert!(Instant::now() < deadline, "moto_server did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -113,7 +111,9 @@ fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> String {
 
 #[tokio::test]
 async fn events_reach_an_sqs_queue_in_batches_with_attributes() {
-    let moto = start_moto().await;
+    let Some(moto) = start_moto().await else {
+        return;
+    };
     let sqs = client(&moto.endpoint).await;
     let queue = sqs
         .create_queue()
@@ -175,7 +175,9 @@ async fn events_reach_an_sqs_queue_in_batches_with_attributes() {
 
 #[tokio::test]
 async fn msgpack_bodies_are_base64_on_sqs() {
-    let moto = start_moto().await;
+    let Some(moto) = start_moto().await else {
+        return;
+    };
     let sqs = client(&moto.endpoint).await;
     let queue = sqs
         .create_queue()
@@ -225,10 +227,10 @@ async fn the_gateways_own_aws_identity_is_not_lent_by_default() {
 /// squared (the SDK's own retries used to run inside the gateway's).
 #[tokio::test]
 async fn sqs_attempts_do_not_multiply() {
-    let rx = crate::receiver::Receiver::start().await;
+    let rx = crate::support::receiver::Receiver::start().await;
     rx.delay("/", Duration::from_secs(2));
     let gw = Gateway::start_with(|c| {
-        c.delivery_retries = 2;
+        c.delivery_retries = Some(2);
         c.delivery_timeout = Duration::from_millis(200);
         c.retry_backoff = Duration::from_millis(1);
     })

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{Gateway, SseItem};
+use crate::support::util::{Gateway, SseItem};
 
 #[tokio::test]
 async fn stream_headers_and_retry() {

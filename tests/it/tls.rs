@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{temp_dir, Process};
-use crate::util::SseClient;
+use crate::support::process::{temp_dir, Process};
+use crate::support::util::SseClient;
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as
 /// `cert.pem` and `key.pem` in `dir`; returns the certificate's DER.
@@ -141,7 +141,7 @@ fn hangup(p: &Process) {
 #[test]
 fn a_missing_key_or_a_bad_certificate_stops_the_start() {
     let dir = temp_dir("tls-bad");
-    let bin = crate::process::BIN;
+    let bin = crate::support::process::BIN;
     let out = Command::new(bin)
         .args(["--store", "memory", "--tls-cert", "/nonexistent.pem"])
         .output()

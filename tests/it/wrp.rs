@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::util::{vector, vectors_dir, Gateway};
+use crate::support::util::{vector, vectors_dir, Gateway};
 
 const VALID: &[&str] = &[
     "simple-event-wrpgo-example",
@@ -155,7 +155,8 @@ async fn wrp_routing_comes_from_the_locators() {
 async fn wrp_decode_errors_are_told_apart_by_kind_not_by_the_words_in_them() {
     let gw = Gateway::start().await;
     let post = |body: Vec<u8>| gw.post("/api/events", "application/msgpack", body);
-    let detail = |r: &crate::util::Reply| r.body["detail"].as_str().unwrap_or_default().to_owned();
+    let detail =
+        |r: &crate::support::util::Reply| r.body["detail"].as_str().unwrap_or_default().to_owned();
     let wrong_type = rmp_serde::to_vec_named(&serde_json::json!(
         {"msg_type": 4, "source": "dns:a", "dest": "event:x", "metadata": "depth"}
     ))

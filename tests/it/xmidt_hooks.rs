@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::receiver::Receiver;
-use crate::util::Gateway;
+use crate::support::receiver::Receiver;
+use crate::support::util::Gateway;
 
 const WAIT: Duration = Duration::from_secs(10);
 

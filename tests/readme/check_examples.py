@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Runs the README's documented commands against a live gateway and checks
-what they print against what the README says they print.
+"""Runs the documented commands against a live gateway and checks what
+they print against what the documentation says they print.
 
-The commands are read from the README itself (every `sh` block of "Use it"
-and of "Forward events: registrations"), so an example that changes, or
-stops working, fails here. They run as written, on the README's own ports
-(8080 for the gateway, 9000 for the sink): run.sh gives this script a
-network namespace of its own with only a loopback, so those ports are free
-and nothing leaves the machine.
+The commands are read from the documents themselves: every `sh` block of
+each section listed in ON_DEFAULTS and REGISTRATIONS below (the README's
+quick start, and the sections of docs/ that hold the other examples), so
+an example that changes, or stops working, fails here, and so does a
+listed section that is missing or holds no `sh` block. They run as
+written, on the documents' own ports (8080 for the gateway, 9000 for the
+sink): run.sh gives this script a network namespace of its own with only
+a loopback, so those ports are free and nothing leaves the machine.
 
 What is checked, per command:
 - a `# 202 {...}` line after it, or a `# 200 {...}` comment on it: that
@@ -35,18 +37,29 @@ BIN = os.environ.get("BIN", "target/debug/ratatoskr")
 WORK = tempfile.mkdtemp(prefix="readme-examples-")
 BODY, HEAD = os.path.join(WORK, "body"), os.path.join(WORK, "head")
 SINK_LOG, GATEWAY_LOG = os.path.join(WORK, "sink.log"), os.path.join(WORK, "gateway.log")
-README = open("README.md", encoding="utf-8").read()
-# The opening of "Use it" (up to its first subsection), and the
-# registration walk-through.
-SECTIONS = ("## Use it", "### Forward events: registrations")
+# Where the examples are: (file, heading line) pairs, each section read up
+# to the next heading of any level. The first group runs on one gateway on
+# its defaults (the README's first command); the second is the
+# registration walk-through, which starts its own gateway and the sink.
+ON_DEFAULTS = (
+    # The quick start.
+    ("README.md", "## Use it"),
+    # The opening of the usage reference (up to its first subsection).
+    ("docs/usage.md", "# Use it"),
+)
+REGISTRATIONS = (("docs/forwarding.md", "# Forward events: registrations"),)
 
 
-def section(title):
-    """The text under `title`, up to the next heading of any level."""
-    start = README.index(title + "\n")
+def section(path, title):
+    """The text of `path` under the heading line `title`, up to the next
+    heading of any level."""
+    lines = open(path, encoding="utf-8").read().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == title]
+    if not starts:
+        raise SystemExit(f"{path} has no heading {title!r}: where did its examples go?")
     out, fenced = [], False
     # Outside code blocks only: there `# ...` is a shell comment.
-    for line in README[start + len(title) + 1:].splitlines(keepends=True):
+    for line in lines[starts[0] + 1:]:
         if line.startswith("```"):
             fenced = not fenced
         elif not fenced and re.match(r"#{1,6} ", line):
@@ -107,8 +120,12 @@ def json_after(text, at):
 failures, ran, skipped = [], 0, 0
 
 
+# The section being run, named in failures.
+where = ""
+
+
 def fail(cmd, why):
-    failures.append(f"{cmd.splitlines()[0][:100]}: {why}")
+    failures.append(f"{where}: {cmd.splitlines()[0][:100]}: {why}")
 
 
 def curl(cmd, stream=False):
@@ -143,9 +160,13 @@ def start_background(cmd, log):
     raise SystemExit(f"{cmd}: nothing listens on {port}")
 
 
-def run_section(title, gateway_started):
-    global ran, skipped
-    for block in blocks(section(title)):
+def run_section(path, title, gateway_started):
+    global ran, skipped, where
+    where = f"{path} {title!r}"
+    found = blocks(section(path, title))
+    if not found:
+        fail(title, "no sh block: where did its examples go?")
+    for block in found:
         for cmd, expect in commands(block):
             if cmd.startswith("xdg-open") or "<id>" in cmd or "..." in cmd:
                 skipped += 1
@@ -171,7 +192,7 @@ def run_section(title, gateway_started):
             m = re.match(r"(\d{3})\b", expect)
             want = m.group(1) if m else None
             if want and status != want:
-                fail(cmd, f"status {status}, the README says {want}: {body[-300:]!r}")
+                fail(cmd, f"status {status}, the docs say {want}: {body[-300:]!r}")
                 continue
             if not want and not status.startswith("2"):
                 fail(cmd, f"status {status}")
@@ -185,7 +206,7 @@ def run_section(title, gateway_started):
                     fail(cmd, f"not JSON: {e}: {body[:80]!r}")
                     continue
                 if shape(documented) != shape(got):
-                    fail(cmd, f"body {body[:120]!r} is not shaped as the README's {json.dumps(documented)[:120]}")
+                    fail(cmd, f"body {body[:120]!r} is not shaped as the docs' {json.dumps(documented)[:120]}")
             if "the sink prints:" in expect:
                 documented = json_after(expect, expect.index("the sink prints:"))
                 got = None
@@ -198,7 +219,7 @@ def run_section(title, gateway_started):
                 if got is None:
                     fail(cmd, "the sink printed nothing")
                 elif shape(documented) != shape(got):
-                    fail(cmd, f"the sink printed {lines[-1][:160]!r}, not shaped as the README's")
+                    fail(cmd, f"the sink printed {lines[-1][:160]!r}, not shaped as the docs'")
                 elif got.get("signature_ok") != documented.get("signature_ok"):
                     fail(cmd, f"signatures: {got.get('signature_ok')}")
 
@@ -207,17 +228,19 @@ def main():
     # "Use it" assumes a gateway on its defaults: the README's first command.
     start_background("cargo run --release -- --listen 127.0.0.1:8080", GATEWAY_LOG)
     try:
-        run_section(SECTIONS[0], lambda: True)
+        for path, title in ON_DEFAULTS:
+            run_section(path, title, lambda: True)
         # The registration example starts its own gateway (with the sink's
         # address allowed): stop the first.
         first = background.pop()
         first.terminate()
         first.wait(timeout=30)
-        run_section(SECTIONS[1], lambda: any(p.poll() is None for p in background))
+        for path, title in REGISTRATIONS:
+            run_section(path, title, lambda: any(p.poll() is None for p in background))
     finally:
         for p in background:
             p.terminate()
-    print(f"README examples: {ran} run, {skipped} not run (placeholders or a browser), {len(failures)} failed")
+    print(f"Documented examples: {ran} run, {skipped} not run (placeholders or a browser), {len(failures)} failed")
     for f in failures:
         print("  FAIL", f)
     return 1 if failures or ran == 0 else 0

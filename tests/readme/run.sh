@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The README's examples, run as written against a live gateway
-# (check_examples.py says what is compared). They use the README's own
-# ports, 8080 and 9000: everything runs in a network namespace of its own
-# with only a loopback, so those ports are free here whatever else runs,
-# and nothing leaves the machine.
+# The examples of the README and docs/, run as written against a live
+# gateway (check_examples.py says which, and what is compared). They use
+# the documents' own ports, 8080 and 9000: everything runs in a network
+# namespace of its own with only a loopback, so those ports are free here
+# whatever else runs, and nothing leaves the machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-target/debug/ratatoskr}
@@ -11,7 +11,7 @@ export BIN=${BIN:-target/debug/ratatoskr}
 if [ -z "${IN_NETNS:-}" ]; then
   [ -x "$BIN" ] || { echo "build first: $BIN is missing" >&2; exit 1; }
   if ! unshare -rn true 2>/dev/null; then
-    echo "cannot make a network namespace (unshare -rn): README examples skipped" >&2
+    echo "cannot make a network namespace (unshare -rn): documented examples skipped" >&2
     [ -z "${CI:-}" ] || exit 1
     exit 0
   fi

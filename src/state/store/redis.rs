@@ -64,7 +64,7 @@ pub type DocError = String;
 impl RedisDocuments {
     /// Connects now, so that a bad URL or an unreachable Redis stops the start.
     pub fn connect(url: &str, prefix: &str) -> Result<Self, DocError> {
-        let client = super::open_client(url).map_err(|e| format!("--redis-url: {e}"))?;
+        let client = open_client(url).map_err(|e| format!("--redis-url: {e}"))?;
         let docs = Self {
             client,
             conn: Mutex::new(None),
@@ -226,4 +226,16 @@ impl RedisDocuments {
             Ok(out)
         })
     }
+}
+
+/// A Redis client for `url`. For `rediss://`, rustls needs one process-wide
+/// crypto provider, and cannot choose by itself because the dependency
+/// tree enables two (ring through reqwest, aws-lc-rs through the AWS SDK):
+/// without this, the first TLS connection panics. aws-lc-rs, as the AWS
+/// SDK uses. The server's certificate is checked against the system's
+/// roots (`SSL_CERT_FILE` selects another bundle).
+pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
+    // Fails only if a provider is installed already: then that one serves.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    redis::Client::open(url)
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use ratatoskr::config::{Config, StoreKind};
+use ratatoskr::config::Config;
+use ratatoskr::state::store::StoreKind;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -37,6 +38,15 @@ pub fn series_value(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The sum of every sample of a labelled series (`name{...} value`) in
+/// Prometheus text; 0 when it has none.
+pub fn labelled_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// Whether this run makes every gateway a cluster node
 /// (`RATATOSKR_TEST_REDIS`, set by `make test` for its second pass).
 pub fn cluster_mode() -> bool {
@@ -47,7 +57,7 @@ pub fn cluster_mode() -> bool {
 /// differently by design: says so and tells the caller to stop.
 pub fn embedded_only(why: &str) -> bool {
     if cluster_mode() {
-        eprintln!("not run in cluster mode: {why}");
+        crate::support::skip::skip(&format!("not run in cluster mode: {why}"));
         return true;
     }
     false
@@ -145,6 +155,16 @@ impl Gateway {
             .await;
         assert_eq!(r.status, 202, "{name}: {}", r.text);
         wrp
+    }
+
+    /// `PUT path` with a JSON body.
+    pub async fn put_json(&self, path: &str, body: &Value) -> Reply {
+        let req = self
+            .http
+            .put(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        Reply::read(req.send().await.expect("put")).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -1,6 +1,7 @@
 //! `ratatoskr sink`: a small webhook receiver that prints what it gets and
 //! checks its signatures, so that forwarding can be tried end to end on one
-//! machine with no consumer of one's own (the README's example uses it).
+//! machine with no consumer of one's own (the forwarding example in
+//! docs/forwarding.md uses it).
 //!
 //! Each request is one JSON line on stdout: the path, the event headers,
 //! whether each signature verified (with `--secret`), and the body (as

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::event::EventId;
 use crate::hub::Hub;
-use crate::store::{Collection, Store, StoreError};
+use crate::state::store::{Collection, Store, StoreError};
 
 /// The mark's key in [`Collection::Meta`].
 const KEY: &str = "event_id_high_water";
@@ -65,8 +65,8 @@ impl IdMark {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreKind;
     use crate::hub::HubConfig;
+    use crate::state::store::StoreKind;
 
     fn hub() -> Arc<Hub> {
         Hub::new(

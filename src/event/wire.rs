@@ -1,4 +1,5 @@
-//! How an event is kept in the shared Redis stream, and how stream ids map
+//! How an event is kept, field by field, in the shared Redis stream and in
+//! the embedded event log, and how stream ids map
 //! onto event ids.
 //!
 //! A stream id is `<ms>-<seq>`; an [`EventId`] is `ms << 16 | seq`, so the
@@ -126,6 +127,23 @@ pub struct RawEntry {
 }
 
 impl RawEntry {
+    /// An entry made of `fields` (the embedded event log's records, which
+    /// keep the stream's fields).
+    pub fn from_fields(id: EventId, fields: Vec<(String, Bytes)>) -> Self {
+        Self {
+            id: stream_id(id).into_bytes(),
+            fields: fields
+                .into_iter()
+                .flat_map(|(n, v)| {
+                    [
+                        redis::Value::BulkString(n.into_bytes()),
+                        redis::Value::BulkString(v.to_vec()),
+                    ]
+                })
+                .collect(),
+        }
+    }
+
     /// The entry's stream id, as Redis wrote it.
     pub fn stream_id(&self) -> String {
         String::from_utf8_lossy(&self.id).into_owned()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::Reply;
+use crate::support::util::Reply;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ratatoskr");
@@ -144,7 +144,7 @@ impl Process {
     }
 
     /// Opens `GET path` as an SSE stream.
-    pub async fn subscribe(&self, path: &str) -> crate::util::SseClient {
+    pub async fn subscribe(&self, path: &str) -> crate::support::util::SseClient {
         let resp = self
             .http
             .get(self.url(path))
@@ -154,7 +154,7 @@ impl Process {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "subscribe {path}");
-        crate::util::SseClient::new(resp)
+        crate::support::util::SseClient::new(resp)
     }
 
     /// Posts `body` as `content_type`.

@@ -13,9 +13,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use crate::bus::Bus;
 use crate::cluster::{Cluster, ClusterError, ResumePage};
 use crate::event::{Event, EventId};
-use crate::hub::{EventFilter, Published};
+use crate::hub::{EventFilter, Published, Subscription};
 
 /// Most bytes of entries in one page (one entry larger than this is a
 /// page of its own).
@@ -23,7 +24,58 @@ pub const PAGE_BYTES: usize = 1024 * 1024;
 /// Most entries in one page.
 const PAGE_ENTRIES: usize = 256;
 
+/// The bounds of one resume from the shared stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes (`--cluster-replay-max-bytes`).
+    pub max_bytes: usize,
+    /// Most events (`--replay-capacity`).
+    pub max_events: usize,
+}
+
 type PageRead = Pin<Box<dyn Future<Output = Result<ResumePage, ClusterError>> + Send>>;
+
+/// Cluster mode: what the local ring does not cover (this node started
+/// after the client's last event, or it was evicted) comes from the shared
+/// stream, up to where the ring's coverage starts, page by page as the
+/// body writes it ([`ClusterResume`]). An embedded node's ring was
+/// restored from its event log at start: it has nothing more to read. The hub registered the subscriber
+/// before taking the ring's part, so the stream's part, the ring's part and
+/// the live queue join with no gap and no duplicate. A stream that no
+/// longer holds everything after `last` keeps the `gap`.
+pub async fn beyond_ring(
+    bus: &Bus,
+    subscription: &mut Subscription,
+    last: EventId,
+    limits: Limits,
+) -> Option<ClusterResume> {
+    let cluster = bus.shared_stream()?;
+    let filter = subscription.filter().clone();
+    let r = subscription.replay.as_mut()?;
+    if !r.truncated {
+        return None;
+    }
+    let before = r
+        .ring_first
+        .unwrap_or(EventId::from_u64(r.live_from.as_u64().saturating_add(1)));
+    match cluster.holds_after(last).await {
+        Ok(complete) => {
+            r.truncated = !complete;
+            Some(ClusterResume::new(
+                cluster.clone(),
+                filter,
+                last,
+                before,
+                limits.max_bytes,
+                limits.max_events,
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "resume: the shared stream is unavailable; the client gets a gap");
+            None
+        }
+    }
+}
 
 /// What the next step of a resume gives.
 #[derive(Debug)]
@@ -75,7 +127,7 @@ impl ClusterResume {
         Self {
             cluster,
             filter,
-            cursor: crate::cluster::wire::stream_id(after),
+            cursor: crate::event::wire::stream_id(after),
             before,
             bytes_left: max_bytes,
             events_left: max_events,

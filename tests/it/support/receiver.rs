@@ -42,7 +42,12 @@ struct Inner {
 pub struct Receiver {
     pub addr: SocketAddr,
     inner: Arc<Inner>,
-    task: tokio::task::JoinHandle<()>,
+    task: Mutex<
+        Option<(
+            tokio::task::JoinHandle<()>,
+            tokio::sync::oneshot::Sender<()>,
+        )>,
+    >,
 }
 
 async fn record(
@@ -83,15 +88,26 @@ async fn record(
 impl Receiver {
     pub async fn start() -> Self {
         let inner = Arc::new(Inner::default());
-        let app = axum::Router::new()
-            .fallback(record)
-            .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let task = Mutex::new(Some(serve(listener, inner.clone())));
         Self { addr, inner, task }
+    }
+
+    /// An outage: stops listening and closes every connection, so that
+    /// senders get connection errors (refused), as from a host that is down.
+    pub async fn down(&self) {
+        let Some((task, stop)) = self.task.lock().unwrap().take() else {
+            return;
+        };
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+
+    /// Back up, on the same port.
+    pub async fn up(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        *self.task.lock().unwrap() = Some(serve(listener, self.inner.clone()));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -151,8 +167,30 @@ impl Receiver {
     }
 }
 
+fn serve(
+    listener: tokio::net::TcpListener,
+    inner: Arc<Inner>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let app = axum::Router::new().fallback(record).with_state(inner);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (task, stop)
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some((task, _)) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
     }
 }

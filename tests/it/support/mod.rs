@@ -1,0 +1,9 @@
+//! The harness every black-box test uses: in-process gateways and their
+//! clients ([`util`]), the gateway binary as a child process ([`process`]),
+//! webhook receivers that record what they get ([`receiver`]), and the one
+//! way a test that cannot run here says so ([`skip`]).
+
+pub mod process;
+pub mod receiver;
+pub mod skip;
+pub mod util;
