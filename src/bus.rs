@@ -18,8 +18,8 @@ use crate::error::ApiError;
 use crate::event::{Event, EventDraft, EventId};
 use crate::eventlog::EventLog;
 use crate::hub::{FanOut, Hub, Published};
-use crate::idempotency::{Claim, Fingerprint, IdempotencyCache};
-use crate::registry::Registry;
+use crate::state::idempotency::{Claim, Fingerprint, IdempotencyCache};
+use crate::state::registry::Registry;
 
 /// Bytes of the embedded log one read of a replay returns.
 const HISTORY_PAGE_BYTES: usize = 4 << 20;

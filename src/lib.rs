@@ -5,10 +5,8 @@
 //! replay and fans it out to matching subscribers, whose `http::sse` streams
 //! write it. [`run`] wires the parts together and owns their lifecycle.
 
-pub mod accounts;
 pub mod auth;
 pub mod bus;
-pub mod catalog;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -18,9 +16,7 @@ pub mod eventlog;
 pub mod forward;
 pub mod http;
 pub mod hub;
-pub mod idempotency;
 pub mod ingest;
-pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
@@ -37,7 +33,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::forward::metrics::ForwardMetrics;
 use crate::forward::runtime::ForwardRuntime;
@@ -47,11 +42,13 @@ use crate::forward::{
 };
 use crate::http::AppState;
 use crate::hub::{CloseReason, Hub, HubConfig, HubMetrics};
-use crate::idempotency::IdempotencyCache;
-use crate::registry::{Registry, RegistryLimits, RegistryMetrics};
 use crate::server::ServerLimits;
 use crate::shutdown::Phase;
+use crate::state::catalog::Catalog;
+use crate::state::idempotency::IdempotencyCache;
+use crate::state::registry::{Registry, RegistryLimits, RegistryMetrics};
 use crate::state::store::{self, Store, StoredDisabled};
+use crate::state::{accounts, registry};
 use crate::telemetry::Metrics;
 
 /// Why the gateway could not start.

@@ -2,7 +2,7 @@
 //! and evaluation of anything accepted stays within its budget.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ratatoskr::registry::expression::Expression;
+use ratatoskr::state::registry::expression::Expression;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(src) = std::str::from_utf8(data) else {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use ratatoskr::registry::duration::parse;
+use ratatoskr::state::registry::duration::parse;
 
 fuzz_target!(|data: &[u8]| {
     let cap = Duration::from_secs(3600);

@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use ratatoskr::hub::filter::{wildcards, EventFilter, MAX_WILDCARDS};
-use ratatoskr::registry::filter::FilterSpec;
+use ratatoskr::state::registry::filter::FilterSpec;
 
 fuzz_target!(|input: (Vec<String>, String)| {
     let (patterns, event_type) = input;

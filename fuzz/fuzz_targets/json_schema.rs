@@ -2,7 +2,7 @@
 //! them: what is accepted validates any instance within the visit bound.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ratatoskr::catalog::bounds::SchemaBounds;
+use ratatoskr::state::catalog::bounds::SchemaBounds;
 
 fuzz_target!(|data: &[u8]| {
     // Schema and instance, separated by the first NUL byte.
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // The catalog's own validator (linear-time patterns, bounded size).
-    if let Ok(v) = ratatoskr::catalog::validator(&schema) {
+    if let Ok(v) = ratatoskr::state::catalog::validator(&schema) {
         if !v.is_valid(&instance) {
             let _ = v.iter_errors(&instance).take(32).count();
         }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use ratatoskr::registry::duration;
-use ratatoskr::registry::spec::RegistrationRequest;
+use ratatoskr::state::registry::duration;
+use ratatoskr::state::registry::spec::RegistrationRequest;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = serde_json::from_slice::<RegistrationRequest>(data) else {

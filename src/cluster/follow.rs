@@ -32,12 +32,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Cluster;
-use crate::catalog::Catalog;
 use crate::event::{Event, EventId};
 use crate::forward::destination::Destination;
 use crate::forward::Forwarding;
 use crate::hub::{Hub, Published};
-use crate::registry::Registry;
+use crate::state::catalog::Catalog;
+use crate::state::registry::Registry;
 use crate::state::store::Collection;
 
 /// Full resync of registrations and event types, whatever was announced.
@@ -86,7 +86,7 @@ pub struct Followers {
     /// Event types.
     pub catalog: Arc<Catalog>,
     /// Accounts and their devices.
-    pub accounts: Arc<crate::accounts::Accounts>,
+    pub accounts: Arc<crate::state::accounts::Accounts>,
 }
 
 impl Followers {

@@ -37,7 +37,7 @@ use redis::AsyncCommands;
 
 use crate::event::{wire, EventDraft, EventId};
 use crate::hub::Hub;
-use crate::idempotency::{Claim, Fingerprint};
+use crate::state::idempotency::{Claim, Fingerprint};
 
 /// Cluster settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -489,7 +489,7 @@ impl Cluster {
     }
 
     /// Claims an `Idempotency-Key` (already in its credential's namespace,
-    /// see [`crate::idempotency::scoped_key`]) cluster-wide, for a request
+    /// see [`crate::state::idempotency::scoped_key`]) cluster-wide, for a request
     /// with `fingerprint`. The value is the fingerprint's hex while the
     /// event is in flight, then `<fingerprint>:<id>` (see
     /// [`Cluster::complete`]).

@@ -11,8 +11,8 @@ use serde_json::json;
 use super::body::read_json;
 use super::registrations::invalid;
 use super::App;
-use crate::accounts::{Account, AccountError, DevicesRequest};
 use crate::error::ApiError;
+use crate::state::accounts::{Account, AccountError, DevicesRequest};
 
 impl From<AccountError> for ApiError {
     fn from(e: AccountError) -> Self {
@@ -98,7 +98,7 @@ pub async fn devices(State(app): State<App>, Path(id): Path<String>) -> Result<R
     path = "/api/accounts/{id}/devices",
     tag = "accounts",
     params(("id" = String, Path, description = "The account id")),
-    request_body(content = crate::accounts::DevicesRequest, content_type = "application/json"),
+    request_body(content = crate::state::accounts::DevicesRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = crate::http::openapi::AccountView),
         (status = 201, description = "Created", body = crate::http::openapi::AccountView),

@@ -10,8 +10,8 @@ use serde_json::json;
 use super::body::read_json;
 use super::registrations::invalid;
 use super::App;
-use crate::catalog::{CatalogError, EventTypeRequest};
 use crate::error::ApiError;
+use crate::state::catalog::{CatalogError, EventTypeRequest};
 
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
@@ -46,9 +46,9 @@ pub async fn list(State(app): State<App>) -> Response {
     post,
     path = "/api/event-types",
     tag = "event-types",
-    request_body(content = crate::catalog::EventTypeRequest, content_type = "application/json"),
+    request_body(content = crate::state::catalog::EventTypeRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Defined", body = crate::catalog::EventType),
+        (status = 201, description = "Defined", body = crate::state::catalog::EventType),
         (status = 409, description = "It exists", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
@@ -85,7 +85,7 @@ pub async fn create(
     tag = "event-types",
     params(("name" = String, Path, description = "The event type name")),
     responses(
-        (status = 200, description = "It", body = crate::catalog::EventType),
+        (status = 200, description = "It", body = crate::state::catalog::EventType),
         (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
@@ -105,10 +105,10 @@ pub async fn get_one(State(app): State<App>, Path(name): Path<String>) -> Respon
     path = "/api/event-types/{name}",
     tag = "event-types",
     params(("name" = String, Path, description = "The event type name")),
-    request_body(content = crate::catalog::EventTypeRequest, content_type = "application/json"),
+    request_body(content = crate::state::catalog::EventTypeRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Replaced", body = crate::catalog::EventType),
-        (status = 201, description = "Defined", body = crate::catalog::EventType),
+        (status = 200, description = "Replaced", body = crate::state::catalog::EventType),
+        (status = 201, description = "Defined", body = crate::state::catalog::EventType),
         (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),

@@ -29,10 +29,10 @@ use super::App;
 use crate::error::ApiError;
 use crate::event::DeviceId;
 use crate::forward::destination::{BodyFormat, Destination, HttpDestination};
-use crate::registry::filter::{FilterSpec, MAX_PATTERN_LEN};
-use crate::registry::spec::{Origin, Registration, RegistrationRequest};
-use crate::registry::RegistryError;
 use crate::server::PeerAddr;
+use crate::state::registry::filter::{FilterSpec, MAX_PATTERN_LEN};
+use crate::state::registry::spec::{Origin, Registration, RegistrationRequest};
+use crate::state::registry::RegistryError;
 use crate::validation::describe;
 
 /// The ancla v1 webhook registration.
@@ -262,7 +262,8 @@ fn duration_of(hook: &Hook, max: Duration) -> Result<Duration, ApiError> {
         .duration
         .as_ref()
         .ok_or_else(|| refused("duration or until is required"))?;
-    crate::registry::duration::parse(value, max).map_err(|m| refused(format!("duration: {m}")))
+    crate::state::registry::duration::parse(value, max)
+        .map_err(|m| refused(format!("duration: {m}")))
 }
 
 /// The xmidt webhooks in ancla's listed form; also at /api/v2/hooks.

@@ -26,11 +26,11 @@ use crate::auth::Principal;
 use crate::bus::{Idempotent, Outcome};
 use crate::error::ApiError;
 use crate::event::{DeviceId, EventDraft, EventId};
-use crate::idempotency::{scoped_key, MAX_KEY_LEN};
 use crate::ingest::batch::BatchOutcome;
 use crate::ingest::decode::check_type;
 use crate::ingest::{fingerprint, Format, Overrides};
 use crate::server::PeerAddr;
+use crate::state::idempotency::{scoped_key, MAX_KEY_LEN};
 use crate::telemetry::{IngestFormat, IngestResult};
 
 // Header names made once, not parsed from text at every lookup.

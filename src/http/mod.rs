@@ -25,13 +25,13 @@ use axum::Router;
 use http::{header, HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::forward::{DeliveryContext, Forwarding};
 use crate::hub::Hub;
-use crate::registry::Registry;
 use crate::shutdown::Readiness;
+use crate::state::catalog::Catalog;
+use crate::state::registry::Registry;
 use crate::telemetry::Metrics;
 
 /// Everything a handler may need, shared by all requests.
@@ -48,7 +48,7 @@ pub struct AppState {
     /// Event type definitions.
     pub catalog: Arc<Catalog>,
     /// Accounts and their devices (a token's `accounts` claim).
-    pub accounts: Arc<crate::accounts::Accounts>,
+    pub accounts: Arc<crate::state::accounts::Accounts>,
     /// Where registrations and event types are kept (for `/ready`).
     pub store: Arc<crate::state::store::Store>,
     /// Delivery settings and the address policy.

@@ -66,7 +66,7 @@ pub struct RegistrationView {
     /// `header_names`, and for a rotated webhook secret `has_previous_secret`
     /// and `previous_secret_expires_at` (RFC 3339) while its grace period runs.
     destination: serde_json::Value,
-    filter: crate::registry::filter::FilterSpec,
+    filter: crate::state::registry::filter::FilterSpec,
     metadata: std::collections::BTreeMap<String, String>,
     /// Seconds.
     duration: u64,
@@ -99,7 +99,7 @@ pub struct RegistrationPage {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct EventTypeList {
-    items: Vec<crate::catalog::EventType>,
+    items: Vec<crate::state::catalog::EventType>,
 }
 
 /// An account and its devices.

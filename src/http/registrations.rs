@@ -24,8 +24,8 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::event::DeviceId;
 use crate::forward::destination::Destination;
-use crate::registry::spec::{Origin, Registration, RegistrationRequest};
-use crate::registry::RegistryError;
+use crate::state::registry::spec::{Origin, Registration, RegistrationRequest};
+use crate::state::registry::RegistryError;
 use crate::validation::{describe, FieldError};
 
 /// Default and largest page for `GET /api/registrations`.
@@ -47,7 +47,7 @@ impl From<RegistryError> for ApiError {
 }
 
 /// Registrations compiled at once. Compiling a registration's patterns is
-/// CPU work (up to [`crate::registry::filter::MAX_COMPILED_BYTES`] of
+/// CPU work (up to [`crate::state::registry::filter::MAX_COMPILED_BYTES`] of
 /// regexes, tens of milliseconds): it runs on the blocking pool, never an
 /// async worker, and one at a time, so every other core is left to
 /// streams, ingest and probes however many arrive at once.
@@ -183,7 +183,7 @@ fn within_scope(app: &App, who: &Principal, r: &Registration) -> Result<(), Regi
     post,
     path = "/api/registrations",
     tag = "registrations",
-    request_body(content = crate::registry::spec::RegistrationRequest, content_type = "application/json"),
+    request_body(content = crate::state::registry::spec::RegistrationRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = crate::http::openapi::RegistrationView),
         (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
@@ -291,7 +291,7 @@ pub async fn get_one(
     path = "/api/registrations/{id}",
     tag = "registrations",
     params(("id" = String, Path, description = "The registration id"), ("If-Match" = Option<String>, Header, description = "Only if the ETag is still this (412 otherwise)")),
-    request_body(content = crate::registry::spec::RegistrationRequest, content_type = "application/json"),
+    request_body(content = crate::state::registry::spec::RegistrationRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = crate::http::openapi::RegistrationView),
         (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),

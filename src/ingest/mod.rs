@@ -18,10 +18,10 @@ pub use self::decode::Overrides;
 pub use self::format::Format;
 use crate::auth::Principal;
 use crate::bus::{Bus, Idempotent, Outcome};
-use crate::catalog::{Catalog, Rejection};
 use crate::error::ApiError;
 use crate::event::EventDraft;
-use crate::idempotency::Fingerprint;
+use crate::state::catalog::{Catalog, Rejection};
+use crate::state::idempotency::Fingerprint;
 
 /// The bounds a body is decoded and a batch published under.
 #[derive(Debug, Clone, Copy)]

@@ -31,7 +31,7 @@ pub mod size;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -41,8 +41,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::event::{DeviceId, Event};
 use crate::forward::destination::Destination;
 use crate::forward::Matcher;
+use crate::state::documents::Documents;
 use crate::state::store::{Collection, Store, StoreError, StoredDisabled};
-use crate::sync::lock;
 use crate::validation::FieldError;
 use filter::{cel_value, BoundedRegex, CompileBudget, CompiledFilter};
 use spec::{Origin, Registration, RegistrationRequest};
@@ -378,13 +378,13 @@ type ChangeListener = Box<dyn Fn(&Snapshot) + Send + Sync>;
 
 /// The live registrations.
 pub struct Registry {
-    store: Arc<Store>,
+    /// The stored registrations, and the lock that serialises changes, so
+    /// a check-then-write (If-Match) is atomic and each snapshot is built
+    /// from the last.
+    docs: Documents,
     metrics: RegistryMetrics,
     limits: RegistryLimits,
     current: ArcSwap<Snapshot>,
-    /// Serialises changes, so a check-then-write (If-Match) is atomic and
-    /// each snapshot is built from the last.
-    writes: Mutex<()>,
     listener: OnceLock<ChangeListener>,
 }
 
@@ -405,9 +405,10 @@ impl Registry {
         metrics: RegistryMetrics,
         limits: RegistryLimits,
     ) -> Result<Arc<Self>, RegistryError> {
-        let (snapshot, expired) = load_snapshot(&store, &metrics, &limits, None)?;
+        let docs = Documents::new(store, Collection::Registrations, &metrics.disabled);
+        let (snapshot, expired) = load_snapshot(&docs, &limits, None)?;
         let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
-        store.delete(Collection::Registrations, &ids)?;
+        docs.delete(&ids)?;
         metrics.registrations.set(snapshot.len() as i64);
         metrics.bytes.set(snapshot.bytes as i64);
         tracing::info!(
@@ -416,11 +417,10 @@ impl Registry {
             "registrations loaded"
         );
         Ok(Arc::new(Self {
-            store,
+            docs,
             metrics,
             limits,
             current: ArcSwap::from_pointee(snapshot),
-            writes: Mutex::default(),
             listener: OnceLock::new(),
         }))
     }
@@ -429,14 +429,14 @@ impl Registry {
     /// (cluster mode: another node changed one). Registrations whose
     /// stored document did not change keep their compiled filters.
     pub fn reload(&self) -> Result<(), RegistryError> {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         self.reload_locked()
     }
 
-    /// [`Registry::reload`], for a caller that holds `writes`.
+    /// [`Registry::reload`], for a caller that holds the write lock.
     fn reload_locked(&self) -> Result<(), RegistryError> {
         let current = self.current.load_full();
-        let (next, _) = load_snapshot(&self.store, &self.metrics, &self.limits, Some(&current))?;
+        let (next, _) = load_snapshot(&self.docs, &self.limits, Some(&current))?;
         let same = next.by_id.len() == current.by_id.len()
             && next
                 .by_id
@@ -451,7 +451,7 @@ impl Registry {
     /// Calls `listener` with the current snapshot now, then with every
     /// next one before it is swapped in. Only one listener may be set.
     pub fn on_change(&self, listener: impl Fn(&Snapshot) + Send + Sync + 'static) {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         listener(&self.current.load());
         if self.listener.set(Box::new(listener)).is_err() {
             panic!("Registry::on_change called twice");
@@ -463,7 +463,7 @@ impl Registry {
         self.current.load_full()
     }
 
-    /// Publishes `next`. Caller holds `writes`.
+    /// Publishes `next`. Caller holds the write lock.
     fn publish(&self, next: Snapshot) {
         if let Some(listener) = self.listener.get() {
             listener(&next);
@@ -591,7 +591,7 @@ impl Registry {
 
     /// Stores and activates a new registration.
     pub fn insert(&self, registration: Registration) -> Result<Registration, RegistryError> {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         let replacing = self.current.load().by_id.contains_key(&registration.id);
         if !replacing && self.len() >= self.limits.max_registrations {
             return Err(RegistryError::Full(self.limits.max_registrations));
@@ -607,7 +607,7 @@ impl Registry {
         if_match: Option<&str>,
         make: impl FnOnce(&Registration) -> Result<Registration, RegistryError>,
     ) -> Result<Registration, RegistryError> {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         let current = self
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
@@ -629,7 +629,7 @@ impl Registry {
 
     /// In a shared store, a conditional write that lost to another node's:
     /// this node catches up, and the client is told what the ETag is now.
-    /// Caller holds `writes`.
+    /// Caller holds the write lock.
     fn lost_race(&self, id: &str) -> RegistryError {
         if let Err(e) = self.reload_locked() {
             return e;
@@ -642,7 +642,7 @@ impl Registry {
 
     /// Writes to the store (only over `expected`, when given and the store
     /// is shared), then publishes a snapshot with the new entry. Caller
-    /// holds `writes`.
+    /// holds the write lock.
     fn commit(
         &self,
         registration: Registration,
@@ -657,8 +657,7 @@ impl Registry {
             return Err(RegistryError::OverBudget(self.limits.max_bytes));
         }
         drop(current);
-        let written = self.store.put_guarded(
-            Collection::Registrations,
+        let written = self.docs.put_guarded(
             &registration.id,
             &doc,
             expected,
@@ -681,7 +680,7 @@ impl Registry {
         d: &Destination,
         reason: &str,
     ) -> Result<usize, RegistryError> {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         let naming: Vec<Registration> = self
             .current
             .load()
@@ -696,13 +695,8 @@ impl Registry {
             reg.version += 1;
             reg.updated_at = Utc::now();
             let doc = serde_json::to_vec(&reg).expect("registrations serialise");
-            self.store.put_guarded(
-                Collection::Registrations,
-                &reg.id,
-                &doc,
-                None,
-                Some(reg.expires_at.timestamp_millis()),
-            )?;
+            self.docs
+                .put_guarded(&reg.id, &doc, None, Some(reg.expires_at.timestamp_millis()))?;
             let why = reg.gone.clone().unwrap_or_default();
             let mut live = Live::disabled(reg, why);
             live.doc = Arc::from(doc);
@@ -716,23 +710,20 @@ impl Registry {
 
     /// Deletes a registration; with `if_match`, only if its ETag is that.
     pub fn delete(&self, id: &str, if_match: Option<&str>) -> Result<(), RegistryError> {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         let current = self
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
         check_if_match(&current, if_match)?;
         let expected = if_match.and_then(|_| self.stored_doc(id));
-        if !self
-            .store
-            .delete_guarded(Collection::Registrations, id, expected.as_deref())?
-        {
+        if !self.docs.delete_guarded(id, expected.as_deref())? {
             return Err(self.lost_race(id));
         }
         self.remove_live(&[id.to_owned()]);
         Ok(())
     }
 
-    /// Publishes a snapshot without `ids`. Caller holds `writes`.
+    /// Publishes a snapshot without `ids`. Caller holds the write lock.
     fn remove_live(&self, ids: &[String]) {
         let mut next = Snapshot::clone(&self.current.load());
         for id in ids {
@@ -789,7 +780,7 @@ impl Registry {
 
     /// Removes expired registrations from the index and the store.
     pub fn sweep(&self, now: DateTime<Utc>) {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         let expired: Vec<String> = self
             .current
             .load()
@@ -802,7 +793,7 @@ impl Registry {
             return;
         }
         let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
-        if let Err(e) = self.store.delete(Collection::Registrations, &ids) {
+        if let Err(e) = self.docs.delete(&ids) {
             tracing::error!(error = %e, "expired registrations not removed from the store");
         }
         self.remove_live(&expired);
@@ -842,8 +833,7 @@ impl Matcher for Registry {
 /// reason); and the ids of the expired ones. An entry whose document is
 /// unchanged from `previous` is kept as it was, compiled filters and all.
 fn load_snapshot(
-    store: &Store,
-    metrics: &RegistryMetrics,
+    docs: &Documents,
     limits: &RegistryLimits,
     previous: Option<&Snapshot>,
 ) -> Result<(Snapshot, Vec<String>), RegistryError> {
@@ -858,7 +848,8 @@ fn load_snapshot(
     let now = Utc::now();
     let mut expired = Vec::new();
     let mut snapshot = Snapshot::default();
-    for (id, doc) in store.load(Collection::Registrations)? {
+    for stored in docs.load::<Registration>()? {
+        let (id, doc, reg) = (stored.key, stored.raw, stored.value);
         if let Some(kept) = previous
             .and_then(|p| p.by_id.get(&id))
             .filter(|l| *l.doc == *doc)
@@ -867,8 +858,7 @@ fn load_snapshot(
                 expired.push(id);
             } else if over_budget(&snapshot, kept) {
                 let reason = budget_reason();
-                tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
-                metrics.disabled.count("registration");
+                docs.loaded_disabled(&id, &reason);
                 let mut live = Live::disabled(kept.registration.clone(), reason);
                 live.doc = kept.doc.clone();
                 snapshot.insert(Arc::new(live));
@@ -877,13 +867,6 @@ fn load_snapshot(
             }
             continue;
         }
-        let reg: Registration = match serde_json::from_slice(&doc) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(%id, error = %e, "unreadable stored registration skipped");
-                continue;
-            }
-        };
         if reg.expires_at <= now {
             expired.push(id);
             continue;
@@ -907,8 +890,7 @@ fn load_snapshot(
         let mut live = match checked {
             Ok(live) => live,
             Err(reason) => {
-                tracing::error!(%id, %reason, "stored registration breaks a limit: loaded disabled; replace or delete it");
-                metrics.disabled.count("registration");
+                docs.loaded_disabled(&id, &reason);
                 Live::disabled(reg, reason)
             }
         };
@@ -975,6 +957,8 @@ mod tests {
     use super::*;
     use crate::event::test_event;
     use crate::forward::destination::{BodyFormat, HttpDestination};
+    use crate::sync::lock;
+    use std::sync::Mutex;
 
     fn registration(id: &str, device: &str, url: &str, expression: Option<&str>) -> Registration {
         let now = Utc::now();

@@ -15,7 +15,7 @@
 //! that breaks a limit is loaded disabled (it grants nothing) and reported.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::DeviceId;
 use crate::hub::filter::SharedDevices;
+use crate::state::documents::Documents;
 use crate::state::store::{Collection, Store, StoreError, StoredDisabled};
-use crate::sync::{lock, read, write};
+use crate::sync::{read, write};
 use crate::validation::FieldError;
 
 /// Most devices in one account.
@@ -89,11 +90,8 @@ struct Entry {
 
 /// Every account, by id.
 pub struct Accounts {
-    store: Arc<Store>,
+    docs: Documents,
     entries: RwLock<HashMap<String, Entry>>,
-    /// Serialises changes (check, store write, swap).
-    writes: Mutex<()>,
-    disabled: StoredDisabled,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -108,10 +106,8 @@ impl Accounts {
     /// Loads the stored accounts.
     pub fn open(store: Arc<Store>, disabled: &StoredDisabled) -> Result<Self, StoreError> {
         let me = Self {
-            store,
+            docs: Documents::new(store, Collection::Accounts, disabled),
             entries: RwLock::new(HashMap::new()),
-            writes: Mutex::new(()),
-            disabled: disabled.clone(),
         };
         me.reload()?;
         Ok(me)
@@ -120,19 +116,13 @@ impl Accounts {
     /// Re-reads every account (cluster mode: another node changed one).
     /// Streams keep their handles: an account's set is swapped in place.
     pub fn reload(&self) -> Result<(), StoreError> {
-        let _w = lock(&self.writes);
-        let rows = self.store.load(Collection::Accounts)?;
+        let _w = self.docs.lock();
+        let rows = self.docs.load::<Account>()?;
         let mut entries = write(&self.entries);
         let mut seen = HashSet::new();
         let mut total = 0usize;
-        for (id, doc) in rows {
-            let mut account = match serde_json::from_slice::<Account>(&doc) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!(%id, error = %e, "unreadable stored account skipped");
-                    continue;
-                }
-            };
+        for stored in rows {
+            let (id, mut account) = (stored.key, stored.value);
             let checked = if seen.len() >= MAX_ACCOUNTS {
                 Err(format!("more than {MAX_ACCOUNTS} accounts"))
             } else {
@@ -152,9 +142,7 @@ impl Accounts {
             let (set, bytes) = match checked {
                 Ok(ok) => ok,
                 Err(reason) => {
-                    tracing::error!(%id, %reason,
-                        "stored account breaks a limit: loaded disabled; replace or delete it");
-                    self.disabled.count("account");
+                    self.docs.loaded_disabled(&id, &reason);
                     account.disabled = Some(reason);
                     (HashSet::new(), 0)
                 }
@@ -246,11 +234,11 @@ impl Accounts {
     /// Deletes an account: its devices stop reaching every stream that
     /// named it.
     pub fn delete(&self, id: &str) -> Result<(), AccountError> {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         if !read(&self.entries).contains_key(id) {
             return Err(AccountError::NotFound(format!("no account {id:?}")));
         }
-        self.store.delete(Collection::Accounts, &[id])?;
+        self.docs.delete(&[id])?;
         if let Some(e) = write(&self.entries).remove(id) {
             e.devices.store(Arc::new(HashSet::new()));
         }
@@ -264,7 +252,7 @@ impl Accounts {
         id: &str,
         next: impl FnOnce(Option<&HashSet<DeviceId>>) -> Result<HashSet<DeviceId>, AccountError>,
     ) -> Result<(Account, bool), AccountError> {
-        let _w = lock(&self.writes);
+        let _w = self.docs.lock();
         let (old_set, old_account, others_bytes, count) = {
             let entries = read(&self.entries);
             let old = entries.get(id);
@@ -305,7 +293,7 @@ impl Accounts {
             disabled: None,
         };
         let doc = serde_json::to_vec(&account).expect("accounts serialise");
-        self.store.put(Collection::Accounts, id, &doc)?;
+        self.docs.put(id, &doc)?;
         let mut entries = write(&self.entries);
         install(&mut entries, id, account.clone(), set, bytes);
         Ok((account, old_account.is_none()))

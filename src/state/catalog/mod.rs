@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::EventDraft;
+use crate::state::documents::Documents;
 use crate::state::store::{Collection, Store, StoreError};
 use crate::sync::{read, write};
 use crate::validation::FieldError;
@@ -160,27 +161,16 @@ pub fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
 }
 
 /// Every stored definition, compiled (or disabled, with the reason).
-fn load_types(
-    store: &Store,
-    disabled: &crate::state::store::StoredDisabled,
-) -> Result<HashMap<String, Arc<Compiled>>, StoreError> {
+fn load_types(docs: &Documents) -> Result<HashMap<String, Arc<Compiled>>, StoreError> {
     let mut types = HashMap::new();
-    for (name, doc) in store.load(Collection::EventTypes)? {
-        let def = match serde_json::from_slice::<EventType>(&doc) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(%name, error = %e, "unreadable stored event type skipped");
-                continue;
-            }
-        };
+    for stored in docs.load::<EventType>()? {
+        let def = stored.value;
         let compiled = compile(def.clone()).unwrap_or_else(|errors| {
             let c = Compiled::disabled(def, &errors);
-            tracing::error!(%name, reason = c.def.disabled.as_deref().unwrap_or(""),
-                "stored event type breaks a limit: loaded disabled; replace or delete it");
-            disabled.count("event_type");
+            docs.loaded_disabled(&stored.key, c.def.disabled.as_deref().unwrap_or(""));
             c
         });
-        types.insert(name, Arc::new(compiled));
+        types.insert(stored.key, Arc::new(compiled));
     }
     Ok(types)
 }
@@ -188,13 +178,9 @@ fn load_types(
 /// The defined event types.
 #[derive(Debug)]
 pub struct Catalog {
-    store: Arc<Store>,
+    docs: Documents,
     strict: bool,
     types: RwLock<HashMap<String, Arc<Compiled>>>,
-    /// Serialises definition changes (check, store write, swap).
-    writes: std::sync::Mutex<()>,
-    /// Counts definitions loaded disabled (on every load).
-    disabled: crate::state::store::StoredDisabled,
 }
 
 impl Catalog {
@@ -204,26 +190,25 @@ impl Catalog {
         strict: bool,
         disabled: &crate::state::store::StoredDisabled,
     ) -> Result<Self, StoreError> {
-        let types = load_types(&store, disabled)?;
+        let docs = Documents::new(store, Collection::EventTypes, disabled);
+        let types = load_types(&docs)?;
         Ok(Self {
-            store,
+            docs,
             strict,
             types: RwLock::new(types),
-            writes: Default::default(),
-            disabled: disabled.clone(),
         })
     }
 
     /// Re-reads every definition from the store (cluster mode: another
     /// node changed one) and swaps them in.
     pub fn reload(&self) -> Result<(), StoreError> {
-        let _w = crate::sync::lock(&self.writes);
+        let _w = self.docs.lock();
         self.reload_locked()
     }
 
     /// [`Catalog::reload`], for a caller that holds `writes`.
     fn reload_locked(&self) -> Result<(), StoreError> {
-        let types = load_types(&self.store, &self.disabled)?;
+        let types = load_types(&self.docs)?;
         *write(&self.types) = types;
         Ok(())
     }
@@ -256,7 +241,7 @@ impl Catalog {
         .map_err(CatalogError::Invalid)?;
         // Changes are serialised, so the create-only check holds; the type
         // map itself is locked only for the swap, never across the write.
-        let _w = crate::sync::lock(&self.writes);
+        let _w = self.docs.lock();
         let previous = self.read().get(name).map(|c| c.def.clone());
         if create_only && previous.is_some() {
             return Err(CatalogError::Exists(name.into()));
@@ -270,14 +255,14 @@ impl Catalog {
         if create_only {
             // Another node may have made it since this one last heard: the
             // store decides, and this node catches up on losing.
-            if !self.store.put_new(Collection::EventTypes, name, &doc)? {
+            if !self.docs.put_new(name, &doc)? {
                 if let Err(e) = self.reload_locked() {
                     tracing::warn!(error = %e, "event types not reloaded after a lost create");
                 }
                 return Err(CatalogError::Exists(name.into()));
             }
         } else {
-            self.store.put(Collection::EventTypes, name, &doc)?;
+            self.docs.put(name, &doc)?;
         }
         write(&self.types).insert(name.into(), Arc::new(compiled));
         Ok((def, previous.is_none()))
@@ -297,11 +282,11 @@ impl Catalog {
 
     /// Removes a definition.
     pub fn delete(&self, name: &str) -> Result<(), CatalogError> {
-        let _w = crate::sync::lock(&self.writes);
+        let _w = self.docs.lock();
         if !self.read().contains_key(name) {
             return Err(CatalogError::NotFound(name.into()));
         }
-        self.store.delete(Collection::EventTypes, &[name])?;
+        self.docs.delete(&[name])?;
         write(&self.types).remove(name);
         Ok(())
     }

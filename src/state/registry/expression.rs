@@ -533,7 +533,10 @@ mod tests {
 
     fn eval(src: &str, event: serde_json::Value) -> Result<Value, String> {
         let e = compile(src).unwrap_or_else(|errs| panic!("{src}: {errs:?}"));
-        e.evaluate("event", &crate::registry::filter::json_to_cel(&event))
+        e.evaluate(
+            "event",
+            &crate::state::registry::filter::json_to_cel(&event),
+        )
     }
 
     fn refused(src: &str) -> String {
@@ -688,7 +691,7 @@ mod tests {
         std::thread::Builder::new()
             .stack_size(EVAL_STACK / 4)
             .spawn(move || {
-                let v = crate::registry::filter::json_to_cel(
+                let v = crate::state::registry::filter::json_to_cel(
                     &serde_json::json!({"payload": {"l": [1, 2]}}),
                 );
                 for e in &exprs {
