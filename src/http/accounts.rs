@@ -55,8 +55,7 @@ fn shown(account: &Account) -> serde_json::Value {
     tag = "accounts",
     responses(
         (status = 200, description = "Every account", body = crate::http::openapi::AccountList),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -79,8 +78,7 @@ pub async fn list(State(app): State<App>) -> Response {
     responses(
         (status = 200, description = "The account", body = crate::http::openapi::AccountView),
         (status = 404, description = "No such account", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -102,15 +100,11 @@ pub async fn devices(State(app): State<App>, Path(id): Path<String>) -> Result<R
     responses(
         (status = 200, description = "Replaced", body = crate::http::openapi::AccountView),
         (status = 201, description = "Created", body = crate::http::openapi::AccountView),
-        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::JsonBody,
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable,
+        crate::http::problems::InvalidFields
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -136,10 +130,9 @@ pub async fn put_devices(
         (status = 200, description = "It was there", body = crate::http::openapi::AccountView),
         (status = 201, description = "Added", body = crate::http::openapi::AccountView),
         (status = 422, description = "Bad account id or device", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -161,10 +154,9 @@ pub async fn add_device(
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such account or device in it", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -186,10 +178,9 @@ pub async fn remove_device(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such account", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

@@ -39,9 +39,8 @@ const PAGE: usize = 50;
     responses(
         (status = 200, description = "Attempts, newest first: event id, attempt number (0 for an event that had none), outcome (delivered, retrying, failed, dropped, expired), HTTP status or error, duration and time. The log is the destination's, the last 256 attempts, kept by the node that forwards to it", body = crate::forward::attempts::Page),
         (status = 400, description = "Bad query", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded,
+        crate::http::problems::NoSuchRegistration
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -93,16 +92,13 @@ pub struct ReplayRequest {
     responses(
         (status = 202, description = "Replaying: `replaying` events after the point match the registration and are sent again in order, marked X-Ratatoskr-Replay: true, each with the webhook-id of its first delivery"),
         (status = 400, description = "Malformed JSON", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 503, description = "The log or Redis cannot be read now", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 409, description = "A replay for this registration is running", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 422, description = "Not exactly one of from and since, a bad id or time, a point older than the event log holds, or a disabled registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::BodyLimits,
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::NoSuchRegistration
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

@@ -32,8 +32,7 @@ impl From<CatalogError> for ApiError {
     tag = "event-types",
     responses(
         (status = 200, description = "Every type", body = crate::http::openapi::EventTypeList),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -50,15 +49,11 @@ pub async fn list(State(app): State<App>) -> Response {
     responses(
         (status = 201, description = "Defined", body = crate::state::catalog::EventType),
         (status = 409, description = "It exists", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::JsonBody,
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable,
+        crate::http::problems::InvalidFields
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -87,8 +82,7 @@ pub async fn create(
     responses(
         (status = 200, description = "It", body = crate::state::catalog::EventType),
         (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -109,15 +103,11 @@ pub async fn get_one(State(app): State<App>, Path(name): Path<String>) -> Respon
     responses(
         (status = 200, description = "Replaced", body = crate::state::catalog::EventType),
         (status = 201, description = "Defined", body = crate::state::catalog::EventType),
-        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::JsonBody,
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable,
+        crate::http::problems::InvalidFields
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -152,10 +142,9 @@ pub async fn put(
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

@@ -81,15 +81,11 @@ fn refused(detail: impl Into<String>) -> ApiError {
     request_body(content = serde_json::Value, content_type = "application/json", description = "The ancla webhook registration: config.url, events, matcher.device_id, duration or until"),
     responses(
         (status = 200, description = "Registered", body = serde_json::Value),
-        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable, or too many registrations are compiling; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::JsonBody,
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::RegistrationsBusy
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -179,14 +175,11 @@ fn registration_of(
     responses(
         (status = 200, description = "Registered", body = serde_json::Value),
         (status = 400, description = "Malformed or refused registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Rate limited", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store is unavailable, or too many registrations are compiling", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
+        (status = 503, description = "The store is unavailable, or too many registrations are compiling", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        crate::http::problems::BodyLimits,
+        crate::http::problems::Guarded),
     security(("bearer" = []), ("cookie" = [])))]
 pub async fn register_v2(
     state: State<App>,
@@ -201,8 +194,7 @@ pub async fn register_v2(
 #[utoipa::path(get, path = "/api/v2/hooks", tag = "xmidt",
     responses(
         (status = 200, description = "Every webhook", body = Vec<serde_json::Value>),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
+        crate::http::problems::Guarded),
     security(("bearer" = []), ("cookie" = [])))]
 pub async fn list_v2(state: State<App>) -> Response {
     list(state).await
@@ -273,8 +265,7 @@ fn duration_of(hook: &Hook, max: Duration) -> Result<Duration, ApiError> {
     tag = "xmidt",
     responses(
         (status = 200, description = "Every webhook", body = Vec<serde_json::Value>),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

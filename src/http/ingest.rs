@@ -49,16 +49,12 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
     responses(
         (status = 202, description = "Accepted (one event). A repeated Idempotency-Key from the same credential with the same request (body, content type, routing) within the window gets the first event's id again, with Idempotent-Replayed: true, and is not published again", body = crate::http::openapi::Accepted,
             headers(("Idempotent-Replayed" = String, description = "\"true\" on the answer to a repeated Idempotency-Key"))),
-        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 409, description = "This Idempotency-Key is still in flight", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 422, description = "Invalid fields, or an Idempotency-Key reused with a different request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::JsonBody,
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

@@ -38,8 +38,7 @@ pub async fn prometheus(State(app): State<App>) -> impl IntoResponse {
     tag = "operations",
     responses(
         (status = 200, description = "Figures", body = serde_json::Value),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

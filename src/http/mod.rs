@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod ingest;
 pub mod metrics;
 pub mod openapi;
+pub mod problems;
 pub mod query;
 pub mod rate;
 pub mod registrations;

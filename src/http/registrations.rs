@@ -186,15 +186,11 @@ fn within_scope(app: &App, who: &Principal, r: &Registration) -> Result<(), Regi
     request_body(content = crate::state::registry::spec::RegistrationRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = crate::http::openapi::RegistrationView),
-        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable, or too many registrations are compiling; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::JsonBody,
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::RegistrationsBusy,
+        crate::http::problems::InvalidFields
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -232,8 +228,7 @@ pub async fn create(
     responses(
         (status = 200, description = "A page", body = crate::http::openapi::RegistrationPage),
         (status = 400, description = "Bad query", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -265,9 +260,8 @@ pub async fn list(
     params(("id" = String, Path, description = "The registration id")),
     responses(
         (status = 200, description = "It", body = crate::http::openapi::RegistrationView),
-        (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded,
+        crate::http::problems::NoSuchRegistration
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -294,17 +288,13 @@ pub async fn get_one(
     request_body(content = crate::state::registry::spec::RegistrationRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = crate::http::openapi::RegistrationView),
-        (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 412, description = "If-Match no longer holds", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 400, description = "Malformed JSON or request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 408, description = "Body not received in time", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 415, description = "Wrong content type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Invalid fields", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable, or too many registrations are compiling; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::JsonBody,
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::RegistrationsBusy,
+        crate::http::problems::NoSuchRegistration,
+        crate::http::problems::InvalidFields
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -345,12 +335,11 @@ pub async fn replace(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad If-Match", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 404, description = "No such registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 412, description = "If-Match no longer holds", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store or Redis is unavailable; see Retry-After", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        crate::http::problems::Guarded,
+        crate::http::problems::RateLimited,
+        crate::http::problems::StoreUnavailable,
+        crate::http::problems::NoSuchRegistration
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

@@ -41,10 +41,9 @@ const STREAM_CAP_RETRY: Duration = Duration::from_secs(5);
     responses(
         (status = 200, description = "The stream, until the client leaves", content_type = "text/event-stream", body = String),
         (status = 400, description = "A bad filter", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 403, description = "The token may not do this", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 429, description = "Too many streams from this address", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "Subscriber limit reached", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        (status = 503, description = "Subscriber limit reached", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []), ("query" = []))
 )]
