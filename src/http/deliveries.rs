@@ -90,7 +90,7 @@ pub struct ReplayRequest {
     params(("id" = String, Path, description = "The registration id")),
     request_body(content = ReplayRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "Replaying: `replaying` events after the point match the registration and are sent again in order, marked X-Ratatoskr-Replay: true, each with the webhook-id of its first delivery"),
+        (status = 202, description = "Replaying: `replaying` events after the point match the registration and are sent again in order, marked X-Ratatoskr-Replay: true, each with the webhook-id of its first delivery", body = ReplayStarted),
         (status = 400, description = "Malformed JSON", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 503, description = "The log or Redis cannot be read now", content_type = "application/problem+json", body = crate::http::openapi::Problem),
         (status = 409, description = "A replay for this registration is running", content_type = "application/problem+json", body = crate::http::openapi::Problem),
@@ -111,45 +111,26 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     let r = super::registrations::visible(&app, &who, &id)?;
     let req: ReplayRequest = super::body::read_json(&app, &headers, body).await?;
-    let after = req.point()?;
-    if r.disabled.is_some() || r.gone.is_some() {
-        return Err(ApiError::unprocessable(
-            "this registration is disabled: replace it first",
-        ));
-    }
-    let outbox = app
-        .forwarding
-        .destinations()
-        .get(&r.destination)
-        .ok_or_else(|| ApiError::unprocessable("this registration has no live destination"))?;
-    let history = app.bus.history().ok_or_else(|| {
-        ApiError::unprocessable(
-            "this gateway keeps no event log (--store memory): there is nothing to replay",
-        )
-    })?;
-    if !history.holds_after(after).await? {
-        return Err(ApiError::unprocessable(
-            "that point is older than the event log holds",
-        ));
-    }
+    let (replay, outbox) = Replay::prepare(&app, &r, req.point()?).await?;
     let running = Running::start(&app, &r.id)?;
-    let replay = Replay {
-        app: app.clone(),
-        history,
-        destination: Arc::new(r.destination.clone()),
-        after,
-        until: app.hub.last_id(),
-    };
     // Counted first (the answer says how many), then sent in the
     // background, in order, as the destination's backlog makes room.
-    let count = replay.count().await?;
+    let started = ReplayStarted {
+        replaying: replay.count().await?,
+        after: replay.after.to_string(),
+    };
     app.delivery.spawn(replay.send(outbox, running));
-    tracing::info!(id = %r.id, events = count, "replay started");
-    Ok((
-        http::StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "replaying": count, "after": after.to_string() })),
-    )
-        .into_response())
+    tracing::info!(id = %r.id, events = started.replaying, "replay started");
+    Ok((http::StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
+/// The answer to a replay: how many events it sends, after which id.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReplayStarted {
+    /// How many of the events after the point match the registration.
+    pub replaying: usize,
+    /// The id they follow (from `from`, or the last before `since`).
+    pub after: String,
 }
 
 impl ReplayRequest {
@@ -187,6 +168,44 @@ struct Replay {
 }
 
 impl Replay {
+    /// The replay of `r`'s events after `after`, and the outbox it sends
+    /// into; 422 when `r` is disabled or has no live destination, when
+    /// nothing is kept to replay from, or when `after` is older than that.
+    async fn prepare(
+        app: &App,
+        r: &crate::state::registry::spec::Registration,
+        after: EventId,
+    ) -> Result<(Self, Arc<crate::forward::outbox::Outbox>), ApiError> {
+        if r.disabled.is_some() || r.gone.is_some() {
+            return Err(ApiError::unprocessable(
+                "this registration is disabled: replace it first",
+            ));
+        }
+        let outbox = app
+            .forwarding
+            .destinations()
+            .get(&r.destination)
+            .ok_or_else(|| ApiError::unprocessable("this registration has no live destination"))?;
+        let history = app.bus.history().ok_or_else(|| {
+            ApiError::unprocessable(
+                "this gateway keeps no event log (--store memory): there is nothing to replay",
+            )
+        })?;
+        if !history.holds_after(after).await? {
+            return Err(ApiError::unprocessable(
+                "that point is older than the event log holds",
+            ));
+        }
+        let replay = Self {
+            app: app.clone(),
+            history,
+            destination: Arc::new(r.destination.clone()),
+            after,
+            until: app.hub.last_id(),
+        };
+        Ok((replay, outbox))
+    }
+
     /// The matching events of the page after `cursor`, the page's last id
     /// and whether more remain; none past the end.
     async fn page_after(

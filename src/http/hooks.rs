@@ -107,8 +107,17 @@ pub async fn register(
     check_addresses(&app, &req.destination)
         .await
         .map_err(|e| refused(e.to_string()))?;
+    let r = upsert(&app, id, req).await?;
+    tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
+    Ok(Json(json!({ "message": "Success" })).into_response())
+}
+
+/// Stores the hook's registration under `id`: a new one, or a renewal of
+/// the one already there (ancla's "post again to renew"). Compiled off the
+/// async workers, as every registration is.
+async fn upsert(app: &App, id: String, req: RegistrationRequest) -> Result<Registration, ApiError> {
     let registry = app.registry.clone();
-    let r = super::registrations::compile(move || {
+    super::registrations::compile(move || {
         let make = |previous: Option<&Registration>| {
             registry.build(req.clone(), id.clone(), Origin::XmidtHook, previous)
         };
@@ -122,9 +131,7 @@ pub async fn register(
             e => ApiError::from(e),
         })
     })
-    .await?;
-    tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
-    Ok(Json(json!({ "message": "Success" })).into_response())
+    .await
 }
 
 /// The registration an xmidt hook asks for: its devices and event regexes,
@@ -193,7 +200,7 @@ pub async fn register_v2(
 /// The same as `GET /hooks`, at ancla's v2 path.
 #[utoipa::path(get, path = "/api/v2/hooks", tag = "xmidt",
     responses(
-        (status = 200, description = "Every webhook", body = Vec<serde_json::Value>),
+        (status = 200, description = "Every webhook", body = Vec<HookView>),
         crate::http::problems::Guarded),
     security(("bearer" = []), ("cookie" = [])))]
 pub async fn list_v2(state: State<App>) -> Response {
@@ -264,45 +271,93 @@ fn duration_of(hook: &Hook, max: Duration) -> Result<Duration, ApiError> {
     path = "/hooks",
     tag = "xmidt",
     responses(
-        (status = 200, description = "Every webhook", body = Vec<serde_json::Value>),
+        (status = 200, description = "Every webhook", body = Vec<HookView>),
         crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
 pub async fn list(State(app): State<App>) -> Response {
     let (all, _) = app.registry.list(None, None, None, usize::MAX);
-    let hooks: Vec<Value> = all
-        .iter()
-        .filter(|r| r.origin == Origin::XmidtHook)
-        .filter_map(|r| {
-            let Destination::Http(h) = &r.destination else {
-                return None;
-            };
-            let content_type = match h.content_type {
-                BodyFormat::Payload => "application/json",
-                other => other.media_type(),
-            };
-            let mut config = json!({ "url": h.url, "content_type": content_type });
-            if h.secret.is_some() {
-                config["secret"] = json!("<obfuscated>");
-            }
-            let device_id = if r.device_patterns.is_empty() && r.devices.is_empty() {
-                vec![".*".to_owned()]
-            } else if r.device_patterns.is_empty() {
-                r.devices.clone()
-            } else {
-                r.device_patterns.clone()
-            };
-            Some(json!({
-                "registered_from_address": r.metadata.get("registered_from_address").cloned().unwrap_or_default(),
-                "config": config,
-                "failure_url": h.failure_url.clone().unwrap_or_default(),
-                "events": r.filter.types.iter().map(|t| t.trim_start_matches("re:")).collect::<Vec<_>>(),
-                "matcher": { "device_id": device_id },
-                "duration": r.duration_secs.saturating_mul(1_000_000_000),
-                "until": r.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            }))
-        })
-        .collect();
+    let hooks: Vec<HookView> = all.iter().filter_map(HookView::of).collect();
     (StatusCode::OK, Json(hooks)).into_response()
+}
+
+/// A webhook as ancla lists it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct HookView {
+    /// The address the registration came from.
+    registered_from_address: String,
+    config: HookConfigView,
+    /// Where drop and disable notices go; empty for none.
+    failure_url: String,
+    /// The event regexes.
+    events: Vec<String>,
+    matcher: HookMatcherView,
+    /// The duration asked for, in nanoseconds (Go's `time.Duration`).
+    duration: u64,
+    /// When it expires (RFC 3339).
+    until: String,
+}
+
+/// A listed webhook's delivery settings; its secret is never shown.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct HookConfigView {
+    url: String,
+    content_type: &'static str,
+    /// `<obfuscated>` when the webhook has a secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'static str>,
+}
+
+/// A listed webhook's device regexes (`.*`: every device).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct HookMatcherView {
+    device_id: Vec<String>,
+}
+
+impl HookView {
+    /// `r` as a webhook, if it was registered as one.
+    fn of(r: &Registration) -> Option<Self> {
+        let Destination::Http(h) = &r.destination else {
+            return None;
+        };
+        if r.origin != Origin::XmidtHook {
+            return None;
+        }
+        let content_type = match h.content_type {
+            BodyFormat::Payload => "application/json",
+            other => other.media_type(),
+        };
+        let device_id = if r.device_patterns.is_empty() && r.devices.is_empty() {
+            vec![".*".to_owned()]
+        } else if r.device_patterns.is_empty() {
+            r.devices.clone()
+        } else {
+            r.device_patterns.clone()
+        };
+        Some(Self {
+            registered_from_address: r
+                .metadata
+                .get("registered_from_address")
+                .cloned()
+                .unwrap_or_default(),
+            config: HookConfigView {
+                url: h.url.clone(),
+                content_type,
+                secret: h.secret.as_ref().map(|_| "<obfuscated>"),
+            },
+            failure_url: h.failure_url.clone().unwrap_or_default(),
+            events: r
+                .filter
+                .types
+                .iter()
+                .map(|t| t.trim_start_matches("re:").to_owned())
+                .collect(),
+            matcher: HookMatcherView { device_id },
+            duration: r.duration_secs.saturating_mul(1_000_000_000),
+            until: r
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+    }
 }

@@ -52,53 +52,110 @@ pub async fn subscribe(
     RawQuery(query): RawQuery,
     peer: Option<axum::Extension<crate::server::PeerAddr>>,
     opener: Opener,
-    transfer: Option<axum::Extension<Transfer>>,
-    direct: Option<axum::Extension<DirectConnection>>,
+    connection: Connection,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = QueryPairs::parse(
-        query.as_deref(),
-        &["device", "type", "format", "lastEventId"],
-    )?;
-    let filter = EventFilter::new(q.all("device"), q.all("type"))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let filter = scoped(&app, opener.who, filter)?;
-    let format = format_of(&q)?;
-    let resume = last_event_id(&headers, &q)?;
+    let asked = Asked::parse(&app, query.as_deref(), &headers, opener.who)?;
     let slot = place(&app, peer.map(|p| p.0))?;
-    let mut subscription = app.hub.subscribe(filter, resume).map_err(refused)?;
-    let from_cluster = match resume {
+    let transfer = connection.transfer;
+    let mut body = open(&app, asked, connection).await?;
+    body.hold(slot);
+    let lease = opener
+        .lease
+        .and_then(|l| LeaseWatch::new(&l, &app.credentials));
+    body.watch(lease);
+    Ok(event_stream(body, transfer))
+}
+
+/// Subscribes, reads what a resume needs from before the ring (the bus's
+/// history), and wraps both in the stream's body.
+async fn open(app: &App, asked: Asked, connection: Connection) -> Result<SseBody, ApiError> {
+    let Asked {
+        filter,
+        format,
+        resume: after,
+    } = asked;
+    let mut subscription = app.hub.subscribe(filter, after).map_err(refused)?;
+    let from_history = match after {
         Some(last) => {
-            resume::beyond_ring(&app.bus, &mut subscription, last, resume_limits(&app)).await
+            resume::beyond_ring(&app.bus, &mut subscription, last, resume_limits(app)).await
         }
         None => None,
     };
-    let transfer = transfer.map(|t| t.0).unwrap_or_default();
-    // The connection writes this body's bytes as they are (the lean path):
-    // the hub may write events to it directly, in the same form.
-    let lane = direct.map(|d| Lane {
-        writer: d.0 .0,
-        format,
-        transfer,
-    });
-    let mut body = SseBody::new(
-        subscription,
-        format,
-        transfer,
-        &settings(&app),
-        resume,
-        lane,
-    );
-    body.hold(slot);
-    if let Some(r) = from_cluster {
+    let transfer = connection.transfer;
+    let lane = connection.lane(format);
+    let mut body = SseBody::new(subscription, format, transfer, &settings(app), after, lane);
+    if let Some(r) = from_history {
         body.resume_first_from(r);
     }
-    body.watch(
-        opener
-            .lease
-            .and_then(|l| LeaseWatch::new(&l, &app.credentials)),
-    );
-    Ok(event_stream(body, transfer))
+    Ok(body)
+}
+
+/// What a stream asks for, checked: its filter (scoped to the caller), its
+/// format, and where it resumes.
+struct Asked {
+    filter: EventFilter,
+    format: Format,
+    resume: Option<EventId>,
+}
+
+impl Asked {
+    /// Reads the query and `Last-Event-ID`; 400 on a bad value, 403 on a
+    /// device outside the caller's scope.
+    fn parse(
+        app: &App,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        who: crate::auth::Principal,
+    ) -> Result<Self, ApiError> {
+        let q = QueryPairs::parse(query, &["device", "type", "format", "lastEventId"])?;
+        let filter = EventFilter::new(q.all("device"), q.all("type"))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(Self {
+            filter: scoped(app, who, filter)?,
+            format: format_of(&q)?,
+            resume: last_event_id(headers, &q)?,
+        })
+    }
+}
+
+/// How the connection carries the body: its transfer framing, and, on the
+/// lean HTTP/1.1 path, the writer the hub may write events to directly.
+#[derive(Debug)]
+pub struct Connection {
+    transfer: Transfer,
+    direct: Option<DirectConnection>,
+}
+
+impl Connection {
+    /// The lean path's lane for a stream in `format` (the hub writes its
+    /// events in the same form as the body would).
+    fn lane(self, format: Format) -> Option<Lane> {
+        let transfer = self.transfer;
+        self.direct.map(|d| Lane {
+            writer: d.0,
+            format,
+            transfer,
+        })
+    }
+}
+
+impl axum::extract::FromRequestParts<App> for Connection {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &App,
+    ) -> Result<Self, Infallible> {
+        Ok(Self {
+            transfer: parts
+                .extensions
+                .get::<Transfer>()
+                .copied()
+                .unwrap_or_default(),
+            direct: parts.extensions.get::<DirectConnection>().cloned(),
+        })
+    }
 }
 
 /// `format`: `data` (the default) or `envelope`.
