@@ -31,42 +31,55 @@ fn moto_binary() -> Option<String> {
         .or_else(|| crate::support::skip::venv_tool("moto_server"))
 }
 
-/// Starts moto on a free port. moto cannot be told to pick one, so the
-/// port is found free first; if another process takes it before moto
-/// binds, moto exits and a new port is tried.
+/// Starts moto on a port it picks itself (`-p 0`): the port is read from
+/// the line werkzeug writes once it listens, so no other process can take
+/// it in between. moto's log is drained until it exits.
 async fn start_moto() -> Option<Moto> {
     let binary = moto_binary()?;
-    for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        let mut moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if moto.child.try_wait().unwrap().is_some() {
-                break; // lost the port: try another
+    let mut child = Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", "0"])
+        .env("PYTHONUNBUFFERED", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start moto_server");
+    let stderr = child.stderr.take().expect("moto's stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
+                let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                if let (Some(tx), Ok(port)) = (tx.take(), port.parse::<u16>()) {
+                    let _ = tx.send(port);
+                }
             }
-            // Our own moto answers HTTP; anything else on the port does not count.
-            let url = format!("{}/moto-api/", moto.endpoint);
-            if reqwest::get(&url).await.is_ok() {
-                return Some(moto);
-            }
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    });
+    let mut moto = Moto {
+        child,
+        endpoint: String::new(),
+    };
+    let port = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("moto_server said no port within 30 s");
+    moto.endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{}/moto-api/", moto.endpoint))
+        .await
+        .is_err()
+    {
+        assert!(
+            moto.child.try_wait().unwrap().is_none(),
+            "moto_server exited"
+        );
+        assert!(Instant::now() < deadline, "moto_server did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("moto_server could not get a port in 5 tries");
+    Some(moto)
 }
 
 async fn client(endpoint: &str) -> aws_sdk_sqs::Client {
