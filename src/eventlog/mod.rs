@@ -10,6 +10,11 @@
 //!   it acknowledged survived `kill -9` every time. redb survives a
 //!   process crash only through an fsynced commit (about 450 commits/s
 //!   here); its non-durable commits roll back when killed mid-write.
+//! - **Blocks.** A group's events are stored as blocks of up to
+//!   [`BLOCK_BYTES`] of compact records ([`record`]), each block under the
+//!   id of its last event, so the LSM sees one key per block, not per event.
+//!   Segments build no bloom filter and are never compacted (FIFO without a
+//!   limit): they are read by range and dropped whole.
 //! - **Group commit.** The hub's tap hands each event (in id order) to one
 //!   writer thread, which writes everything waiting in one batch and flushes
 //!   it to the OS; ingest answers 202 only once its event is written
@@ -22,16 +27,16 @@
 //!   older than `--event-log-max-age`. The ids the log no longer holds are
 //!   remembered (its horizon), so a replay from before them is refused.
 
+mod record;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
-use crate::event::wire;
 use crate::event::{EventDraft, EventId};
 use crate::hub::{Published, Tap};
 use crate::sync::lock;
@@ -42,6 +47,10 @@ pub const WRITE_WAIT: Duration = Duration::from_millis(500);
 
 /// How long the writer lets a group gather when no POST waits for it.
 const LINGER: Duration = Duration::from_millis(2);
+
+/// Most bytes of records one stored block gathers (one record more than
+/// this is a block of its own).
+const BLOCK_BYTES: usize = 64 << 10;
 
 /// Bytes a segment grows to before the next one starts.
 pub const SEGMENT_BYTES: usize = 16 << 20;
@@ -126,37 +135,6 @@ fn id_of(k: &[u8]) -> u64 {
     let mut b = [0; 8];
     b.copy_from_slice(&k[..8.min(k.len())]);
     u64::from_be_bytes(b)
-}
-
-/// An event as stored: each field of [`wire::encode`] as a name byte, a
-/// length and the bytes.
-fn encode(draft: &EventDraft) -> Vec<u8> {
-    let fields = wire::encode(draft);
-    let mut out = Vec::with_capacity(fields.iter().map(|(_, b)| b.len() + 5).sum());
-    for (name, bytes) in fields {
-        out.push(name.as_bytes()[0]);
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&bytes);
-    }
-    out
-}
-
-fn decode(id: u64, mut raw: &[u8]) -> Option<EventDraft> {
-    let mut fields = Vec::new();
-    while raw.len() >= 5 {
-        let name = [raw[0]];
-        let len = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]) as usize;
-        let value = raw.get(5..5 + len)?;
-        fields.push((
-            std::str::from_utf8(&name).ok()?.to_owned(),
-            Bytes::copy_from_slice(value),
-        ));
-        raw = &raw[5 + len..];
-    }
-    wire::RawEntry::from_fields(EventId::from_u64(id), fields)
-        .decode()
-        .map(|(_, d)| d)
-        .ok()
 }
 
 impl EventLog {
@@ -300,21 +278,29 @@ impl EventLog {
             .map(|s| s.keyspace.clone())
             .collect();
         let (mut out, mut bytes) = (Vec::new(), 0);
+        // A block's key is its last id: the first block at or past
+        // `after + 1` holds the first event wanted.
         let from = key(after.as_u64().saturating_add(1));
-        let to = key(until.as_u64());
         for ks in keyspaces {
-            for item in ks.range(from..=to) {
-                let Ok((k, v)) = item.into_inner() else {
+            for item in ks.range(from..) {
+                let Ok((_, block)) = item.into_inner() else {
                     continue;
                 };
-                if !out.is_empty() && bytes + v.len() > max_bytes {
-                    return (out, true);
-                }
-                bytes += v.len();
-                let id = id_of(&k);
-                match decode(id, &v) {
-                    Some(d) => out.push((EventId::from_u64(id), d)),
-                    None => tracing::warn!(id, "an unreadable event in the log was skipped"),
+                for (id, rec) in record::entries(&block) {
+                    if id <= after.as_u64() {
+                        continue;
+                    }
+                    if id > until.as_u64() {
+                        return (out, false);
+                    }
+                    if !out.is_empty() && bytes + rec.len() > max_bytes {
+                        return (out, true);
+                    }
+                    bytes += rec.len();
+                    match record::decode(rec) {
+                        Some(d) => out.push((EventId::from_u64(id), d)),
+                        None => tracing::warn!(id, "an unreadable event in the log was skipped"),
+                    }
                 }
             }
         }
@@ -332,16 +318,18 @@ impl EventLog {
         let (mut out, mut bytes) = (Vec::new(), 0);
         'all: for ks in keyspaces {
             for item in ks.iter().rev() {
-                let Ok((k, v)) = item.into_inner() else {
+                let Ok((_, block)) = item.into_inner() else {
                     continue;
                 };
-                if out.len() >= count || bytes + v.len() > max_bytes {
-                    break 'all;
-                }
-                bytes += v.len();
-                let id = id_of(&k);
-                if let Some(d) = decode(id, &v) {
-                    out.push((EventId::from_u64(id), d));
+                let events: Vec<(u64, &[u8])> = record::entries(&block).collect();
+                for (id, rec) in events.into_iter().rev() {
+                    if out.len() >= count || bytes + rec.len() > max_bytes {
+                        break 'all;
+                    }
+                    bytes += rec.len();
+                    if let Some(d) = record::decode(rec) {
+                        out.push((EventId::from_u64(id), d));
+                    }
                 }
             }
         }
@@ -452,10 +440,21 @@ impl EventLog {
                 return;
             }
         };
+        let mut block = record::Block::with_capacity(BLOCK_BYTES + 1024);
         for p in group {
-            let value = encode(&p.event.draft);
-            added += value.len() + 8;
-            batch.insert(&keyspace, key(p.event.id.as_u64()), value);
+            block.push(p.event.id.as_u64(), &p.event.draft);
+            if block.len() >= BLOCK_BYTES {
+                let full =
+                    std::mem::replace(&mut block, record::Block::with_capacity(BLOCK_BYTES + 1024));
+                let (last, bytes) = full.finish();
+                added += bytes.len() + 8;
+                batch.insert(&keyspace, key(last), bytes);
+            }
+        }
+        if !block.is_empty() {
+            let (last, bytes) = block.finish();
+            added += bytes.len() + 8;
+            batch.insert(&keyspace, key(last), bytes);
         }
         match batch.commit() {
             Ok(()) => {
@@ -524,8 +523,16 @@ impl EventLog {
     }
 }
 
+/// A segment's options. Its keys (event ids) only ever grow and it is
+/// read by range, never by key, and dropped whole: so no bloom filters,
+/// and no compaction (FIFO without a limit keeps every table as flushed;
+/// the segments are bounded by [`EventLog::trim`]). Each saves the
+/// writer's core work that ingest shares it with.
 fn options() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(8 << 20)
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(8 << 20)
+        .filter_policy(fjall::config::FilterPolicy::disabled())
+        .compaction_strategy(Arc::new(fjall::compaction::Fifo::new(u64::MAX, None)))
 }
 
 impl Tap for EventLog {
@@ -544,6 +551,7 @@ pub fn dir_under(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     /// A fresh directory under the system's temporary one.
     struct TempDir(PathBuf);
@@ -621,6 +629,17 @@ mod tests {
         assert_eq!(
             page[0].1.device.as_ref().unwrap().as_str(),
             "mac:112233445566"
+        );
+        let (middle, more) = log.range(
+            EventId::from_u64(base + 40),
+            EventId::from_u64(base + 60),
+            usize::MAX,
+        );
+        let ids: Vec<u64> = middle.iter().map(|(id, _)| id.as_u64() - base).collect();
+        assert_eq!(
+            (ids, more),
+            ((41..=60).collect::<Vec<_>>(), false),
+            "until, inside a block"
         );
         let tail = log.tail(5, usize::MAX);
         let ids: Vec<u64> = tail.iter().map(|(id, _)| id.as_u64() - base).collect();
