@@ -8,47 +8,7 @@ use std::sync::Arc;
 use ratatoskr::config::Config;
 use ratatoskr::state::store::Store;
 
-use std::io::Write;
-
-/// One line on stderr and the exit code. Written with `writeln!`, not
-/// `eprintln!`: a closed stderr must not turn a clear exit into a panic.
-fn fatal(code: u8, message: impl std::fmt::Display) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "ratatoskr: {message}");
-    ExitCode::from(code)
-}
-
-/// Writes a command's output. A reader that went away (`| head -1`,
-/// EPIPE) ends the output quietly, as for any other command-line tool;
-/// `println!` would panic there instead.
-fn print_lines(lines: &[&str]) -> ExitCode {
-    let mut out = std::io::stdout().lock();
-    for line in lines {
-        match writeln!(out, "{line}") {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
-            Err(e) => return fatal(1, format!("cannot write the output: {e}")),
-        }
-    }
-    match out.flush() {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            fatal(1, format!("cannot write the output: {e}"))
-        }
-        _ => ExitCode::SUCCESS,
-    }
-}
-
-/// `ratatoskr new-api-key <id>`: prints a new key (give it to the
-/// publisher) and its `--api-keys-file` entry (only the digest; edit its
-/// scope before use).
-fn new_api_key(id: Option<&str>) -> ExitCode {
-    let Some(id) = id else {
-        return fatal(2, "usage: ratatoskr new-api-key <id>");
-    };
-    match ratatoskr::auth::keys::new_key(id) {
-        Ok((key, entry)) => print_lines(&[&key, &entry.to_string()]),
-        Err(e) => fatal(2, e),
-    }
-}
+use ratatoskr::cli::fatal;
 
 /// Runs a subcommand that parses its own arguments and runs one future
 /// on a single-threaded runtime: 0 when it succeeds, else `what: error`
@@ -92,7 +52,9 @@ fn main() -> ExitCode {
     quiet_store_probe_panics();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
-        Some("new-api-key") => return new_api_key(args.get(2).and_then(|a| a.to_str())),
+        Some("new-api-key") => {
+            return ratatoskr::cli::new_api_key::run(args.get(2).and_then(|a| a.to_str()))
+        }
         // A webhook receiver that prints what it gets (`ratatoskr::cli::sink`).
         Some("sink") => return tool(&args[1..], "sink", ratatoskr::cli::sink::run),
         // Exit 0 when the local `/health` answers 200: the image's
