@@ -373,6 +373,9 @@ impl RegistryMetrics {
     }
 }
 
+/// A registration's stored document, as this node last saw it.
+type StoredDoc = Arc<[u8]>;
+
 /// Told of every new snapshot, before it is swapped in.
 type ChangeListener = Box<dyn Fn(&Snapshot) + Send + Sync>;
 
@@ -608,13 +611,25 @@ impl Registry {
         make: impl FnOnce(&Registration) -> Result<Registration, RegistryError>,
     ) -> Result<Registration, RegistryError> {
         let _w = self.docs.lock();
+        let (current, expected) = self.current_if_match(id, if_match)?;
+        let next = make(&current)?;
+        self.commit(next, expected.as_deref())
+    }
+
+    /// The live registration `id`, if `if_match` (when given) is its ETag,
+    /// and then the stored document a shared store's write must find.
+    /// Caller holds the write lock.
+    fn current_if_match(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(Registration, Option<StoredDoc>), RegistryError> {
         let current = self
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.into()))?;
         check_if_match(&current, if_match)?;
         let expected = if_match.and_then(|_| self.stored_doc(id));
-        let next = make(&current)?;
-        self.commit(next, expected.as_deref())
+        Ok((current, expected))
     }
 
     /// The stored document of a registration, as this node last saw it.
@@ -711,11 +726,7 @@ impl Registry {
     /// Deletes a registration; with `if_match`, only if its ETag is that.
     pub fn delete(&self, id: &str, if_match: Option<&str>) -> Result<(), RegistryError> {
         let _w = self.docs.lock();
-        let current = self
-            .get(id)
-            .ok_or_else(|| RegistryError::NotFound(id.into()))?;
-        check_if_match(&current, if_match)?;
-        let expected = if_match.and_then(|_| self.stored_doc(id));
+        let (_, expected) = self.current_if_match(id, if_match)?;
         if !self.docs.delete_guarded(id, expected.as_deref())? {
             return Err(self.lost_race(id));
         }
