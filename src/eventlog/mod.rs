@@ -54,8 +54,13 @@ const BLOCK_BYTES: usize = 64 << 10;
 
 /// Bytes a segment grows to before the next one starts.
 pub const SEGMENT_BYTES: usize = 16 << 20;
-/// Most events and bytes one group commit takes.
-const GROUP_MAX: (usize, usize) = (8_192, 8 << 20);
+/// A segment's memtable: what the log holds in memory beside the
+/// segments on disk (with one more while it is flushed).
+const MEMTABLE_BYTES: u64 = 4 << 20;
+/// Most events and bytes one group commit takes (an event past the bytes
+/// is a group of its own): what the writer holds at once, and the batch
+/// it copies them into.
+const GROUP_MAX: (usize, usize) = (8_192, 1 << 20);
 /// The keyspace of checkpoints and the log's own marks.
 const MARKS: &str = "marks";
 /// The marks key of the horizon.
@@ -530,7 +535,7 @@ impl EventLog {
 /// writer's core work that ingest shares it with.
 fn options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
-        .max_memtable_size(8 << 20)
+        .max_memtable_size(MEMTABLE_BYTES)
         .filter_policy(fjall::config::FilterPolicy::disabled())
         .compaction_strategy(Arc::new(fjall::compaction::Fifo::new(u64::MAX, None)))
 }
