@@ -119,6 +119,12 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", detail)
     }
 
+    /// 422 listing every field error, in `errors` (each with its field).
+    pub fn invalid_fields(errors: Vec<crate::validation::FieldError>) -> Self {
+        Self::unprocessable(crate::validation::describe(&errors))
+            .with_extra(serde_json::json!({ "errors": errors }))
+    }
+
     /// 429: a limit on this client was reached; it may try again later.
     pub fn too_many_requests(detail: impl Into<String>, retry_after: std::time::Duration) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "too-many-requests", detail)

@@ -5,20 +5,60 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::body::read_json;
-use super::registrations::invalid;
 use super::App;
 use crate::error::ApiError;
 use crate::state::accounts::{Account, AccountError, DevicesRequest};
+
+/// An account and its devices.
+#[derive(Serialize, ToSchema)]
+pub struct AccountView<'a> {
+    account: &'a str,
+    devices: &'a [String],
+    created_at: &'a DateTime<Utc>,
+    updated_at: &'a DateTime<Utc>,
+    version: u64,
+    disabled: Option<&'a str>,
+}
+
+impl<'a> From<&'a Account> for AccountView<'a> {
+    fn from(a: &'a Account) -> Self {
+        Self {
+            account: &a.id,
+            devices: &a.devices,
+            created_at: &a.created_at,
+            updated_at: &a.updated_at,
+            version: a.version,
+            disabled: a.disabled.as_deref(),
+        }
+    }
+}
+
+/// One account in the list.
+#[derive(Serialize, ToSchema)]
+pub struct AccountSummary {
+    account: String,
+    /// How many devices it has.
+    devices: u64,
+    disabled: Option<String>,
+}
+
+/// Every account.
+#[derive(Serialize, ToSchema)]
+pub struct AccountList {
+    items: Vec<AccountSummary>,
+}
 
 impl From<AccountError> for ApiError {
     fn from(e: AccountError) -> Self {
         let detail = e.to_string();
         match e {
-            AccountError::Invalid(errors) => invalid(errors),
+            AccountError::Invalid(errors) => ApiError::invalid_fields(errors),
             AccountError::NotFound(_) => ApiError::not_found(detail),
             AccountError::Full(_) => ApiError::unavailable(detail),
             AccountError::Store(cause) => ApiError::store_unavailable("account", &cause),
@@ -34,18 +74,7 @@ fn changed(created: bool, account: &Account) -> Response {
     } else {
         StatusCode::OK
     };
-    (status, Json(shown(account))).into_response()
-}
-
-fn shown(account: &Account) -> serde_json::Value {
-    json!({
-        "account": account.id,
-        "devices": account.devices,
-        "created_at": account.created_at,
-        "updated_at": account.updated_at,
-        "version": account.version,
-        "disabled": account.disabled,
-    })
+    (status, Json(AccountView::from(account))).into_response()
 }
 
 /// Every account and its device count.
@@ -54,19 +83,23 @@ fn shown(account: &Account) -> serde_json::Value {
     path = "/api/accounts",
     tag = "accounts",
     responses(
-        (status = 200, description = "Every account", body = crate::http::openapi::AccountList),
+        (status = 200, description = "Every account", body = AccountList),
         crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
 pub async fn list(State(app): State<App>) -> Response {
-    let items: Vec<_> = app
+    let items = app
         .accounts
         .list()
         .into_iter()
-        .map(|(id, devices, disabled)| json!({"account": id, "devices": devices, "disabled": disabled}))
+        .map(|(account, devices, disabled)| AccountSummary {
+            account,
+            devices: devices as u64,
+            disabled,
+        })
         .collect();
-    Json(json!({ "items": items })).into_response()
+    Json(AccountList { items }).into_response()
 }
 
 /// An account's devices.
@@ -76,8 +109,8 @@ pub async fn list(State(app): State<App>) -> Response {
     tag = "accounts",
     params(("id" = String, Path, description = "The account id")),
     responses(
-        (status = 200, description = "The account", body = crate::http::openapi::AccountView),
-        (status = 404, description = "No such account", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 200, description = "The account", body = AccountView),
+        (status = 404, description = "No such account", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
@@ -87,7 +120,7 @@ pub async fn devices(State(app): State<App>, Path(id): Path<String>) -> Result<R
         .accounts
         .get(&id)
         .ok_or_else(|| AccountError::NotFound(format!("no account {id:?}")))?;
-    Ok(Json(shown(&account)).into_response())
+    Ok(Json(AccountView::from(&account)).into_response())
 }
 
 /// Replaces an account's devices (creates it).
@@ -98,8 +131,8 @@ pub async fn devices(State(app): State<App>, Path(id): Path<String>) -> Result<R
     params(("id" = String, Path, description = "The account id")),
     request_body(content = crate::state::accounts::DevicesRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Replaced", body = crate::http::openapi::AccountView),
-        (status = 201, description = "Created", body = crate::http::openapi::AccountView),
+        (status = 200, description = "Replaced", body = AccountView),
+        (status = 201, description = "Created", body = AccountView),
         crate::http::problems::JsonBody,
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
@@ -127,9 +160,9 @@ pub async fn put_devices(
     tag = "accounts",
     params(("id" = String, Path, description = "The account id"), ("device" = String, Path, description = "A device id (mac:, uuid:, serial:, dns:, event: or plain)")),
     responses(
-        (status = 200, description = "It was there", body = crate::http::openapi::AccountView),
-        (status = 201, description = "Added", body = crate::http::openapi::AccountView),
-        (status = 422, description = "Bad account id or device", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 200, description = "It was there", body = AccountView),
+        (status = 201, description = "Added", body = AccountView),
+        (status = 422, description = "Bad account id or device", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
         crate::http::problems::StoreUnavailable
@@ -153,7 +186,7 @@ pub async fn add_device(
     params(("id" = String, Path, description = "The account id"), ("device" = String, Path, description = "A device id (mac:, uuid:, serial:, dns:, event: or plain)")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 404, description = "No such account or device in it", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 404, description = "No such account or device in it", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
         crate::http::problems::StoreUnavailable
@@ -177,7 +210,7 @@ pub async fn remove_device(
     params(("id" = String, Path, description = "The account id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such account", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 404, description = "No such account", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
         crate::http::problems::StoreUnavailable

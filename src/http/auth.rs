@@ -177,29 +177,60 @@ pub fn readable(app: &App, scope: &Scope) -> Arc<DeviceScope> {
     })
 }
 
+/// `/api/whoami`: a scoped token's fields are present (owner and types
+/// may be null); auth off and admins have only the role.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WhoAmI<'a> {
+    /// `anyone` (auth off), `admin` or `scoped`.
+    role: &'static str,
+    /// A scoped token's owner (`sub:<sub>`, `key:<id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    owner: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscribe: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accounts: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    types: Option<Option<&'a [String]>>,
+}
+
+impl<'a> WhoAmI<'a> {
+    fn of(who: &'a Principal) -> Self {
+        let role = |role| Self {
+            role,
+            owner: None,
+            subscribe: None,
+            accounts: None,
+            publish: None,
+            types: None,
+        };
+        match who {
+            Principal::Anyone => role("anyone"),
+            Principal::Admin => role("admin"),
+            Principal::Scoped(s) => Self {
+                owner: Some(s.owner.as_deref()),
+                subscribe: Some(&s.claim.subscribe),
+                accounts: Some(&s.claim.accounts),
+                publish: Some(&s.claim.publish),
+                types: Some(s.claim.types.as_deref()),
+                ..role("scoped")
+            },
+        }
+    }
+}
+
 /// Who the caller is and what its token allows, for the dashboard.
 #[utoipa::path(get, path = "/api/whoami", tag = "operations",
     responses(
-        (status = 200, description = "The caller: role `anyone` (auth off), `admin`, or `scoped` with its claim", body = crate::http::openapi::WhoAmI),
-        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::openapi::Problem)),
+        (status = 200, description = "The caller: role `anyone` (auth off), `admin`, or `scoped` with its claim", body = WhoAmI),
+        (status = 401, description = "No valid token (auth on)", content_type = "application/problem+json", body = crate::http::problems::Problem)),
     security(("bearer" = []), ("cookie" = [])))]
-pub async fn whoami(
-    axum::extract::State(app): axum::extract::State<App>,
-    who: Option<axum::Extension<Principal>>,
-) -> Response {
-    let body = match principal(&app, who) {
-        Principal::Anyone => serde_json::json!({"role": "anyone"}),
-        Principal::Admin => serde_json::json!({"role": "admin"}),
-        Principal::Scoped(s) => serde_json::json!({
-            "role": "scoped",
-            "owner": s.owner,
-            "subscribe": s.claim.subscribe,
-            "accounts": s.claim.accounts,
-            "publish": s.claim.publish,
-            "types": s.claim.types,
-        }),
-    };
-    axum::Json(body).into_response()
+pub async fn whoami(Caller(who): Caller) -> Response {
+    axum::Json(WhoAmI::of(&who)).into_response()
 }
 
 /// The request's principal, as [`authenticate`] set it. With auth on, a

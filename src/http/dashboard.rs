@@ -24,7 +24,7 @@ pub async fn index() -> Response {
     responses(
         (status = 200, description = "The file", content(
             (String = "text/javascript"), (String = "text/css"), (String = "image/svg+xml"), (String = "text/html"))),
-        (status = 404, description = "No such file", content_type = "application/problem+json", body = crate::http::openapi::Problem)))]
+        (status = 404, description = "No such file", content_type = "application/problem+json", body = crate::http::problems::Problem)))]
 pub async fn asset(Path(path): Path<String>) -> Response {
     serve(&path)
 }

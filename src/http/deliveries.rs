@@ -38,7 +38,7 @@ const PAGE: usize = 50;
     ),
     responses(
         (status = 200, description = "Attempts, newest first: event id, attempt number (0 for an event that had none), outcome (delivered, retrying, failed, dropped, expired), HTTP status or error, duration and time. The log is the destination's, the last 256 attempts, kept by the node that forwards to it", body = crate::forward::attempts::Page),
-        (status = 400, description = "Bad query", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 400, description = "Bad query", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded,
         crate::http::problems::NoSuchRegistration
     ),
@@ -91,10 +91,10 @@ pub struct ReplayRequest {
     request_body(content = ReplayRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Replaying: `replaying` events after the point match the registration and are sent again in order, marked X-Ratatoskr-Replay: true, each with the webhook-id of its first delivery", body = ReplayStarted),
-        (status = 400, description = "Malformed JSON", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The log or Redis cannot be read now", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 409, description = "A replay for this registration is running", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Not exactly one of from and since, a bad id or time, a point older than the event log holds, or a disabled registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 400, description = "Malformed JSON", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 503, description = "The log or Redis cannot be read now", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 409, description = "A replay for this registration is running", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 422, description = "Not exactly one of from and since, a bad id or time, a point older than the event log holds, or a disabled registration", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::BodyLimits,
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,

@@ -5,19 +5,17 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use serde_json::json;
 
 use super::body::read_json;
-use super::registrations::invalid;
 use super::App;
 use crate::error::ApiError;
-use crate::state::catalog::{CatalogError, EventTypeRequest};
+use crate::state::catalog::{CatalogError, EventType, EventTypeRequest};
 
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let detail = e.to_string();
         match e {
-            CatalogError::Invalid(errors) => invalid(errors),
+            CatalogError::Invalid(errors) => ApiError::invalid_fields(errors),
             CatalogError::NotFound(_) => ApiError::not_found(detail),
             CatalogError::Exists(_) => ApiError::conflict(detail),
             CatalogError::Store(cause) => ApiError::store_unavailable("event type", &cause),
@@ -26,18 +24,27 @@ impl From<CatalogError> for ApiError {
 }
 
 /// Every event type.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventTypeList {
+    items: Vec<EventType>,
+}
+
+/// Every event type.
 #[utoipa::path(
     get,
     path = "/api/event-types",
     tag = "event-types",
     responses(
-        (status = 200, description = "Every type", body = crate::http::openapi::EventTypeList),
+        (status = 200, description = "Every type", body = EventTypeList),
         crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
 pub async fn list(State(app): State<App>) -> Response {
-    Json(json!({ "items": app.catalog.list() })).into_response()
+    Json(EventTypeList {
+        items: app.catalog.list(),
+    })
+    .into_response()
 }
 
 /// Defines a new event type (409 if it exists).
@@ -48,7 +55,7 @@ pub async fn list(State(app): State<App>) -> Response {
     request_body(content = crate::state::catalog::EventTypeRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Defined", body = crate::state::catalog::EventType),
-        (status = 409, description = "It exists", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 409, description = "It exists", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::JsonBody,
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
@@ -81,7 +88,7 @@ pub async fn create(
     params(("name" = String, Path, description = "The event type name")),
     responses(
         (status = 200, description = "It", body = crate::state::catalog::EventType),
-        (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
@@ -141,7 +148,7 @@ pub async fn put(
     params(("name" = String, Path, description = "The event type name")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 404, description = "No such type", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
         crate::http::problems::StoreUnavailable

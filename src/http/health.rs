@@ -4,11 +4,31 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::App;
 use crate::error::ApiError;
 use crate::shutdown::Phase;
+
+/// `/health`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: &'static str,
+    version: &'static str,
+    uptime_seconds: u64,
+    #[schema(value_type = String)]
+    phase: Phase,
+    subscribers: u64,
+}
+
+/// `/ready` when ready.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    status: &'static str,
+    forward_router_panics: u64,
+}
 
 /// Whether the process serves requests at all.
 #[utoipa::path(
@@ -16,17 +36,17 @@ use crate::shutdown::Phase;
     path = "/health",
     tag = "operations",
     responses(
-        (status = 200, description = "Alive", body = crate::http::openapi::Health)
+        (status = 200, description = "Alive", body = Health)
     )
 )]
-pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": app.started.elapsed().as_secs(),
-        "phase": app.readiness.phase(),
-        "subscribers": app.hub.subscriber_count(),
-    }))
+pub async fn health(State(app): State<App>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: app.started.elapsed().as_secs(),
+        phase: app.readiness.phase(),
+        subscribers: app.hub.subscriber_count() as u64,
+    })
 }
 
 /// Whether it should receive traffic.
@@ -35,8 +55,8 @@ pub async fn health(State(app): State<App>) -> Json<serde_json::Value> {
     path = "/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready", body = crate::http::openapi::Ready),
-        (status = 503, description = "Starting, draining, or its store or Redis is unavailable", content_type = "application/problem+json", body = crate::http::openapi::Problem)
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Starting, draining, or its store or Redis is unavailable", content_type = "application/problem+json", body = crate::http::problems::Problem)
     )
 )]
 pub async fn ready(State(app): State<App>) -> Response {
@@ -48,10 +68,10 @@ pub async fn ready(State(app): State<App>) -> Response {
         .with_extra(json!({"phase": "ready", "redis": "unreachable"}))
         .into_response(),
         Phase::Ready => match app.store.check_writable() {
-            Ok(()) => Json(json!({
-                "status": "ready",
-                "forward_router_panics": app.delivery.metrics().router_panics(),
-            }))
+            Ok(()) => Json(Ready {
+                status: "ready",
+                forward_router_panics: app.delivery.metrics().router_panics(),
+            })
             .into_response(),
             Err(e) => ApiError::unavailable(e.to_string())
                 .with_retry_after(e.retry_after())

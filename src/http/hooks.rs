@@ -81,7 +81,7 @@ fn refused(detail: impl Into<String>) -> ApiError {
     request_body(content = serde_json::Value, content_type = "application/json", description = "The ancla webhook registration: config.url, events, matcher.device_id, duration or until"),
     responses(
         (status = 200, description = "Registered", body = serde_json::Value),
-        (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::JsonBody,
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
@@ -181,10 +181,10 @@ fn registration_of(
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
         (status = 200, description = "Registered", body = serde_json::Value),
-        (status = 400, description = "Malformed or refused registration", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Rate limited", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "The store is unavailable, or too many registrations are compiling", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 400, description = "Malformed or refused registration", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 429, description = "Rate limited", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 503, description = "The store is unavailable, or too many registrations are compiling", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::BodyLimits,
         crate::http::problems::Guarded),
     security(("bearer" = []), ("cookie" = [])))]

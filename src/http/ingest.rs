@@ -47,10 +47,10 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
     params(("device" = Option<String>, Query, description = "The event's device (JSON ingest)"), ("type" = Option<String>, Query, description = "The event type"), ("source" = Option<String>, Query, description = "The event source"), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and request are accepted once; keys are per credential")),
     request_body(content((serde_json::Value = "application/json"), (String = "application/x-ndjson"), (Vec<u8> = "application/msgpack"), (serde_json::Value = "application/wrp+json")), description = "The event, a batch, or a WRP message"),
     responses(
-        (status = 202, description = "Accepted (one event). A repeated Idempotency-Key from the same credential with the same request (body, content type, routing) within the window gets the first event's id again, with Idempotent-Replayed: true, and is not published again", body = crate::http::openapi::Accepted,
+        (status = 202, description = "Accepted (one event). A repeated Idempotency-Key from the same credential with the same request (body, content type, routing) within the window gets the first event's id again, with Idempotent-Replayed: true, and is not published again", body = Accepted,
             headers(("Idempotent-Replayed" = String, description = "\"true\" on the answer to a repeated Idempotency-Key"))),
-        (status = 409, description = "This Idempotency-Key is still in flight", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with a different request", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 409, description = "This Idempotency-Key is still in flight", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with a different request", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::JsonBody,
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
@@ -234,6 +234,14 @@ where
     Ok(response)
 }
 
+// The schema of what `accepted` writes (a test holds them together).
+/// One event accepted.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    /// The event's id (16 hex digits), as the stream's `id:` carries it.
+    id: String,
+}
+
 /// `202 {"id":"…"}`: written straight into one buffer (an id is 16 hex
 /// digits, nothing to escape), not through a JSON tree.
 fn accepted(id: EventId) -> Response {
@@ -364,6 +372,20 @@ mod tests {
         // (2,464 before), and 5,920 with the batch and Redis paths inline.
         let size = future_size(serve_direct::<hyper::body::Incoming>);
         assert!(size < 3072, "{size} bytes");
+    }
+
+    #[tokio::test]
+    async fn the_hand_written_202_is_its_schemas_serialisation() {
+        let id = EventId::from_u64(0x0123_4567_89ab_cdef);
+        let response = accepted(id);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let typed = serde_json::to_vec(&Accepted {
+            id: id.hex().as_str().to_owned(),
+        })
+        .unwrap();
+        assert_eq!(body, typed);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! the problem responses many operations share are named sets
 //! ([`super::problems`]).
 //!
-//! Responses the handlers build with `json!` are described here by
-//! schema-only types (they are never constructed); the request bodies are
-//! the types the handlers parse. schemathesis checks the live gateway
-//! against this document in the test suite (`tests/contract/`).
+//! Every body in it is a type the handlers parse or answer with (each
+//! beside its resource's handlers), so the document cannot drift from
+//! what is served; schemathesis checks the live gateway against it in the
+//! test suite (`tests/contract/`).
 
 use axum::response::IntoResponse;
 use axum::Json;
@@ -16,155 +16,6 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::forward::destination::{Destination, HttpDestination, SqsDestination};
-
-/// An RFC 9457 problem: every error the gateway answers.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Problem {
-    /// `urn:ratatoskr:problem:<slug>`.
-    #[schema(rename = "type")]
-    kind: String,
-    title: String,
-    status: u16,
-    detail: String,
-    /// Field errors, on 422.
-    errors: Option<Vec<FieldErrorDoc>>,
-}
-
-/// One field's error.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct FieldErrorDoc {
-    field: String,
-    message: String,
-}
-
-/// One event accepted.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Accepted {
-    /// The event's id (16 hex digits), as the stream's `id:` carries it.
-    id: String,
-}
-
-/// An NDJSON batch: what each line became.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct BatchSummary {
-    accepted: u64,
-    rejected: u64,
-    /// Per line: `{"line", "id"}` or `{"line", "status", "detail"}`.
-    results: Vec<serde_json::Value>,
-}
-
-/// A registration as shown (its secrets never are).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct RegistrationView {
-    id: String,
-    devices: Vec<String>,
-    device_patterns: Vec<String>,
-    /// The destination, secrets and header values redacted: `has_secret`,
-    /// `header_names`, and for a rotated webhook secret `has_previous_secret`
-    /// and `previous_secret_expires_at` (RFC 3339) while its grace period runs.
-    destination: serde_json::Value,
-    filter: crate::state::registry::filter::FilterSpec,
-    metadata: std::collections::BTreeMap<String, String>,
-    /// Seconds.
-    duration: u64,
-    created_at: String,
-    updated_at: String,
-    expires_at: String,
-    expires_in: i64,
-    /// `api` or `xmidt_hook`.
-    origin: String,
-    /// `sub:<sub>` or `key:<id>` for a scoped token's registration.
-    owner: Option<String>,
-    etag: String,
-    /// `active` or `disabled`.
-    status: String,
-    disabled_reason: Option<String>,
-    /// The destination's delivery figures (null while it has none).
-    delivery: Option<serde_json::Value>,
-}
-
-/// A page of registrations.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct RegistrationPage {
-    items: Vec<RegistrationView>,
-    /// Pass as `cursor` for the next page; null on the last.
-    next_cursor: Option<String>,
-}
-
-/// Every event type.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct EventTypeList {
-    items: Vec<crate::state::catalog::EventType>,
-}
-
-/// An account and its devices.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct AccountView {
-    account: String,
-    devices: Vec<String>,
-    created_at: String,
-    updated_at: String,
-    version: u64,
-    disabled: Option<String>,
-}
-
-/// One account in the list.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct AccountSummary {
-    account: String,
-    /// How many devices it has.
-    devices: u64,
-    disabled: Option<String>,
-}
-
-/// Every account.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct AccountList {
-    items: Vec<AccountSummary>,
-}
-
-/// `/api/whoami`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct WhoAmI {
-    /// `anyone` (auth off), `admin` or `scoped`.
-    role: String,
-    /// A scoped token's owner (`sub:<sub>`, `key:<id>`).
-    owner: Option<String>,
-    subscribe: Option<Vec<String>>,
-    accounts: Option<Vec<String>>,
-    publish: Option<Vec<String>>,
-    types: Option<Vec<String>>,
-}
-
-/// `/health`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Health {
-    status: String,
-    version: String,
-    uptime_seconds: u64,
-    phase: String,
-    subscribers: u64,
-}
-
-/// `/ready` when ready.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Ready {
-    status: String,
-    forward_router_panics: u64,
-}
 
 /// A destination is internally tagged (`"type": "http"` or `"sqs"`), and
 /// each kind refuses unknown fields: the tag goes into each kind's own
@@ -237,7 +88,7 @@ impl ToSchema for Destination {}
     ),
     // Named here too: the shared problem sets (super::problems) refer to
     // it by name, which collects no schema.
-    components(schemas(Problem)),
+    components(schemas(super::problems::Problem)),
     modifiers(&Security),
     tags(
         (name = "events", description = "Ingest and the SSE stream"),

@@ -5,12 +5,36 @@
 //! 409) stay beside it, where they are told apart.
 //!
 //! Every one is an RFC 9457 body, `application/problem+json`, of the
-//! [`super::openapi::Problem`] schema, which is what [`crate::error::ApiError`]
+//! [`Problem`] schema, which is what [`crate::error::ApiError`]
 //! answers.
 
 use std::collections::BTreeMap;
 
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::ToSchema;
+
+// Schema only: `crate::error::ApiError` writes the body.
+/// An RFC 9457 problem: every error the gateway answers.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Problem {
+    /// `urn:ratatoskr:problem:<slug>`.
+    #[schema(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Field errors, on 422.
+    errors: Option<Vec<FieldErrorDoc>>,
+}
+
+/// One field's error.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct FieldErrorDoc {
+    field: String,
+    message: String,
+}
 
 /// One problem response, described.
 fn problem(description: &str) -> RefOr<Response> {

@@ -9,12 +9,16 @@
 //! only (403 otherwise), and sees and changes only its own: another's is
 //! 404, as if it did not exist.
 
+use std::collections::BTreeMap;
+
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::body::read_json;
@@ -24,9 +28,10 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::event::DeviceId;
 use crate::forward::destination::Destination;
+use crate::state::registry::filter::FilterSpec;
 use crate::state::registry::spec::{Origin, Registration, RegistrationRequest};
 use crate::state::registry::RegistryError;
-use crate::validation::{describe, FieldError};
+use crate::validation::FieldError;
 
 /// Default and largest page for `GET /api/registrations`.
 const PAGE: (usize, usize) = (100, 1000);
@@ -35,7 +40,7 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let detail = e.to_string();
         match e {
-            RegistryError::Invalid(errors) => invalid(errors),
+            RegistryError::Invalid(errors) => ApiError::invalid_fields(errors),
             RegistryError::NotFound(_) => ApiError::not_found(detail),
             RegistryError::PreconditionFailed(_) => ApiError::precondition_failed(detail),
             RegistryError::Full(_) => ApiError::unavailable(detail),
@@ -77,11 +82,6 @@ where
     super::store_write(work).await
 }
 
-/// 422 listing every field error.
-pub fn invalid(errors: Vec<FieldError>) -> ApiError {
-    ApiError::unprocessable(describe(&errors)).with_extra(json!({ "errors": errors }))
-}
-
 /// Refuses destinations whose addresses are internal (SSRF), naming the field.
 pub async fn check_addresses(app: &App, destination: &Destination) -> Result<(), ApiError> {
     let refused = app.delivery.policy().check_urls(&destination.urls()).await;
@@ -92,31 +92,106 @@ pub async fn check_addresses(app: &App, destination: &Destination) -> Result<(),
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(invalid(errors))
+        Err(ApiError::invalid_fields(errors))
     }
 }
 
-/// The response body for one registration.
-pub fn body(app: &App, r: &Registration) -> serde_json::Value {
-    let mut v = r.view(chrono::Utc::now());
-    v["delivery"] = match app.forwarding.destinations().get(&r.destination) {
-        Some(o) if r.disabled.is_none() => json!({
-            "delivered": o.metrics.delivered.get(),
-            "failed": o.metrics.failed.get(),
-            "expired": o.metrics.expired.get(),
-            "retried": o.metrics.retried.get(),
-            "dropped": o.metrics.dropped.get(),
-            "queue_depth": o.depth(),
-            "in_flight": o.unfinished().1,
-            "queue_bytes": o.bytes(),
-        }),
-        _ => serde_json::Value::Null,
-    };
-    v
+/// A registration as shown (its secrets never are).
+#[derive(Serialize, ToSchema)]
+pub struct RegistrationView<'a> {
+    id: &'a str,
+    devices: &'a [String],
+    device_patterns: &'a [String],
+    /// The destination, secrets and header values redacted: `has_secret`,
+    /// `header_names`, and for a rotated webhook secret `has_previous_secret`
+    /// and `previous_secret_expires_at` (RFC 3339) while its grace period runs.
+    destination: serde_json::Value,
+    filter: &'a FilterSpec,
+    metadata: &'a BTreeMap<String, String>,
+    /// Seconds.
+    duration: u64,
+    created_at: String,
+    updated_at: String,
+    expires_at: String,
+    expires_in: i64,
+    /// `api` or `xmidt_hook`.
+    #[schema(value_type = String)]
+    origin: Origin,
+    /// `sub:<sub>` or `key:<id>` for a scoped token's registration.
+    owner: Option<&'a str>,
+    etag: String,
+    /// `active` or `disabled`.
+    status: &'static str,
+    disabled_reason: Option<&'a str>,
+    /// The destination's delivery figures (null while it has none).
+    delivery: Option<DeliveryFigures>,
+}
+
+/// A destination's delivery figures, as a registration shows them.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryFigures {
+    delivered: u64,
+    failed: u64,
+    expired: u64,
+    retried: u64,
+    dropped: u64,
+    queue_depth: u64,
+    in_flight: u64,
+    queue_bytes: u64,
+}
+
+/// A page of registrations.
+#[derive(Serialize, ToSchema)]
+pub struct RegistrationPage<'a> {
+    items: Vec<RegistrationView<'a>>,
+    /// Pass as `cursor` for the next page; null on the last.
+    next_cursor: Option<&'a str>,
+}
+
+impl<'a> RegistrationView<'a> {
+    /// `r` as shown now, with its destination's figures (while it is
+    /// active and its destination has any).
+    pub fn of(app: &App, r: &'a Registration) -> Self {
+        let now = chrono::Utc::now();
+        let ts = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let delivery = match app.forwarding.destinations().get(&r.destination) {
+            Some(o) if r.disabled.is_none() => Some(DeliveryFigures {
+                delivered: o.metrics.delivered.get(),
+                failed: o.metrics.failed.get(),
+                expired: o.metrics.expired.get(),
+                retried: o.metrics.retried.get(),
+                dropped: o.metrics.dropped.get(),
+                queue_depth: o.depth() as u64,
+                in_flight: o.unfinished().1 as u64,
+                queue_bytes: o.bytes() as u64,
+            }),
+            _ => None,
+        };
+        let off = r.disabled.is_some() || r.gone.is_some();
+        Self {
+            id: &r.id,
+            devices: &r.devices,
+            device_patterns: &r.device_patterns,
+            destination: r.destination.redacted(now),
+            filter: &r.filter,
+            metadata: &r.metadata,
+            duration: r.duration_secs,
+            created_at: ts(&r.created_at),
+            updated_at: ts(&r.updated_at),
+            expires_at: ts(&r.expires_at),
+            expires_in: (r.expires_at - now).num_seconds().max(0),
+            origin: r.origin,
+            owner: r.owner.as_deref(),
+            etag: r.etag(),
+            status: if off { "disabled" } else { "active" },
+            disabled_reason: r.disabled.as_deref().or(r.gone.as_deref()),
+            delivery,
+        }
+    }
 }
 
 fn with_etag(status: StatusCode, app: &App, r: &Registration) -> Response {
-    let mut response = (status, Json(body(app, r))).into_response();
+    let mut response = (status, Json(RegistrationView::of(app, r))).into_response();
     if let Ok(v) = HeaderValue::from_str(&r.etag()) {
         response.headers_mut().insert(header::ETAG, v);
     }
@@ -185,7 +260,7 @@ fn within_scope(app: &App, who: &Principal, r: &Registration) -> Result<(), Regi
     tag = "registrations",
     request_body(content = crate::state::registry::spec::RegistrationRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = crate::http::openapi::RegistrationView),
+        (status = 201, description = "Created", body = RegistrationView<'static>),
         crate::http::problems::JsonBody,
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
@@ -226,8 +301,8 @@ pub async fn create(
     tag = "registrations",
     params(("device" = Option<String>, Query, description = "Only those naming this device"), ("limit" = Option<usize>, Query, description = "1 to 1000 (100)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses(
-        (status = 200, description = "A page", body = crate::http::openapi::RegistrationPage),
-        (status = 400, description = "Bad query", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 200, description = "A page", body = RegistrationPage<'static>),
+        (status = 400, description = "Bad query", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []))
@@ -248,8 +323,14 @@ pub async fn list(
         .registry
         .list(device.as_ref(), owner, q.one("cursor")?, limit);
     let next = more.then(|| items.last().map(|r| r.id.clone())).flatten();
-    let items: Vec<_> = items.iter().map(|r| body(&app, r)).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
+    let page = RegistrationPage {
+        items: items
+            .iter()
+            .map(|r| RegistrationView::of(&app, r))
+            .collect(),
+        next_cursor: next.as_deref(),
+    };
+    Ok(Json(page).into_response())
 }
 
 /// One registration.
@@ -259,7 +340,7 @@ pub async fn list(
     tag = "registrations",
     params(("id" = String, Path, description = "The registration id")),
     responses(
-        (status = 200, description = "It", body = crate::http::openapi::RegistrationView),
+        (status = 200, description = "It", body = RegistrationView<'static>),
         crate::http::problems::Guarded,
         crate::http::problems::NoSuchRegistration
     ),
@@ -287,8 +368,8 @@ pub async fn get_one(
     params(("id" = String, Path, description = "The registration id"), ("If-Match" = Option<String>, Header, description = "Only if the ETag is still this (412 otherwise)")),
     request_body(content = crate::state::registry::spec::RegistrationRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Replaced", body = crate::http::openapi::RegistrationView),
-        (status = 412, description = "If-Match no longer holds", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 200, description = "Replaced", body = RegistrationView<'static>),
+        (status = 412, description = "If-Match no longer holds", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::JsonBody,
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
@@ -334,8 +415,8 @@ pub async fn replace(
     params(("id" = String, Path, description = "The registration id"), ("If-Match" = Option<String>, Header, description = "Only if the ETag is still this (412 otherwise)")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Bad If-Match", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 412, description = "If-Match no longer holds", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 400, description = "Bad If-Match", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 412, description = "If-Match no longer holds", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
         crate::http::problems::StoreUnavailable,

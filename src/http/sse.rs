@@ -40,9 +40,9 @@ const STREAM_CAP_RETRY: Duration = Duration::from_secs(5);
     params(("device" = Option<Vec<String>>, Query, description = "Device ids (repeat or comma-separate); none: every device the caller may see"), ("type" = Option<Vec<String>>, Query, description = "Event type globs"), ("expression" = Option<String>, Query, description = "A CEL expression over event"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id"), ("lastEventId" = Option<String>, Query, description = "Resume after this id (for clients that cannot set the header)")),
     responses(
         (status = 200, description = "The stream, until the client leaves", content_type = "text/event-stream", body = String),
-        (status = 400, description = "A bad filter", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 429, description = "Too many streams from this address", content_type = "application/problem+json", body = crate::http::openapi::Problem),
-        (status = 503, description = "Subscriber limit reached", content_type = "application/problem+json", body = crate::http::openapi::Problem),
+        (status = 400, description = "A bad filter", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 429, description = "Too many streams from this address", content_type = "application/problem+json", body = crate::http::problems::Problem),
+        (status = 503, description = "Subscriber limit reached", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::Guarded
     ),
     security(("bearer" = []), ("cookie" = []), ("query" = []))

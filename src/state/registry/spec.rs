@@ -1,10 +1,9 @@
-//! What a registration is: its request form, its stored form, and the
-//! redacted form the API returns (its destination's secrets shown only as
-//! flags).
+//! What a registration is: its request form and its stored form (the
+//! form the API shows, without secrets, is `http::registrations`'s view).
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::filter::FilterSpec;
@@ -70,29 +69,6 @@ impl Registration {
     /// The strong ETag for conditional requests.
     pub fn etag(&self) -> String {
         format!("\"{}-{}\"", &self.id[..self.id.len().min(12)], self.version)
-    }
-
-    /// The response form, with no secrets.
-    pub fn view(&self, now: DateTime<Utc>) -> serde_json::Value {
-        let ts = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-        serde_json::json!({
-            "id": self.id,
-            "devices": self.devices,
-            "device_patterns": self.device_patterns,
-            "destination": self.destination.redacted(now),
-            "filter": self.filter,
-            "metadata": self.metadata,
-            "duration": self.duration_secs,
-            "created_at": ts(&self.created_at),
-            "updated_at": ts(&self.updated_at),
-            "expires_at": ts(&self.expires_at),
-            "expires_in": (self.expires_at - now).num_seconds().max(0),
-            "origin": self.origin,
-            "owner": self.owner,
-            "etag": self.etag(),
-            "status": if self.disabled.is_some() || self.gone.is_some() { "disabled" } else { "active" },
-            "disabled_reason": self.disabled.as_ref().or(self.gone.as_ref()),
-        })
     }
 }
 
