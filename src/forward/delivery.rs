@@ -10,26 +10,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::attempts::Outcome;
+use super::failure::Failure;
 use super::metrics::ForwardMetrics;
 use super::outbox::{BufferLimits, Outbox, Queued};
-use super::sink::{opened, SharedSink, Sink};
+use super::sink::{opened, SharedSink, Sink, SinkSetup};
 use super::ssrf::{AddressPolicy, GuardedResolver};
-
-/// Why a delivery attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// May succeed later (5xx, 408, 429, timeout, connection error).
-    Retryable(String),
-    /// May succeed later, and the receiver said when (`Retry-After` on a
-    /// 429 or 503): the next attempt waits that long, at most
-    /// [`MAX_RETRY_AFTER`], instead of the backoff.
-    RetryAfter(String, Duration),
-    /// Will not succeed by retrying (other 4xx, refused address).
-    Permanent(String),
-    /// The receiver answered 410 Gone: it wants no more events, so its
-    /// registrations are disabled (as Standard Webhooks asks).
-    Gone(String),
-}
 
 /// Delivery settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -147,6 +132,15 @@ impl OutboundLimit {
 }
 
 impl DeliveryContext {
+    /// What opening a sink takes of this context.
+    fn sink_setup(&self) -> SinkSetup<'_> {
+        SinkSetup {
+            http: &self.http,
+            policy: &self.policy,
+            timeout: self.settings.timeout,
+        }
+    }
+
     /// One HTTP client (one connection pool) for every webhook, resolving
     /// only to addresses `policy` permits, never following redirects.
     /// Forwarding tasks run on `runtime` (see [`super::runtime::ForwardRuntime`]).
@@ -232,7 +226,7 @@ impl DeliveryContext {
 /// before the next, so the destination sees its events in id order. Ends
 /// when the outbox is closed.
 pub(super) async fn work(outbox: Arc<Outbox>, ctx: Arc<DeliveryContext>, shared: SharedSink) {
-    let sink = opened(&shared, &outbox.destination, &ctx).await;
+    let sink = opened(&shared, &outbox.destination, ctx.sink_setup()).await;
     loop {
         let Some(batch) = outbox.take(sink.batch_max()).await else {
             return;
@@ -383,7 +377,7 @@ pub(super) fn notify(
                 "at": at,
             })),
         };
-        let sink = opened(&shared, &outbox.destination, &ctx).await;
+        let sink = opened(&shared, &outbox.destination, ctx.sink_setup()).await;
         let sent = {
             let _connection = ctx.outbound.acquire().await;
             sink.notice(kind, body.to_string()).await

@@ -29,6 +29,7 @@ pub mod attempts;
 pub mod delivery;
 pub mod destination;
 pub mod destinations;
+pub mod failure;
 pub mod metrics;
 pub mod outbox;
 pub mod payload;
@@ -40,7 +41,8 @@ pub mod sqs;
 pub mod ssrf;
 pub mod webhook;
 
-pub use delivery::{DeliveryContext, DeliverySettings, Failure, DEFAULT_MAX_OUTBOUND};
+pub use delivery::{DeliveryContext, DeliverySettings, DEFAULT_MAX_OUTBOUND};
 pub use destinations::{Destinations, ForwardTotals};
+pub use failure::Failure;
 pub use outbox::{BufferLimits, Outbox, Pushed, Queued};
 pub use router::{Forwarding, InboxLimits, Matcher};

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::delivery::{DeliveryContext, Failure};
 use super::destination::Destination;
+use super::failure::Failure;
 use super::outbox::Queued;
 use super::sqs::SqsSink;
+use super::ssrf::AddressPolicy;
 use super::webhook::WebhookSink;
 
 /// What a successful [`Sink::send`] reports.
@@ -43,6 +44,17 @@ pub trait Sink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
+/// What opening a sink needs of the delivery context.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkSetup<'a> {
+    /// The shared webhook client.
+    pub http: &'a reqwest::Client,
+    /// The outbound address policy (SSRF).
+    pub policy: &'a Arc<AddressPolicy>,
+    /// Time per attempt.
+    pub timeout: std::time::Duration,
+}
+
 /// A sink of either kind, chosen by the destination.
 #[derive(Debug)]
 pub enum AnySink {
@@ -54,16 +66,16 @@ pub enum AnySink {
 
 impl AnySink {
     /// Opens the sink for `d` (an SQS sink loads an AWS configuration).
-    pub async fn open(d: &Destination, ctx: &DeliveryContext) -> Self {
+    pub async fn open(d: &Destination, ctx: SinkSetup<'_>) -> Self {
         match d {
             Destination::Http(h) => Self::Webhook(Box::new(WebhookSink::new(
                 h.clone(),
                 ctx.http.clone(),
-                &ctx.policy,
-                ctx.settings.timeout,
+                ctx.policy,
+                ctx.timeout,
             ))),
             Destination::Sqs(s) => {
-                Self::Sqs(SqsSink::new(s, ctx.settings.timeout, ctx.policy.clone()).await)
+                Self::Sqs(SqsSink::new(s, ctx.timeout, ctx.policy.clone()).await)
             }
         }
     }
@@ -134,7 +146,7 @@ impl Sink for SqsSink {
 pub type SharedSink = Arc<tokio::sync::OnceCell<Arc<AnySink>>>;
 
 /// The sink in `shared`, opening it for `d` if this is the first use.
-pub async fn opened(shared: &SharedSink, d: &Destination, ctx: &DeliveryContext) -> Arc<AnySink> {
+pub async fn opened(shared: &SharedSink, d: &Destination, ctx: SinkSetup<'_>) -> Arc<AnySink> {
     shared
         .get_or_init(|| async { Arc::new(AnySink::open(d, ctx).await) })
         .await

@@ -15,7 +15,7 @@ use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use base64::Engine as _;
 
-use super::delivery::Failure;
+use super::failure::Failure;
 use super::outbox::Queued;
 use super::payload;
 use super::ssrf::{AddressPolicy, GuardedResolver};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, StatusCode};
 
-use super::delivery::Failure;
+use super::failure::Failure;
 use super::payload::{self, Body};
 use super::ssrf::AddressPolicy;
 use crate::event::Event;
