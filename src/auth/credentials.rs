@@ -70,7 +70,7 @@ pub struct Credentials {
     current: ArcSwap<Loaded>,
     reloads: Family<ResultLabel, Counter>,
     /// Counts the reloads that took: open streams watch it, to look their
-    /// API key up again ([`super::lease::LeaseWatch`]).
+    /// API key up again ([`super::lease_watch::LeaseWatch`]).
     generation: tokio::sync::watch::Sender<u64>,
 }
 

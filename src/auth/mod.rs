@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod jwt;
 pub mod keys;
 pub mod lease;
+pub mod lease_watch;
 pub mod secret;
 
 use std::sync::Arc;

@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::time::Sleep;
 
 use super::resume::{ClusterResume, Step};
-use crate::auth::lease::LeaseWatch;
+use crate::auth::lease_watch::LeaseWatch;
 use crate::event::EventId;
 use crate::hub::{frame, CloseReason, Format, LagPolicy, Lane, LaneWrite, Published, Subscription};
 use crate::server::per_ip::StreamSlot;
