@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError, SharedStream};
 use crate::error::ApiError;
 use crate::event::{Event, EventDraft, EventId};
 use crate::eventlog::EventLog;
@@ -165,7 +165,11 @@ impl Bus {
                 }
                 Ok(ids)
             }
-            Self::Shared(cluster) => cluster.append(drafts).await.map_err(|e| unavailable(&e)),
+            Self::Shared(cluster) => cluster
+                .stream()
+                .append(drafts)
+                .await
+                .map_err(|e| unavailable(&e)),
         }
     }
 
@@ -191,10 +195,10 @@ impl Bus {
 
     /// The shared stream, for a resume that reaches past this node's ring;
     /// none for an embedded node (its ring was restored from its log).
-    pub fn shared_stream(&self) -> Option<&Arc<Cluster>> {
+    pub fn shared_stream(&self) -> Option<&Arc<SharedStream>> {
         match self {
             Self::Local(_) => None,
-            Self::Shared(cluster) => Some(cluster),
+            Self::Shared(cluster) => Some(cluster.stream()),
         }
     }
 
@@ -203,7 +207,7 @@ impl Bus {
     pub fn history(&self) -> Option<History> {
         match self {
             Self::Local(local) => local.log.clone().map(History::Log),
-            Self::Shared(cluster) => Some(History::Stream(cluster.clone())),
+            Self::Shared(cluster) => Some(History::Stream(cluster.stream().clone())),
         }
     }
 }
@@ -258,6 +262,7 @@ async fn publish_shared(
 ) -> Result<Outcome, ApiError> {
     if let Some(Idempotent { key, fingerprint }) = key {
         match cluster
+            .keys()
             .claim(key, fingerprint)
             .await
             .map_err(|e| unavailable(&e))?
@@ -268,11 +273,11 @@ async fn publish_shared(
             Claim::New => {}
         }
     }
-    match cluster.append(std::slice::from_ref(&draft)).await {
+    match cluster.stream().append(std::slice::from_ref(&draft)).await {
         Ok(ids) => {
             let id = ids[0];
             if let Some(Idempotent { key, fingerprint }) = key {
-                if let Err(e) = cluster.complete(key, fingerprint, id).await {
+                if let Err(e) = cluster.keys().complete(key, fingerprint, id).await {
                     tracing::warn!(error = %e, "idempotency key not recorded");
                 }
             }
@@ -284,7 +289,7 @@ async fn publish_shared(
         }
         Err(e) => {
             if let Some(Idempotent { key, .. }) = key {
-                cluster.release(key).await;
+                cluster.keys().release(key).await;
             }
             Err(unavailable(&e))
         }
@@ -319,7 +324,7 @@ pub enum History {
     /// The embedded node's event log.
     Log(Arc<EventLog>),
     /// The cluster's shared stream.
-    Stream(Arc<Cluster>),
+    Stream(Arc<SharedStream>),
 }
 
 impl History {

@@ -214,7 +214,10 @@ pub async fn run_with_store(
     };
     let mut background = shutdown::Background::new();
     if let Some(c) = &cluster {
-        background.adopt("cluster reader", c.start_reader(hub.clone()).await?);
+        background.adopt(
+            "cluster reader",
+            c.stream().start_reader(hub.clone()).await?,
+        );
         // Each destination is forwarded by the node holding its lease.
         background.adopt(
             "cluster leases",
@@ -226,7 +229,7 @@ pub async fn run_with_store(
         background.adopt("cluster members", c.start_announcing(address, hub.clone()));
         background.adopt(
             "cluster follower",
-            c.start_following(cluster::follow::Followers {
+            c.start_following(cluster::changes::Followers {
                 registry: registry.clone(),
                 catalog: catalog.clone(),
                 accounts: accounts.clone(),
@@ -454,8 +457,8 @@ async fn sweep(
         }
         rate_limits.sweep();
         if let Some(c) = &cluster {
-            c.trim().await;
-            c.measure_lag().await;
+            c.stream().trim().await;
+            c.stream().measure_lag().await;
         }
         // These write the store: off the async workers.
         let (r, h, m, s) = (registry.clone(), hub.clone(), mark.clone(), store.clone());

@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Cluster, ClusterError};
+use super::{ClusterError, SharedStream};
 use crate::event::wire;
 use crate::event::EventId;
 
@@ -28,8 +28,8 @@ pub(super) struct Append {
     pub reply: oneshot::Sender<Result<Vec<EventId>, ClusterError>>,
 }
 
-/// Runs until the cluster is dropped or every sender is gone.
-pub(super) async fn run(cluster: Weak<Cluster>, mut queue: mpsc::Receiver<Append>) {
+/// Runs until the stream is dropped or every sender is gone.
+pub(super) async fn run(stream: Weak<SharedStream>, mut queue: mpsc::Receiver<Append>) {
     let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
     while queue.recv_many(&mut batch, MAX_REQUESTS_PER_BATCH).await > 0 {
         if batch.len() < MAX_REQUESTS_PER_BATCH {
@@ -43,33 +43,34 @@ pub(super) async fn run(cluster: Weak<Cluster>, mut queue: mpsc::Receiver<Append
                 }
             }
         }
-        let Some(cluster) = cluster.upgrade() else {
+        let Some(stream) = stream.upgrade() else {
             return;
         };
         let requests = std::mem::replace(&mut batch, Vec::with_capacity(MAX_REQUESTS_PER_BATCH));
-        tokio::spawn(async move { cluster.write_batch(requests).await });
+        tokio::spawn(async move { stream.write_batch(requests).await });
     }
 }
 
-impl Cluster {
+impl SharedStream {
     /// Writes one batch as one pipeline and answers each request.
     async fn write_batch(&self, requests: Vec<Append>) {
         let mut pipe = redis::pipe();
         for entry in requests.iter().flat_map(|r| &r.entries) {
             let cmd = pipe
                 .cmd("XADD")
-                .arg(&self.stream)
+                .arg(self.name())
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(self.config.stream_max_len)
+                .arg(self.max_len)
                 .arg("*");
             for (k, v) in entry {
                 cmd.arg(*k).arg(&v[..]);
             }
         }
         let started = Instant::now();
-        let replies: Result<Vec<redis::Value>, ClusterError> =
-            self.observe(started, pipe.query_async(&mut self.commands.clone()).await);
+        let replies: Result<Vec<redis::Value>, ClusterError> = self
+            .link()
+            .observe(started, pipe.query_async(&mut self.link().commands()).await);
         let mut replies = match replies {
             Ok(r) => r.into_iter(),
             Err(e) => {

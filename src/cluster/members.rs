@@ -40,7 +40,7 @@ impl Cluster {
     }
 
     fn member_key(&self, node: &str) -> String {
-        format!("{}:member:{node}", self.config.prefix)
+        self.link.key(&format!("member:{node}"))
     }
 
     /// Announces this node until the process ends.
@@ -63,8 +63,8 @@ impl Cluster {
                 };
                 let doc = serde_json::to_string(&member).unwrap_or_default();
                 let _: redis::RedisResult<()> = me
-                    .commands
-                    .clone()
+                    .link
+                    .commands()
                     .pset_ex(
                         me.member_key(&me.node_id),
                         doc,
@@ -78,7 +78,7 @@ impl Cluster {
 
     /// The live members, by node id.
     pub async fn members(&self) -> Result<Vec<Member>, super::ClusterError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.link.commands();
         let pattern = self.member_key("*");
         let mut keys: Vec<String> = Vec::new();
         {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use crate::bus::Bus;
-use crate::cluster::{Cluster, ClusterError, ResumePage};
+use crate::cluster::{ClusterError, ResumePage, SharedStream};
 use crate::event::{Event, EventId};
 use crate::hub::{EventFilter, Published, Subscription};
 
@@ -49,7 +49,7 @@ pub async fn beyond_ring(
     last: EventId,
     limits: Limits,
 ) -> Option<ClusterResume> {
-    let cluster = bus.shared_stream()?;
+    let stream = bus.shared_stream()?;
     let filter = subscription.filter().clone();
     let r = subscription.replay.as_mut()?;
     if !r.truncated {
@@ -58,11 +58,11 @@ pub async fn beyond_ring(
     let before = r
         .ring_first
         .unwrap_or(EventId::from_u64(r.live_from.as_u64().saturating_add(1)));
-    match cluster.holds_after(last).await {
+    match stream.holds_after(last).await {
         Ok(complete) => {
             r.truncated = !complete;
             Some(ClusterResume::new(
-                cluster.clone(),
+                stream.clone(),
                 filter,
                 last,
                 before,
@@ -92,7 +92,7 @@ pub enum Step {
 
 /// One stream's resume from the shared stream.
 pub struct ClusterResume {
-    cluster: Arc<Cluster>,
+    cluster: Arc<SharedStream>,
     filter: EventFilter,
     /// The stream id after which the next page starts.
     cursor: String,
@@ -117,7 +117,7 @@ impl ClusterResume {
     /// A resume of what comes after `after` and before `before`, at most
     /// `max_bytes` of entries and `max_events` entries.
     pub fn new(
-        cluster: Arc<Cluster>,
+        cluster: Arc<SharedStream>,
         filter: EventFilter,
         after: EventId,
         before: EventId,
