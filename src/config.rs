@@ -307,7 +307,8 @@ pub struct Config {
     pub forward_nice: i32,
 
     /// Join a cluster of stateless nodes sharing this Redis
-    /// (`redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS).
+    /// (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS, or
+    /// `redis+unix:///path/to/redis.sock[?db=N]` for a Unix socket).
     /// Unset: one embedded node (redb, no external service).
     #[arg(long, env = "RATATOSKR_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -458,8 +459,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return err("--redis-url must start with redis:// or rediss://");
+            if !["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                return err(
+                    "--redis-url must start with redis://, rediss:// (TLS) or redis+unix:// (a Unix socket)",
+                );
             }
         }
         if self.redis_prefix.is_empty()

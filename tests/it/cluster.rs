@@ -1,6 +1,7 @@
 //! Cluster mode: three real nodes (the shipped binary) on one real Redis,
-//! which each test starts on a free port of its own and stops.
+//! which each test starts on a Unix socket of its own and stops.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,75 +10,44 @@ use serde_json::{json, Value};
 use crate::support::process::{temp_dir, Process};
 use crate::support::util::{eventually, series_value, SseClient};
 
-/// A `redis-server` of the test's own, keeping nothing on disk.
+/// A `redis-server` of the test's own, keeping nothing on disk, on a Unix
+/// socket in a directory of its own: no TCP port to pick, so none found
+/// free and raced for.
 struct Redis {
     child: Child,
-    port: u16,
+    socket: PathBuf,
 }
 
 impl Redis {
     /// Starts one, or `None` (with the reason) where redis-server is not
     /// installed; CI installs it, and there a missing one is a failure.
-    ///
-    /// redis-server cannot be told to pick a port, so one is found free
-    /// first; the server that answers there must then be this one (its
-    /// `process_id`), or another process took the port first and a new
-    /// one is tried.
     fn start() -> Option<Self> {
-        for _ in 0..5 {
-            let mut redis = Self::start_on(free_port())?;
-            if redis.is_ours() {
-                return Some(redis);
-            }
-        }
-        panic!("redis-server could not get a port of its own in 5 tries");
+        Self::start_at(temp_dir("redis").join("redis.sock"))
     }
 
-    /// Whether the server on its port is the process this test started.
-    fn is_ours(&mut self) -> bool {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return false;
-        }
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        use std::io::{Read, Write};
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"INFO server\r\n").is_err() {
-            return false;
-        }
-        let mut reply = vec![0; 64 * 1024];
-        let mut got = 0;
-        let wanted = format!("process_id:{}\r\n", self.child.id());
-        while got < reply.len() {
-            match s.read(&mut reply[got..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
-            }
-            let text = String::from_utf8_lossy(&reply[..got]);
-            if text.contains(&wanted) {
-                return true;
-            }
-            if text.contains("process_id:") && text.ends_with("\r\n\r\n") {
-                break;
-            }
-        }
-        false
+    /// Starts one on `socket` (again, after [`Redis::stop`]).
+    fn start_at(socket: PathBuf) -> Option<Self> {
+        Self::start_with(socket, &["--port", "0"])
     }
 
-    fn start_on(port: u16) -> Option<Self> {
-        Self::start_with(port, &["--port", &port.to_string()])
+    /// On `socket`, and on whatever else `listen` says (`--tls-port`).
+    fn start_with(socket: PathBuf, listen: &[&str]) -> Option<Self> {
+        Some(Self::try_start_with(socket, listen)?.unwrap_or_else(|why| panic!("{why}")))
     }
 
-    /// Listening on `port` as `listen` says (`--port`, or `--tls-port`).
-    fn start_with(port: u16, listen: &[&str]) -> Option<Self> {
+    /// Ready once it answers on the socket, which it opens after every
+    /// other listener: a port it could not bind stops it instead (`Err`).
+    fn try_start_with(socket: PathBuf, listen: &[&str]) -> Option<Result<Self, String>> {
         let spawned = Command::new("redis-server")
             .args(listen)
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "700"])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let child = match spawned {
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 crate::support::skip::needs(
@@ -89,21 +59,26 @@ impl Redis {
             }
         };
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(Err(format!(
+                    "redis-server stopped at start ({status}): {listen:?}"
+                )));
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "redis-server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Self { child, port })
+        Some(Ok(Self { child, socket }))
     }
 
     /// Runs one inline command (`XTRIM k MAXLEN 0`), returning the reply's
     /// first line.
     fn command(&self, line: &str) -> String {
         use std::io::{BufRead, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
         s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
         let mut reply = String::new();
         std::io::BufReader::new(s).read_line(&mut reply).unwrap();
@@ -111,14 +86,14 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis+unix://{}", self.socket.display())
     }
 
-    /// Stops it (its PID, which this test started).
-    fn stop(mut self) -> u16 {
+    /// Stops it (its PID, which this test started); where to start it again.
+    fn stop(mut self) -> PathBuf {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.port
+        std::mem::take(&mut self.socket)
     }
 }
 
@@ -129,6 +104,10 @@ impl Drop for Redis {
     }
 }
 
+/// A port that was free a moment ago, for the TLS listener alone (TLS
+/// needs TCP, and redis-server cannot pick its own port): if another
+/// process takes it first, redis-server stops at start and another port
+/// is tried.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -308,7 +287,7 @@ async fn without_redis_ingest_is_refused_streams_stay_and_it_recovers() {
     let mut sub = a.subscribe("/events").await;
     post(&a, "mac:112233445566", &json!({"n": 1})).await;
     assert_eq!(take(&mut sub, 1).await[0].1, 1);
-    let port = redis.stop();
+    let socket = redis.stop();
     // Refused, with Retry-After; /ready says so; the stream stays open.
     let started = Instant::now();
     let refused = loop {
@@ -339,7 +318,7 @@ async fn without_redis_ingest_is_refused_streams_stay_and_it_recovers() {
     }
     assert!(comments >= 1, "heartbeats go on while Redis is down");
     // Redis comes back (empty: it keeps nothing on disk).
-    let _redis = Redis::start_on(port).unwrap();
+    let _redis = Redis::start_at(socket).unwrap();
     let started = Instant::now();
     while a.get("/ready").await.status != 200 {
         assert!(
@@ -378,8 +357,8 @@ async fn a_resume_across_an_emptied_redis_gets_a_gap() {
     let Some(redis) = Redis::start() else { return };
     let a = node(&redis, &[]);
     let old = post(&a, "mac:112233445566", &json!({"n": 1})).await;
-    let port = redis.stop();
-    let _redis = Redis::start_on(port).unwrap();
+    let socket = redis.stop();
+    let _redis = Redis::start_at(socket).unwrap();
     // A node started on the emptied Redis cannot vouch for what came after.
     let b = node(&_redis, &[]);
     let mut sub = b.subscribe(&format!("/events?lastEventId={old}")).await;
@@ -506,15 +485,13 @@ async fn a_node_joins_over_tls_and_refuses_a_certificate_it_cannot_verify() {
     }
     let dir = temp_dir("tls");
     let (ca, cert, key) = test_certificates(&dir);
-    let port = free_port();
-    let port_s = port.to_string();
-    let Some(_redis) = Redis::start_with(
-        port,
-        &[
+    let tls = |port: u16| {
+        let port = port.to_string();
+        let args = [
             "--port",
             "0",
             "--tls-port",
-            &port_s,
+            &port,
             "--tls-cert-file",
             &cert,
             "--tls-key-file",
@@ -523,10 +500,16 @@ async fn a_node_joins_over_tls_and_refuses_a_certificate_it_cannot_verify() {
             &ca,
             "--tls-auth-clients",
             "no",
-        ],
-    ) else {
-        return;
+        ]
+        .map(str::to_owned);
+        Redis::try_start_with(dir.join("redis.sock"), &args.each_ref().map(String::as_str))
     };
+    let (port, _redis) = (0..5)
+        .find_map(|_| {
+            let port = free_port();
+            Some((port, tls(port)?.ok()?))
+        })
+        .expect("redis-server got no TLS port of its own in 5 tries");
     let url = format!("rediss://127.0.0.1:{port}/");
     // Trusting the test CA: a member like any other, over TLS.
     let trust = format!("SSL_CERT_FILE={ca}");

@@ -44,16 +44,18 @@ impl std::fmt::Debug for RedisDocuments {
     }
 }
 
-/// Host and port of a Redis URL, for messages: never its password.
+/// Host and port (or socket path) of a Redis URL, for messages: never
+/// its password.
 fn where_(url: &str) -> String {
     url::Url::parse(url).map_or_else(
         |_| "the given address".to_owned(),
-        |u| {
-            format!(
+        |u| match u.scheme() {
+            "redis+unix" | "unix" => u.path().to_owned(),
+            _ => format!(
                 "{}:{}",
                 u.host_str().unwrap_or("?"),
                 u.port().unwrap_or(6379)
-            )
+            ),
         },
     )
 }
