@@ -15,7 +15,7 @@ import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
-import net from "node:net";
+import { createInterface } from "node:readline";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -31,35 +31,38 @@ const FLAGS = [
 ];
 const TOKEN = "browser-test-token-0123456789";
 
-async function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
+/**
+ * Starts the binary on `port` (0: the gateway picks one, so no port is
+ * found free and raced for) and resolves with the child and its port once
+ * it logs that it listens; its warnings and errors go to stderr. A restart
+ * asks for the port the first start got.
+ */
+async function startGateway(port = 0, extra = []) {
+  const child = spawn(BIN, [
+    "--listen", `127.0.0.1:${port}`, "--store", "memory", "--log-format", "json",
+    "--allow-destination-nets", "127.0.0.1/32", "--sse-retry", "300ms", ...extra,
+  ], { stdio: ["ignore", "ignore", "pipe"] });
+  const listening = new Promise((resolve, reject) => {
+    createInterface({ input: child.stderr }).on("line", (line) => {
+      let entry;
+      try { entry = JSON.parse(line); } catch { process.stderr.write(line + "\n"); return; }
+      if (entry.message === "listening") resolve(Number(entry.listen.split(":").pop()));
+      else if (entry.level === "WARN" || entry.level === "ERROR") process.stderr.write(line + "\n");
     });
+    child.once("exit", (code) => reject(new Error(`gateway exited with ${code} before listening`)));
   });
-}
-
-async function waitHealthy(port) {
+  const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error("gateway did not start in 10 s")), 10000).unref());
+  const bound = await Promise.race([listening, timeout]);
   for (let i = 0; i < 200; i++) {
     try {
-      if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return;
+      if ((await fetch(`http://127.0.0.1:${bound}/ready`)).ok) return { child, port: bound };
     } catch {}
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new Error(`gateway on ${port} did not start`);
+  throw new Error(`gateway on ${bound} did not become ready`);
 }
 
-async function startGateway(port, extra = []) {
-  const child = spawn(BIN, [
-    "--listen", `127.0.0.1:${port}`, "--store", "memory", "--log", "warn",
-    "--allow-destination-nets", "127.0.0.1/32", "--sse-retry", "300ms", ...extra,
-  ], { stdio: ["ignore", "ignore", "inherit"] });
-  await waitHealthy(port);
-  return child;
-}
-
-async function stopGateway(child) {
+async function stopGateway({ child }) {
   if (child.exitCode !== null) return;
   const exited = new Promise((r) => child.once("exit", r));
   child.kill("SIGTERM");
@@ -110,8 +113,8 @@ function assertNoConsoleErrors(errors) {
 }
 
 test("the dashboard streams, filters, registers, reconnects and fits a narrow window", async () => {
-  const port = await freePort();
-  let gateway = await startGateway(port);
+  let gateway = await startGateway();
+  const { port } = gateway;
   const hooks = [];
   const receiver = createServer((req, res) => { hooks.push(req.url); res.writeHead(204).end(); });
   await new Promise((r) => receiver.listen(0, "127.0.0.1", r));
@@ -225,8 +228,8 @@ test("the dashboard streams, filters, registers, reconnects and fits a narrow wi
 });
 
 test("a gateway that requires a token makes the page ask for it", async () => {
-  const port = await freePort();
-  const gateway = await startGateway(port, ["--api-token", TOKEN]);
+  const gateway = await startGateway(0, ["--api-token", TOKEN]);
+  const { port } = gateway;
   // Until the token is given, the gateway refuses the page's requests
   // (Chromium logs those loads as errors): "down" from the page's view.
   const state = { down: true };
@@ -254,9 +257,9 @@ function jwt(secret, claims) {
 }
 
 test("a scoped token logs in and sees only its devices", async () => {
-  const port = await freePort();
   const secret = "browser-jwt-secret-0123456789abcdef";
-  const gateway = await startGateway(port, ["--jwt-secret", secret]);
+  const gateway = await startGateway(0, ["--jwt-secret", secret]);
+  const { port } = gateway;
   const exp = Math.floor(Date.now() / 1000) + 600;
   const admin = jwt(secret, { sub: "ops", exp, ratatoskr: { admin: true } });
   const alice = jwt(secret, { sub: "alice", exp, ratatoskr: { subscribe: ["mac:112233445566"], accounts: ["acme"] } });
@@ -308,8 +311,8 @@ test("a scoped token logs in and sees only its devices", async () => {
 });
 
 test("a busy gateway does not freeze the tab; rows are keyboard reachable; focus survives redraws", async () => {
-  const port = await freePort();
-  const gateway = await startGateway(port);
+  const gateway = await startGateway(0);
+  const { port } = gateway;
   const state = { down: false };
   const { page, errors } = await open(port, state);
   try {

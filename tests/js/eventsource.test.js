@@ -4,7 +4,6 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { EventSource } from "eventsource";
@@ -13,17 +12,12 @@ const BIN = fileURLToPath(new URL("../../target/debug/ratatoskr", import.meta.ur
 const running = new Set();
 after(() => running.forEach((p) => p.kill("SIGKILL")));
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Starts the binary on `port`; resolves once it logs that it listens. */
-function startGateway(port, extra = []) {
+/**
+ * Starts the binary on `port` (0: the gateway picks one, so no port is
+ * found free and raced for); resolves with the child and its port once it
+ * logs that it listens. A restart asks for the port the first start got.
+ */
+function startGateway(port = 0, extra = []) {
   const child = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--log-format", "json", "--sse-retry", "200ms", "--store", "memory", ...extra], {
     stdio: ["ignore", "inherit", "pipe"],
   });
@@ -31,13 +25,16 @@ function startGateway(port, extra = []) {
   child.on("exit", () => running.delete(child));
   return new Promise((resolve, reject) => {
     createInterface({ input: child.stderr }).on("line", (line) => {
-      if (JSON.parse(line).message === "listening") resolve(child);
+      const entry = JSON.parse(line);
+      if (entry.message === "listening") {
+        resolve({ child, port: Number(entry.listen.split(":").pop()) });
+      }
     });
     child.on("exit", (code) => reject(new Error(`gateway exited with ${code}`)));
   });
 }
 
-async function stopGateway(child) {
+async function stopGateway({ child }) {
   const exited = new Promise((resolve) => child.on("exit", resolve));
   child.kill("SIGTERM");
   assert.equal(await exited, 0, "the gateway exits 0 on SIGTERM");
@@ -85,8 +82,8 @@ function opened(es) {
 }
 
 test("an EventSource receives events with their ids, filtered by device", async () => {
-  const port = await freePort();
-  const gw = await startGateway(port);
+  const gw = await startGateway();
+  const { port } = gw;
   const base = `http://127.0.0.1:${port}`;
   const es = new EventSource(`${base}/events?device=sensor-1`);
   const next = collect(es);
@@ -102,8 +99,8 @@ test("an EventSource receives events with their ids, filtered by device", async 
 });
 
 test("lastEventId in the URL resumes with exactly the missed events", async () => {
-  const port = await freePort();
-  const gw = await startGateway(port);
+  const gw = await startGateway();
+  const { port } = gw;
   const base = `http://127.0.0.1:${port}`;
   const first = await post(base, { n: 1 });
   await post(base, { n: 2 });
@@ -117,8 +114,8 @@ test("lastEventId in the URL resumes with exactly the missed events", async () =
 });
 
 test("after a restart the client reconnects by itself, sends Last-Event-ID and is told of the gap", async () => {
-  const port = await freePort();
-  let gw = await startGateway(port);
+  let gw = await startGateway();
+  const { port } = gw;
   const base = `http://127.0.0.1:${port}`;
   const es = new EventSource(`${base}/events`);
   const next = collect(es, ["shutdown", "gap"]);
