@@ -7,6 +7,7 @@ use std::time::Duration;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
+use crate::support::client::Api;
 use crate::support::util::{Gateway, Reply};
 
 const SECRET: &str = "an-accounts-test-secret-0123456789";

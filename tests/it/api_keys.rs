@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process, BIN};
 use crate::support::util::series_value;
 

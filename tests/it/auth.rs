@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 const TOKEN: &str = "a-test-token-of-some-length";

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process};
 use crate::support::util::{eventually, series_value, SseClient};
 
@@ -1019,10 +1020,10 @@ async fn a_resume_from_the_shared_stream_stops_at_its_byte_budget_with_a_gap() {
         c.cluster_replay_max_bytes = BUDGET;
     })
     .await;
-    let first = gw.post_json(&json!({"n": 0})).await;
+    let first = gw.publish_json(&json!({"n": 0})).await;
     let pad = "x".repeat(EVENT);
     for n in 1..=20 {
-        gw.post_json(&json!({"n": n, "pad": pad})).await;
+        gw.publish_json(&json!({"n": n, "pad": pad})).await;
     }
     let mut sub = gw
         .subscribe_with("/events", &[("last-event-id", &first)])

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::forward::register_ok;
+use crate::support::client::Api;
 use crate::support::receiver::{Received, Receiver};
 use crate::support::util::{eventually, labelled_sum, Gateway};
 
 const DEVICE: &str = "mac:112233445566";
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn publish(gw: &Gateway, i: usize) -> String {
+/// Posts event `{"n": i}` for [`DEVICE`] to any gateway; its id.
+async fn publish(gw: &impl Api, i: usize) -> String {
     let r = gw
         .post(
             &format!("/api/events?device={DEVICE}&type=t"),
@@ -269,19 +271,11 @@ async fn the_delivery_log_is_its_owners_and_refuses_bad_queries() {
     assert!(started.elapsed() < WAIT);
 }
 
-/// Posts `n` events to a gateway process; their ids.
-async fn post_events(gw: &crate::support::process::Process, n: usize) -> Vec<String> {
+/// Posts `n` events to a gateway; their ids.
+async fn post_events(gw: &impl Api, n: usize) -> Vec<String> {
     let mut posted = Vec::new();
     for i in 0..n {
-        let r = gw
-            .post(
-                &format!("/api/events?device={DEVICE}&type=t"),
-                "application/json",
-                json!({ "n": i }).to_string(),
-            )
-            .await;
-        assert_eq!(r.status, 202, "{}", r.text);
-        posted.push(r.body["id"].as_str().unwrap().to_owned());
+        posted.push(publish(gw, i).await);
     }
     posted
 }

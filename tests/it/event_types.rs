@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 #[tokio::test]

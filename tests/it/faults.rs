@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process};
 use crate::support::receiver::Receiver;
 

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 
+use crate::support::client::Api;
 use crate::support::receiver::Receiver;
 use crate::support::util::{eventually, Gateway, Reply};
 

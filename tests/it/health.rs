@@ -1,5 +1,6 @@
 //! /health, /ready, /metrics, /api/stats and the dashboard page.
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 #[tokio::test]
@@ -20,7 +21,7 @@ async fn metrics_count_ingest_deliveries_and_subscribers() {
     let mut sub = gw.subscribe("/events").await;
     let _other = gw.subscribe("/events?device=elsewhere").await;
     gw.wait_subscribers(2).await;
-    gw.post_json(&serde_json::json!(1)).await;
+    gw.publish_json(&serde_json::json!(1)).await;
     gw.post("/api/events", "text/plain", "x").await;
     sub.expect_event().await;
     let text = gw

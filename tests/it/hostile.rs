@@ -8,6 +8,7 @@ use ratatoskr::state::store::StoreKind;
 use ratatoskr::state::store::{Collection, Store};
 use serde_json::{json, Value};
 
+use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process};
 use crate::support::receiver::Receiver;
 use crate::support::util::series_value;

@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -77,7 +78,7 @@ async fn stalled_stream(gw: &Gateway, events: usize) -> (H2c, h2::RecvStream) {
     gw.wait_subscribers(1).await;
     let pad = "x".repeat(4096);
     for n in 0..events {
-        gw.post_json(&json!({"n": n, "pad": pad})).await;
+        gw.publish_json(&json!({"n": n, "pad": pad})).await;
     }
     (client, body)
 }
@@ -133,7 +134,8 @@ async fn idle_h2c_connections_are_closed_after_the_1s_idle_timeout_but_a_stream_
         !busy.closed_within(Duration::ZERO).await,
         "an h2 connection with a stream open was closed as idle"
     );
-    gw.post_json(&json!({"n": "after the idle timeout"})).await;
+    gw.publish_json(&json!({"n": "after the idle timeout"}))
+        .await;
     let (got, seen) = read_until(
         &mut stream,
         "after the idle timeout",

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 #[tokio::test]
@@ -166,7 +167,7 @@ async fn bad_input_gets_problem_json_with_the_right_status() {
     }
     // Nothing bad was published, and the gateway still works.
     let mut sub = gw.subscribe("/events").await;
-    gw.post_json(&json!({"still": "alive"})).await;
+    gw.publish_json(&json!({"still": "alive"})).await;
     assert_eq!(sub.expect_event().await.json()["still"], "alive");
     sub.expect_silence(Duration::from_millis(200)).await;
 }

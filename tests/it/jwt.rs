@@ -8,6 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 const SECRET: &str = "a-jwt-secret-of-some-good-length-0123";

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::client::Api;
 use crate::support::util::{series_value, Gateway};
 
 #[tokio::test]
@@ -83,7 +84,7 @@ async fn streams_over_the_per_address_cap_get_429_until_one_closes() {
     drop(a);
     gw.wait_subscribers(1).await;
     let mut c = gw.subscribe("/events").await;
-    gw.post_json(&serde_json::json!({"n": 1})).await;
+    gw.publish_json(&serde_json::json!({"n": 1})).await;
     assert!(c.next_event(Duration::from_secs(5)).await.is_some());
 }
 

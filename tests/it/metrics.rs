@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::forward::register_ok;
+use crate::support::client::Api;
 use crate::support::receiver::Receiver;
 use crate::support::util::{eventually, series_value, Gateway};
 

@@ -2,6 +2,7 @@
 //! gateway serves (schemathesis checks the responses against it, in
 //! tests/contract/run.sh).
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use ratatoskr::state::store::StoreKind;
 use serde_json::json;
 
 use crate::forward::register_ok;
+use crate::support::client::Api;
 use crate::support::receiver::Receiver;
 use crate::support::util::Gateway;
 
@@ -104,7 +105,7 @@ async fn ids_keep_increasing_across_a_restart_even_if_the_clock_went_back() {
         })
     };
     let gw = start(dir.clone()).await;
-    let before = gw.post_json(&json!(1)).await;
+    let before = gw.publish_json(&json!(1)).await;
     assert!(gw.shutdown().await);
     // As if the previous process ran a day ahead of today's clock.
     let ahead = ratatoskr::event::EventId::floor_at(
@@ -130,7 +131,7 @@ async fn ids_keep_increasing_across_a_restart_even_if_the_clock_went_back() {
             .unwrap();
     }
     let gw = start(dir.clone()).await;
-    let after = gw.post_json(&json!(2)).await;
+    let after = gw.publish_json(&json!(2)).await;
     assert!(after > ahead.to_string(), "{after} continues above {ahead}");
     assert!(after > before);
     // A client holding an id from before the restart resumes from the

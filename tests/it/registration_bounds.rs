@@ -10,6 +10,7 @@ use ratatoskr::state::store::{Collection, Store};
 use serde_json::{json, Value};
 
 use crate::forward::{register, register_ok};
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 const DEVICE: &str = "mac:112233445566";

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::client::Api;
 use crate::support::util::{Gateway, SseItem};
 
 #[tokio::test]
@@ -39,7 +40,7 @@ async fn query_last_event_id_works_and_the_header_wins() {
     let gw = Gateway::start().await;
     let mut ids = Vec::new();
     for n in 0..4 {
-        ids.push(gw.post_json(&json!(n)).await);
+        ids.push(gw.publish_json(&json!(n)).await);
     }
     let mut q = gw
         .subscribe(&format!("/events?lastEventId={}", ids[1]))
@@ -64,9 +65,9 @@ async fn an_id_older_than_the_ring_gets_a_gap_notice_then_what_is_left() {
         return;
     }
     let gw = Gateway::start_with(|c| c.replay_capacity = 3).await;
-    let first = gw.post_json(&json!(0)).await;
+    let first = gw.publish_json(&json!(0)).await;
     for n in 1..6 {
-        gw.post_json(&json!(n)).await;
+        gw.publish_json(&json!(n)).await;
     }
     let mut sub = gw
         .subscribe_with("/events", &[("last-event-id", &first)])
@@ -87,7 +88,7 @@ async fn an_id_from_before_this_process_started_gets_a_gap_notice() {
         return;
     }
     let gw = Gateway::start().await;
-    gw.post_json(&json!("new")).await;
+    gw.publish_json(&json!("new")).await;
     let mut sub = gw
         .subscribe_with("/events", &[("last-event-id", "0000000000000001")])
         .await;
@@ -98,7 +99,7 @@ async fn an_id_from_before_this_process_started_gets_a_gap_notice() {
 #[tokio::test]
 async fn the_newest_id_resumes_with_nothing_and_no_gap() {
     let gw = Gateway::start().await;
-    let id = gw.post_json(&json!(1)).await;
+    let id = gw.publish_json(&json!(1)).await;
     let mut sub = gw
         .subscribe_with("/events", &[("last-event-id", &id)])
         .await;
@@ -117,10 +118,10 @@ async fn events_older_than_the_max_age_are_not_replayed() {
         return;
     }
     let gw = Gateway::start_with(|c| c.replay_max_age = Duration::from_millis(300)).await;
-    let id = gw.post_json(&json!("old")).await;
-    gw.post_json(&json!("expires")).await;
+    let id = gw.publish_json(&json!("old")).await;
+    gw.publish_json(&json!("expires")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    gw.post_json(&json!("fresh")).await;
+    gw.publish_json(&json!("fresh")).await;
     let mut sub = gw
         .subscribe_with("/events", &[("last-event-id", &id)])
         .await;

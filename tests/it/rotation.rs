@@ -13,6 +13,7 @@ use ratatoskr::state::store::StoreKind;
 use serde_json::{json, Value};
 
 use crate::forward::{publish, register_ok};
+use crate::support::client::Api;
 use crate::support::receiver::{Received, Receiver};
 use crate::support::util::{Gateway, Reply};
 

@@ -6,6 +6,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process, BIN};
 
 /// Runs the binary to its exit (it must exit by itself, within 20 s).

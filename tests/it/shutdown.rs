@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 #[tokio::test]
@@ -12,7 +13,7 @@ async fn shutdown_tells_subscribers_ends_streams_and_drains() {
     let addr = gw.addr;
     let mut a = gw.subscribe("/events").await;
     let mut b = gw.subscribe("/events?device=x").await;
-    gw.post_json(&serde_json::json!("before")).await;
+    gw.publish_json(&serde_json::json!("before")).await;
     assert_eq!(a.expect_event().await.data, "\"before\"");
     let drained = tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
         .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::support::client::Api;
 use crate::support::process::BIN;
 use crate::support::util::Gateway;
 

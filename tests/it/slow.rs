@@ -6,6 +6,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 /// An SSE subscriber that connects with a tiny receive buffer and does not read.

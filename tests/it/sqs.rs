@@ -9,6 +9,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use crate::forward::register_ok;
+use crate::support::client::Api;
 use crate::support::util::Gateway;
 
 struct Moto {

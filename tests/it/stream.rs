@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::client::Api;
 use crate::support::util::{Gateway, SseItem};
 
 #[tokio::test]
@@ -125,7 +126,9 @@ async fn hostile_payloads_cannot_forge_frames() {
         "{\"a\":1,\"id: 999\":\"event: admin\",\"data: forged\":0}"
     );
     // Strings with escaped newlines and SSE-looking text stay one data line.
-    let id2 = gw.post_json(&json!({"x": "a\nid: 1\n\ndata: evil"})).await;
+    let id2 = gw
+        .publish_json(&json!({"x": "a\nid: 1\n\ndata: evil"}))
+        .await;
     let ev = sub.expect_event().await;
     assert_eq!(ev.id.as_deref(), Some(id2.as_str()));
     assert_eq!(ev.json()["x"], "a\nid: 1\n\ndata: evil");
@@ -158,7 +161,7 @@ async fn heartbeats_go_on_after_an_event_one_interval_after_the_last_write() {
     let gw = Gateway::start_with(|c| c.heartbeat = Duration::from_secs(1)).await;
     let mut sub = gw.subscribe("/events").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    gw.post_json(&json!({"n": 1})).await;
+    gw.publish_json(&json!({"n": 1})).await;
     sub.expect_event().await;
     let written = tokio::time::Instant::now();
     // The timer set at the start fires at 1 s, half an interval after the
@@ -258,7 +261,7 @@ async fn many_subscribers_each_get_every_event_once_in_order() {
         subs.push(gw.subscribe("/events").await);
     }
     for n in 0..100 {
-        gw.post_json(&json!({"n": n})).await;
+        gw.publish_json(&json!({"n": n})).await;
     }
     for sub in &mut subs {
         for n in 0..100 {
@@ -277,7 +280,7 @@ async fn a_burst_of_large_events_arrives_whole_and_in_order() {
     let mut ids = Vec::new();
     for i in 0..30 {
         let text = format!("{i:03}{}", "x".repeat(100 * 1024));
-        ids.push(gw.post_json(&json!(text)).await);
+        ids.push(gw.publish_json(&json!(text)).await);
     }
     for (i, id) in ids.iter().enumerate() {
         let ev = sub.expect_event().await;
@@ -455,7 +458,7 @@ async fn inline_writes_into_a_full_socket_are_finished_whole_and_in_order() {
     // Not read while they are published: the socket fills up mid-event.
     for i in 0..EVENTS {
         let text = format!("{i:04}{}", "y".repeat(32 * 1024 + i));
-        gw.post_json(&json!(text)).await;
+        gw.publish_json(&json!(text)).await;
     }
     let events = read_chunked_events(&mut s, EVENTS, Duration::ZERO).await;
     for (i, text) in events.iter().enumerate() {

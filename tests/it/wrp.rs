@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::support::client::Api;
 use crate::support::util::{vector, vectors_dir, Gateway};
 
 const VALID: &[&str] = &[

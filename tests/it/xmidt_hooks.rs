@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::support::client::Api;
 use crate::support::receiver::Receiver;
 use crate::support::util::Gateway;
 

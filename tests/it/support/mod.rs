@@ -1,8 +1,9 @@
-//! The harness every black-box test uses: in-process gateways and their
-//! clients ([`util`]), the gateway binary as a child process ([`process`]),
+//! The harness every black-box test uses: in-process gateways ([`util`]),
+//! one client API for them and child processes alike ([`client`]), the gateway binary as a child process ([`process`]),
 //! webhook receivers that record what they get ([`receiver`]), and the one
 //! way a test that cannot run here says so ([`skip`]).
 
+pub mod client;
 pub mod process;
 pub mod receiver;
 pub mod skip;

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::util::Reply;
-
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ratatoskr");
 
@@ -23,6 +21,16 @@ pub struct Process {
     /// Every line it wrote to stdout or stderr so far.
     pub log: Arc<Mutex<Vec<String>>>,
     pub http: reqwest::Client,
+}
+
+impl crate::support::client::Api for Process {
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
 }
 
 /// A fresh, empty directory under the system's temporary directory.
@@ -120,60 +128,6 @@ impl Process {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub async fn get(&self, path: &str) -> Reply {
-        Reply::read(self.http.get(self.url(path)).send().await.unwrap()).await
-    }
-
-    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
-        Reply::read(
-            self.http
-                .post(self.url(path))
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-
-    /// Opens `GET path` as an SSE stream.
-    pub async fn subscribe(&self, path: &str) -> crate::support::util::SseClient {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .header("accept", "text/event-stream")
-            .timeout(Duration::from_secs(3600))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "subscribe {path}");
-        crate::support::util::SseClient::new(resp)
-    }
-
-    /// Posts `body` as `content_type`.
-    pub async fn post(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> Reply {
-        Reply::read(
-            self.http
-                .post(self.url(path))
-                .header("content-type", content_type)
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
     }
 
     /// Waits (at most 5 s) until a line of its log contains every needle;

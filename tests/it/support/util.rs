@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::support::client::Api;
+
 /// A gateway running in this process.
 /// Polls `probe` every 10 ms until it holds; fails the test, naming
 /// `what`, once `within` has passed.
@@ -63,6 +65,16 @@ pub fn embedded_only(why: &str) -> bool {
     false
 }
 
+impl crate::support::client::Api for Gateway {
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
 pub struct Gateway {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -107,39 +119,8 @@ impl Gateway {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// Posts `body` with `content_type`; returns status, headers and JSON body.
-    pub async fn post(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> Reply {
-        self.post_with(path, content_type, body, &[]).await
-    }
-
-    pub async fn post_with(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-        headers: &[(&str, &str)],
-    ) -> Reply {
-        let mut req = self
-            .http
-            .post(self.url(path))
-            .header("content-type", content_type)
-            .body(body);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        Reply::read(req.send().await.expect("post")).await
-    }
-
-    pub async fn post_json(&self, body: &Value) -> String {
+    /// Publishes `body` as a JSON event (202 or the test fails); its id.
+    pub async fn publish_json(&self, body: &Value) -> String {
         let r = self
             .post("/api/events", "application/json", body.to_string())
             .await;
@@ -155,39 +136,6 @@ impl Gateway {
             .await;
         assert_eq!(r.status, 202, "{name}: {}", r.text);
         wrp
-    }
-
-    /// `PUT path` with a JSON body.
-    pub async fn put_json(&self, path: &str, body: &Value) -> Reply {
-        let req = self
-            .http
-            .put(self.url(path))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        Reply::read(req.send().await.expect("put")).await
-    }
-
-    pub async fn get(&self, path: &str) -> Reply {
-        Reply::read(self.http.get(self.url(path)).send().await.expect("get")).await
-    }
-
-    /// Opens `GET path` as an SSE stream and waits for the response head.
-    pub async fn subscribe(&self, path: &str) -> SseClient {
-        self.subscribe_with(path, &[]).await
-    }
-
-    pub async fn subscribe_with(&self, path: &str, headers: &[(&str, &str)]) -> SseClient {
-        let mut req = self
-            .http
-            .get(self.url(path))
-            .header("accept", "text/event-stream")
-            .timeout(Duration::from_secs(3600));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("subscribe");
-        assert_eq!(resp.status(), 200, "subscribe {path}");
-        SseClient::new(resp)
     }
 
     /// Subscribers the gateway reports now.
