@@ -1,16 +1,15 @@
 //! `/api/accounts`: which devices each account owns (admins only). A
 //! token's `accounts` claim grants subscription to them.
 
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::body::read_json;
+use super::body::ApiJson;
 use super::App;
 use crate::error::ApiError;
 use crate::state::accounts::{Account, AccountError, DevicesRequest};
@@ -144,10 +143,8 @@ pub async fn devices(State(app): State<App>, Path(id): Path<String>) -> Result<R
 pub async fn put_devices(
     State(app): State<App>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<DevicesRequest>,
 ) -> Result<Response, ApiError> {
-    let req: DevicesRequest = read_json(&app, &headers, body).await?;
     let accounts = app.accounts.clone();
     let (account, created) = super::store_write(move || accounts.put(&id, &req.devices)).await?;
     Ok(changed(created, &account))

@@ -77,6 +77,21 @@ pub async fn read_json<T: DeserializeOwned>(
     parse_json(&bytes)
 }
 
+/// A handler's JSON body, read as [`read_json`] reads it (the extractor a
+/// handler takes last; `Result<ApiJson<T>, ApiError>` to answer its own
+/// error instead).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> axum::extract::FromRequest<App> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, app: &App) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        read_json(app, &parts.headers, body).await.map(Self)
+    }
+}
+
 /// Parses JSON with the same 400/422 split as [`read_json`].
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {

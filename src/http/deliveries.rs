@@ -16,6 +16,7 @@ use axum::Json;
 use std::sync::Arc;
 
 use super::auth::Caller;
+use super::body::ApiJson;
 use super::query::QueryPairs;
 use super::App;
 use crate::error::ApiError;
@@ -106,11 +107,9 @@ pub async fn replay(
     State(app): State<App>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    headers: http::HeaderMap,
-    body: axum::body::Body,
+    ApiJson(req): ApiJson<ReplayRequest>,
 ) -> Result<Response, ApiError> {
     let r = super::registrations::visible(&app, &who, &id)?;
-    let req: ReplayRequest = super::body::read_json(&app, &headers, body).await?;
     let (replay, outbox) = Replay::prepare(&app, &r, req.point()?).await?;
     let running = Running::start(&app, &r.id)?;
     // Counted first (the answer says how many), then sent in the

@@ -1,12 +1,11 @@
 //! `/api/event-types`: event type definitions with optional JSON Schemas.
 
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 
-use super::body::read_json;
+use super::body::ApiJson;
 use super::App;
 use crate::error::ApiError;
 use crate::state::catalog::{CatalogError, EventType, EventTypeRequest};
@@ -66,10 +65,8 @@ pub async fn list(State(app): State<App>) -> Response {
 )]
 pub async fn create(
     State(app): State<App>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<EventTypeRequest>,
 ) -> Result<Response, ApiError> {
-    let req: EventTypeRequest = read_json(&app, &headers, body).await?;
     let name = req.name.clone().unwrap_or_default();
     let catalog = app.catalog.clone();
     let (def, _) = super::store_write(move || catalog.put(&name, req, true)).await?;
@@ -121,10 +118,8 @@ pub async fn get_one(State(app): State<App>, Path(name): Path<String>) -> Respon
 pub async fn put(
     State(app): State<App>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<EventTypeRequest>,
 ) -> Result<Response, ApiError> {
-    let req: EventTypeRequest = read_json(&app, &headers, body).await?;
     if req.name.as_deref().is_some_and(|n| n != name) {
         return Err(ApiError::unprocessable(
             "the body's name differs from the path's",

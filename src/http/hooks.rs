@@ -14,16 +14,15 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Digest;
 
-use super::body::read_json;
+use super::body::ApiJson;
 use super::registrations::check_addresses;
 use super::App;
 use crate::error::ApiError;
@@ -35,9 +34,16 @@ use crate::state::registry::spec::{Origin, Registration, RegistrationRequest};
 use crate::state::registry::RegistryError;
 use crate::validation::describe;
 
+/// A hook registered, as Caduceus answers it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct HookRegistered {
+    /// `Success`.
+    message: &'static str,
+}
+
 /// The ancla v1 webhook registration.
 #[derive(Debug, Deserialize)]
-struct Hook {
+pub struct Hook {
     config: HookConfig,
     #[serde(default)]
     failure_url: Option<String>,
@@ -80,7 +86,7 @@ fn refused(detail: impl Into<String>) -> ApiError {
     tag = "xmidt",
     request_body(content = serde_json::Value, content_type = "application/json", description = "The ancla webhook registration: config.url, events, matcher.device_id, duration or until"),
     responses(
-        (status = 200, description = "Registered", body = serde_json::Value),
+        (status = 200, description = "Registered", body = HookRegistered),
         (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::problems::Problem),
         crate::http::problems::JsonBody,
         crate::http::problems::Guarded,
@@ -92,12 +98,9 @@ fn refused(detail: impl Into<String>) -> ApiError {
 pub async fn register(
     State(app): State<App>,
     peer: Option<Extension<PeerAddr>>,
-    headers: HeaderMap,
-    body: Body,
+    hook: Result<ApiJson<Hook>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let hook: Hook = read_json(&app, &headers, body)
-        .await
-        .map_err(|e| refused(format!("invalid webhook registration: {e}")))?;
+    let ApiJson(hook) = hook.map_err(|e| refused(format!("invalid webhook registration: {e}")))?;
     let id = hex::encode(sha2::Sha256::digest(hook.config.url.as_bytes()));
     let req = registration_of(
         hook,
@@ -109,7 +112,7 @@ pub async fn register(
         .map_err(|e| refused(e.to_string()))?;
     let r = upsert(&app, id, req).await?;
     tracing::info!(id = %r.id, destination = %r.destination.label(), "xmidt webhook registered");
-    Ok(Json(json!({ "message": "Success" })).into_response())
+    Ok(Json(HookRegistered { message: "Success" }).into_response())
 }
 
 /// Stores the hook's registration under `id`: a new one, or a renewal of
@@ -180,7 +183,7 @@ fn registration_of(
 #[utoipa::path(post, path = "/api/v2/hook", tag = "xmidt",
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
-        (status = 200, description = "Registered", body = serde_json::Value),
+        (status = 200, description = "Registered", body = HookRegistered),
         (status = 400, description = "Malformed or refused registration", content_type = "application/problem+json", body = crate::http::problems::Problem),
         (status = 422, description = "Past the bytes all registrations may keep (--max-registration-bytes)", content_type = "application/problem+json", body = crate::http::problems::Problem),
         (status = 429, description = "Rate limited", content_type = "application/problem+json", body = crate::http::problems::Problem),
@@ -191,10 +194,9 @@ fn registration_of(
 pub async fn register_v2(
     state: State<App>,
     peer: Option<Extension<PeerAddr>>,
-    headers: HeaderMap,
-    body: Body,
+    hook: Result<ApiJson<Hook>, ApiError>,
 ) -> Result<Response, ApiError> {
-    register(state, peer, headers, body).await
+    register(state, peer, hook).await
 }
 
 /// The same as `GET /hooks`, at ancla's v2 path.

@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use serde_json::json;
 
 use super::auth::Caller;
 use super::body::read_body;
@@ -282,20 +281,15 @@ fn peer_source(ip: std::net::IpAddr) -> String {
 /// Counts a batch and answers it: 202 with every line's result, or 400
 /// (with the results) when no line was accepted.
 fn batch_reply(app: &App, batch: BatchOutcome) -> Result<Response, ApiError> {
-    let BatchOutcome {
-        results,
-        accepted,
-        rejected,
-    } = batch;
     app.metrics
-        .ingested(IngestFormat::Ndjson, IngestResult::Accepted, accepted);
+        .ingested(IngestFormat::Ndjson, IngestResult::Accepted, batch.accepted);
     app.metrics
-        .ingested(IngestFormat::Ndjson, IngestResult::Rejected, rejected);
-    let summary = json!({"accepted": accepted, "rejected": rejected, "results": results});
-    if accepted == 0 {
+        .ingested(IngestFormat::Ndjson, IngestResult::Rejected, batch.rejected);
+    if batch.accepted == 0 {
+        let summary = serde_json::to_value(&batch).unwrap_or_default();
         return Err(ApiError::bad_request("no line of the batch was accepted").with_extra(summary));
     }
-    Ok((StatusCode::ACCEPTED, Json(summary)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(batch)).into_response())
 }
 
 fn overrides(query: Option<&str>, headers: &HeaderMap) -> Result<Overrides, ApiError> {

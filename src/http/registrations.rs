@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +20,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::body::read_json;
+use super::body::ApiJson;
 use super::query::QueryPairs;
 use super::App;
 use crate::auth::Principal;
@@ -272,11 +271,9 @@ fn within_scope(app: &App, who: &Principal, r: &Registration) -> Result<(), Regi
 pub async fn create(
     State(app): State<App>,
     Caller(who): Caller,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<RegistrationRequest>,
 ) -> Result<Response, ApiError> {
     let owner = owner_of(&who)?.map(str::to_owned);
-    let req: RegistrationRequest = read_json(&app, &headers, body).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let registry = app.registry.clone();
     let mut registration = compile(move || registry.build(req, id, Origin::Api, None)).await?;
@@ -384,10 +381,9 @@ pub async fn replace(
     Caller(who): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Body,
+    ApiJson(mut req): ApiJson<RegistrationRequest>,
 ) -> Result<Response, ApiError> {
     let condition = if_match(&headers)?.map(str::to_owned);
-    let mut req: RegistrationRequest = read_json(&app, &headers, body).await?;
     let current = visible(&app, &who, &id)?;
     req.destination.inherit_secrets(&current.destination);
     check_addresses(&app, &req.destination).await?;

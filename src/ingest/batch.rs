@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::json;
 
 use super::{fingerprint, Format, Overrides, Pipeline};
 use crate::auth::Principal;
@@ -16,15 +15,38 @@ use crate::event::{json as json_event, EventDraft};
 /// regardless (those readers then lag, as their policy says).
 const PACING_BUDGET: Duration = Duration::from_secs(1);
 
-/// What a batch did, line by line.
-#[derive(Debug)]
+/// What a batch did, line by line: the body of its answer.
+#[derive(Debug, serde::Serialize)]
 pub struct BatchOutcome {
-    /// Each line's result: `{"line", "id"}` or `{"line", "status", "detail"}`.
-    pub results: Vec<serde_json::Value>,
     /// Lines published.
     pub accepted: u64,
     /// Lines refused.
     pub rejected: u64,
+    /// Each line's result, in line order.
+    pub results: Vec<LineResult>,
+}
+
+/// One line's result.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum LineResult {
+    /// Published: `{"line", "id"}`.
+    Accepted {
+        /// The line's number (from 1).
+        line: usize,
+        /// Its event's id.
+        id: String,
+    },
+    /// Refused: `{"line", "status", "detail"}`, what the line alone would
+    /// have been answered.
+    Rejected {
+        /// The line's number (from 1).
+        line: usize,
+        /// The HTTP status.
+        status: u16,
+        /// Why.
+        detail: String,
+    },
 }
 
 impl Pipeline {
@@ -78,8 +100,10 @@ impl Pipeline {
             match outcome {
                 Ok(o) => {
                     done.accepted += 1;
-                    done.results
-                        .push(json!({"line": line, "id": o.id.to_string()}));
+                    done.results.push(LineResult::Accepted {
+                        line,
+                        id: o.id.to_string(),
+                    });
                     if o.deepest >= half_full && paced < PACING_BUDGET {
                         let pause = Duration::from_millis(1);
                         tokio::time::sleep(pause).await;
@@ -105,7 +129,7 @@ impl Pipeline {
         overrides: &Overrides,
         lines: Vec<(usize, Bytes)>,
     ) -> Result<BatchOutcome, ApiError> {
-        let mut results: Vec<serde_json::Value> = Vec::with_capacity(lines.len());
+        let mut results: Vec<LineResult> = Vec::with_capacity(lines.len());
         let mut drafts = Vec::new();
         let mut slots = Vec::new();
         for (line, text) in lines {
@@ -114,8 +138,12 @@ impl Pipeline {
                 .and_then(|d| self.check(who, &d).map(|()| d));
             match checked {
                 Ok(d) => {
-                    slots.push((results.len(), line));
-                    results.push(serde_json::Value::Null);
+                    slots.push(results.len());
+                    // Its id once the write answers.
+                    results.push(LineResult::Accepted {
+                        line,
+                        id: String::new(),
+                    });
                     drafts.push(d);
                 }
                 Err(e) => results.push(rejected_line(line, &e)),
@@ -125,8 +153,10 @@ impl Pipeline {
         let accepted = drafts.len() as u64;
         if !drafts.is_empty() {
             let ids = self.bus.append_all(&drafts).await?;
-            for ((slot, line), id) in slots.into_iter().zip(ids) {
-                results[slot] = json!({"line": line, "id": id.to_string()});
+            for (slot, published) in slots.into_iter().zip(ids) {
+                if let LineResult::Accepted { id, .. } = &mut results[slot] {
+                    *id = published.to_string();
+                }
             }
         }
         Ok(BatchOutcome {
@@ -138,6 +168,10 @@ impl Pipeline {
 }
 
 /// A refused line of a batch, as its result.
-fn rejected_line(line: usize, e: &ApiError) -> serde_json::Value {
-    json!({"line": line, "status": e.status().as_u16(), "detail": e.to_string()})
+fn rejected_line(line: usize, e: &ApiError) -> LineResult {
+    LineResult::Rejected {
+        line,
+        status: e.status().as_u16(),
+        detail: e.to_string(),
+    }
 }
