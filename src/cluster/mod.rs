@@ -9,7 +9,7 @@
 //! An event is answered 202 only once Redis has it, and reaches subscribers
 //! on every node (the ingesting one included) through that node's reader,
 //! so every node publishes the same events in the same order with the same
-//! ids (the stream ids, mapped one-to-one by [`wire`]). Local fan-out,
+//! ids (the stream ids, mapped one-to-one by [`crate::event::wire`]). Local fan-out,
 //! filters, coalescing and slow-subscriber handling are the embedded
 //! mode's code. A resume that the local ring does not cover is served from
 //! the stream (XRANGE). Idempotency keys are Redis keys (SET NX PX).
