@@ -41,7 +41,7 @@ pub struct SharedStream {
     progress: ReaderProgress,
     /// To the appender task ([`append`]).
     appends: tokio::sync::mpsc::Sender<append::Append>,
-    pub(super) metrics: ClusterMetrics,
+    metrics: ClusterMetrics,
 }
 
 impl std::fmt::Debug for SharedStream {

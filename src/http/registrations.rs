@@ -151,7 +151,7 @@ impl<'a> RegistrationView<'a> {
     /// `r` as shown now, with its destination's figures (while it is
     /// active and its destination has any).
     pub fn of(app: &App, r: &'a Registration) -> Self {
-        let now = chrono::Utc::now();
+        let now = Utc::now();
         let ts = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
         let delivery = match app.forwarding.destinations().get(&r.destination) {
             Some(o) if r.disabled.is_none() => Some(DeliveryFigures {
@@ -190,8 +190,10 @@ impl<'a> RegistrationView<'a> {
 }
 
 fn with_etag(status: StatusCode, app: &App, r: &Registration) -> Response {
-    let mut response = (status, Json(RegistrationView::of(app, r))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&r.etag()) {
+    let view = RegistrationView::of(app, r);
+    let etag = HeaderValue::from_str(&view.etag);
+    let mut response = (status, Json(view)).into_response();
+    if let Ok(v) = etag {
         response.headers_mut().insert(header::ETAG, v);
     }
     response

@@ -488,22 +488,23 @@ async fn a_node_joins_over_tls_and_refuses_a_certificate_it_cannot_verify() {
     let (ca, cert, key) = test_certificates(&dir);
     let tls = |port: u16| {
         let port = port.to_string();
-        let args = [
-            "--port",
-            "0",
-            "--tls-port",
-            &port,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ]
-        .map(str::to_owned);
-        Redis::try_start_with(dir.join("redis.sock"), &args.each_ref().map(String::as_str))
+        Redis::try_start_with(
+            dir.join("redis.sock"),
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        )
     };
     let (port, _redis) = (0..5)
         .find_map(|_| {
