@@ -97,6 +97,21 @@ fn an_unreachable_redis_is_named_without_its_password() {
 }
 
 #[test]
+fn a_missing_redis_socket_is_named_and_another_scheme_is_refused() {
+    let dir = temp_dir("no-redis");
+    let socket = dir.join("redis.sock").display().to_string();
+    let r = run(&["--redis-url", &format!("redis+unix://{socket}")], &[]);
+    assert_fatal(&r, &[&socket, "--redis-url", "cannot reach Redis"]);
+    let r = run(&["--redis-url", "http://127.0.0.1:6379/"], &[]);
+    assert_eq!(r.status.code(), Some(2));
+    assert_fatal(
+        &r,
+        &["--redis-url", "redis://", "rediss://", "redis+unix://"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_values_name_their_flag_or_variable() {
     let r = run(&["--heartbeat", "-5s"], &[]);
     assert_eq!(r.status.code(), Some(2));
