@@ -128,6 +128,7 @@ impl Cluster {
                 }
             }
         }
+        forwarding.destinations().caught_up(&d);
         done.store(true, Ordering::Release);
     }
 

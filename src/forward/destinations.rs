@@ -147,17 +147,28 @@ impl Destinations {
     }
 
     /// Starts forwarding to `d` the live events after `after` (cluster: its
-    /// lease was just taken; the caller replays the older ones). False if
-    /// `d` is not live.
+    /// lease was just taken; the caller replays the older ones, then calls
+    /// [`Destinations::caught_up`]: until then its deliveries are held, so
+    /// that no live event goes before an older one). False if `d` is not
+    /// live.
     pub fn take(&self, d: &Destination, after: crate::event::EventId) -> bool {
         let pool = self.pool.load();
         let Some(entry) = pool.get(d) else {
             return false;
         };
+        entry.outbox.hold();
         if entry.owned_after.swap(after.as_u64(), Ordering::AcqRel) == NOT_OWNED {
             self.owned.fetch_add(1, Ordering::AcqRel);
         }
         true
+    }
+
+    /// The older events of a [`Destinations::take`] are queued: `d`'s
+    /// deliveries go on, in id order.
+    pub fn caught_up(&self, d: &Destination) {
+        if let Some(entry) = self.pool.load().get(d) {
+            entry.outbox.release_in_order();
+        }
     }
 
     /// Stops forwarding live events to `d` (its lease went to another

@@ -95,6 +95,10 @@ pub struct Outbox {
     replays_pending: AtomicUsize,
     /// Progress, for the cluster's checkpoints.
     progress: Mutex<Progress>,
+    /// While set, nothing is taken: a takeover's older events are still
+    /// being read back, and the live ones queued meanwhile must not go
+    /// before them (see [`Outbox::hold`]).
+    held: AtomicBool,
 }
 
 /// Which events this destination is finished with: every id up to the
@@ -133,7 +137,28 @@ impl Outbox {
             in_flight: AtomicUsize::new(0),
             replays_pending: AtomicUsize::new(0),
             progress: Mutex::default(),
+            held: AtomicBool::new(false),
         }
+    }
+
+    /// Holds deliveries back (what is in flight finishes): events are
+    /// queued but not taken until [`Outbox::release_in_order`]. A cluster
+    /// node holds a destination it takes over while it reads back, from the
+    /// stream, the events older than the ones it routes live from then on.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
+    /// Ends a [`Outbox::hold`]: the queue is put in id order (the events
+    /// read back go before the live ones queued meanwhile; ids are the
+    /// stream's order), then taken again.
+    pub fn release_in_order(&self) {
+        {
+            let mut q = lock(&self.queue);
+            q.events.make_contiguous().sort_by_key(|e| e.event.event.id);
+            self.held.store(false, Ordering::Release);
+        }
+        self.wake.notify_one();
     }
 
     /// `n` taken events are being delivered.
@@ -324,7 +349,7 @@ impl Outbox {
             }
             {
                 let mut q = lock(&self.queue);
-                if !q.events.is_empty() {
+                if !q.events.is_empty() && !self.held.load(Ordering::Acquire) {
                     let n = q.events.len().min(max.max(1));
                     let batch: Vec<Queued> = q.events.drain(..n).collect();
                     q.bytes -= batch.iter().map(|b| b.event.weight()).sum::<usize>();
@@ -522,5 +547,29 @@ mod tests {
         o.end(&rest);
         assert_eq!(at(&o, 4), Some(4));
         assert_eq!(at(&o, 9), Some(9), "events routed elsewhere since then");
+    }
+
+    #[tokio::test]
+    async fn a_held_outbox_gives_nothing_then_everything_in_id_order() {
+        let o = Arc::new(outbox(8));
+        o.hold();
+        o.push(ev(5));
+        o.push(ev(6));
+        let taking = {
+            let o = o.clone();
+            tokio::spawn(async move { o.take(10).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!taking.is_finished(), "nothing is taken while held");
+        o.push_replay(ev(3));
+        o.push_replay(ev(4));
+        o.release_in_order();
+        let batch = tokio::time::timeout(Duration::from_secs(5), taking)
+            .await
+            .expect("taken once released")
+            .unwrap()
+            .unwrap();
+        let ids: Vec<u64> = batch.iter().map(|q| q.event.event.id.as_u64()).collect();
+        assert_eq!(ids, [3, 4, 5, 6]);
     }
 }
