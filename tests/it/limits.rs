@@ -229,8 +229,10 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// Posts 100 events of 1 MiB for a device that a stalled webhook and a
-/// stalled SSE reader both want, and returns the gateway's RSS after.
-async fn rss_after_large_events(args: &[&str]) -> u64 {
+/// stalled SSE reader both want, and returns how much the gateway's RSS
+/// grew (from when both were connected: the binary and its runtime are
+/// not the budgets' concern, and a debug build's are large).
+async fn rss_growth_with_large_events(args: &[&str]) -> u64 {
     use crate::support::process::{temp_dir, Process};
     use tokio::io::AsyncWriteExt;
 
@@ -252,6 +254,7 @@ async fn rss_after_large_events(args: &[&str]) -> u64 {
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = rss_bytes(gw.pid());
     let body = serde_json::json!({"blob": "x".repeat(1 << 20)}).to_string();
     for _ in 0..100 {
         let r = gw
@@ -265,10 +268,11 @@ async fn rss_after_large_events(args: &[&str]) -> u64 {
         assert_eq!(r.status(), 202);
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let rss = rss_bytes(gw.pid());
+    let after = rss_bytes(gw.pid());
+    eprintln!("RSS {} MiB, then {} MiB", before >> 20, after >> 20);
     drop(stalled);
     gw.stop().await;
-    rss
+    after.saturating_sub(before)
 }
 
 #[tokio::test]
@@ -286,9 +290,11 @@ async fn large_events_stay_within_the_byte_budgets() {
         "--forward-inbox-bytes",
         "8MiB",
     ];
-    let rss = rss_after_large_events(&budgets).await;
-    eprintln!("RSS with budgets: {} MiB", rss / MIB);
-    // 48 MiB of budgets, the binary and its runtime, and allocator slack;
-    // with only the replay budget lifted, the same run held 143 MiB.
-    assert!(rss < 100 * MIB, "RSS {} MiB", rss / MIB);
+    let grew = rss_growth_with_large_events(&budgets).await;
+    // 48 MiB of budgets; beside them the event log's cache (8 MiB) and
+    // memtable (4 MiB), the webhook batch in flight, and the allocator's
+    // slack (glibc keeps freed 1 MiB blocks in its arenas): 39 to 62 MiB
+    // in runs here. With only the replay budget lifted, the same run
+    // held 143 MiB in all, about 100 of it grown.
+    assert!(grew < 72 * MIB, "RSS grew {} MiB", grew / MIB);
 }
