@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cluster::{Cluster, ClusterError, SharedStream};
+use crate::cluster::{Cluster, ClusterError, SharedStream, APPEND_BUDGET};
 use crate::error::ApiError;
 use crate::event::{Event, EventDraft, EventId};
 use crate::eventlog::EventLog;
@@ -167,7 +167,7 @@ impl Bus {
             }
             Self::Shared(cluster) => cluster
                 .stream()
-                .append(drafts)
+                .append(drafts, None, Instant::now() + APPEND_BUDGET)
                 .await
                 .map_err(|e| unavailable(&e)),
         }
@@ -260,36 +260,37 @@ async fn publish_shared(
     draft: EventDraft,
     key: Option<&Idempotent>,
 ) -> Result<Outcome, ApiError> {
+    // One budget for the claim and the append: the claim is held in flight
+    // for longer than the append may run (see `SharedKeys::claim`).
+    let gives_up = Instant::now() + APPEND_BUDGET;
+    let mut record = None;
     if let Some(Idempotent { key, fingerprint }) = key {
         match cluster
             .keys()
-            .claim(key, fingerprint)
+            .claim(key, fingerprint, gives_up)
             .await
             .map_err(|e| unavailable(&e))?
         {
             Claim::Seen(id) => return Ok(Outcome::replay_of(id)),
             Claim::InProgress => return Err(key_in_flight()),
             Claim::Mismatch => return Err(key_reused()),
-            Claim::New => {}
+            Claim::New => record = Some(cluster.keys().record(key, fingerprint)),
         }
     }
-    match cluster.stream().append(std::slice::from_ref(&draft)).await {
-        Ok(ids) => {
-            let id = ids[0];
-            if let Some(Idempotent { key, fingerprint }) = key {
-                if let Err(e) = cluster.keys().complete(key, fingerprint, id).await {
-                    tracing::warn!(error = %e, "idempotency key not recorded");
-                }
-            }
-            Ok(Outcome {
-                id,
-                replayed: false,
-                deepest: 0,
-            })
-        }
+    match cluster
+        .stream()
+        .append(std::slice::from_ref(&draft), record, gives_up)
+        .await
+    {
+        Ok(ids) => Ok(Outcome {
+            id: ids[0],
+            replayed: false,
+            deepest: 0,
+        }),
         Err(e) => {
-            if let Some(Idempotent { key, .. }) = key {
-                cluster.keys().release(key).await;
+            // Not stored, and never will be: a retry may go.
+            if let Some(Idempotent { key, fingerprint }) = key {
+                cluster.keys().release(key, fingerprint).await;
             }
             Err(unavailable(&e))
         }
@@ -307,6 +308,7 @@ fn key_reused() -> ApiError {
 /// 409: the first request with this key has not finished.
 fn key_in_flight() -> ApiError {
     ApiError::conflict("a request with this Idempotency-Key is still being processed")
+        .with_retry_after(Duration::from_secs(1))
 }
 
 /// 503 with `Retry-After` for an event Redis did not take: never accept

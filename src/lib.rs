@@ -457,6 +457,7 @@ async fn sweep(
         }
         rate_limits.sweep();
         if let Some(c) = &cluster {
+            c.read_clock().await;
             c.stream().trim().await;
             c.stream().measure_lag().await;
         }

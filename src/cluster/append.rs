@@ -1,30 +1,111 @@
-//! Group commit of appends: concurrent ingest requests share one pipeline.
+//! Group commit of appends, fenced: concurrent ingest requests share one
+//! script call, and a 503 means the events are not, and never will be,
+//! in the stream.
 //!
 //! Every request hands its encoded entries to one appender task, which
 //! takes everything waiting (up to [`MAX_REQUESTS_PER_BATCH`]) and writes it
-//! to Redis as one pipeline of XADDs: one write, one wake-up of Redis and
-//! one reply to parse per batch instead of per request. Batches do not wait
-//! for each other (the connection pipelines them, in order), so a batch
-//! adds no latency beyond one turn of the scheduler.
+//! to Redis as one call of [`APPEND`]: one write, one wake-up of Redis and
+//! one reply per batch instead of per request. Batches do not wait for
+//! each other (the connection pipelines them, in order), so a batch adds
+//! no latency beyond one turn of the scheduler.
+//!
+//! The fence. A request waits for Redis at most [`BUDGET`]. The script
+//! carries the server time by which it must run (see
+//! [`super::clock::ServerClock::fence`]) and writes nothing if it runs
+//! later, so a write that Redis only gets to after a stall cannot land
+//! behind a 503. When the reply does not come in time, the node cannot
+//! tell "not run yet" from "run, reply lost": it asks, once the fence has
+//! passed in Redis's time, whether the batch's token (written by the
+//! script with the entries) is there. There: the events are stored, and
+//! answered 202 with their ids. Absent: they are not, and never will be
+//! (503). No answer either: 503, since the fence stops any later run; the
+//! one case left is a run before the fence whose reply and check were
+//! both lost (Redis stopped in the instant between running the script
+//! and sending its reply): an `Idempotency-Key` retry then gets the first
+//! id, because the script records it with the entry.
 
-use std::sync::Weak;
-use std::time::Instant;
+use std::sync::{LazyLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::keys::KeyRecord;
 use super::{ClusterError, SharedStream};
 use crate::event::wire;
 use crate::event::EventId;
 
-/// Most requests in one pipeline (a request may hold many entries).
+/// Most requests in one batch (a request may hold many entries).
 const MAX_REQUESTS_PER_BATCH: usize = 256;
 /// Requests that may wait for the appender before senders wait too.
 pub(super) const QUEUE: usize = 4096;
+/// How long a request waits for Redis to store its events.
+pub const BUDGET: Duration = Duration::from_millis(1500);
+/// How long, past [`BUDGET`], the node may spend learning whether a write
+/// whose reply did not come was run.
+const CHECK_BUDGET: Duration = Duration::from_millis(500);
+/// How long a batch's token stays in Redis (its check comes within
+/// [`BUDGET`] and [`CHECK_BUDGET`]).
+const TOKEN_TTL: Duration = Duration::from_secs(30);
+
+/// Appends a batch if Redis runs it by the fence.
+///
+/// KEYS: the stream, the batch's token, then the Idempotency-Keys of its
+/// requests. ARGV: the fence (server Unix ms), MAXLEN, the token's TTL
+/// (ms), the number of entries; then per entry its number of fields, the
+/// KEYS index of its Idempotency-Key (0 for none), the key's value prefix
+/// (the request's fingerprint) and TTL (ms), and its fields. Returns the
+/// stream ids, or nil (and writes nothing) past the fence. The token holds
+/// the first and last id and their count (the entries of one script are
+/// consecutive in the stream).
+const APPEND_SCRIPT: &str = r"
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
+  return false
+end
+local ids = {}
+local i = 5
+for e = 1, tonumber(ARGV[4]) do
+  local n = tonumber(ARGV[i])
+  local k = tonumber(ARGV[i + 1])
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i + 4, i + 3 + 2 * n))
+  ids[e] = id
+  if k > 0 then
+    redis.call('SET', KEYS[k], ARGV[i + 2] .. ':' .. id, 'PX', ARGV[i + 3])
+  end
+  i = i + 4 + 2 * n
+end
+redis.call('SET', KEYS[2], ids[1] .. ' ' .. ids[#ids] .. ' ' .. #ids, 'PX', ARGV[3])
+return ids
+";
+
+/// Whether a batch whose reply did not come was run. KEYS: the stream and
+/// the token; ARGV: the fence. -1 while the fence has not passed (the
+/// script may still run), 0 if it was not run (and never will be), else
+/// the stream ids it wrote.
+const CHECK_SCRIPT: &str = r"
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ARGV[1]) then
+  return -1
+end
+local v = redis.call('GET', KEYS[2])
+if not v then return 0 end
+local first, last = string.match(v, '^(%S+) (%S+)')
+local ids = {}
+for j, e in ipairs(redis.call('XRANGE', KEYS[1], first, last)) do ids[j] = e[1] end
+return ids
+";
+
+static APPEND: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(APPEND_SCRIPT));
+static CHECK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHECK_SCRIPT));
 
 /// One request's entries, and where its ids go.
 pub(super) struct Append {
     pub entries: Vec<Vec<(&'static str, Bytes)>>,
+    /// Its Idempotency-Key, recorded with its first entry's id.
+    pub key: Option<KeyRecord>,
+    /// When the request stops waiting (its 503).
+    pub gives_up: Instant,
     pub reply: oneshot::Sender<Result<Vec<EventId>, ClusterError>>,
 }
 
@@ -51,36 +132,36 @@ pub(super) async fn run(stream: Weak<SharedStream>, mut queue: mpsc::Receiver<Ap
     }
 }
 
+/// What became of one batch.
+enum Written {
+    /// Stored, with these stream ids (as Redis answered them).
+    Stored(Vec<redis::Value>),
+    /// Not stored, and never will be.
+    NotStored(String),
+}
+
 impl SharedStream {
-    /// Writes one batch as one pipeline and answers each request.
+    /// Writes one batch in one script call and answers each request.
     async fn write_batch(&self, requests: Vec<Append>) {
-        let mut pipe = redis::pipe();
-        for entry in requests.iter().flat_map(|r| &r.entries) {
-            let cmd = pipe
-                .cmd("XADD")
-                .arg(self.name())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.max_len)
-                .arg("*");
-            for (k, v) in entry {
-                cmd.arg(*k).arg(&v[..]);
-            }
-        }
-        let started = Instant::now();
-        let replies: Result<Vec<redis::Value>, ClusterError> = self
-            .link()
-            .observe(started, pipe.query_async(&mut self.link().commands()).await);
-        let mut replies = match replies {
-            Ok(r) => r.into_iter(),
-            Err(e) => {
-                let why = e.to_string();
+        let gives_up = requests
+            .iter()
+            .map(|r| r.gives_up)
+            .min()
+            .unwrap_or_else(|| Instant::now() + BUDGET);
+        let written = match self.link().clock().fence(gives_up) {
+            Some(fence) => self.write_fenced(&requests, fence, gives_up).await,
+            None => Written::NotStored("Redis's clock has not been read yet".into()),
+        };
+        let replies = match written {
+            Written::Stored(ids) => ids,
+            Written::NotStored(why) => {
                 for r in requests {
-                    let _ = r.reply.send(Err(ClusterError::Unavailable(why.clone())));
+                    let _ = r.reply.send(Err(ClusterError::NotStored(why.clone())));
                 }
                 return;
             }
         };
+        let mut replies = replies.into_iter();
         for r in requests {
             let ids = (&mut replies)
                 .take(r.entries.len())
@@ -100,4 +181,98 @@ impl SharedStream {
             let _ = r.reply.send(ids);
         }
     }
+
+    /// Runs [`APPEND`] for `requests`, then, if its reply does not come by
+    /// `gives_up`, [`CHECK`]s what became of it.
+    async fn write_fenced(&self, requests: &[Append], fence: u64, gives_up: Instant) -> Written {
+        let token = self.next_token();
+        let mut call = APPEND.prepare_invoke();
+        call.key(self.name()).key(&token);
+        let mut key_index = 3;
+        let entries: usize = requests.iter().map(|r| r.entries.len()).sum();
+        call.arg(fence)
+            .arg(self.max_len)
+            .arg(TOKEN_TTL.as_millis() as u64)
+            .arg(entries);
+        for r in requests {
+            for (n, entry) in r.entries.iter().enumerate() {
+                call.arg(entry.len());
+                match r.key.as_ref().filter(|_| n == 0) {
+                    Some(k) => {
+                        call.key(&k.key);
+                        call.arg(key_index).arg(&k.value).arg(k.ttl_ms);
+                        key_index += 1;
+                    }
+                    None => {
+                        call.arg(0).arg("").arg(0);
+                    }
+                }
+                for (field, value) in entry {
+                    call.arg(*field).arg(&value[..]);
+                }
+            }
+        }
+        let started = Instant::now();
+        let mut conn = self.link().commands();
+        let reply = tokio::time::timeout_at(gives_up.into(), call.invoke_async(&mut conn)).await;
+        let reply: redis::RedisResult<redis::Value> = reply.unwrap_or_else(|_| Err(timed_out()));
+        let why = match self.link().observe(started, reply) {
+            Ok(redis::Value::Array(ids)) => return Written::Stored(ids),
+            Ok(redis::Value::Nil) => {
+                return Written::NotStored(format!(
+                    "Redis ran the write after its {} ms deadline, and so did not store it",
+                    BUDGET.as_millis()
+                ))
+            }
+            Ok(other) => format!("unexpected reply {other:?}"),
+            Err(e) => e.to_string(),
+        };
+        self.check(&token, fence, gives_up, &why).await
+    }
+
+    /// Learns whether the batch of `token` was stored, once the fence has
+    /// passed in Redis's time.
+    async fn check(&self, token: &str, fence: u64, gives_up: Instant, why: &str) -> Written {
+        tokio::time::sleep_until(gives_up.into()).await;
+        let deadline = gives_up + CHECK_BUDGET;
+        let not_stored = |how: &str| {
+            Written::NotStored(format!(
+                "{why}; {how}: the write was not stored and will not be"
+            ))
+        };
+        loop {
+            let mut call = CHECK.prepare_invoke();
+            call.key(self.name()).key(token).arg(fence);
+            let mut conn = self.link().commands();
+            let started = Instant::now();
+            let reply =
+                tokio::time::timeout_at(deadline.into(), call.invoke_async(&mut conn)).await;
+            let reply: redis::RedisResult<redis::Value> =
+                reply.unwrap_or_else(|_| Err(timed_out()));
+            match self.link().observe(started, reply) {
+                Ok(redis::Value::Array(ids)) => return Written::Stored(ids),
+                Ok(redis::Value::Int(0)) => return not_stored("Redis says it did not run it"),
+                Ok(_) if Instant::now() + Duration::from_millis(50) < deadline => {
+                    // Redis's clock has not passed the fence yet.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => return not_stored("past its deadline"),
+            }
+        }
+    }
+
+    /// A name for one batch's token, unique to this node and batch.
+    fn next_token(&self) -> String {
+        let n = self
+            .batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.link().key(&format!("append:{}:{n}", self.writer))
+    }
+}
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {} ms", BUDGET.as_millis()),
+    ))
 }

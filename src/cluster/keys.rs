@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 
 use super::{ClusterError, Link};
-use crate::event::EventId;
+use crate::event::{wire, EventId};
 use crate::state::idempotency::{Claim, Fingerprint};
 
 /// The cluster's idempotency keys.
@@ -17,6 +17,19 @@ pub struct SharedKeys {
     link: Arc<Link>,
     /// How long a key is remembered.
     window: Duration,
+}
+
+/// An Idempotency-Key as the append records it, with the event's id, in
+/// the same script call as the event (so no answer can be lost between
+/// storing the event and remembering its key).
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// The Redis key.
+    pub key: String,
+    /// The request's fingerprint (hex); the id follows after `:`.
+    pub value: String,
+    /// How long it is remembered (ms).
+    pub ttl_ms: u64,
 }
 
 impl SharedKeys {
@@ -30,32 +43,44 @@ impl SharedKeys {
     }
 
     /// Claims an `Idempotency-Key` (already in its credential's namespace,
-    /// see [`crate::state::idempotency::scoped_key`]) cluster-wide, for a request
-    /// with `fingerprint`. The value is the fingerprint's hex while the
-    /// event is in flight, then `<fingerprint>:<id>` (see
-    /// [`SharedKeys::complete`]).
-    pub async fn claim(&self, key: &str, fingerprint: &Fingerprint) -> Result<Claim, ClusterError> {
+    /// see [`crate::state::idempotency::scoped_key`]) cluster-wide, for a
+    /// request with `fingerprint` that gives up at `gives_up`. The value is
+    /// the fingerprint's hex while the event is in flight (for a little
+    /// longer than the append may take: a request that died meanwhile
+    /// blocks its retries no longer), then `<fingerprint>:<stream id>`,
+    /// written by the append itself ([`SharedKeys::record`]).
+    pub async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        gives_up: Instant,
+    ) -> Result<Claim, ClusterError> {
         let k = self.idempotency_key(key);
-        let window = self.window.as_millis().max(1) as u64;
+        let in_flight = (super::append::BUDGET + IN_FLIGHT_SLACK).as_millis() as u64;
         let mut conn = self.link.commands();
         let started = Instant::now();
         let ours = fingerprint.hex();
         let set: Option<String> = self.link.observe(
             started,
-            redis::cmd("SET")
-                .arg(&k)
-                .arg(&ours)
-                .arg("NX")
-                .arg("PX")
-                .arg(window)
-                .query_async(&mut conn)
-                .await,
+            within(
+                gives_up,
+                redis::cmd("SET")
+                    .arg(&k)
+                    .arg(&ours)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(in_flight)
+                    .query_async(&mut conn),
+            )
+            .await,
         )?;
         if set.is_some() {
             return Ok(Claim::New);
         }
         let started = Instant::now();
-        let seen: Option<String> = self.link.observe(started, conn.get(&k).await)?;
+        let seen: Option<String> = self
+            .link
+            .observe(started, within(gives_up, conn.get(&k)).await)?;
         let Some(seen) = seen else {
             // Gone in between (expired or released): treat as busy.
             return Ok(Claim::InProgress);
@@ -65,32 +90,57 @@ impl SharedKeys {
         let Some(stored) = Fingerprint::from_hex(stored) else {
             return Ok(Claim::Mismatch);
         };
-        Ok(Claim::of(&stored, id.parse::<EventId>().ok(), fingerprint))
+        // A stream id (as the append writes it), or an event id (as
+        // releases before the fenced append did).
+        let id = wire::event_id(id)
+            .ok()
+            .or_else(|| id.parse::<EventId>().ok());
+        Ok(Claim::of(&stored, id, fingerprint))
     }
 
-    /// Records the id published under a claimed key.
-    pub async fn complete(
-        &self,
-        key: &str,
-        fingerprint: &Fingerprint,
-        id: EventId,
-    ) -> Result<(), ClusterError> {
-        let k = self.idempotency_key(key);
-        let window = self.window.as_millis().max(1) as u64;
-        let started = Instant::now();
-        let r: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(&k)
-            .arg(format!("{}:{id}", fingerprint.hex()))
-            .arg("PX")
-            .arg(window)
-            .query_async(&mut self.link.commands())
+    /// How the append records `key` with its event's id.
+    pub fn record(&self, key: &str, fingerprint: &Fingerprint) -> KeyRecord {
+        KeyRecord {
+            key: self.idempotency_key(key),
+            value: fingerprint.hex(),
+            ttl_ms: self.window.as_millis().max(1) as u64,
+        }
+    }
+
+    /// Forgets a claim whose event was not stored (so a retry can), if it
+    /// is still in flight: a key the append recorded with an id stays
+    /// (the one case where a write ran but neither its reply nor its
+    /// check came back).
+    pub async fn release(&self, key: &str, fingerprint: &Fingerprint) {
+        let _: redis::RedisResult<i64> = RELEASE_IN_FLIGHT
+            .key(self.idempotency_key(key))
+            .arg(fingerprint.hex())
+            .invoke_async(&mut self.link.commands())
             .await;
-        self.link.observe(started, r)
     }
+}
 
-    /// Forgets a claim whose event was not published (so a retry can).
-    pub async fn release(&self, key: &str) {
-        let k = self.idempotency_key(key);
-        let _: redis::RedisResult<()> = self.link.commands().del(&k).await;
-    }
+/// Deletes KEYS[1] if it holds ARGV[1] (an in-flight claim).
+static RELEASE_IN_FLIGHT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
+
+/// How much longer than the append's budget a claim is held in flight.
+const IN_FLIGHT_SLACK: Duration = Duration::from_secs(1);
+
+/// `command`'s result, or a timeout at `gives_up`.
+async fn within<T>(
+    gives_up: Instant,
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout_at(gives_up.into(), command)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "Redis did not answer in time",
+            )))
+        })
 }

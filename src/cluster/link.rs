@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::clock::ServerClock;
 use super::ClusterError;
 
 /// How long one Redis command may take before it counts as failed.
@@ -24,6 +25,8 @@ pub struct Link {
     /// Whether the last command or read reached Redis.
     healthy: AtomicBool,
     round_trip: Histogram,
+    /// Redis's time, for the appends' fence.
+    clock: ServerClock,
 }
 
 impl std::fmt::Debug for Link {
@@ -56,13 +59,28 @@ impl Link {
         )
         .await
         .map_err(|_| ClusterError::Unavailable("timed out connecting".into()))??;
-        Ok(Self {
+        let link = Self {
             client,
             commands,
             prefix,
             healthy: AtomicBool::new(true),
             round_trip,
-        })
+            clock: ServerClock::new(),
+        };
+        link.read_clock().await?;
+        Ok(link)
+    }
+
+    /// Reads Redis's clock again (every second: see [`ServerClock`]).
+    pub async fn read_clock(&self) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let read = self.clock.read(&mut self.commands()).await;
+        self.observe(started, read)
+    }
+
+    /// Redis's clock as last read.
+    pub fn clock(&self) -> &ServerClock {
+        &self.clock
     }
 
     /// The key `<prefix>:<name>`.

@@ -1,7 +1,7 @@
 //! Cluster mode: stateless nodes sharing one Redis (`--redis-url`).
 //!
 //! ```text
-//! POST /api/events ──append (XADD, pipelined)──▶ Redis stream {prefix}:events ──▶ 202 with its id
+//! POST /api/events ──append (XADDs in one fenced script)──▶ Redis stream {prefix}:events ──▶ 202 with its id
 //!                                                      │
 //!   every node: one reader (XREAD BLOCK, in batches) ◀─┘ ──Hub::publish_at(id)──▶ local fan-out
 //! ```
@@ -12,7 +12,9 @@
 //! ids (the stream ids, mapped one-to-one by [`crate::event::wire`]). Local fan-out,
 //! filters, coalescing and slow-subscriber handling are the embedded
 //! mode's code. A resume that the local ring does not cover is served from
-//! the stream (XRANGE). Idempotency keys are Redis keys (SET NX PX).
+//! the stream (XRANGE). Idempotency keys are Redis keys (SET NX PX),
+//! completed by the append itself. An append is fenced by a deadline in
+//! Redis's time ([`clock`]), so a 503 means the events are not stored.
 //!
 //! Its roles, one file each, over one [`Link`] (the connection and
 //! whether Redis answers): the shared [`SharedStream`] (append, read,
@@ -30,6 +32,7 @@
 
 mod append;
 pub mod changes;
+mod clock;
 mod keys;
 pub mod leases;
 mod link;
@@ -43,7 +46,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-pub use self::keys::SharedKeys;
+pub use self::append::BUDGET as APPEND_BUDGET;
+pub use self::keys::{KeyRecord, SharedKeys};
 pub use self::link::Link;
 pub use self::stream::{ResumePage, SharedStream};
 
@@ -68,6 +72,10 @@ pub enum ClusterError {
     /// Redis did not answer, or refused.
     #[error("Redis is unavailable: {0}")]
     Unavailable(String),
+    /// An append that did not store its events, and never will (see
+    /// `append`'s fence).
+    #[error("Redis did not store the events: {0}")]
+    NotStored(String),
     /// The URL does not parse.
     #[error("--redis-url: {0}")]
     Url(String),
@@ -219,5 +227,12 @@ impl Cluster {
     /// Whether Redis answered the last command and the reader is connected.
     pub fn is_healthy(&self) -> bool {
         self.link.is_healthy()
+    }
+
+    /// Reads Redis's clock again, for the appends' fence (each second).
+    pub async fn read_clock(&self) {
+        if let Err(e) = self.link.read_clock().await {
+            tracing::debug!(error = %e, "Redis's clock could not be read");
+        }
     }
 }

@@ -11,6 +11,7 @@ use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 
 use super::append;
+use super::keys::KeyRecord;
 use super::link::RESPONSE_TIMEOUT;
 use super::{ClusterError, ClusterMetrics, Link};
 use crate::event::{wire, EventDraft, EventId};
@@ -41,6 +42,10 @@ pub struct SharedStream {
     progress: ReaderProgress,
     /// To the appender task ([`append`]).
     appends: tokio::sync::mpsc::Sender<append::Append>,
+    /// This node's name in its batches' tokens ([`append`]).
+    pub(super) writer: String,
+    /// Batches appended so far (the tokens' sequence).
+    pub(super) batches: AtomicU64,
     metrics: ClusterMetrics,
 }
 
@@ -110,6 +115,8 @@ impl SharedStream {
                 base: AtomicU64::new(u64::MAX),
             },
             appends,
+            writer: uuid::Uuid::new_v4().simple().to_string(),
+            batches: AtomicU64::new(0),
             metrics,
         });
         tokio::spawn(append::run(Arc::downgrade(&stream), queue));
@@ -126,14 +133,27 @@ impl SharedStream {
         &self.link
     }
 
-    /// Appends events to the stream, in one pipeline shared with the other
-    /// requests appending now; their ids, in order.
-    pub async fn append(&self, drafts: &[EventDraft]) -> Result<Vec<EventId>, ClusterError> {
+    /// Appends events to the stream, in one script call shared with the
+    /// other requests appending now; their ids, in order. `key`, when
+    /// given, records the first id under its Idempotency-Key in the same
+    /// call. An error means the events are not stored and will not be
+    /// (see [`append`]'s fence); Redis is given until `gives_up`.
+    pub async fn append(
+        &self,
+        drafts: &[EventDraft],
+        key: Option<KeyRecord>,
+        gives_up: Instant,
+    ) -> Result<Vec<EventId>, ClusterError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let entries = drafts.iter().map(wire::encode).collect();
-        let stopped = || ClusterError::Unavailable("the appender stopped".into());
+        let stopped = || ClusterError::NotStored("the appender stopped".into());
         self.appends
-            .send(append::Append { entries, reply })
+            .send(append::Append {
+                entries,
+                key,
+                gives_up,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?

@@ -90,6 +90,24 @@ impl Redis {
         format!("redis+unix://{}", self.socket.display())
     }
 
+    /// Freezes it (SIGSTOP to its PID): what is sent to it waits, unread,
+    /// and runs when it is [`Redis::thaw`]ed.
+    fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let done = Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(done.success(), "kill {which}");
+    }
+
     /// Stops it (its PID, which this test started); where to start it again.
     fn stop(mut self) -> PathBuf {
         let _ = self.child.kill();
@@ -350,6 +368,122 @@ async fn without_redis_ingest_is_refused_streams_stay_and_it_recovers() {
         metric(&a, "ratatoskr_cluster_history_lost_total").await,
         1.0
     );
+    a.stop().await;
+}
+
+/// What one publisher of [`a_503_means_the_event_is_not_stored_even_if_redis_runs_it_later`]
+/// was told: (payload `n`, the accepted id or None for a 503 it did not retry).
+type Told = Vec<(i64, Option<String>)>;
+
+/// Posts events `first..` one after another until `until` (at most 400):
+/// with `keyed`, each with an Idempotency-Key and retried with it (on 503
+/// and 409) until accepted; without, a 503 is final. Counts the 503s.
+async fn publish_through(n: &Process, first: i64, keyed: bool, until: Instant) -> (Told, usize) {
+    let (mut told, mut refused) = (Vec::new(), 0);
+    for k in first..first + 400 {
+        if Instant::now() >= until {
+            break;
+        }
+        let mut outcome = None;
+        for _ in 0..40 {
+            let mut r = n
+                .http
+                .post(n.url("/api/events?device=mac:112233445566&type=t"))
+                .header("content-type", "application/json")
+                .body(json!({ "n": k }).to_string());
+            if keyed {
+                r = r.header("idempotency-key", format!("k-{k}"));
+            }
+            let r = r.send().await.expect("an answer");
+            let status = r.status().as_u16();
+            if status == 202 {
+                let body: Value = r.json().await.unwrap();
+                outcome = Some(body["id"].as_str().unwrap().to_owned());
+                break;
+            }
+            assert!([503, 409].contains(&status), "{status}");
+            if status == 503 {
+                refused += 1;
+                assert!(r.headers().get("retry-after").is_some());
+            }
+            if !keyed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(!keyed || outcome.is_some(), "event {k} was never accepted");
+        told.push((k, outcome));
+    }
+    (told, refused)
+}
+
+#[tokio::test]
+async fn a_503_means_the_event_is_not_stored_even_if_redis_runs_it_later() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &["--heartbeat", "1s"]);
+    let mut sub = a.subscribe("/events").await;
+    post(&a, "mac:112233445566", &json!({"n": -1})).await;
+    assert_eq!(take(&mut sub, 1).await[0].1, -1);
+    // Eight publishers, four retrying with Idempotency-Keys, keep about
+    // eight appends in flight; Redis freezes under them for 3 s, longer
+    // than a request waits, then runs everything that queued up.
+    let until = Instant::now() + Duration::from_secs(6);
+    let publishers: Vec<_> = (0..8)
+        .map(|p| publish_through(&a, i64::from(p) * 1000, p % 2 == 0, until))
+        .collect();
+    let frozen = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.freeze();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        redis.thaw();
+    };
+    // The subscriber reads all along (a reader that waited would lag).
+    let publishing = async {
+        let (results, ()) = tokio::join!(futures_util::future::join_all(publishers), frozen);
+        // A last event, after which nothing more is coming.
+        post(&a, "mac:112233445566", &json!({"n": -2})).await;
+        results
+    };
+    let reading = async {
+        let mut seen: std::collections::HashMap<i64, Vec<String>> = Default::default();
+        loop {
+            let e = sub
+                .next_event(Duration::from_secs(20))
+                .await
+                .expect("the stream goes on");
+            if e.event.is_some() {
+                continue;
+            }
+            let n = e.json()["n"].as_i64().unwrap();
+            if n == -2 {
+                return seen;
+            }
+            seen.entry(n).or_default().push(e.id.clone().unwrap());
+        }
+    };
+    let (results, seen) = tokio::join!(publishing, reading);
+    let refused: usize = results.iter().map(|(_, r)| r).sum();
+    assert!(
+        refused > 0,
+        "Redis froze under the publishers: some were refused"
+    );
+    let told: std::collections::HashMap<i64, Option<String>> =
+        results.into_iter().flat_map(|(t, _)| t).collect();
+    let mut accepted = 0;
+    for (n, outcome) in &told {
+        match outcome {
+            Some(id) => {
+                accepted += 1;
+                assert_eq!(
+                    seen.get(n),
+                    Some(&vec![id.clone()]),
+                    "event {n}: once, with its 202's id"
+                );
+            }
+            None => assert_eq!(seen.get(n), None, "event {n} was answered 503 but stored"),
+        }
+    }
+    assert_eq!(seen.len(), accepted, "nothing else was stored");
     a.stop().await;
 }
 
