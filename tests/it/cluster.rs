@@ -487,6 +487,48 @@ async fn a_503_means_the_event_is_not_stored_even_if_redis_runs_it_later() {
     a.stop().await;
 }
 
+#[test]
+fn a_cluster_node_or_a_replica_is_refused_at_start_naming_why() {
+    // A replica (of a primary that is not there): it would refuse writes.
+    let Some(replica) = Redis::start() else {
+        return;
+    };
+    assert!(replica.command("REPLICAOF 127.0.0.1 1").starts_with("+OK"));
+    let r = crate::setup::run(&["--redis-url", &replica.url()], &[]);
+    crate::setup::assert_fatal(
+        &r,
+        &["--redis-url", "is a replica", "standalone Redis primary"],
+    );
+    // A node of a Redis Cluster: it would answer MOVED for most keys. It
+    // needs a TCP port, and its cluster bus takes the port 10000 above.
+    let dir = temp_dir("cluster-node");
+    let node = loop {
+        let port = free_port();
+        if port > 55_000 {
+            continue;
+        }
+        let conf = dir.join(format!("nodes-{port}.conf")).display().to_string();
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &conf,
+        ];
+        match Redis::try_start_with(dir.join(format!("redis-{port}.sock")), &args) {
+            None => return,
+            Some(Ok(node)) => break node,
+            Some(Err(_)) => continue,
+        }
+    };
+    let r = crate::setup::run(&["--redis-url", &node.url()], &[]);
+    crate::setup::assert_fatal(
+        &r,
+        &["--redis-url", "Redis Cluster", "standalone Redis primary"],
+    );
+}
+
 #[tokio::test]
 async fn a_resume_across_an_emptied_redis_gets_a_gap() {
     let Some(redis) = Redis::start() else { return };

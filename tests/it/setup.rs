@@ -10,7 +10,7 @@ use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process, BIN};
 
 /// Runs the binary to its exit (it must exit by itself, within 20 s).
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -33,7 +33,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// Asserts a clean fatal error: non-zero, one line, no panic, no colour,
 /// not "listening", and every `needle` in it.
-fn assert_fatal(out: &Output, needles: &[&str]) {
+pub(crate) fn assert_fatal(out: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
     let code = out.status.code();
     assert!(code.is_some_and(|c| c != 0 && c != 101), "{code:?}: {err}");

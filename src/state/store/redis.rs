@@ -60,6 +60,37 @@ fn where_(url: &str) -> String {
     )
 }
 
+/// Whether the Redis on `c` can hold a cluster's data: not a Redis
+/// Cluster node (it answers MOVED for most keys), a replica (it refuses
+/// writes) or a Sentinel (it stores nothing), each of which would fail
+/// later with a less helpful error. `Err` says which it is.
+fn role_of(c: &mut redis::Connection) -> redis::RedisResult<Result<(), &'static str>> {
+    let info: String = redis::cmd("INFO").arg("server").query(c)?;
+    match info_value(&info, "redis_mode") {
+        Some("cluster") => return Ok(Err("is a node of a Redis Cluster (redis_mode:cluster)")),
+        Some("sentinel") => return Ok(Err("is a Sentinel, which stores no data")),
+        _ => {}
+    }
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(c)?;
+    let replica = match role.first() {
+        Some(redis::Value::BulkString(b)) => b == b"slave",
+        Some(redis::Value::SimpleString(s)) => s == "slave",
+        _ => false,
+    };
+    Ok(if replica {
+        Err("is a replica, which refuses writes: give its primary's address")
+    } else {
+        Ok(())
+    })
+}
+
+/// The value of `name` in an INFO reply (`name:value` lines).
+fn info_value<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// A Redis command failed (the store answers 503).
 pub type DocError = String;
 
@@ -79,6 +110,8 @@ impl RedisDocuments {
                     where_(url)
                 )
             })?;
+        docs.with(role_of)?
+            .map_err(|why| format!("--redis-url: Redis at {} {why}; Ratatoskr needs a standalone Redis primary (Redis Cluster and Sentinel are not supported yet)", where_(url)))?;
         Ok(docs)
     }
 
@@ -240,4 +273,15 @@ pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
     // Fails only if a provider is installed already: then that one serves.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     redis::Client::open(url)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn info_values_are_read_by_name() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n";
+        assert_eq!(super::info_value(info, "redis_mode"), Some("cluster"));
+        assert_eq!(super::info_value(info, "redis"), None);
+        assert_eq!(super::info_value(info, "tcp_port"), None);
+    }
 }
