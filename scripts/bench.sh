@@ -248,6 +248,7 @@ if command -v redis-server >/dev/null; then
       stop_server
       if command -v wrk >/dev/null; then
         start_gateway "${extra[@]}"; ingest "cluster-ingest $mode" "http://127.0.0.1:$GW_PORT/api/events"; stop_server
+        start_gateway "${extra[@]}"; ingest "cluster-ingest-batch100 $mode" "http://127.0.0.1:$GW_PORT/api/events" "$OUT/batch.lua"; stop_server
       fi
     done
   done

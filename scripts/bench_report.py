@@ -113,6 +113,7 @@ if cl:
         ("cluster-broadcast-5000", "deliveries_per_s", "broadcast deliveries/s, 5,000 subscribers", ">= 0.8x", False),
         ("cluster-paced-1000", "latency_ms_p99", "p99 ms, 1,000 subscribers x 20 events/s", "<= +1 ms", True),
         ("cluster-ingest", "ingest_per_s", "ingest POST/s, wrk 8 connections", ">= 0.7x", False),
+        ("cluster-ingest-batch100", "ingest_per_s", "NDJSON POST/s of 100 events, wrk 8 connections", "", False),
     ):
         e, r = both(scen, key)
         me, mr = median(e), median(r)
