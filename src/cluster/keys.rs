@@ -120,7 +120,7 @@ impl SharedKeys {
     }
 }
 
-/// Deletes KEYS[1] if it holds ARGV[1] (an in-flight claim).
+/// Deletes `KEYS[1]` if it holds `ARGV[1]` (an in-flight claim).
 static RELEASE_IN_FLIGHT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",

@@ -71,7 +71,7 @@ impl Link {
         Ok(link)
     }
 
-    /// Reads Redis's clock again (every second: see [`ServerClock`]).
+    /// Reads Redis's clock again (every second: see `clock.rs`).
     pub async fn read_clock(&self) -> Result<(), ClusterError> {
         let started = Instant::now();
         let read = self.clock.read(&mut self.commands()).await;

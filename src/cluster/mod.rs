@@ -14,7 +14,7 @@
 //! mode's code. A resume that the local ring does not cover is served from
 //! the stream (XRANGE). Idempotency keys are Redis keys (SET NX PX),
 //! completed by the append itself. An append is fenced by a deadline in
-//! Redis's time ([`clock`]), so a 503 means the events are not stored.
+//! Redis's time (`clock.rs`), so a 503 means the events are not stored.
 //!
 //! Its roles, one file each, over one [`Link`] (the connection and
 //! whether Redis answers): the shared [`SharedStream`] (append, read,

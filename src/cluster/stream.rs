@@ -137,7 +137,7 @@ impl SharedStream {
     /// other requests appending now; their ids, in order. `key`, when
     /// given, records the first id under its Idempotency-Key in the same
     /// call. An error means the events are not stored and will not be
-    /// (see [`append`]'s fence); Redis is given until `gives_up`.
+    /// (see the fence in `append.rs`); Redis is given until `gives_up`.
     pub async fn append(
         &self,
         drafts: &[EventDraft],
