@@ -219,14 +219,16 @@ impl SharedStream {
         let why = match self.link().observe(started, reply) {
             Ok(redis::Value::Array(ids)) => return Written::Stored(ids),
             Ok(redis::Value::Nil) => {
+                self.metrics().appends_late.inc();
                 return Written::NotStored(format!(
                     "Redis ran the write after its {} ms deadline, and so did not store it",
                     BUDGET.as_millis()
-                ))
+                ));
             }
             Ok(other) => format!("unexpected reply {other:?}"),
             Err(e) => e.to_string(),
         };
+        self.metrics().appends_unanswered.inc();
         self.check(&token, fence, gives_up, &why).await
     }
 

@@ -96,6 +96,8 @@ pub(crate) struct ClusterMetrics {
     reader_lag_entries: Gauge,
     reader_reconnects: Counter,
     skipped: Counter,
+    appends_late: Counter,
+    appends_unanswered: Counter,
     history_lost: Counter,
     lease_takeovers: Counter,
     forwarding: Gauge,
@@ -111,6 +113,8 @@ impl ClusterMetrics {
             reader_lag_entries: Gauge::default(),
             reader_reconnects: Counter::default(),
             skipped: Counter::default(),
+            appends_late: Counter::default(),
+            appends_unanswered: Counter::default(),
             history_lost: Counter::default(),
             lease_takeovers: Counter::default(),
             forwarding: Gauge::default(),
@@ -160,6 +164,16 @@ impl ClusterMetrics {
             "cluster_history_lost",
             "Times this node found the stream had lost entries it had not read (live subscribers were sent a gap)",
             m.history_lost.clone(),
+        );
+        registry.register(
+            "cluster_appends_late",
+            "Appends Redis ran after their deadline, and so stored nothing (their requests were answered 503)",
+            m.appends_late.clone(),
+        );
+        registry.register(
+            "cluster_appends_unanswered",
+            "Appends whose reply did not come in time, after which the node checked whether Redis had stored them",
+            m.appends_unanswered.clone(),
         );
         registry.register(
             "cluster_entries_skipped",

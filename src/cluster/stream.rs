@@ -133,6 +133,11 @@ impl SharedStream {
         &self.link
     }
 
+    /// The cluster's series.
+    pub(super) fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
     /// Appends events to the stream, in one script call shared with the
     /// other requests appending now; their ids, in order. `key`, when
     /// given, records the first id under its Idempotency-Key in the same

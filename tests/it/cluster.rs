@@ -484,6 +484,10 @@ async fn a_503_means_the_event_is_not_stored_even_if_redis_runs_it_later() {
         }
     }
     assert_eq!(seen.len(), accepted, "nothing else was stored");
+    assert!(
+        metric(&a, "ratatoskr_cluster_appends_unanswered_total").await >= 1.0,
+        "the appends in flight when Redis froze are counted"
+    );
     a.stop().await;
 }
 
