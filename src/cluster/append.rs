@@ -31,6 +31,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::KeyRecord;
+use super::link::within;
 use super::{ClusterError, SharedStream};
 use crate::event::wire;
 use crate::event::EventId;
@@ -56,8 +57,8 @@ const TOKEN_TTL: Duration = Duration::from_secs(30);
 /// KEYS index of its Idempotency-Key (0 for none), the key's value prefix
 /// (the request's fingerprint) and TTL (ms), and its fields. Returns the
 /// stream ids, or nil (and writes nothing) past the fence. The token holds
-/// the first and last id and their count (the entries of one script are
-/// consecutive in the stream).
+/// the first and last id (the entries of one script are consecutive in
+/// the stream).
 const APPEND_SCRIPT: &str = r"
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
@@ -75,7 +76,7 @@ for e = 1, tonumber(ARGV[4]) do
   end
   i = i + 4 + 2 * n
 end
-redis.call('SET', KEYS[2], ids[1] .. ' ' .. ids[#ids] .. ' ' .. #ids, 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ids[1] .. ' ' .. ids[#ids], 'PX', ARGV[3])
 return ids
 ";
 
@@ -214,8 +215,7 @@ impl SharedStream {
         }
         let started = Instant::now();
         let mut conn = self.link().commands();
-        let reply = tokio::time::timeout_at(gives_up.into(), call.invoke_async(&mut conn)).await;
-        let reply: redis::RedisResult<redis::Value> = reply.unwrap_or_else(|_| Err(timed_out()));
+        let reply = within(gives_up, call.invoke_async(&mut conn)).await;
         let why = match self.link().observe(started, reply) {
             Ok(redis::Value::Array(ids)) => return Written::Stored(ids),
             Ok(redis::Value::Nil) => {
@@ -247,10 +247,7 @@ impl SharedStream {
             call.key(self.name()).key(token).arg(fence);
             let mut conn = self.link().commands();
             let started = Instant::now();
-            let reply =
-                tokio::time::timeout_at(deadline.into(), call.invoke_async(&mut conn)).await;
-            let reply: redis::RedisResult<redis::Value> =
-                reply.unwrap_or_else(|_| Err(timed_out()));
+            let reply = within(deadline, call.invoke_async(&mut conn)).await;
             match self.link().observe(started, reply) {
                 Ok(redis::Value::Array(ids)) => return Written::Stored(ids),
                 Ok(redis::Value::Int(0)) => return not_stored("Redis says it did not run it"),
@@ -270,11 +267,4 @@ impl SharedStream {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.link().key(&format!("append:{}:{n}", self.writer))
     }
-}
-
-fn timed_out() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("no answer within {} ms", BUDGET.as_millis()),
-    ))
 }

@@ -32,20 +32,14 @@ struct Reading {
     error: Duration,
 }
 
-/// Redis's time as estimated from the best recent reading.
-#[derive(Debug)]
+/// Redis's time as estimated from the best recent reading (none before
+/// [`ServerClock::read`]).
+#[derive(Debug, Default)]
 pub struct ServerClock {
     reading: Mutex<Option<Reading>>,
 }
 
 impl ServerClock {
-    /// Not read yet: [`ServerClock::read`] before the first fence.
-    pub fn new() -> Self {
-        Self {
-            reading: Mutex::new(None),
-        }
-    }
-
     /// Reads Redis's `TIME` once and keeps the reading when it is at least
     /// as sure as the one it replaces once that one has aged a little
     /// (clocks drift, a second at most is kept regardless).
@@ -81,19 +75,13 @@ impl ServerClock {
     }
 }
 
-impl Default for ServerClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_fence_is_the_give_up_time_in_redis_time_less_the_uncertainty_and_margin() {
-        let clock = ServerClock::new();
+        let clock = ServerClock::default();
         let now = Instant::now();
         assert_eq!(clock.fence(now), None, "no reading yet");
         *lock(&clock.reading) = Some(Reading {

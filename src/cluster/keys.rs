@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
+use super::link::within;
 use super::{ClusterError, Link};
 use crate::event::{wire, EventId};
 use crate::state::idempotency::{Claim, Fingerprint};
@@ -91,7 +92,7 @@ impl SharedKeys {
             return Ok(Claim::Mismatch);
         };
         // A stream id (as the append writes it), or an event id (as
-        // releases before the fenced append did).
+        // nodes of earlier releases wrote).
         let id = wire::event_id(id)
             .ok()
             .or_else(|| id.parse::<EventId>().ok());
@@ -129,18 +130,3 @@ static RELEASE_IN_FLIGHT: std::sync::LazyLock<redis::Script> = std::sync::LazyLo
 
 /// How much longer than the append's budget a claim is held in flight.
 const IN_FLIGHT_SLACK: Duration = Duration::from_secs(1);
-
-/// `command`'s result, or a timeout at `gives_up`.
-async fn within<T>(
-    gives_up: Instant,
-    command: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
-    tokio::time::timeout_at(gives_up.into(), command)
-        .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "Redis did not answer in time",
-            )))
-        })
-}

@@ -65,7 +65,7 @@ impl Link {
             prefix,
             healthy: AtomicBool::new(true),
             round_trip,
-            clock: ServerClock::new(),
+            clock: ServerClock::default(),
         };
         link.read_clock().await?;
         Ok(link)
@@ -138,4 +138,20 @@ impl Link {
             }
         }
     }
+}
+
+/// `command`'s result, or a timeout error at `until` (one that
+/// [`Link::observe`] counts as Redis not answering).
+pub(super) async fn within<T>(
+    until: Instant,
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout_at(until.into(), command)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "Redis did not answer in time",
+            )))
+        })
 }
