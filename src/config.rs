@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::hub::LagPolicy;
+use crate::redis_target::{RedisMode, RedisTarget, TargetError};
 use crate::state::store::StoreKind;
 pub use crate::telemetry::LogFormat;
 
@@ -310,8 +311,32 @@ pub struct Config {
     /// (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS, or
     /// `redis+unix:///path/to/redis.sock[?db=N]` for a Unix socket).
     /// Unset: one embedded node (redb, no external service).
+    /// In `--redis-mode cluster`, one or more of the cluster's nodes,
+    /// comma-separated (`redis://10.0.0.1:7001,redis://10.0.0.2:7002`); in
+    /// `sentinel`, the sentinels.
     #[arg(long, env = "RATATOSKR_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// How that Redis is deployed: `single` (one primary), `cluster` (a
+    /// Redis Cluster: every key of the gateway is hash-tagged) or
+    /// `sentinel` (the primary the sentinels name, followed through
+    /// failovers).
+    #[arg(long, env = "RATATOSKR_REDIS_MODE", value_enum, default_value_t = RedisMode::Single)]
+    pub redis_mode: RedisMode,
+
+    /// In `--redis-mode sentinel`: the name the sentinels monitor the
+    /// primary under (`sentinel monitor <name> …`).
+    #[arg(long, env = "RATATOSKR_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// In `--redis-mode sentinel`: the sentinels' own password, if they
+    /// require one (the primary's is the one in `--redis-url`).
+    #[arg(
+        long,
+        env = "RATATOSKR_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_sentinel_password: Option<String>,
 
     /// Prefix of every Redis key, so that several clusters can share one Redis.
     #[arg(long, env = "RATATOSKR_REDIS_PREFIX", default_value = "ratatoskr")]
@@ -325,6 +350,13 @@ pub struct Config {
         default_value_t = 100_000
     )]
     pub redis_stream_max_len: usize,
+
+    /// Replicas that must hold each event before it is answered 202
+    /// (Redis's WAIT, within the request's time). 0: the primary's write
+    /// is enough, and a failover may lose the last events acknowledged;
+    /// give 1 when the primaries have replicas.
+    #[arg(long, env = "RATATOSKR_REDIS_ACK_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_ack_replicas: u32,
 
     /// Require this bearer token (16+ characters) on the API, the stream and
     /// the hook endpoints. Unset: open (for a trusted network only).
@@ -380,6 +412,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// The shared Redis, in cluster mode (`--redis-url` given).
+    pub fn redis_target(&self) -> Option<Result<RedisTarget, TargetError>> {
+        self.redis_url.as_deref().map(|urls| {
+            RedisTarget::new(
+                self.redis_mode,
+                urls,
+                self.redis_sentinel_master.as_deref(),
+                self.redis_sentinel_password.as_deref(),
+                &self.redis_prefix,
+            )
+        })
+    }
+
     /// Every credential's settings.
     pub fn credentials(&self) -> crate::auth::credentials::CredentialSettings {
         crate::auth::credentials::CredentialSettings {
@@ -458,15 +503,14 @@ impl Config {
     /// Checks values that parse but would break the gateway.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
-        if let Some(url) = &self.redis_url {
-            if !["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-            {
-                return err(
-                    "--redis-url must start with redis://, rediss:// (TLS) or redis+unix:// (a Unix socket)",
-                );
-            }
+        if self.redis_url.is_none() && self.redis_mode != RedisMode::Single {
+            return Err(ConfigError(format!(
+                "--redis-mode {} needs --redis-url",
+                self.redis_mode.name()
+            )));
+        }
+        if let Err(e) = self.redis_target().transpose() {
+            return Err(ConfigError(e.to_string()));
         }
         if self.redis_prefix.is_empty()
             || self.redis_prefix.len() > 64

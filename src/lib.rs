@@ -17,6 +17,7 @@ pub mod forward;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod redis_target;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
@@ -66,6 +67,9 @@ pub enum StartError {
     /// Cluster mode: Redis could not be reached at start.
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    /// Cluster mode: `--redis-url` and its mode do not fit.
+    #[error(transparent)]
+    RedisTarget(#[from] redis_target::TargetError),
     /// A credential (JWT key, API keys file) could not be loaded.
     #[error(transparent)]
     Keys(#[from] auth::credentials::CredentialError),
@@ -88,8 +92,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<bool, StartError> {
-    let store = Arc::new(match &config.redis_url {
-        Some(url) => Store::open_redis(url, &config.redis_prefix)?,
+    let store = Arc::new(match config.redis_target().transpose()? {
+        Some(target) => Store::open_redis(target)?,
         None => Store::open(config.store, &config.data_dir)?,
     });
     run_with_store(config, store, listener, shutdown).await
@@ -194,20 +198,20 @@ pub async fn run_with_store(
     }
     // Cluster mode: ids come from the shared stream, read by one reader
     // per node; there is no local id mark to keep.
-    let cluster = match &config.redis_url {
-        Some(url) => {
+    let cluster = match config.redis_target().transpose()? {
+        Some(target) => {
             let c = cluster::Cluster::connect(
                 cluster::ClusterConfig {
-                    url: url.clone(),
-                    prefix: config.redis_prefix.clone(),
+                    target,
                     stream_max_len: config.redis_stream_max_len,
+                    ack_replicas: config.redis_ack_replicas,
                     max_age: config.replay_max_age,
                     idempotency_window: config.idempotency_window,
                 },
                 &metrics,
             )
             .await?;
-            tracing::info!(prefix = %config.redis_prefix, "cluster member: events go through Redis");
+            tracing::info!(prefix = %config.redis_prefix, mode = config.redis_mode.name(), "cluster member: events go through Redis");
             Some(c)
         }
         None => None,

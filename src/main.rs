@@ -90,9 +90,10 @@ fn main() -> ExitCode {
     }
     // The store first: a damaged one must stop the start before it binds.
     // A cluster node keeps nothing on local disk: its store is the Redis.
-    let opened = match &config.redis_url {
-        Some(url) => Store::open_redis(url, &config.redis_prefix),
-        None => Store::open(config.store, &config.data_dir),
+    let opened = match config.redis_target().transpose() {
+        Ok(Some(target)) => Store::open_redis(target),
+        Ok(None) => Store::open(config.store, &config.data_dir),
+        Err(e) => return fatal(2, e),
     };
     let store = match opened {
         Ok(s) => Arc::new(s),

@@ -45,6 +45,9 @@ pub const BUDGET: Duration = Duration::from_millis(1500);
 /// How long, past [`BUDGET`], the node may spend learning whether a write
 /// whose reply did not come was run.
 const CHECK_BUDGET: Duration = Duration::from_millis(500);
+/// Of a request's time, what is kept for taking back a batch that too few
+/// replicas confirmed.
+const TAKE_BACK_RESERVE: Duration = Duration::from_millis(300);
 /// How long a batch's token stays in Redis (its check comes within
 /// [`BUDGET`] and [`CHECK_BUDGET`]).
 const TOKEN_TTL: Duration = Duration::from_secs(30);
@@ -97,7 +100,22 @@ for j, e in ipairs(redis.call('XRANGE', KEYS[1], first, last)) do ids[j] = e[1] 
 return ids
 ";
 
+/// Takes back a batch that too few replicas confirmed. KEYS: the stream,
+/// the token, then the Idempotency-Keys the batch recorded; ARGV: the
+/// number of ids, the ids, then each key's value as recorded (a key that
+/// holds anything else is another request's, and stays).
+const TAKE_BACK_SCRIPT: &str = r"
+local n = tonumber(ARGV[1])
+for i = 1, n do redis.call('XDEL', KEYS[1], ARGV[1 + i]) end
+redis.call('DEL', KEYS[2])
+for k = 3, #KEYS do
+  if redis.call('GET', KEYS[k]) == ARGV[n + k - 1] then redis.call('DEL', KEYS[k]) end
+end
+return n
+";
+
 static APPEND: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(APPEND_SCRIPT));
+static TAKE_BACK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TAKE_BACK_SCRIPT));
 static CHECK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHECK_SCRIPT));
 
 /// One request's entries, and where its ids go.
@@ -215,9 +233,30 @@ impl SharedStream {
         }
         let started = Instant::now();
         let mut conn = self.link().commands();
-        let reply = within(gives_up, call.invoke_async(&mut conn)).await;
+        let wanted = self.replicas_to_wait_for();
+        let (reply, replicas) = if wanted == 0 {
+            (within(gives_up, call.invoke_async(&mut conn)).await, None)
+        } else {
+            match within(
+                gives_up,
+                self.invoke_replicated(&call, wanted, gives_up, &mut conn),
+            )
+            .await
+            {
+                Ok((ids, replicas)) => (Ok(ids), Some(replicas)),
+                Err(e) => (Err(e), None),
+            }
+        };
         let why = match self.link().observe(started, reply) {
-            Ok(redis::Value::Array(ids)) => return Written::Stored(ids),
+            Ok(redis::Value::Array(ids)) => match replicas {
+                Some(confirmed) if confirmed < i64::from(wanted) => {
+                    self.metrics().appends_unreplicated.inc();
+                    return self
+                        .take_back(requests, &token, &ids, confirmed, wanted)
+                        .await;
+                }
+                _ => return Written::Stored(ids),
+            },
             Ok(redis::Value::Nil) => {
                 self.metrics().appends_late.inc();
                 return Written::NotStored(format!(
@@ -230,6 +269,84 @@ impl SharedStream {
         };
         self.metrics().appends_unanswered.inc();
         self.check(&token, fence, gives_up, &why).await
+    }
+
+    /// Runs the append and then WAITs, in one pipeline to the stream's
+    /// primary, for `wanted` replicas to confirm it, until a little before
+    /// `gives_up` (what is left is for taking it back). Its ids (or nil
+    /// past the fence) and how many confirmed.
+    async fn invoke_replicated(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+        wanted: u32,
+        gives_up: Instant,
+        conn: &mut crate::redis_target::Commands,
+    ) -> redis::RedisResult<(redis::Value, i64)> {
+        let wait = gives_up
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(TAKE_BACK_RESERVE)
+            .as_millis()
+            .max(1) as u64;
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(call).cmd("WAIT").arg(wanted).arg(wait);
+        match pipe.query_async(conn).await {
+            // A primary that has not run it yet (a promoted replica: the
+            // script cache is not replicated) refuses the script, and its
+            // WAIT, with no new write to wait for, answers at once; so
+            // loading it and sending the pipeline again is safe.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                call.load_async(conn).await?;
+                pipe.query_async(conn).await
+            }
+            r => r,
+        }
+    }
+
+    /// Takes back a batch that `confirmed` replicas, fewer than asked,
+    /// held in time: not acknowledged, so not left in the stream either.
+    /// If even that fails, the primary is gone, and the batch may or may
+    /// not survive on the replica it fails over to: a retry with the same
+    /// `Idempotency-Key` is then answered with the first id if it did.
+    async fn take_back(
+        &self,
+        requests: &[Append],
+        token: &str,
+        ids: &[redis::Value],
+        confirmed: i64,
+        wanted: u32,
+    ) -> Written {
+        let short = format!(
+            "{confirmed} of the {wanted} replicas the write waited for confirmed it in time"
+        );
+        let texts: Vec<String> = ids
+            .iter()
+            .filter_map(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .collect();
+        let mut call = TAKE_BACK.prepare_invoke();
+        call.key(self.name()).key(token).arg(texts.len());
+        for id in &texts {
+            call.arg(id);
+        }
+        let mut next = 0;
+        for r in requests {
+            if let (Some(k), Some(first)) = (&r.key, texts.get(next)) {
+                call.key(&k.key);
+                call.arg(format!("{}:{first}", k.value));
+            }
+            next += r.entries.len();
+        }
+        let started = Instant::now();
+        let until = Instant::now() + TAKE_BACK_RESERVE;
+        let mut conn = self.link().commands();
+        match self
+            .link()
+            .observe(started, within(until, call.invoke_async::<i64>(&mut conn)).await)
+        {
+            Ok(_) => Written::NotStored(format!("{short}, and it was taken back")),
+            Err(e) => Written::NotStored(format!(
+                "{short}, and it could not be taken back ({e}): it may survive the failover; retry with the same Idempotency-Key"
+            )),
+        }
     }
 
     /// Learns whether the batch of `token` was stored, once the fence has

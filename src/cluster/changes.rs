@@ -62,11 +62,10 @@ impl Cluster {
     pub fn start_following(self: &Arc<Self>, followers: Followers) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let channel =
-                crate::state::store::redis::RedisDocuments::changes_channel(me.link.prefix());
+            let channel = me.link.key(crate::state::store::redis::CHANGES);
             let mut backoff = Duration::from_millis(100);
             loop {
-                let mut pubsub = match me.link.client().get_async_pubsub().await {
+                let mut pubsub = match me.link.pubsub().await {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::debug!(error = %e, "change channel: reconnecting");

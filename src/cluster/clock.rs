@@ -13,7 +13,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::redis_target::Commands;
 
 use crate::sync::lock;
 
@@ -43,7 +43,7 @@ impl ServerClock {
     /// Reads Redis's `TIME` once and keeps the reading when it is at least
     /// as sure as the one it replaces once that one has aged a little
     /// (clocks drift, a second at most is kept regardless).
-    pub async fn read(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    pub async fn read(&self, conn: &mut Commands) -> redis::RedisResult<()> {
         let sent = Instant::now();
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
         let round_trip = sent.elapsed();

@@ -1,27 +1,25 @@
 //! The connection every Redis role of a node shares: one multiplexed
 //! command connection (concurrent requests are pipelined on it, so
-//! ingest is not one round trip per event), the client that opens the
-//! stream reader's and the change channel's own connections, and whether
-//! Redis answers.
+//! ingest is not one round trip per event), the target that opens the
+//! stream reader's and the change channel's own connections (whatever
+//! the Redis's mode: see [`crate::redis_target`]), and whether Redis
+//! answers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::histogram::Histogram;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
 use super::clock::ServerClock;
 use super::ClusterError;
+use crate::redis_target::{Commands, RedisTarget};
+use prometheus_client::metrics::histogram::Histogram;
 
 /// How long one Redis command may take before it counts as failed.
 pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A node's connection to the shared Redis.
 pub struct Link {
-    client: redis::Client,
-    commands: ConnectionManager,
-    /// Prefix of every key, so that clusters can share one Redis.
-    prefix: String,
+    target: RedisTarget,
+    commands: Commands,
     /// Whether the last command or read reached Redis.
     healthy: AtomicBool,
     round_trip: Histogram,
@@ -31,9 +29,8 @@ pub struct Link {
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password: show only the prefix.
         f.debug_struct("Link")
-            .field("prefix", &self.prefix)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -41,28 +38,14 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// Connects (failing at once if Redis cannot be reached: a node that
     /// starts without its cluster would only accept what it cannot keep).
-    pub async fn connect(
-        url: &str,
-        prefix: String,
-        round_trip: Histogram,
-    ) -> Result<Self, ClusterError> {
-        let client = crate::state::store::redis::open_client(url)
-            .map_err(|e| ClusterError::Url(e.to_string()))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let commands = tokio::time::timeout(
-            RESPONSE_TIMEOUT * 3,
-            ConnectionManager::new_with_config(client.clone(), manager),
-        )
-        .await
-        .map_err(|_| ClusterError::Unavailable("timed out connecting".into()))??;
+    pub async fn connect(target: RedisTarget, round_trip: Histogram) -> Result<Self, ClusterError> {
+        let commands =
+            tokio::time::timeout(RESPONSE_TIMEOUT * 3, target.commands(RESPONSE_TIMEOUT))
+                .await
+                .map_err(|_| ClusterError::Unavailable("timed out connecting".into()))??;
         let link = Self {
-            client,
+            target,
             commands,
-            prefix,
             healthy: AtomicBool::new(true),
             round_trip,
             clock: ServerClock::default(),
@@ -83,24 +66,24 @@ impl Link {
         &self.clock
     }
 
-    /// The key `<prefix>:<name>`.
+    /// The key `<prefix>:<name>` (hash-tagged in cluster mode).
     pub fn key(&self, name: &str) -> String {
-        format!("{}:{name}", self.prefix)
-    }
-
-    /// The key prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.target.key(name)
     }
 
     /// The shared command connection (a cheap handle).
-    pub fn commands(&self) -> ConnectionManager {
+    pub fn commands(&self) -> Commands {
         self.commands.clone()
     }
 
-    /// The client, for connections of their own (the reader, pub/sub).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A connection of its own, for blocking reads, answering within `response`.
+    pub async fn own_connection(&self, response: Duration) -> redis::RedisResult<Commands> {
+        self.target.own_connection(&self.commands, response).await
+    }
+
+    /// A pub/sub connection.
+    pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        self.target.pubsub(&self.commands).await
     }
 
     /// Whether Redis answered the last command and the reader is connected.

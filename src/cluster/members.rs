@@ -80,13 +80,7 @@ impl Cluster {
     pub async fn members(&self) -> Result<Vec<Member>, super::ClusterError> {
         let mut conn = self.link.commands();
         let pattern = self.member_key("*");
-        let mut keys: Vec<String> = Vec::new();
-        {
-            let mut iter = conn.scan_match::<_, String>(&pattern).await?;
-            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(k?);
-            }
-        }
+        let keys = conn.scan_keys(&pattern, &pattern).await?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }

@@ -54,12 +54,12 @@ pub use self::stream::{ResumePage, SharedStream};
 /// Cluster settings, from the configuration.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `redis://…` or `rediss://…`.
-    pub url: String,
-    /// Prefix of every key, so that clusters can share one Redis.
-    pub prefix: String,
+    /// The shared Redis, and the prefix of every key.
+    pub target: crate::redis_target::RedisTarget,
     /// Most entries the stream keeps (approximate trimming).
     pub stream_max_len: usize,
+    /// Replicas that must hold an append before it is acknowledged.
+    pub ack_replicas: u32,
     /// Oldest entry the stream keeps (approximate trimming, once a second).
     pub max_age: Duration,
     /// How long an `Idempotency-Key` is remembered.
@@ -76,9 +76,6 @@ pub enum ClusterError {
     /// `append`'s fence).
     #[error("Redis did not store the events: {0}")]
     NotStored(String),
-    /// The URL does not parse.
-    #[error("--redis-url: {0}")]
-    Url(String),
 }
 
 impl From<redis::RedisError> for ClusterError {
@@ -98,6 +95,8 @@ pub(crate) struct ClusterMetrics {
     skipped: Counter,
     appends_late: Counter,
     appends_unanswered: Counter,
+    appends_unreplicated: Counter,
+    replicas_acking: Gauge,
     history_lost: Counter,
     lease_takeovers: Counter,
     forwarding: Gauge,
@@ -115,6 +114,8 @@ impl ClusterMetrics {
             skipped: Counter::default(),
             appends_late: Counter::default(),
             appends_unanswered: Counter::default(),
+            appends_unreplicated: Counter::default(),
+            replicas_acking: Gauge::default(),
             history_lost: Counter::default(),
             lease_takeovers: Counter::default(),
             forwarding: Gauge::default(),
@@ -176,6 +177,16 @@ impl ClusterMetrics {
             m.appends_unanswered.clone(),
         );
         registry.register(
+            "cluster_appends_unreplicated",
+            "Appends that fewer replicas than --redis-ack-replicas confirmed in time, and that were taken back (their requests were answered 503)",
+            m.appends_unreplicated.clone(),
+        );
+        registry.register(
+            "cluster_replicas_acking",
+            "Replicas each append waits for: --redis-ack-replicas, or fewer while fewer are connected to the stream's primary",
+            m.replicas_acking.clone(),
+        );
+        registry.register(
             "cluster_entries_skipped",
             "Stream entries this node could not read back (logged)",
             m.skipped.clone(),
@@ -212,20 +223,23 @@ impl Cluster {
         metrics: &crate::telemetry::Metrics,
     ) -> Result<Arc<Self>, ClusterError> {
         let metrics = metrics.register(ClusterMetrics::register);
-        let link =
-            Arc::new(Link::connect(&config.url, config.prefix, metrics.round_trip.clone()).await?);
-        Ok(Arc::new(Self {
+        let link = Arc::new(Link::connect(config.target, metrics.round_trip.clone()).await?);
+        let cluster = Arc::new(Self {
             stream: SharedStream::open(
                 link.clone(),
                 config.stream_max_len,
                 config.max_age,
+                config.ack_replicas,
                 metrics.clone(),
             ),
             keys: SharedKeys::new(link.clone(), config.idempotency_window),
             link,
             node_id: uuid::Uuid::new_v4().simple().to_string(),
             metrics,
-        }))
+        });
+        // Before the first append: how many replicas it waits for.
+        cluster.stream.count_replicas().await;
+        Ok(cluster)
     }
 
     /// The shared event stream.
@@ -243,10 +257,12 @@ impl Cluster {
         self.link.is_healthy()
     }
 
-    /// Reads Redis's clock again, for the appends' fence (each second).
+    /// Reads Redis's clock again, for the appends' fence, and counts the
+    /// replicas they wait for (each second).
     pub async fn read_clock(&self) {
         if let Err(e) = self.link.read_clock().await {
             tracing::debug!(error = %e, "Redis's clock could not be read");
         }
+        self.stream.count_replicas().await;
     }
 }

@@ -38,6 +38,11 @@ pub struct SharedStream {
     pub(super) max_len: usize,
     /// Oldest entry it keeps (approximate trimming, once a second).
     max_age: Duration,
+    /// Replicas that must hold an append before it is acknowledged (of
+    /// those connected: see [`SharedStream::replicas_to_wait_for`]).
+    ack_replicas: u32,
+    /// Replicas connected to the stream's primary, as last counted.
+    replicas_connected: std::sync::atomic::AtomicU32,
     /// How far the reader got, for [`SharedStream::measure_lag`].
     progress: ReaderProgress,
     /// To the appender task ([`append`]).
@@ -101,6 +106,7 @@ impl SharedStream {
         link: Arc<Link>,
         max_len: usize,
         max_age: Duration,
+        ack_replicas: u32,
         metrics: ClusterMetrics,
     ) -> Arc<Self> {
         let (appends, queue) = tokio::sync::mpsc::channel(append::QUEUE);
@@ -109,6 +115,8 @@ impl SharedStream {
             link,
             max_len,
             max_age,
+            ack_replicas,
+            replicas_connected: std::sync::atomic::AtomicU32::new(0),
             progress: ReaderProgress {
                 last: AtomicU64::new(0),
                 read: AtomicU64::new(0),
@@ -266,6 +274,52 @@ impl SharedStream {
         Ok((out, complete))
     }
 
+    /// How many replicas an append waits for: `--redis-ack-replicas`, or
+    /// fewer while fewer are connected to the stream's primary (as counted
+    /// each second). A primary that lost its replica (one just promoted
+    /// by a failover) goes on acknowledging on its own write rather than
+    /// refusing every event until a replica is back; while the replicas
+    /// are there, nothing acknowledged can be lost by a failover.
+    pub(super) fn replicas_to_wait_for(&self) -> u32 {
+        self.ack_replicas
+            .min(self.replicas_connected.load(Ordering::Relaxed))
+    }
+
+    /// Counts the replicas connected to the stream's primary (each
+    /// second, from the sweeper), if appends wait for any.
+    pub async fn count_replicas(&self) {
+        if self.ack_replicas == 0 {
+            return;
+        }
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("replication");
+        let started = Instant::now();
+        let reply = self
+            .link
+            .commands()
+            .query_at::<String>(cmd, &self.name)
+            .await;
+        let Ok(info) = self.link.observe(started, reply) else {
+            return; // Redis away: said elsewhere
+        };
+        let connected = info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        let before = self.replicas_connected.swap(connected, Ordering::Relaxed);
+        if connected < self.ack_replicas && before != connected {
+            tracing::warn!(
+                connected,
+                wanted = self.ack_replicas,
+                "the stream's primary has fewer replicas than --redis-ack-replicas: events are acknowledged once the {connected} connected hold them"
+            );
+        }
+        self.metrics
+            .replicas_acking
+            .set(i64::from(self.replicas_to_wait_for()));
+    }
+
     /// Sets the reader's lag gauges from the stream's head (once a second,
     /// from the sweeper): milliseconds between the newest entry and the
     /// last one read, and entries behind. Entries are counted from Redis's
@@ -364,13 +418,9 @@ impl SharedStream {
         let mut backoff = Duration::from_millis(100);
         let mut connected_before = false;
         loop {
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-                .set_response_timeout(Some(READ_BLOCK + RESPONSE_TIMEOUT));
             let mut conn = match self
                 .link
-                .client()
-                .get_multiplexed_async_connection_with_config(&config)
+                .own_connection(READ_BLOCK + RESPONSE_TIMEOUT)
                 .await
             {
                 Ok(c) => c,
@@ -459,7 +509,7 @@ impl SharedStream {
     /// loss.)
     async fn check_history(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut crate::redis_target::Commands,
         hub: &Hub,
         last: &str,
     ) -> redis::RedisResult<()> {

@@ -1,139 +1,15 @@
 //! Cluster mode: three real nodes (the shipped binary) on one real Redis,
 //! which each test starts on a Unix socket of its own and stops.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process};
+use crate::support::redis::{free_port, Redis};
 use crate::support::util::{eventually, series_value, SseClient};
-
-/// A `redis-server` of the test's own, keeping nothing on disk, on a Unix
-/// socket in a directory of its own: no TCP port to pick, so none found
-/// free and raced for.
-struct Redis {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Redis {
-    /// Starts one, or `None` (with the reason) where redis-server is not
-    /// installed; CI installs it, and there a missing one is a failure.
-    fn start() -> Option<Self> {
-        Self::start_at(temp_dir("redis").join("redis.sock"))
-    }
-
-    /// Starts one on `socket` (again, after [`Redis::stop`]).
-    fn start_at(socket: PathBuf) -> Option<Self> {
-        Self::start_with(socket, &["--port", "0"])
-    }
-
-    /// On `socket`, and on whatever else `listen` says (`--tls-port`).
-    fn start_with(socket: PathBuf, listen: &[&str]) -> Option<Self> {
-        Some(Self::try_start_with(socket, listen)?.unwrap_or_else(|why| panic!("{why}")))
-    }
-
-    /// Ready once it answers on the socket, which it opens after every
-    /// other listener: a port it could not bind stops it instead (`Err`).
-    fn try_start_with(socket: PathBuf, listen: &[&str]) -> Option<Result<Self, String>> {
-        let spawned = Command::new("redis-server")
-            .args(listen)
-            .arg("--unixsocket")
-            .arg(&socket)
-            .args(["--unixsocketperm", "700"])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                crate::support::skip::needs(
-                    "redis-server",
-                    false,
-                    &format!("{e}; .ci/run installs it"),
-                );
-                return None;
-            }
-        };
-        let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(Err(format!(
-                    "redis-server stopped at start ({status}): {listen:?}"
-                )));
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Ok(Self { child, socket }))
-    }
-
-    /// Runs one inline command (`XTRIM k MAXLEN 0`), returning the reply's
-    /// first line.
-    fn command(&self, line: &str) -> String {
-        use std::io::{BufRead, Write};
-        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
-        s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        let mut reply = String::new();
-        std::io::BufReader::new(s).read_line(&mut reply).unwrap();
-        reply
-    }
-
-    fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket.display())
-    }
-
-    /// Freezes it (SIGSTOP to its PID): what is sent to it waits, unread,
-    /// and runs when it is [`Redis::thaw`]ed.
-    fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
-    fn thaw(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, which: &str) {
-        let done = Command::new("kill")
-            .args([which, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(done.success(), "kill {which}");
-    }
-
-    /// Stops it (its PID, which this test started); where to start it again.
-    fn stop(mut self) -> PathBuf {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::take(&mut self.socket)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port that was free a moment ago, for the TLS listener alone (TLS
-/// needs TCP, and redis-server cannot pick its own port): if another
-/// process takes it first, redis-server stops at start and another port
-/// is tried.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn node(redis: &Redis, extra: &[&str]) -> Process {
     let mut args = vec!["--redis-url", &*Box::leak(redis.url().into_boxed_str())];
@@ -499,10 +375,7 @@ fn a_cluster_node_or_a_replica_is_refused_at_start_naming_why() {
     };
     assert!(replica.command("REPLICAOF 127.0.0.1 1").starts_with("+OK"));
     let r = crate::setup::run(&["--redis-url", &replica.url()], &[]);
-    crate::setup::assert_fatal(
-        &r,
-        &["--redis-url", "is a replica", "standalone Redis primary"],
-    );
+    crate::setup::assert_fatal(&r, &["--redis-url", "is a replica", "--redis-mode single"]);
     // A node of a Redis Cluster: it would answer MOVED for most keys. It
     // needs a TCP port, and its cluster bus takes the port 10000 above.
     let dir = temp_dir("cluster-node");
@@ -529,7 +402,7 @@ fn a_cluster_node_or_a_replica_is_refused_at_start_naming_why() {
     let r = crate::setup::run(&["--redis-url", &node.url()], &[]);
     crate::setup::assert_fatal(
         &r,
-        &["--redis-url", "Redis Cluster", "standalone Redis primary"],
+        &["--redis-url", "Redis Cluster", "give --redis-mode cluster"],
     );
 }
 

@@ -21,6 +21,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod persistence;
+mod redis_modes;
 mod registration_bounds;
 mod resume;
 mod rotation;

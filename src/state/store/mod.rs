@@ -184,8 +184,8 @@ impl Store {
     }
 
     /// Cluster mode: documents in the shared Redis (`--redis-url`).
-    pub fn open_redis(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let docs = redis::RedisDocuments::connect(url, prefix).map_err(StoreError::Io)?;
+    pub fn open_redis(target: crate::redis_target::RedisTarget) -> Result<Self, StoreError> {
+        let docs = redis::RedisDocuments::connect(target).map_err(StoreError::Io)?;
         Ok(Self {
             backend: Backend::Redis(Box::new(docs)),
         })

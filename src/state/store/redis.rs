@@ -1,8 +1,9 @@
 //! Cluster mode's store: registrations, event types and the like as Redis
-//! keys, one per document (`<prefix>:doc:<collection>:<key>`), so that
-//! every node reads and writes the same ones. A registration's key expires
-//! with it (PXAT). Every change is announced on `<prefix>:changes`, and
-//! each node reloads the collection named there.
+//! keys, one per document (`<prefix>:doc:<collection>:<key>`, hash-tagged
+//! on a Redis Cluster, so all of them share a slot), so that every node
+//! reads and writes the same ones. A registration's key expires with it
+//! (PXAT). Every change is announced on `<prefix>:changes`, and each node
+//! reloads the collection named there.
 //!
 //! The API is synchronous: the store is only ever called on blocking
 //! threads (`http::store_write`, the sweeper) or at start.
@@ -11,6 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::Commands;
+
+use crate::redis_target::{BlockingConnection, RedisMode, RedisTarget};
 
 /// How long one store command may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,46 +32,53 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1";
 
+/// The name of the channel changes are announced on (a key name, see
+/// [`RedisTarget::key`]).
+pub const CHANGES: &str = "changes";
+
 /// Documents in Redis.
 pub struct RedisDocuments {
-    client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
-    prefix: String,
+    target: RedisTarget,
+    conn: Mutex<Option<BlockingConnection>>,
 }
 
 impl std::fmt::Debug for RedisDocuments {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisDocuments")
-            .field("prefix", &self.prefix)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
 
-/// Host and port (or socket path) of a Redis URL, for messages: never
-/// its password.
-fn where_(url: &str) -> String {
-    url::Url::parse(url).map_or_else(
-        |_| "the given address".to_owned(),
-        |u| match u.scheme() {
-            "redis+unix" | "unix" => u.path().to_owned(),
-            _ => format!(
-                "{}:{}",
-                u.host_str().unwrap_or("?"),
-                u.port().unwrap_or(6379)
-            ),
-        },
-    )
-}
-
-/// Whether the Redis on `c` can hold a cluster's data: not a Redis
-/// Cluster node (it answers MOVED for most keys), a replica (it refuses
-/// writes) or a Sentinel (it stores nothing), each of which would fail
-/// later with a less helpful error. `Err` says which it is.
-fn role_of(c: &mut redis::Connection) -> redis::RedisResult<Result<(), &'static str>> {
+/// Whether the Redis on `c` is what `mode` expects, and can hold a
+/// cluster's data: in single and sentinel mode not a Redis Cluster node
+/// (it answers MOVED for most keys), a replica (it refuses writes) or a
+/// Sentinel (it stores nothing), each of which would fail later with a
+/// less helpful error; in cluster mode, a cluster whose slots are served.
+/// `Err` says what it is instead.
+fn role_of(c: &mut BlockingConnection, mode: RedisMode) -> redis::RedisResult<Result<(), String>> {
+    if mode == RedisMode::Cluster {
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(c)?;
+        return Ok(match info_value(&info, "cluster_state") {
+            Some("ok") => Ok(()),
+            state => Err(format!(
+                "answers cluster_state:{}: not every slot is served yet",
+                state.unwrap_or("?")
+            )),
+        });
+    }
     let info: String = redis::cmd("INFO").arg("server").query(c)?;
     match info_value(&info, "redis_mode") {
-        Some("cluster") => return Ok(Err("is a node of a Redis Cluster (redis_mode:cluster)")),
-        Some("sentinel") => return Ok(Err("is a Sentinel, which stores no data")),
+        Some("cluster") => {
+            return Ok(Err(
+                "is a node of a Redis Cluster (redis_mode:cluster): give --redis-mode cluster".into(),
+            ))
+        }
+        Some("sentinel") => {
+            return Ok(Err(
+                "is a Sentinel, which stores no data: give --redis-mode sentinel and --redis-sentinel-master".into(),
+            ))
+        }
         _ => {}
     }
     let role: Vec<redis::Value> = redis::cmd("ROLE").query(c)?;
@@ -78,7 +88,7 @@ fn role_of(c: &mut redis::Connection) -> redis::RedisResult<Result<(), &'static 
         _ => false,
     };
     Ok(if replica {
-        Err("is a replica, which refuses writes: give its primary's address")
+        Err("is a replica, which refuses writes: give its primary's address".into())
     } else {
         Ok(())
     })
@@ -95,51 +105,46 @@ fn info_value<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 pub type DocError = String;
 
 impl RedisDocuments {
-    /// Connects now, so that a bad URL or an unreachable Redis stops the start.
-    pub fn connect(url: &str, prefix: &str) -> Result<Self, DocError> {
-        let client = open_client(url).map_err(|e| format!("--redis-url: {e}"))?;
+    /// Connects now, so that an unreachable Redis, or one that is not what
+    /// `--redis-mode` says, stops the start.
+    pub fn connect(target: RedisTarget) -> Result<Self, DocError> {
         let docs = Self {
-            client,
+            target,
             conn: Mutex::new(None),
-            prefix: prefix.to_owned(),
         };
+        let at = docs.target.describe();
         docs.with(|c| redis::cmd("PING").query::<String>(c).map(|_| ()))
             .map_err(|e| {
                 format!(
-                    "cannot reach Redis at {} (--redis-url): {e}; start it, or leave --redis-url out to run one embedded node",
-                    where_(url)
+                    "cannot reach Redis at {at} (--redis-url): {e}; start it, or leave --redis-url out to run one embedded node"
                 )
             })?;
-        docs.with(role_of)?
-            .map_err(|why| format!("--redis-url: Redis at {} {why}; Ratatoskr needs a standalone Redis primary (Redis Cluster and Sentinel are not supported yet)", where_(url)))?;
+        let mode = docs.target.mode();
+        docs.with(|c| role_of(c, mode))?.map_err(|why| {
+            format!(
+                "--redis-url: Redis at {at} {why} (--redis-mode {})",
+                mode.name()
+            )
+        })?;
         Ok(docs)
     }
 
-    /// The channel changes are announced on.
-    pub fn changes_channel(prefix: &str) -> String {
-        format!("{prefix}:changes")
-    }
-
     fn key(&self, collection: &str, key: &str) -> String {
-        format!("{}:doc:{collection}:{key}", self.prefix)
+        self.target.key(&format!("doc:{collection}:{key}"))
     }
 
     /// Runs `f` on the connection, opening it if needed; a failed command
     /// drops it, so the next call reconnects.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut BlockingConnection) -> redis::RedisResult<T>,
     ) -> Result<T, DocError> {
         let mut slot = crate::sync::lock(&self.conn);
         if slot.is_none() {
             let c = self
-                .client
-                .get_connection_with_timeout(TIMEOUT)
+                .target
+                .blocking(TIMEOUT)
                 .map_err(|e| format!("Redis: {e}"))?;
-            c.set_read_timeout(Some(TIMEOUT))
-                .map_err(|e| e.to_string())?;
-            c.set_write_timeout(Some(TIMEOUT))
-                .map_err(|e| e.to_string())?;
             *slot = Some(c);
         }
         let conn = slot.as_mut().expect("just opened");
@@ -153,7 +158,7 @@ impl RedisDocuments {
     }
 
     fn announce(&self, collection: &str) {
-        let channel = Self::changes_channel(&self.prefix);
+        let channel = self.target.key(CHANGES);
         let _ = self.with(|c| c.publish::<_, _, i64>(&channel, collection).map(|_| ()));
     }
 
@@ -245,9 +250,7 @@ impl RedisDocuments {
         let pattern = self.key(collection, "*");
         let strip = self.key(collection, "");
         self.with(|c| {
-            let keys: Vec<String> = c
-                .scan_match::<_, String>(&pattern)?
-                .collect::<redis::RedisResult<_>>()?;
+            let keys = c.scan_keys(&pattern, &pattern)?;
             let mut out = Vec::with_capacity(keys.len());
             for chunk in keys.chunks(500) {
                 let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(chunk).query(c)?;
@@ -261,18 +264,6 @@ impl RedisDocuments {
             Ok(out)
         })
     }
-}
-
-/// A Redis client for `url`. For `rediss://`, rustls needs one process-wide
-/// crypto provider, and cannot choose by itself because the dependency
-/// tree enables two (ring through reqwest, aws-lc-rs through the AWS SDK):
-/// without this, the first TLS connection panics. aws-lc-rs, as the AWS
-/// SDK uses. The server's certificate is checked against the system's
-/// roots (`SSL_CERT_FILE` selects another bundle).
-pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
-    // Fails only if a provider is installed already: then that one serves.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    redis::Client::open(url)
 }
 
 #[cfg(test)]

@@ -100,6 +100,10 @@ impl Gateway {
         if let Ok(url) = std::env::var("RATATOSKR_TEST_REDIS") {
             config.redis_url = Some(url);
             config.redis_prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+            // The third pass: a Redis Cluster (`RATATOSKR_TEST_REDIS` its seeds).
+            if std::env::var("RATATOSKR_TEST_REDIS_MODE").as_deref() == Ok("cluster") {
+                config.redis_mode = ratatoskr::redis_target::RedisMode::Cluster;
+            }
         }
         tune(&mut config);
         config.validate().expect("valid test config");
