@@ -18,7 +18,7 @@ cluster-demo: ## Redis plus three cluster nodes on 127.0.0.1:8081-8083 (Ctrl-C s
 
 test: test-rust test-js test-browser test-contract test-readme ## every test: Rust suites, the EventSource client, the dashboard in Chromium, the OpenAPI contract, the examples of the README and docs/
 
-test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto; nextest when installed), doctests, then the black-box suite again on a Redis cluster node
+test-rust: .venv/bin/moto_server ## cargo tests (unit, property, black-box over real sockets, SQS via moto; nextest when installed), doctests, then the black-box suite again with every gateway a node on one Redis, and again on a three-primary Redis Cluster
 	@rm -f target/tmp/skipped-tests.txt
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --locked --all-targets --no-fail-fast; \

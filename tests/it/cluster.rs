@@ -1068,6 +1068,7 @@ async fn a_resume_from_the_shared_stream_stops_at_its_byte_budget_with_a_gap() {
     let url = redis.url();
     let gw = crate::support::util::Gateway::start_with(|c| {
         c.redis_url = Some(url);
+        c.redis_mode = ratatoskr::redis_target::RedisMode::Single;
         c.redis_prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         // The ring keeps about one of them: the rest is the stream's part.
         c.replay_max_bytes = 64 * 1024;
