@@ -111,10 +111,10 @@ impl RedisTarget {
             RedisMode::Single => plain(self.single_client()?),
             RedisMode::Sentinel => plain(self.sentinel_client()?.get_client()?),
             RedisMode::Cluster => {
-                let client = self.cluster_client(timeout)?;
-                Ok(BlockingConnection::Cluster(Box::new(
-                    client.get_connection()?,
-                )))
+                // Reads time out by the client's response timeout; writes too.
+                let c = self.cluster_client(timeout)?.get_connection()?;
+                c.set_write_timeout(Some(timeout))?;
+                Ok(BlockingConnection::Cluster(Box::new(c)))
             }
         }
     }
