@@ -43,9 +43,11 @@ impl ServerClock {
     /// Reads Redis's `TIME` once and keeps the reading when it is at least
     /// as sure as the one it replaces once that one has aged a little
     /// (clocks drift, a second at most is kept regardless).
-    pub async fn read(&self, conn: &mut Commands) -> redis::RedisResult<()> {
+    /// `at` is a key on the primary whose clock counts (in cluster mode:
+    /// every key of the gateway is on one slot, so any of them).
+    pub async fn read(&self, conn: &mut Commands, at: &str) -> redis::RedisResult<()> {
         let sent = Instant::now();
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+        let (secs, micros): (u64, u64) = conn.query_at(redis::cmd("TIME"), at).await?;
         let round_trip = sent.elapsed();
         let fresh = Reading {
             at: sent + round_trip / 2,

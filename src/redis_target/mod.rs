@@ -200,6 +200,12 @@ impl RedisTarget {
             .response_timeout(response)
             .retries(2)
             .max_retry_wait(500)
+            // A node that stays unreachable (a dead primary) is dropped
+            // after these (about 1.5 s of backoff), so that the next
+            // command reads the topology again and finds the replica
+            // promoted in its place; without it the client would try the
+            // dead node for ever.
+            .max_connection_attempts(std::num::NonZeroUsize::new(5).expect("not zero"))
             .build()
     }
 }
