@@ -45,6 +45,19 @@ impl Redis {
             .arg(&socket)
             .args(["--unixsocketperm", "700"])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // A replica's full sync writes an RDB file, whatever --save
+            // says: in the socket's directory, named after the socket (servers
+            // may share a directory).
+            .arg("--dir")
+            .arg(socket.parent().expect("the socket's directory"))
+            .arg("--dbfilename")
+            .arg(format!(
+                "{}.rdb",
+                socket
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("redis")
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -90,6 +103,10 @@ impl Redis {
     /// string's contents, or the first line of any other reply).
     pub fn query(&self, line: &str) -> String {
         query_socket(&self.socket, line)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     pub fn url(&self) -> String {
