@@ -288,8 +288,10 @@ async fn publish_shared(
             deepest: 0,
         }),
         Err(e) => {
-            // Not stored, and never will be: a retry may go.
-            if let Some(Idempotent { key, fingerprint }) = key {
+            // Not stored, and never will be: a retry may go. (An unknown
+            // outcome keeps the claim: if the events were stored, the key
+            // holds their id already.)
+            if let (Some(Idempotent { key, fingerprint }), ClusterError::NotStored(_)) = (key, &e) {
                 cluster.keys().release(key, fingerprint).await;
             }
             Err(unavailable(&e))
@@ -312,8 +314,12 @@ fn key_in_flight() -> ApiError {
 }
 
 /// 503 with `Retry-After` for an event Redis did not take: never accept
-/// what cannot be stored.
+/// what cannot be stored. 504 when Redis did not say whether it did.
 fn unavailable(e: &ClusterError) -> ApiError {
+    if let ClusterError::OutcomeUnknown(_) = e {
+        tracing::warn!(error = %e, "event outcome unknown: Redis stopped answering");
+        return ApiError::outcome_unknown(format!("the event may or may not be stored: {e}"));
+    }
     tracing::warn!(error = %e, "event refused: Redis is unavailable");
     ApiError::unavailable(format!("the event was not accepted: {e}"))
         .with_retry_after(Duration::from_secs(1))

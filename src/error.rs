@@ -141,6 +141,14 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 
+    /// 504: Redis stopped answering after the write was sent, and did not
+    /// say in time whether it stored it. Retried with the same
+    /// `Idempotency-Key`, the request learns which.
+    pub fn outcome_unknown(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "outcome-unknown", detail)
+            .with_retry_after(std::time::Duration::from_secs(1))
+    }
+
     /// 503 for a store that cannot write now: logged with its cause, and
     /// answered with `Retry-After` (when the store tries again).
     pub fn store_unavailable(what: &str, cause: &crate::state::store::StoreError) -> Self {

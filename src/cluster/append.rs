@@ -9,21 +9,27 @@
 //! each other (the connection pipelines them, in order), so a batch adds
 //! no latency beyond one turn of the scheduler.
 //!
-//! The fence. A request waits for Redis at most [`BUDGET`]. The script
-//! carries the server time by which it must run (see
+//! The fence. A request waits for Redis's reply at most [`BUDGET`]. The
+//! script carries the server time by which it must run (see
 //! [`super::clock::ServerClock::fence`]) and writes nothing if it runs
 //! later, so a write that Redis only gets to after a stall cannot land
 //! behind a 503. When the reply does not come in time, the node cannot
-//! tell "not run yet" from "run, reply lost": it asks, once the fence has
-//! passed in Redis's time, whether the batch's token (written by the
-//! script with the entries) is there. There: the events are stored, and
-//! answered 202 with their ids. Absent: they are not, and never will be
-//! (503). No answer either: 503, since the fence stops any later run; the
-//! one case left is a run before the fence whose reply and check were
-//! both lost (Redis stopped in the instant between running the script
-//! and sending its reply): an `Idempotency-Key` retry then gets the first
-//! id, because the script records it with the entry.
+//! tell "not run yet" from "run, reply not sent yet" (Redis stopped
+//! between running the script and writing its reply, which under load is
+//! a real share of its time): it asks, once the fence has passed in
+//! Redis's time, whether the batch's token (written by the script with
+//! the entries) is there, and goes on asking (over a new connection if
+//! need be) until Redis answers or [`OUTCOME_WAIT`] is over. There: the
+//! events are stored, and answered 202 with their ids. Absent: they are
+//! not, and never will be (503). Still no answer: the outcome is unknown,
+//! and said so (504); an `Idempotency-Key` retry then gets the first id
+//! if the events were stored, because the script records it with them.
+//!
+//! While a batch's outcome is unknown, later batches are not sent at all
+//! and are answered 503 at once: Redis is not answering, and a write that
+//! was never sent is one whose 503 is certainly true.
 
+use std::sync::atomic::Ordering;
 use std::sync::{LazyLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -42,15 +48,23 @@ const MAX_REQUESTS_PER_BATCH: usize = 256;
 pub(super) const QUEUE: usize = 4096;
 /// How long a request waits for Redis to store its events.
 pub const BUDGET: Duration = Duration::from_millis(1500);
-/// How long, past [`BUDGET`], the node may spend learning whether a write
-/// whose reply did not come was run.
-const CHECK_BUDGET: Duration = Duration::from_millis(500);
+/// How long, past [`BUDGET`], the node goes on asking whether a write
+/// whose reply did not come was run, before it answers that the outcome
+/// is unknown: long enough to outlast a stall of Redis of several seconds
+/// (a fork, a full disk, a paused VM) with a true answer.
+pub const OUTCOME_WAIT: Duration = Duration::from_secs(20);
+/// Between two attempts at learning a batch's outcome when Redis refused
+/// or dropped the connection.
+const CHECK_RETRY: Duration = Duration::from_millis(100);
+/// How long a check that found the batch waits for replicas to hold it.
+const CHECK_WAIT: Duration = Duration::from_millis(1000);
 /// Of a request's time, what is kept for taking back a batch that too few
 /// replicas confirmed.
 const TAKE_BACK_RESERVE: Duration = Duration::from_millis(300);
-/// How long a batch's token stays in Redis (its check comes within
-/// [`BUDGET`] and [`CHECK_BUDGET`]).
-const TOKEN_TTL: Duration = Duration::from_secs(30);
+/// How long a batch's token stays in Redis (its last check comes within
+/// [`BUDGET`] and [`OUTCOME_WAIT`], in Redis's time too: a stalled Redis
+/// does not expire keys either).
+const TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// Appends a batch if Redis runs it by the fence.
 ///
@@ -84,9 +98,12 @@ return ids
 ";
 
 /// Whether a batch whose reply did not come was run. KEYS: the stream and
-/// the token; ARGV: the fence. -1 while the fence has not passed (the
-/// script may still run), 0 if it was not run (and never will be), else
-/// the stream ids it wrote.
+/// the token; ARGV: the fence, the token's TTL (ms). -1 while the fence has
+/// not passed (the script may still run), 0 if it was not run (and never
+/// will be), else the stream ids it wrote. A token found is written again
+/// (its TTL renewed): a write of this connection, so that a `WAIT` after it
+/// waits for the replicas to hold the batch too, whichever connection
+/// wrote it.
 const CHECK_SCRIPT: &str = r"
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ARGV[1]) then
@@ -94,6 +111,7 @@ if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ARGV[1]
 end
 local v = redis.call('GET', KEYS[2])
 if not v then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 local first, last = string.match(v, '^(%S+) (%S+)')
 local ids = {}
 for j, e in ipairs(redis.call('XRANGE', KEYS[1], first, last)) do ids[j] = e[1] end
@@ -157,6 +175,8 @@ enum Written {
     Stored(Vec<redis::Value>),
     /// Not stored, and never will be.
     NotStored(String),
+    /// Redis did not say, in [`OUTCOME_WAIT`], whether it stored them.
+    Unknown(String),
 }
 
 impl SharedStream {
@@ -167,7 +187,11 @@ impl SharedStream {
             .map(|r| r.gives_up)
             .min()
             .unwrap_or_else(|| Instant::now() + BUDGET);
+        let unsettled = self.unsettled.load(Ordering::Acquire);
         let written = match self.link().clock().fence(gives_up) {
+            _ if unsettled > 0 => Written::NotStored(format!(
+                "Redis has not answered whether it stored {unsettled} earlier writes, so this one was not sent"
+            )),
             Some(fence) => self.write_fenced(&requests, fence, gives_up).await,
             None => Written::NotStored("Redis's clock has not been read yet".into()),
         };
@@ -176,6 +200,12 @@ impl SharedStream {
             Written::NotStored(why) => {
                 for r in requests {
                     let _ = r.reply.send(Err(ClusterError::NotStored(why.clone())));
+                }
+                return;
+            }
+            Written::Unknown(why) => {
+                for r in requests {
+                    let _ = r.reply.send(Err(ClusterError::OutcomeUnknown(why.clone())));
                 }
                 return;
             }
@@ -237,12 +267,10 @@ impl SharedStream {
         let (reply, replicas) = if wanted == 0 {
             (within(gives_up, call.invoke_async(&mut conn)).await, None)
         } else {
-            match within(
-                gives_up,
-                self.invoke_replicated(&call, wanted, gives_up, &mut conn),
-            )
-            .await
-            {
+            let wait = gives_up
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(TAKE_BACK_RESERVE);
+            match within(gives_up, invoke_then_wait(&call, wanted, wait, &mut conn)).await {
                 Ok((ids, replicas)) => (Ok(ids), Some(replicas)),
                 Err(e) => (Err(e), None),
             }
@@ -268,38 +296,10 @@ impl SharedStream {
             Err(e) => e.to_string(),
         };
         self.metrics().appends_unanswered.inc();
-        self.check(&token, fence, gives_up, &why).await
-    }
-
-    /// Runs the append and then WAITs, in one pipeline to the stream's
-    /// primary, for `wanted` replicas to confirm it, until a little before
-    /// `gives_up` (what is left is for taking it back). Its ids (or nil
-    /// past the fence) and how many confirmed.
-    async fn invoke_replicated(
-        &self,
-        call: &redis::ScriptInvocation<'_>,
-        wanted: u32,
-        gives_up: Instant,
-        conn: &mut crate::redis_target::Commands,
-    ) -> redis::RedisResult<(redis::Value, i64)> {
-        let wait = gives_up
-            .saturating_duration_since(Instant::now())
-            .saturating_sub(TAKE_BACK_RESERVE)
-            .as_millis()
-            .max(1) as u64;
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(call).cmd("WAIT").arg(wanted).arg(wait);
-        match pipe.query_async(conn).await {
-            // A primary that has not run it yet (a promoted replica: the
-            // script cache is not replicated) refuses the script, and its
-            // WAIT, with no new write to wait for, answers at once; so
-            // loading it and sending the pipeline again is safe.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                call.load_async(conn).await?;
-                pipe.query_async(conn).await
-            }
-            r => r,
-        }
+        self.unsettled.fetch_add(1, Ordering::AcqRel);
+        let outcome = self.check(requests, &token, fence, gives_up, &why).await;
+        self.unsettled.fetch_sub(1, Ordering::AcqRel);
+        outcome
     }
 
     /// Takes back a batch that `confirmed` replicas, fewer than asked,
@@ -350,30 +350,75 @@ impl SharedStream {
     }
 
     /// Learns whether the batch of `token` was stored, once the fence has
-    /// passed in Redis's time.
-    async fn check(&self, token: &str, fence: u64, gives_up: Instant, why: &str) -> Written {
+    /// passed in Redis's time; asks again while Redis refuses or drops
+    /// the connection, until [`OUTCOME_WAIT`] is over. A batch found is
+    /// stored only once the replicas the appends wait for hold it (else
+    /// it is taken back), as if its reply had come.
+    async fn check(
+        &self,
+        requests: &[Append],
+        token: &str,
+        fence: u64,
+        gives_up: Instant,
+        why: &str,
+    ) -> Written {
         tokio::time::sleep_until(gives_up.into()).await;
-        let deadline = gives_up + CHECK_BUDGET;
-        let not_stored = |how: &str| {
-            Written::NotStored(format!(
-                "{why}; {how}: the write was not stored and will not be"
-            ))
-        };
+        let deadline = gives_up + OUTCOME_WAIT;
         loop {
             let mut call = CHECK.prepare_invoke();
-            call.key(self.name()).key(token).arg(fence);
+            call.key(self.name())
+                .key(token)
+                .arg(fence)
+                .arg(TOKEN_TTL.as_millis() as u64);
             let mut conn = self.link().commands();
             let started = Instant::now();
-            let reply = within(deadline, call.invoke_async(&mut conn)).await;
-            match self.link().observe(started, reply) {
-                Ok(redis::Value::Array(ids)) => return Written::Stored(ids),
-                Ok(redis::Value::Int(0)) => return not_stored("Redis says it did not run it"),
-                Ok(_) if Instant::now() + Duration::from_millis(50) < deadline => {
-                    // Redis's clock has not passed the fence yet.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let wanted = self.replicas_to_wait_for();
+            let reply = if wanted == 0 {
+                within(deadline, call.invoke_async(&mut conn))
+                    .await
+                    .map(|ids| (ids, None))
+            } else {
+                within(
+                    deadline,
+                    invoke_then_wait(&call, wanted, CHECK_WAIT, &mut conn),
+                )
+                .await
+                .map(|(ids, confirmed)| (ids, Some(confirmed)))
+            };
+            // Nothing listens where the one Redis was: it died, and what it
+            // ran before its death is gone with it (unless it kept it on
+            // disk and comes back with it; see docs/cluster.md).
+            let dead =
+                self.link().is_single() && matches!(&reply, Err(e) if e.is_connection_refusal());
+            let pause = match self.link().observe(started, reply) {
+                Ok((redis::Value::Array(ids), Some(confirmed)))
+                    if confirmed < i64::from(wanted) =>
+                {
+                    self.metrics().appends_unreplicated.inc();
+                    return self
+                        .take_back(requests, token, &ids, confirmed, wanted)
+                        .await;
                 }
-                _ => return not_stored("past its deadline"),
+                Ok((redis::Value::Array(ids), _)) => return Written::Stored(ids),
+                Ok((redis::Value::Int(0), _)) => return Written::NotStored(format!(
+                    "{why}; Redis says it did not run it: the write was not stored and will not be"
+                )),
+                // Redis's clock has not passed the fence yet.
+                Ok(_) => Duration::from_millis(50),
+                Err(_) if dead => {
+                    return Written::NotStored(format!(
+                        "{why}; Redis is not running (it refuses connections): the write is lost with it"
+                    ))
+                }
+                Err(_) => CHECK_RETRY,
+            };
+            if Instant::now() + pause >= deadline {
+                return Written::Unknown(format!(
+                    "{why}; Redis did not say within {} s whether it stored the write: retry with the same Idempotency-Key to learn it",
+                    OUTCOME_WAIT.as_secs()
+                ));
             }
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -383,5 +428,32 @@ impl SharedStream {
             .batches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.link().key(&format!("append:{}:{n}", self.writer))
+    }
+}
+
+/// Runs `call` and then WAITs, in one pipeline to the key's primary, for
+/// `wanted` replicas to hold what this connection wrote, at most `wait`:
+/// the script's reply (nil past the fence) and how many confirmed.
+async fn invoke_then_wait(
+    call: &redis::ScriptInvocation<'_>,
+    wanted: u32,
+    wait: Duration,
+    conn: &mut crate::redis_target::Commands,
+) -> redis::RedisResult<(redis::Value, i64)> {
+    let mut pipe = redis::pipe();
+    pipe.invoke_script(call)
+        .cmd("WAIT")
+        .arg(wanted)
+        .arg(wait.as_millis().max(1) as u64);
+    match pipe.query_async(conn).await {
+        // A primary that has not run it yet (a promoted replica: the
+        // script cache is not replicated) refuses the script, and its
+        // WAIT, with no new write to wait for, answers at once; so
+        // loading it and sending the pipeline again is safe.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            call.load_async(conn).await?;
+            pipe.query_async(conn).await
+        }
+        r => r,
     }
 }

@@ -76,6 +76,10 @@ pub enum ClusterError {
     /// `append`'s fence).
     #[error("Redis did not store the events: {0}")]
     NotStored(String),
+    /// An append whose outcome Redis did not tell in time: the events may
+    /// be stored or not.
+    #[error("it is not known whether Redis stored the events: {0}")]
+    OutcomeUnknown(String),
 }
 
 impl From<redis::RedisError> for ClusterError {

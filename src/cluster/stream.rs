@@ -3,7 +3,7 @@
 //! ([`super::append`]); each node's reader publishes every entry into its
 //! hub, in stream order; resumes, replays and takeovers read ranges of it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub struct SharedStream {
     pub(super) writer: String,
     /// Batches appended so far (the tokens' sequence).
     pub(super) batches: AtomicU64,
+    /// Batches whose reply did not come and whose outcome the appender is
+    /// still asking Redis for: while there are any, nothing new is sent.
+    pub(super) unsettled: AtomicUsize,
     metrics: ClusterMetrics,
 }
 
@@ -125,6 +128,7 @@ impl SharedStream {
             appends,
             writer: uuid::Uuid::new_v4().simple().to_string(),
             batches: AtomicU64::new(0),
+            unsettled: AtomicUsize::new(0),
             metrics,
         });
         tokio::spawn(append::run(Arc::downgrade(&stream), queue));

@@ -53,7 +53,8 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
         crate::http::problems::JsonBody,
         crate::http::problems::Guarded,
         crate::http::problems::RateLimited,
-        crate::http::problems::StoreUnavailable
+        crate::http::problems::StoreUnavailable,
+        crate::http::problems::OutcomeUnknown
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

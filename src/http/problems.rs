@@ -92,6 +92,11 @@ problem_sets! {
     StoreUnavailable {
         503: "The store or Redis is unavailable; see Retry-After",
     }
+    /// Every ingest in a cluster: Redis stopped answering after the write
+    /// was sent.
+    OutcomeUnknown {
+        504: "Redis did not say in time whether it stored the event; retry with the same Idempotency-Key to learn it",
+    }
     /// Every write of a registration, which is compiled first.
     RegistrationsBusy {
         503: "The store or Redis is unavailable, or too many registrations are compiling; see Retry-After",

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process};
 use crate::support::redis::{free_port, Redis};
+use crate::support::reply_gate::ReplyGate;
 use crate::support::util::{eventually, series_value, SseClient};
 
 fn node(redis: &Redis, extra: &[&str]) -> Process {
@@ -364,6 +365,110 @@ async fn a_503_means_the_event_is_not_stored_even_if_redis_runs_it_later() {
         metric(&a, "ratatoskr_cluster_appends_unanswered_total").await >= 1.0,
         "the appends in flight when Redis froze are counted"
     );
+    a.stop().await;
+}
+
+/// Posts `{"n": n}`: the status, the body, and how long the answer took.
+async fn post_timed(a: &Process, n: i64) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let r = a
+        .http
+        .post(a.url("/api/events?device=mac:112233445566&type=t"))
+        .header("content-type", "application/json")
+        .body(json!({ "n": n }).to_string())
+        .send()
+        .await
+        .expect("an answer");
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, body, started.elapsed())
+}
+
+/// The payloads' `n` and ids of the events a stream gets until the one
+/// with `n == last`.
+async fn read_until(sub: &mut SseClient, last: i64) -> Vec<(i64, String)> {
+    let mut seen = Vec::new();
+    loop {
+        let e = sub
+            .next_event(Duration::from_secs(30))
+            .await
+            .expect("the stream goes on");
+        if e.event.is_some() {
+            continue;
+        }
+        let n = e.json()["n"].as_i64().unwrap();
+        seen.push((n, e.id.clone().unwrap()));
+        if n == last {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_write_redis_ran_without_answering_in_time_is_answered_202_once_it_does() {
+    let Some(redis) = Redis::start() else { return };
+    let gate = ReplyGate::start(&redis);
+    let a = Process::start(&temp_dir("node"), &["--redis-url", &gate.url()]);
+    let mut sub = a.subscribe("/events").await;
+    post(&a, "mac:112233445566", &json!({"n": 0})).await;
+    // Redis runs the append but its reply is held past the 1.5 s the
+    // request waits for it, and so is the reply to the node's check.
+    gate.hold();
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // Meanwhile nothing new is sent: a 503 at once, and a true one.
+        let (status, body, took) = post_timed(&a, 2).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        gate.release();
+    };
+    let ((status, body, took), ()) = tokio::join!(post_timed(&a, 1), meanwhile);
+    assert_eq!(status, 202, "stored, so not a 503: {body}");
+    assert!(
+        took >= Duration::from_millis(3000),
+        "answered once Redis did: {took:?}"
+    );
+    let id = body["id"].as_str().unwrap().to_owned();
+    eventually("a 202 again", Duration::from_secs(10), || async {
+        post_timed(&a, 3).await.0 == 202
+    })
+    .await;
+    let seen = read_until(&mut sub, 3).await;
+    let ns: Vec<i64> = seen.iter().map(|(n, _)| *n).collect();
+    assert_eq!(ns[..2], [0, 1], "{seen:?}");
+    assert_eq!(seen[1].1, id, "with its 202's id");
+    assert!(!ns.contains(&2), "the 503 stored nothing: {seen:?}");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_whose_outcome_redis_does_not_tell_in_time_is_504_not_503() {
+    let Some(redis) = Redis::start() else { return };
+    let gate = ReplyGate::start(&redis);
+    let a = Process::start(&temp_dir("node"), &["--redis-url", &gate.url()]);
+    let mut sub = a.subscribe("/events").await;
+    post(&a, "mac:112233445566", &json!({"n": 0})).await;
+    // Held for longer than the node asks (1.5 s, then 20 s): it cannot
+    // know whether Redis stored the event, and says so.
+    gate.hold();
+    let (status, body, took) = post_timed(&a, 1).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(
+        body["type"], "urn:ratatoskr:problem:outcome-unknown",
+        "{body}"
+    );
+    assert!(took >= Duration::from_secs(20), "{took:?}");
+    assert!(took < Duration::from_secs(25), "{took:?}");
+    gate.release();
+    // It was stored (Redis ran it): a 503 would have been a lie.
+    eventually("a 202 again", Duration::from_secs(10), || async {
+        post_timed(&a, 2).await.0 == 202
+    })
+    .await;
+    let seen = read_until(&mut sub, 2).await;
+    let ones = seen.iter().filter(|(n, _)| *n == 1).count();
+    assert_eq!(ones, 1, "{seen:?}");
     a.stop().await;
 }
 

@@ -179,33 +179,44 @@ async fn two_nodes_on_a_redis_cluster_deliver_resume_and_forward_once() {
     b.stop().await;
 }
 
-/// Publishes `{"n": i}` for i from `first` through `n` until `until`: the
-/// numbers answered 202, and how many were answered 503 (each with
-/// `Retry-After`).
+/// Publishes `{"n": i}` for i from `first` on, one every 25 ms until
+/// `until` whatever the answers (as many publishers would: one whose request
+/// waits does not hold up the others): the numbers answered 202, and how
+/// many were answered 503 (each with `Retry-After`).
 async fn publish_until(n: &Process, first: i64, until: Instant) -> (Vec<i64>, usize) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     let (mut stored, mut refused) = (Vec::new(), 0);
+    let mut pending = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
     let mut i = first;
-    while Instant::now() < until {
-        let r = n
-            .post_json(
-                "/api/events?device=mac:112233445566&type=t",
-                &json!({"n": i}),
-            )
-            .await;
-        match r.status {
-            202 => stored.push(i),
-            503 => {
-                assert!(
-                    r.headers.get("retry-after").is_some(),
-                    "a 503 says when to retry: {}",
-                    r.text
-                );
-                refused += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("answered {other}: {}", r.text),
+    let mut answered = |(i, r): (i64, crate::support::util::Reply)| match r.status {
+        202 => stored.push(i),
+        503 => {
+            assert!(
+                r.headers.get("retry-after").is_some(),
+                "a 503 says when to retry: {}",
+                r.text
+            );
+            refused += 1;
         }
-        i += 1;
+        other => panic!("answered {other}: {}", r.text),
+    };
+    while Instant::now() < until {
+        tokio::select! {
+            _ = tick.tick() => {
+                pending.push(async move {
+                    let r = n
+                        .post_json("/api/events?device=mac:112233445566&type=t", &json!({"n": i}))
+                        .await;
+                    (i, r)
+                });
+                i += 1;
+            }
+            Some(done) = pending.next() => answered(done),
+        }
+    }
+    while let Some(done) = pending.next().await {
+        answered(done);
     }
     (stored, refused)
 }
