@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::cluster::take;
 use crate::support::client::Api;
 use crate::support::process::{temp_dir, Process};
 use crate::support::redis::{RedisCluster, SentinelSet, SENTINEL_MASTER};
@@ -45,34 +46,7 @@ fn sentinel_node(set: &SentinelSet, extra: &[&str]) -> Process {
 }
 
 async fn post(n: &Process, device: &str, i: i64) -> String {
-    let r = n
-        .post_json(
-            &format!("/api/events?device={device}&type=t"),
-            &json!({"n": i}),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
-    r.body["id"].as_str().unwrap().to_owned()
-}
-
-/// The next `n` events of a stream, as (id, `n`).
-async fn take(sub: &mut SseClient, n: usize) -> Vec<(String, i64)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let e = sub
-            .next_event(Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|| panic!("only {} of {n} events arrived: {out:?}", out.len()));
-        assert!(
-            e.event.is_none(),
-            "unexpected {:?} event: {}",
-            e.event,
-            e.data
-        );
-        let n = e.json()["n"].as_i64().unwrap();
-        out.push((e.id.unwrap(), n));
-    }
-    out
+    crate::cluster::post(n, device, &json!({ "n": i })).await
 }
 
 /// Two nodes on one Redis Cluster: every event once, in one order, on
