@@ -51,7 +51,7 @@ open(sys.argv[1], "w").write('wrk.method = "POST"\nwrk.headers["Content-Type"] =
 PY
 
 # BENCH_SCENARIOS="5 6" make bench runs only those sections.
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8 9 10} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8 9} "
 want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 
 SERVER_PID=""
@@ -325,44 +325,6 @@ for line in sys.stdin:
 ' "$asked" >> "$RESULTS"
     stop_server
   done
-fi
-
-fi
-if want 10; then
-echo "== 10. one node on a three-primary Redis Cluster (a replica each) against one on a single Redis, alternated; and with --redis-ack-replicas 1"
-if command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v wrk >/dev/null; then
-  RC_DIR="$OUT/redis-cluster"; rm -rf "$RC_DIR"; mkdir -p "$RC_DIR"
-  RC_PIDS=()
-  for port in 16379 17001 17002 17003 17004 17005 17006; do
-    cluster=()
-    [ $port = 16379 ] || cluster=(--cluster-enabled yes --cluster-config-file "$RC_DIR/nodes-$port.conf" --cluster-node-timeout 1000)
-    taskset -c 0 redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no --logfile "" \
-      --dir "$RC_DIR" --dbfilename "dump-$port.rdb" "${cluster[@]}" >/dev/null & RC_PIDS+=($!)
-  done
-  sleep 0.5
-  redis-cli --cluster create 127.0.0.1:17001 127.0.0.1:17002 127.0.0.1:17003 127.0.0.1:17004 127.0.0.1:17005 127.0.0.1:17006 \
-    --cluster-replicas 1 --cluster-yes >/dev/null
-  for _ in $(seq 1 100); do
-    redis-cli -p 17001 cluster info | grep -q cluster_state:ok && [ "$(redis-cli -p 17004 info replication | grep -c master_link_status:up)" = 1 ] && break
-    sleep 0.1
-  done
-  SEEDS="redis://127.0.0.1:17001,redis://127.0.0.1:17002,redis://127.0.0.1:17003"
-  for round in 1 2; do
-    for mode in single cluster cluster-ack1; do
-      case $mode in
-        single) extra=(--redis-url "redis://127.0.0.1:16379/") ;;
-        cluster) extra=(--redis-mode cluster --redis-url "$SEEDS") ;;
-        cluster-ack1) extra=(--redis-mode cluster --redis-url "$SEEDS" --redis-ack-replicas 1) ;;
-      esac
-      extra+=(--redis-prefix "bench$round$RANDOM")
-      start_gateway "${extra[@]}"; ingest "redis-modes-ingest $mode" "http://127.0.0.1:$GW_PORT/api/events"; stop_server
-      start_gateway "${extra[@]}"; ingest "redis-modes-ingest-batch100 $mode" "http://127.0.0.1:$GW_PORT/api/events" "$OUT/batch.lua"; stop_server
-    done
-  done
-  for pid in "${RC_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${RC_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-else
-  echo "redis-server, redis-cli or wrk not installed: Redis Cluster scenario skipped" >&2
 fi
 
 fi

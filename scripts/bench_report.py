@@ -123,19 +123,6 @@ if cl:
     if x:
         print(f"| Redis's own XADD/s (redis-benchmark, pipelined 16) | | {fmt(x)} | | |")
 
-# Scenario 10: one node on a three-primary Redis Cluster against one on a
-# single Redis, and with --redis-ack-replicas 1; rounds alternate.
-rm = [(r["label"], r) for r in rows if r["label"].startswith("redis-modes-")]
-if rm:
-    print()
-    print("| Redis mode, ingest POST/s (wrk 8 connections) | single Redis | Redis Cluster | ratio | cluster + ack 1 replica | ratio |")
-    print("|---|---|---|---|---|---|")
-    for scen, name in (("redis-modes-ingest", "one event per POST"), ("redis-modes-ingest-batch100", "NDJSON, 100 events per POST")):
-        got = {m: [r["ingest_per_s"] for l, r in rm if l == f"{scen} {m}"] for m in ("single", "cluster", "cluster-ack1")}
-        med = {m: (sorted(v)[len(v) // 2] if v else None) for m, v in got.items()}
-        cells = [", ".join(fmt(v) for v in got[m]) for m in ("single", "cluster", "cluster-ack1")]
-        print(f"| {name} | {cells[0]} | {cells[1]} | {ratio(med['cluster'], med['single'])} | {cells[2]} | {ratio(med['cluster-ack1'], med['single'])} |")
-
 # Scenario 8: three nodes on one Redis.
 three = [(r["label"], r) for r in rows if r["label"].startswith("three-nodes-")]
 if three:
