@@ -153,23 +153,39 @@ impl Bus {
         matches!(self, Self::Shared(_))
     }
 
-    /// Appends `drafts`, without keys; their ids in order. In a cluster
-    /// in one write; an embedded node publishes them one by one, each as
-    /// [`Bus::publish`] does (so each waits for the log where it must).
-    pub async fn append_all(&self, drafts: &[EventDraft]) -> Result<Vec<EventId>, ApiError> {
+    /// Appends `drafts`, without keys; each one's id, or why it was not
+    /// stored (an error for the whole when none was). In a cluster in one
+    /// write per partition (events of one partition share their fate); an
+    /// embedded node publishes them one by one, each as [`Bus::publish`]
+    /// does (so each waits for the log where it must).
+    pub async fn append_all(
+        &self,
+        drafts: &[EventDraft],
+    ) -> Result<Vec<Result<EventId, ApiError>>, ApiError> {
         match self {
             Self::Local(_) => {
                 let mut ids = Vec::with_capacity(drafts.len());
                 for draft in drafts {
-                    ids.push(self.publish(draft.clone(), None).await?.id);
+                    ids.push(Ok(self.publish(draft.clone(), None).await?.id));
                 }
                 Ok(ids)
             }
-            Self::Shared(cluster) => cluster
-                .stream()
-                .append(drafts, None, Instant::now() + APPEND_BUDGET)
-                .await
-                .map_err(|e| unavailable(&e)),
+            Self::Shared(cluster) => {
+                let results = cluster
+                    .stream()
+                    .append_spread(drafts, Instant::now() + APPEND_BUDGET)
+                    .await;
+                if let Some(Err(e)) = results
+                    .first()
+                    .filter(|_| results.iter().all(Result::is_err))
+                {
+                    return Err(unavailable(e));
+                }
+                Ok(results
+                    .into_iter()
+                    .map(|r| r.map_err(|e| unavailable(&e)))
+                    .collect())
+            }
         }
     }
 
@@ -263,18 +279,19 @@ async fn publish_shared(
     // One budget for the claim and the append: the claim is held in flight
     // for longer than the append may run (see `SharedKeys::claim`).
     let gives_up = Instant::now() + APPEND_BUDGET;
+    let partition = cluster.stream().partition_of(&draft);
     let mut record = None;
     if let Some(Idempotent { key, fingerprint }) = key {
         match cluster
             .keys()
-            .claim(key, fingerprint, gives_up)
+            .claim(partition, key, fingerprint, gives_up)
             .await
             .map_err(|e| unavailable(&e))?
         {
             Claim::Seen(id) => return Ok(Outcome::replay_of(id)),
             Claim::InProgress => return Err(key_in_flight()),
             Claim::Mismatch => return Err(key_reused()),
-            Claim::New => record = Some(cluster.keys().record(key, fingerprint)),
+            Claim::New => record = Some(cluster.keys().record(partition, key, fingerprint)),
         }
     }
     match cluster
@@ -292,7 +309,7 @@ async fn publish_shared(
             // outcome keeps the claim: if the events were stored, the key
             // holds their id already.)
             if let (Some(Idempotent { key, fingerprint }), ClusterError::NotStored(_)) = (key, &e) {
-                cluster.keys().release(key, fingerprint).await;
+                cluster.keys().release(partition, key, fingerprint).await;
             }
             Err(unavailable(&e))
         }

@@ -351,6 +351,14 @@ pub struct Config {
     )]
     pub redis_stream_max_len: usize,
 
+    /// How many Redis streams the events are split over (1 to 16), by a
+    /// hash of their device: order is kept per device, and a Redis
+    /// Cluster spreads the streams over its primaries. Every node of a
+    /// cluster must give the same number; changing it starts new streams
+    /// (resumes from before get `gap`).
+    #[arg(long, env = "RATATOSKR_REDIS_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub redis_partitions: u16,
+
     /// Replicas that must hold each event before it is answered 202
     /// (Redis's WAIT, within the request's time). 0: the primary's write
     /// is enough, and a failover may lose the last events acknowledged;

@@ -207,11 +207,12 @@ pub async fn run_with_store(
                     ack_replicas: config.redis_ack_replicas,
                     max_age: config.replay_max_age,
                     idempotency_window: config.idempotency_window,
+                    partitions: usize::from(config.redis_partitions),
                 },
                 &metrics,
             )
             .await?;
-            tracing::info!(prefix = %config.redis_prefix, mode = config.redis_mode.name(), "cluster member: events go through Redis");
+            tracing::info!(prefix = %config.redis_prefix, mode = config.redis_mode.name(), partitions = config.redis_partitions, "cluster member: events go through Redis");
             Some(c)
         }
         None => None,

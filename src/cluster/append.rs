@@ -38,8 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::keys::KeyRecord;
 use super::link::within;
-use super::{ClusterError, SharedStream};
-use crate::event::wire;
+use super::partition::Partition;
+use super::ClusterError;
 use crate::event::EventId;
 
 /// Most requests in one batch (a request may hold many entries).
@@ -68,30 +68,68 @@ const TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// Appends a batch if Redis runs it by the fence.
 ///
-/// KEYS: the stream, the batch's token, then the Idempotency-Keys of its
-/// requests. ARGV: the fence (server Unix ms), MAXLEN, the token's TTL
-/// (ms), the number of entries; then per entry its number of fields, the
-/// KEYS index of its Idempotency-Key (0 for none), the key's value prefix
-/// (the request's fingerprint) and TTL (ms), and its fields. Returns the
-/// stream ids, or nil (and writes nothing) past the fence. The token holds
-/// the first and last id (the entries of one script are consecutive in
-/// the stream).
+/// KEYS: the stream, the batch's token, the partition's mark, then the
+/// Idempotency-Keys of its requests. ARGV: the fence (server Unix ms),
+/// MAXLEN, the token's TTL (ms), the number of entries, the first sequence
+/// number an id cannot hold (65,536 for the one stream, which has no
+/// mark); then per entry its number of fields, the KEYS index of its
+/// Idempotency-Key (0 for none), the key's value prefix (the request's
+/// fingerprint) and TTL (ms), and its fields. Returns the stream ids, or
+/// nil (and writes nothing) past the fence. The token holds the first and
+/// last id (the entries of one script are consecutive in the stream).
+///
+/// A partition of a split stream keeps two promises that the merge of
+/// its node builds on (`merge.rs`). Its entries' milliseconds are above
+/// its mark (which a watermark raises): `<mark + 1>-*` when Redis's clock
+/// has not passed it. And a sequence number stays below the limit: the
+/// entry after one that reaches its last value starts the next
+/// millisecond, and a script that ends there raises the mark to it, so the
+/// next script does too. An explicit id below the stream's top (a top
+/// that had already moved past the mark) is refused by Redis; `*` is
+/// above both then.
 const APPEND_SCRIPT: &str = r"
 local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > tonumber(ARGV[1]) then
   return false
 end
+local limit = tonumber(ARGV[5])
+local split = limit < 65536
+local spec = '*'
+if split then
+  local mark = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if now <= mark then spec = string.format('%d-*', mark + 1) end
+end
 local ids = {}
-local i = 5
+local i = 6
 for e = 1, tonumber(ARGV[4]) do
   local n = tonumber(ARGV[i])
   local k = tonumber(ARGV[i + 1])
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i + 4, i + 3 + 2 * n))
+  local id
+  if spec == '*' then
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i + 4, i + 3 + 2 * n))
+  else
+    id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], spec, unpack(ARGV, i + 4, i + 3 + 2 * n))
+    if type(id) == 'table' and id.err then
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i + 4, i + 3 + 2 * n))
+    end
+    spec = '*'
+  end
+  if split then
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    if tonumber(seq) >= limit - 1 then spec = string.format('%d-*', tonumber(ms) + 1) end
+  end
   ids[e] = id
   if k > 0 then
     redis.call('SET', KEYS[k], ARGV[i + 2] .. ':' .. id, 'PX', ARGV[i + 3])
   end
   i = i + 4 + 2 * n
+end
+if spec ~= '*' then
+  local ms = tonumber(string.match(ids[#ids], '^(%d+)-'))
+  if ms > tonumber(redis.call('GET', KEYS[3]) or '0') then
+    redis.call('SET', KEYS[3], string.format('%d', ms))
+  end
 end
 redis.call('SET', KEYS[2], ids[1] .. ' ' .. ids[#ids], 'PX', ARGV[3])
 return ids
@@ -147,7 +185,7 @@ pub(super) struct Append {
 }
 
 /// Runs until the stream is dropped or every sender is gone.
-pub(super) async fn run(stream: Weak<SharedStream>, mut queue: mpsc::Receiver<Append>) {
+pub(super) async fn run(stream: Weak<Partition>, mut queue: mpsc::Receiver<Append>) {
     let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
     while queue.recv_many(&mut batch, MAX_REQUESTS_PER_BATCH).await > 0 {
         if batch.len() < MAX_REQUESTS_PER_BATCH {
@@ -179,7 +217,7 @@ enum Written {
     Unknown(String),
 }
 
-impl SharedStream {
+impl Partition {
     /// Writes one batch in one script call and answers each request.
     async fn write_batch(&self, requests: Vec<Append>) {
         let gives_up = requests
@@ -214,7 +252,7 @@ impl SharedStream {
         for r in requests {
             let ids = (&mut replies)
                 .take(r.entries.len())
-                .map(|v| wire::added_id(&v).map_err(|e| ClusterError::Unavailable(e.to_string())))
+                .map(|v| self.added_id(&v))
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|ids| {
                     if ids.len() == r.entries.len() {
@@ -236,13 +274,14 @@ impl SharedStream {
     async fn write_fenced(&self, requests: &[Append], fence: u64, gives_up: Instant) -> Written {
         let token = self.next_token();
         let mut call = APPEND.prepare_invoke();
-        call.key(self.name()).key(&token);
-        let mut key_index = 3;
+        call.key(self.name()).key(&token).key(self.mark());
+        let mut key_index = 4;
         let entries: usize = requests.iter().map(|r| r.entries.len()).sum();
         call.arg(fence)
             .arg(self.max_len)
             .arg(TOKEN_TTL.as_millis() as u64)
-            .arg(entries);
+            .arg(entries)
+            .arg(self.layout().seq_limit());
         for r in requests {
             for (n, entry) in r.entries.iter().enumerate() {
                 call.arg(entry.len());
@@ -427,7 +466,18 @@ impl SharedStream {
         let n = self
             .batches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.link().key(&format!("append:{}:{n}", self.writer))
+        self.key(&format!("append:{}:{n}", self.writer))
+    }
+
+    /// The event id in an XADD reply.
+    fn added_id(&self, reply: &redis::Value) -> Result<EventId, ClusterError> {
+        let bad = |e: String| ClusterError::Unavailable(e);
+        match reply {
+            redis::Value::BulkString(b) => self.id_of(&String::from_utf8_lossy(b)),
+            redis::Value::SimpleString(s) => self.id_of(s),
+            other => return Err(bad(format!("XADD answered {other:?}"))),
+        }
+        .map_err(|e| bad(e.to_string()))
     }
 }
 

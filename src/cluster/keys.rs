@@ -7,15 +7,19 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
+use super::layout::Layout;
 use super::link::within;
 use super::{ClusterError, Link};
-use crate::event::{wire, EventId};
+use crate::event::EventId;
 use crate::state::idempotency::{Claim, Fingerprint};
 
 /// The cluster's idempotency keys.
 #[derive(Debug)]
 pub struct SharedKeys {
     link: Arc<Link>,
+    /// How the stream is split: a key lives in the partition of its event
+    /// (the append records it there, in the same script).
+    layout: Layout,
     /// How long a key is remembered.
     window: Duration,
 }
@@ -35,28 +39,36 @@ pub struct KeyRecord {
 
 impl SharedKeys {
     /// Keys on `link`, remembered for `window`.
-    pub fn new(link: Arc<Link>, window: Duration) -> Self {
-        Self { link, window }
+    pub fn new(link: Arc<Link>, layout: Layout, window: Duration) -> Self {
+        Self {
+            link,
+            layout,
+            window,
+        }
     }
 
-    fn idempotency_key(&self, key: &str) -> String {
-        self.link.key(&format!("idem:{key}"))
+    fn idempotency_key(&self, partition: usize, key: &str) -> String {
+        self.layout
+            .key(self.link.target(), partition, &format!("idem:{key}"))
     }
 
     /// Claims an `Idempotency-Key` (already in its credential's namespace,
     /// see [`crate::state::idempotency::scoped_key`]) cluster-wide, for a
-    /// request with `fingerprint` that gives up at `gives_up`. The value is
+    /// request with `fingerprint` whose event goes to `partition` (the
+    /// fingerprint covers the event, so a retry goes there too), and that
+    /// gives up at `gives_up`. The value is
     /// the fingerprint's hex while the event is in flight (for a little
     /// longer than the append may take: a request that died meanwhile
     /// blocks its retries no longer), then `<fingerprint>:<stream id>`,
     /// written by the append itself ([`SharedKeys::record`]).
     pub async fn claim(
         &self,
+        partition: usize,
         key: &str,
         fingerprint: &Fingerprint,
         gives_up: Instant,
     ) -> Result<Claim, ClusterError> {
-        let k = self.idempotency_key(key);
+        let k = self.idempotency_key(partition, key);
         let in_flight = (super::append::BUDGET + IN_FLIGHT_SLACK).as_millis() as u64;
         let mut conn = self.link.commands();
         let started = Instant::now();
@@ -93,16 +105,18 @@ impl SharedKeys {
         };
         // A stream id (as the append writes it), or an event id (as
         // nodes of earlier releases wrote).
-        let id = wire::event_id(id)
+        let id = self
+            .layout
+            .event_id(partition, id)
             .ok()
             .or_else(|| id.parse::<EventId>().ok());
         Ok(Claim::of(&stored, id, fingerprint))
     }
 
     /// How the append records `key` with its event's id.
-    pub fn record(&self, key: &str, fingerprint: &Fingerprint) -> KeyRecord {
+    pub fn record(&self, partition: usize, key: &str, fingerprint: &Fingerprint) -> KeyRecord {
         KeyRecord {
-            key: self.idempotency_key(key),
+            key: self.idempotency_key(partition, key),
             value: fingerprint.hex(),
             ttl_ms: self.window.as_millis().max(1) as u64,
         }
@@ -112,9 +126,9 @@ impl SharedKeys {
     /// is still in flight: a key the append recorded with an id stays
     /// (the one case where a write ran but neither its reply nor its
     /// check came back).
-    pub async fn release(&self, key: &str, fingerprint: &Fingerprint) {
+    pub async fn release(&self, partition: usize, key: &str, fingerprint: &Fingerprint) {
         let _: redis::RedisResult<i64> = RELEASE_IN_FLIGHT
-            .key(self.idempotency_key(key))
+            .key(self.idempotency_key(partition, key))
             .arg(fingerprint.hex())
             .invoke_async(&mut self.link.commands())
             .await;

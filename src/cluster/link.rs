@@ -125,6 +125,11 @@ impl Link {
         self.target.key(name)
     }
 
+    /// The shared Redis it is connected to.
+    pub fn target(&self) -> &RedisTarget {
+        &self.target
+    }
+
     /// The shared command connection (a cheap handle).
     pub fn commands(&self) -> Commands {
         Commands::clone(&self.commands.load())

@@ -34,9 +34,12 @@ mod append;
 pub mod changes;
 mod clock;
 mod keys;
+mod layout;
 pub mod leases;
 mod link;
 pub mod members;
+mod merge;
+mod partition;
 mod stream;
 
 use std::sync::Arc;
@@ -48,6 +51,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 pub use self::append::BUDGET as APPEND_BUDGET;
 pub use self::keys::{KeyRecord, SharedKeys};
+pub use self::layout::{Layout, MAX_PARTITIONS};
 pub use self::link::Link;
 pub use self::stream::{ResumePage, SharedStream};
 
@@ -64,6 +68,8 @@ pub struct ClusterConfig {
     pub max_age: Duration,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_window: Duration,
+    /// How many streams the events are split over (`--redis-partitions`).
+    pub partitions: usize,
 }
 
 /// Why a cluster operation failed.
@@ -228,15 +234,17 @@ impl Cluster {
     ) -> Result<Arc<Self>, ClusterError> {
         let metrics = metrics.register(ClusterMetrics::register);
         let link = Arc::new(Link::connect(config.target, metrics.round_trip.clone()).await?);
+        let layout = Layout::new(config.partitions);
         let cluster = Arc::new(Self {
             stream: SharedStream::open(
                 link.clone(),
+                layout,
                 config.stream_max_len,
                 config.max_age,
                 config.ack_replicas,
                 metrics.clone(),
             ),
-            keys: SharedKeys::new(link.clone(), config.idempotency_window),
+            keys: SharedKeys::new(link.clone(), layout, config.idempotency_window),
             link,
             node_id: uuid::Uuid::new_v4().simple().to_string(),
             metrics,

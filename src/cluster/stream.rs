@@ -1,202 +1,188 @@
-//! The shared event stream (`<prefix>:events`): how accepted events
-//! reach every node. Appends go through the group-committing appender
-//! ([`super::append`]); each node's reader publishes every entry into its
-//! hub, in stream order; resumes, replays and takeovers read ranges of it.
+//! The shared event stream: how accepted events reach every node. One
+//! Redis stream, or `--redis-partitions` of them ([`super::layout`]), each
+//! a [`Partition`] with its appender and its reader; every node's
+//! [`super::merge`] publishes their entries into its hub in one order.
+//! Resumes, replays and takeovers read ranges of it in that order too.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::streams::StreamRangeReply;
-use redis::AsyncCommands;
+use futures_util::future::join_all;
 
-use super::append;
 use super::keys::KeyRecord;
-use super::link::RESPONSE_TIMEOUT;
+use super::layout::Layout;
+use super::merge::{self, Merge, Start};
+use super::partition::Partition;
 use super::{ClusterError, ClusterMetrics, Link};
-use crate::event::{wire, EventDraft, EventId};
+use crate::event::{EventDraft, EventId};
 use crate::hub::Hub;
 
-/// The reader's progress.
-#[derive(Debug)]
-struct ReaderProgress {
-    /// The last event id read.
-    last: AtomicU64,
-    /// Entries read since start.
-    read: AtomicU64,
-    /// The stream's `entries-added` less `read` when first measured
-    /// (`u64::MAX` before).
-    base: AtomicU64,
-}
+pub use super::partition::ResumePage;
+
+/// Most entries a range reads per partition and call.
+const RANGE_PAGE: usize = 1000;
 
 /// The shared stream, as one node appends to and reads it.
 pub struct SharedStream {
-    link: Arc<Link>,
-    /// Its key.
-    name: String,
-    /// Most entries it keeps (approximate trimming).
-    pub(super) max_len: usize,
-    /// Oldest entry it keeps (approximate trimming, once a second).
-    max_age: Duration,
-    /// Replicas that must hold an append before it is acknowledged (of
-    /// those connected: see [`SharedStream::replicas_to_wait_for`]).
-    ack_replicas: u32,
-    /// Replicas connected to the stream's primary, as last counted.
-    replicas_connected: std::sync::atomic::AtomicU32,
-    /// How far the reader got, for [`SharedStream::measure_lag`].
-    progress: ReaderProgress,
-    /// To the appender task ([`append`]).
-    appends: tokio::sync::mpsc::Sender<append::Append>,
-    /// This node's name in its batches' tokens ([`append`]).
-    pub(super) writer: String,
-    /// Batches appended so far (the tokens' sequence).
-    pub(super) batches: AtomicU64,
-    /// Batches whose reply did not come and whose outcome the appender is
-    /// still asking Redis for: while there are any, nothing new is sent.
-    pub(super) unsettled: AtomicUsize,
+    layout: Layout,
+    parts: Vec<Arc<Partition>>,
     metrics: ClusterMetrics,
 }
 
 impl std::fmt::Debug for SharedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedStream")
-            .field("name", &self.name)
+            .field("partitions", &self.parts)
             .finish_non_exhaustive()
     }
 }
 
-/// How long the reader blocks in one XREAD.
-const READ_BLOCK: Duration = Duration::from_millis(1000);
-/// How long the reader waits before reading a busy stream again.
-const READ_LINGER: Duration = Duration::from_millis(1);
-/// Most entries per XREAD or XRANGE.
-const READ_BATCH: usize = 1000;
-/// A resume's page ([`SharedStream::resume_page`]): XRANGE's entries, cut at
-/// ARGV[4] bytes of ids and fields (the first entry always goes, so a page
-/// is never empty while entries remain).
-const RESUME_PAGE: &str = r"
-local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]))
-local budget = tonumber(ARGV[4])
-local out = {}
-local used = 0
-for i, e in ipairs(entries) do
-  local size = #e[1]
-  local fields = e[2]
-  for j = 1, #fields do size = size + #fields[j] end
-  if i > 1 and used + size > budget then break end
-  used = used + size
-  out[i] = e
-end
-return out
-";
-
-/// One page of a resume, from [`SharedStream::resume_page`].
-#[derive(Debug)]
-pub struct ResumePage {
-    /// The entries that decoded, oldest first.
-    pub entries: Vec<(EventId, EventDraft)>,
-    /// Entries read (decoded or not): 0 once nothing is left before the bound.
-    pub read: usize,
-    /// Bytes of their ids and fields.
-    pub bytes: usize,
-    /// The stream id of the last entry read: the next page starts after it.
-    pub cursor: Option<String>,
-}
-
 impl SharedStream {
-    /// The stream on `link`, with its appender running.
+    /// The stream on `link`, split as `layout` says, with its appenders
+    /// running.
     pub(super) fn open(
         link: Arc<Link>,
+        layout: Layout,
         max_len: usize,
         max_age: Duration,
         ack_replicas: u32,
         metrics: ClusterMetrics,
     ) -> Arc<Self> {
-        let (appends, queue) = tokio::sync::mpsc::channel(append::QUEUE);
-        let stream = Arc::new(Self {
-            name: link.key("events"),
-            link,
-            max_len,
-            max_age,
-            ack_replicas,
-            replicas_connected: std::sync::atomic::AtomicU32::new(0),
-            progress: ReaderProgress {
-                last: AtomicU64::new(0),
-                read: AtomicU64::new(0),
-                base: AtomicU64::new(u64::MAX),
-            },
-            appends,
-            writer: uuid::Uuid::new_v4().simple().to_string(),
-            batches: AtomicU64::new(0),
-            unsettled: AtomicUsize::new(0),
+        let parts = (0..layout.count())
+            .map(|p| {
+                Partition::open(
+                    link.clone(),
+                    p,
+                    layout,
+                    max_len,
+                    max_age,
+                    ack_replicas,
+                    metrics.clone(),
+                )
+            })
+            .collect();
+        Arc::new(Self {
+            layout,
+            parts,
             metrics,
-        });
-        tokio::spawn(append::run(Arc::downgrade(&stream), queue));
-        stream
+        })
     }
 
-    /// Its key.
-    pub(super) fn name(&self) -> &str {
-        &self.name
+    /// How it is split.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
-    /// The connection it uses.
-    pub(super) fn link(&self) -> &Link {
-        &self.link
+    /// The partition an event goes to.
+    pub fn partition_of(&self, draft: &EventDraft) -> usize {
+        self.layout.of(draft.device.as_ref())
     }
 
-    /// The cluster's series.
-    pub(super) fn metrics(&self) -> &ClusterMetrics {
-        &self.metrics
-    }
-
-    /// Appends events to the stream, in one script call shared with the
-    /// other requests appending now; their ids, in order. `key`, when
-    /// given, records the first id under its Idempotency-Key in the same
-    /// call. An error means the events are not stored and will not be
-    /// (see the fence in `append.rs`); Redis is given until `gives_up`.
+    /// Appends events of one partition (the first's: see
+    /// [`SharedStream::partition_of`]) in one script call shared with the
+    /// other requests appending there now; their ids, in order. `key`,
+    /// when given, records the first id under its Idempotency-Key (a key
+    /// of that partition) in the same call. An error means the events are
+    /// not stored and will not be (see the fence in `append.rs`); Redis is
+    /// given until `gives_up`.
     pub async fn append(
         &self,
         drafts: &[EventDraft],
         key: Option<KeyRecord>,
         gives_up: Instant,
     ) -> Result<Vec<EventId>, ClusterError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let entries = drafts.iter().map(wire::encode).collect();
-        let stopped = || ClusterError::NotStored("the appender stopped".into());
-        self.appends
-            .send(append::Append {
-                entries,
-                key,
-                gives_up,
-                reply,
+        let p = drafts.first().map_or(0, |d| self.partition_of(d));
+        debug_assert!(drafts.iter().all(|d| self.partition_of(d) == p));
+        self.parts[p].append(drafts, key, gives_up).await
+    }
+
+    /// Appends events of any partitions, each partition's in one call
+    /// (the calls run at once); each event's id or why it is not stored.
+    /// Events of one partition share their fate; of several, they may not.
+    pub async fn append_spread(
+        &self,
+        drafts: &[EventDraft],
+        gives_up: Instant,
+    ) -> Vec<Result<EventId, ClusterError>> {
+        if !self.layout.is_split() {
+            return match self.parts[0].append(drafts, None, gives_up).await {
+                Ok(ids) => ids.into_iter().map(Ok).collect(),
+                Err(e) => spread_error(&e, drafts.len()),
+            };
+        }
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.layout.count()];
+        for (i, d) in drafts.iter().enumerate() {
+            groups[self.partition_of(d)].push(i);
+        }
+        let calls = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .map(|(p, g)| {
+                let mine: Vec<EventDraft> = g.iter().map(|&i| drafts[i].clone()).collect();
+                async move { (g, self.parts[p].append(&mine, None, gives_up).await) }
+            });
+        let mut out: Vec<Option<Result<EventId, ClusterError>>> =
+            (0..drafts.len()).map(|_| None).collect();
+        for (g, result) in join_all(calls).await {
+            match result {
+                Ok(ids) => {
+                    for (&i, id) in g.iter().zip(ids) {
+                        out[i] = Some(Ok(id));
+                    }
+                }
+                Err(e) => {
+                    for (&i, e) in g.iter().zip(spread_error(&e, g.len())) {
+                        out[i] = Some(e);
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(ClusterError::Unavailable(
+                        "Redis answered too few ids".into(),
+                    ))
+                })
             })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .collect()
     }
 
     /// Whether the stream still holds everything after `after`: false when
-    /// trimming or a Redis restart lost some of them (the client's last
-    /// event, or an older one, is no longer its oldest entry).
+    /// trimming or a Redis restart lost some of them (in some partition,
+    /// the client's last event, or an older one, is no longer its oldest
+    /// entry).
     pub async fn holds_after(&self, after: EventId) -> Result<bool, ClusterError> {
-        let mut conn = self.link.commands();
-        let started = Instant::now();
-        let first: StreamRangeReply = self
-            .link
-            .observe(started, conn.xrange_count(&self.name, "-", "+", 1).await)?;
-        Ok(first
-            .ids
-            .first()
-            .and_then(|e| wire::event_id(&e.id).ok())
-            .is_some_and(|oldest| oldest <= after))
+        if !self.layout.is_split() {
+            return self.parts[0].holds_after(after).await;
+        }
+        let held = join_all(self.parts.iter().map(|p| p.holds_after_split(after))).await;
+        let mut all = true;
+        for h in held {
+            all &= h?;
+        }
+        Ok(all)
     }
 
-    /// One page of a resume: the entries after the stream id `cursor` and
-    /// before `before`, oldest first, at most `count` of them and, past the
-    /// first, no more than `max_bytes` of fields. Redis cuts the page (a
-    /// script over XRANGE), so a node never holds more than that of one
-    /// resume, however large the events are.
+    /// Where a resume after `after` starts ([`SharedStream::resume_page`]'s
+    /// first cursor).
+    pub fn resume_cursor(&self, after: EventId) -> String {
+        if self.layout.is_split() {
+            after.to_string()
+        } else {
+            self.layout.stream_id(after)
+        }
+    }
+
+    /// One page of a resume: the entries after `cursor` (from
+    /// [`SharedStream::resume_cursor`], or a page's) and before `before`,
+    /// in id order, at most `count` of them and, past the first, no more
+    /// than `max_bytes` of fields. Redis cuts the page (a script over
+    /// XRANGE), so a node never holds more than that of one resume,
+    /// however large the events are: of a split stream, it reads a page
+    /// of each partition with a share of `max_bytes`, and keeps what comes
+    /// before the first one that stopped short (the rest is read again).
     pub async fn resume_page(
         &self,
         cursor: &str,
@@ -204,34 +190,59 @@ impl SharedStream {
         count: usize,
         max_bytes: usize,
     ) -> Result<ResumePage, ClusterError> {
-        let mut conn = self.link.commands();
-        let started = Instant::now();
-        let reply: redis::Value = self.link.observe(
-            started,
-            redis::Script::new(RESUME_PAGE)
-                .key(&self.name)
-                .arg(format!("({cursor}"))
-                .arg(format!("({}", wire::stream_id(before)))
-                .arg(count.max(1))
-                .arg(max_bytes)
-                .invoke_async(&mut conn)
-                .await,
-        )?;
-        let raw = self.entries(reply)?;
-        let mut page = ResumePage {
-            entries: Vec::with_capacity(raw.len()),
-            read: raw.len(),
-            bytes: 0,
-            cursor: raw.last().map(|e| e.stream_id()),
-        };
-        for e in raw {
-            page.bytes += e.size();
-            page.entries.extend(self.read_back(e));
+        if !self.layout.is_split() {
+            let before = self.layout.stream_id(before);
+            return self.parts[0]
+                .resume_page(cursor, &before, count, max_bytes)
+                .await;
         }
-        Ok(page)
+        let after: EventId = cursor
+            .parse()
+            .map_err(|_| ClusterError::Unavailable(format!("bad resume cursor {cursor:?}")))?;
+        let share = (max_bytes / self.parts.len()).max(1);
+        let pages = join_all(self.parts.iter().map(|p| {
+            let (from, to) = (
+                self.layout.after_in(p.index(), after),
+                self.layout.before_in(p.index(), before),
+            );
+            async move { p.resume_page(&from, &to, count, share).await }
+        }))
+        .await;
+        let mut pages = pages.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // Of a partition that stopped short, nothing after its last entry
+        // is known yet: the page ends there.
+        let horizon = self
+            .parts
+            .iter()
+            .zip(&pages)
+            .filter(|(_, page)| page.more)
+            .filter_map(|(p, page)| page.cursor.as_deref().and_then(|c| p.id_of(c).ok()))
+            .min();
+        let read: usize = pages.iter().map(|p| p.read).sum();
+        let bytes: usize = pages.iter().map(|p| p.bytes).sum();
+        let mut entries: Vec<(EventId, EventDraft)> = pages
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.entries))
+            .filter(|(id, _)| horizon.is_none_or(|h| *id <= h))
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let cursor = horizon.or_else(|| entries.last().map(|e| e.0));
+        let kept = entries.len();
+        Ok(ResumePage {
+            // What was read past the horizon is read again: counted once.
+            read: kept.min(read),
+            bytes: (bytes * kept).checked_div(read).unwrap_or(0),
+            more: horizon.is_some(),
+            cursor: if read == 0 {
+                None
+            } else {
+                cursor.map(|c| c.to_string())
+            },
+            entries,
+        })
     }
 
-    /// Entries after `after` and before `before`, oldest first, at most
+    /// Entries after `after` and before `before`, in id order, at most
     /// `max`; and whether the stream still holds everything after `after`
     /// (false when trimming or a Redis restart lost some of them).
     pub async fn range(
@@ -240,371 +251,118 @@ impl SharedStream {
         before: EventId,
         max: usize,
     ) -> Result<(Vec<(EventId, EventDraft)>, bool), ClusterError> {
-        // Complete only if the client's last event (or an older one) is
-        // still in the stream: otherwise trimming, or a Redis that came back
-        // empty, may have lost events after it.
-        let mut complete = self.holds_after(after).await?;
-        let mut conn = self.link.commands();
+        if !self.layout.is_split() {
+            return self.parts[0].range(after, before, max).await;
+        }
+        let complete = self.holds_after(after).await?;
         let mut out = Vec::new();
-        let mut cursor = format!("({}", wire::stream_id(after));
+        let mut cursor = self.resume_cursor(after);
         while out.len() < max {
-            let started = Instant::now();
-            let page: redis::Value = self.link.observe(
-                started,
-                redis::cmd("XRANGE")
-                    .arg(&self.name)
-                    .arg(&cursor)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(READ_BATCH.min(max - out.len()))
-                    .query_async(&mut conn)
-                    .await,
-            )?;
-            let page = self.entries(page)?;
-            if page.is_empty() {
-                return Ok((out, complete));
-            }
-            for e in page {
-                cursor = format!("({}", e.stream_id());
-                match self.read_back(e) {
-                    Some((id, _)) if id >= before => return Ok((out, complete)),
-                    Some(entry) => out.push(entry),
-                    None => {}
-                }
+            let page = self
+                .resume_page(&cursor, before, RANGE_PAGE.min(max - out.len()), usize::MAX)
+                .await?;
+            out.extend(page.entries);
+            match page.cursor {
+                Some(c) if page.more => cursor = c,
+                _ => return Ok((out, complete)),
             }
         }
-        // Stopped at `max` before reaching `before`: the rest is not sent.
-        complete = false;
-        Ok((out, complete))
+        out.truncate(max);
+        Ok((out, false))
     }
 
-    /// How many replicas an append waits for: `--redis-ack-replicas`, or
-    /// fewer while fewer are connected to the stream's primary (as counted
-    /// each second). A primary that lost its replica (one just promoted
-    /// by a failover) goes on acknowledging on its own write rather than
-    /// refusing every event until a replica is back; while the replicas
-    /// are there, nothing acknowledged can be lost by a failover.
-    pub(super) fn replicas_to_wait_for(&self) -> u32 {
-        self.ack_replicas
-            .min(self.replicas_connected.load(Ordering::Relaxed))
-    }
-
-    /// Counts the replicas connected to the stream's primary (each
+    /// Counts the replicas connected to each partition's primary (each
     /// second, from the sweeper), if appends wait for any.
     pub async fn count_replicas(&self) {
-        if self.ack_replicas == 0 {
-            return;
-        }
-        let mut cmd = redis::cmd("INFO");
-        cmd.arg("replication");
-        let started = Instant::now();
-        let reply = self
-            .link
-            .commands()
-            .query_at::<String>(cmd, &self.name)
-            .await;
-        let Ok(info) = self.link.observe(started, reply) else {
-            return; // Redis away: said elsewhere
-        };
-        let connected = info
-            .lines()
-            .find_map(|l| l.strip_prefix("connected_slaves:"))
-            .and_then(|n| n.trim().parse::<u32>().ok())
-            .unwrap_or(0);
-        let before = self.replicas_connected.swap(connected, Ordering::Relaxed);
-        if connected < self.ack_replicas && before != connected {
-            tracing::warn!(
-                connected,
-                wanted = self.ack_replicas,
-                "the stream's primary has fewer replicas than --redis-ack-replicas: events are acknowledged once the {connected} connected hold them"
-            );
-        }
-        self.metrics
-            .replicas_acking
-            .set(i64::from(self.replicas_to_wait_for()));
+        join_all(self.parts.iter().map(|p| p.count_replicas())).await;
     }
 
-    /// Sets the reader's lag gauges from the stream's head (once a second,
-    /// from the sweeper): milliseconds between the newest entry and the
-    /// last one read, and entries behind. Entries are counted from Redis's
-    /// `entries-added` (Redis 7), relative to the first measurement, which
-    /// assumes the reader was caught up then; a count that goes below what
-    /// was read (a Redis that came back empty) starts over.
+    /// Sets the reader's lag gauges (once a second, from the sweeper): of
+    /// the partition furthest behind in time, and of all in entries.
     pub async fn measure_lag(&self) {
-        let info: redis::RedisResult<redis::Value> = self
-            .stream_info()
-            .query_async(&mut self.link.commands())
-            .await;
-        let Ok(info) = info else {
-            return; // no stream yet, or Redis away (said elsewhere)
-        };
-        let read_ms = EventId::from_u64(self.progress.last.load(Ordering::Relaxed)).unix_ms();
-        if let Some(head) =
-            wire::info_field(&info, "last-generated-id").and_then(|h| wire::event_id(&h).ok())
-        {
-            let behind = head.unix_ms().saturating_sub(read_ms);
-            self.metrics.reader_lag_ms.set(behind as i64);
+        let lags = join_all(self.parts.iter().map(|p| p.measure_lag())).await;
+        if let Some(ms) = lags.iter().filter_map(|l| l.0).max() {
+            self.metrics.reader_lag_ms.set(ms as i64);
         }
-        let Some(added) =
-            wire::info_field(&info, "entries-added").and_then(|a| a.parse::<u64>().ok())
-        else {
-            return;
-        };
-        let read = self.progress.read.load(Ordering::Relaxed);
-        let base = self.progress.base.load(Ordering::Relaxed);
-        let behind = match added.checked_sub(read) {
-            Some(unread_since_start) if base != u64::MAX && unread_since_start >= base => {
-                unread_since_start - base
-            }
-            _ => {
-                self.progress
-                    .base
-                    .store(added.saturating_sub(read), Ordering::Relaxed);
-                0
-            }
-        };
-        self.metrics.reader_lag_entries.set(behind as i64);
-    }
-
-    /// `XINFO STREAM` on the events stream (read with [`wire::info_field`]).
-    fn stream_info(&self) -> redis::Cmd {
-        let mut cmd = redis::cmd("XINFO");
-        cmd.arg("STREAM").arg(&self.name);
-        cmd
+        let entries: Vec<u64> = lags.iter().filter_map(|l| l.1).collect();
+        if !entries.is_empty() {
+            self.metrics
+                .reader_lag_entries
+                .set(entries.iter().sum::<u64>() as i64);
+        }
     }
 
     /// Trims entries older than the maximum age (approximately).
     pub async fn trim(&self) {
-        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        let oldest_ms = trim_floor(now_ms, self.max_age);
-        let started = Instant::now();
-        let r: redis::RedisResult<i64> = redis::cmd("XTRIM")
-            .arg(&self.name)
-            .arg("MINID")
-            .arg("~")
-            .arg(format!("{oldest_ms}-0"))
-            .query_async(&mut self.link.commands())
-            .await;
-        let _ = self.link.observe(started, r);
+        join_all(self.parts.iter().map(|p| p.trim())).await;
     }
 
-    /// Runs this node's reader until the process ends: every entry after
-    /// the newest one now goes to `hub`, in stream order. The starting
-    /// point is fixed before this returns, so that no event accepted once
-    /// the node serves can fall before it.
+    /// Runs this node's readers and their merge until the process ends:
+    /// every entry after the newest ones now goes to `hub`, in id order.
+    /// The starting point is fixed before this returns, so that no event
+    /// accepted once the node serves can fall before it.
     pub async fn start_reader(
         self: &Arc<Self>,
         hub: Arc<Hub>,
     ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
-        let started = Instant::now();
-        let head: StreamRangeReply = self.link.observe(
-            started,
-            self.link
-                .commands()
-                .xrevrange_count(&self.name, "+", "-", 1)
-                .await,
-        )?;
-        // Older entries are for resumes, from the stream.
-        let last = head
-            .ids
-            .first()
-            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
-        if let Ok(id) = wire::event_id(&last) {
-            hub.resume_ids_above(id);
-        }
-        let me = self.clone();
-        Ok(tokio::spawn(
-            async move { me.read_forever(hub, last).await },
-        ))
-    }
-
-    async fn read_forever(self: Arc<Self>, hub: Arc<Hub>, mut last: String) {
-        let mut backoff = Duration::from_millis(100);
-        let mut connected_before = false;
-        loop {
-            let mut conn = match self
-                .link
-                .own_connection(READ_BLOCK + RESPONSE_TIMEOUT)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    self.disconnected(&e.to_string(), &mut backoff).await;
-                    continue;
-                }
-            };
-            if let Err(e) = self.check_history(&mut conn, &hub, &last).await {
-                self.disconnected(&e.to_string(), &mut backoff).await;
-                continue;
-            }
-            if connected_before {
-                self.metrics.reader_reconnects.inc();
-            }
-            connected_before = true;
-            self.metrics.connected.set(1);
-            self.link.set_healthy(true);
-            backoff = Duration::from_millis(100);
-            loop {
-                let reply: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(READ_BATCH)
-                    .arg("BLOCK")
-                    .arg(READ_BLOCK.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&self.name)
-                    .arg(&last)
-                    .query_async(&mut conn)
-                    .await;
-                let reply = match reply {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.disconnected(&e.to_string(), &mut backoff).await;
-                        break;
-                    }
-                };
-                let entries = match wire::read_entries(reply) {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        // Not a stream reply: nothing to skip past, so read
-                        // again from the same place after a pause.
-                        tracing::error!(error = %e, "the stream reader got an unexpected reply");
-                        self.disconnected(&e.to_string(), &mut backoff).await;
-                        break;
-                    }
-                };
-                let Some(newest) = entries.last() else {
-                    continue;
-                };
-                last = newest.stream_id();
-                if let Ok(id) = wire::event_id(&last) {
-                    self.progress.last.store(id.as_u64(), Ordering::Relaxed);
-                }
-                self.progress
-                    .read
-                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                let busy = entries.len() > 1 && entries.len() < READ_BATCH;
-                for entry in entries {
-                    self.publish(&hub, entry);
-                }
-                if busy {
-                    // More than one entry per read: the stream is busy, and
-                    // reading again at once would fetch a handful. Lingering
-                    // a moment reads them in one reply (one write, one
-                    // parse) for at most READ_LINGER of latency; a quiet
-                    // stream (one entry per read) never lingers, and one
-                    // that is behind (full batches) reads on at once.
-                    tokio::time::sleep(READ_LINGER).await;
-                }
-            }
-        }
-    }
-
-    /// On (re)connecting: whether events after the last one this node read
-    /// may be gone. They may when the stream no longer exists (Redis
-    /// restarted empty), or when it no longer holds that entry although
-    /// entries were added after it (a new stream, or one trimmed past a node
-    /// that was away). Every live subscriber is then told so (`gap`)
-    /// instead of waiting for them. A quiet stream trimmed down to nothing
-    /// by age, with nothing added since, lost nothing this node had not
-    /// read, and says nothing. (Redis does not record what trimming removed
-    /// — `max-deleted-entry-id` follows XDEL only — so a quiet stream that
-    /// was trimmed empty *and* received entries while this node was away
-    /// is reported too: a gap notice that was not needed, never a silent
-    /// loss.)
-    async fn check_history(
-        &self,
-        conn: &mut crate::redis_target::Commands,
-        hub: &Hub,
-        last: &str,
-    ) -> redis::RedisResult<()> {
-        if last == "0-0" {
-            return Ok(());
-        }
-        let (exists, held): (bool, redis::Value) = redis::pipe()
-            .cmd("EXISTS")
-            .arg(&self.name)
-            .cmd("XRANGE")
-            .arg(&self.name)
-            .arg(last)
-            .arg(last)
-            .query_async(conn)
-            .await?;
-        let lost = if !exists {
-            true
-        } else if wire::range_entries(held).is_ok_and(|e| !e.is_empty()) {
-            false
+        let heads = join_all(self.parts.iter().map(|p| p.head())).await;
+        let heads = heads.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let (starts, from) = if self.layout.is_split() {
+            self.split_start(&heads).await?
         } else {
-            let info: redis::Value = self.stream_info().query_async(conn).await?;
-            wire::info_field(&info, "last-generated-id").is_none_or(|newest| newest != last)
+            // Older entries are for resumes, from the stream.
+            let from = self.parts[0].id_of(&heads[0]).unwrap_or_default();
+            let start = Start {
+                held: Vec::new(),
+                floor: from,
+                cursor: heads[0].clone(),
+            };
+            (vec![start], from)
         };
-        if lost {
-            self.metrics.history_lost.inc();
-            tracing::error!(
-                last_read = last,
-                "the shared stream lost entries this node had not read (Redis restarted empty, or trimmed past it): live subscribers are told of a gap"
-            );
-            hub.history_lost();
+        hub.resume_ids_above(from);
+        let (reads, queue) = tokio::sync::mpsc::channel(merge::QUEUE);
+        for (p, start) in self.parts.iter().zip(&starts) {
+            p.start_reader(hub.clone(), reads.clone(), start.cursor.clone());
         }
-        Ok(())
+        let merge = Merge::new(self.parts.clone(), starts, hub, from);
+        Ok(tokio::spawn(merge.run(queue)))
     }
 
-    fn publish(&self, hub: &Hub, entry: wire::RawEntry) {
-        if let Some((id, draft)) = self.read_back(entry) {
-            hub.publish_at(id, draft);
-        }
-    }
-
-    /// The entries of an XRANGE reply; a malformed reply is counted as
-    /// skipped and answered as Redis being unavailable.
-    fn entries(&self, reply: redis::Value) -> Result<Vec<wire::RawEntry>, ClusterError> {
-        wire::range_entries(reply).map_err(|e| {
-            self.metrics.skipped.inc();
-            ClusterError::Unavailable(e.to_string())
-        })
-    }
-
-    /// An entry's event id and draft; an entry that cannot be read back
-    /// is counted, logged and skipped (by the reader and every resume alike).
-    fn read_back(&self, entry: wire::RawEntry) -> Option<(EventId, EventDraft)> {
-        entry
-            .decode()
-            .map_err(|e| {
-                self.metrics.skipped.inc();
-                tracing::error!(error = %e, "a stream entry could not be read back; skipped");
+    /// Where a split stream's merge starts: each partition's watermark
+    /// now, and the lowest of their floors, which every entry to come is
+    /// above (the entries already there above it are held, to publish).
+    async fn split_start(&self, heads: &[String]) -> Result<(Vec<Start>, EventId), ClusterError> {
+        let marks = join_all(
+            self.parts
+                .iter()
+                .zip(heads)
+                .map(|(p, head)| p.watermark(head, 0, RANGE_PAGE)),
+        )
+        .await;
+        let marks = marks.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let from = marks.iter().map(|w| w.floor).min().unwrap_or_default();
+        let starts = marks
+            .into_iter()
+            .zip(heads)
+            .map(|(w, head)| Start {
+                held: w.entries.into_iter().filter(|e| e.0 > from).collect(),
+                floor: w.floor,
+                cursor: w.cursor.unwrap_or_else(|| head.clone()),
             })
-            .ok()
-    }
-
-    async fn disconnected(&self, why: &str, backoff: &mut Duration) {
-        if self.link.set_healthy(false) {
-            tracing::error!(error = %why, "lost Redis: ingest and registration changes answer 503 until it is back");
-        }
-        self.metrics.connected.set(0);
-        // Full jitter, so that every node does not reconnect in step.
-        let wait = Duration::from_millis(fastrand::u64(1..=backoff.as_millis().max(1) as u64));
-        tokio::time::sleep(wait).await;
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+            .collect();
+        Ok((starts, from))
     }
 }
 
-/// The oldest stream time kept: `max_age` before `now_ms`, or the epoch
-/// when `max_age` reaches further back (a subtraction that wrapped would
-/// trim every entry instead of none).
-fn trim_floor(now_ms: u64, max_age: Duration) -> u64 {
-    now_ms.saturating_sub(max_age.as_millis().min(u128::from(u64::MAX)) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_max_age_longer_than_the_epoch_trims_nothing() {
-        assert_eq!(trim_floor(10_000, Duration::from_secs(3)), 7_000);
-        assert_eq!(
-            trim_floor(10_000, Duration::from_secs(3600 * 24 * 365 * 100)),
-            0
-        );
-        assert_eq!(trim_floor(10_000, Duration::MAX), 0);
-    }
+/// One append's error, for each of `n` events it held.
+fn spread_error(e: &ClusterError, n: usize) -> Vec<Result<EventId, ClusterError>> {
+    (0..n)
+        .map(|_| {
+            Err(match e {
+                ClusterError::Unavailable(w) => ClusterError::Unavailable(w.clone()),
+                ClusterError::NotStored(w) => ClusterError::NotStored(w.clone()),
+                ClusterError::OutcomeUnknown(w) => ClusterError::OutcomeUnknown(w.clone()),
+            })
+        })
+        .collect()
 }

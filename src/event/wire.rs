@@ -43,15 +43,6 @@ pub fn event_id(stream_id: &str) -> Result<EventId, WireError> {
     Ok(EventId::from_u64(ms << 16 | seq))
 }
 
-/// The event id in an XADD reply.
-pub fn added_id(reply: &redis::Value) -> Result<EventId, WireError> {
-    match reply {
-        redis::Value::BulkString(b) => event_id(&String::from_utf8_lossy(b)),
-        redis::Value::SimpleString(s) => event_id(s),
-        other => Err(WireError::Shape(format!("XADD answered {other:?}"))),
-    }
-}
-
 /// A field of an XINFO reply (a flat `name, value, …` list in RESP2, a
 /// map in RESP3), as text.
 pub fn info_field(reply: &redis::Value, name: &str) -> Option<String> {
@@ -164,12 +155,21 @@ impl RawEntry {
 
     /// The event id and the draft in this entry (fields taken, not copied).
     pub fn decode(self) -> Result<(EventId, EventDraft), WireError> {
+        self.decode_as(event_id)
+    }
+
+    /// As [`RawEntry::decode`], with the event id that `id_of` maps the
+    /// stream id onto (a partition's: see `cluster::layout`).
+    pub fn decode_as(
+        self,
+        id_of: impl FnOnce(&str) -> Result<EventId, WireError>,
+    ) -> Result<(EventId, EventDraft), WireError> {
         // The id as text only for an error message.
         let raw_id = self.id;
         let text_id = || String::from_utf8_lossy(&raw_id).into_owned();
         let id = std::str::from_utf8(&raw_id)
             .map_err(|_| WireError::Id(text_id()))
-            .and_then(event_id)?;
+            .and_then(id_of)?;
         let bad = |why: String| WireError::Entry(text_id(), why);
         let (mut m, mut d, mut w) = (None, None, None);
         let mut fields = self.fields.into_iter();
@@ -373,11 +373,6 @@ mod tests {
             ]),
         ])]);
         assert!(range_entries(odd).unwrap().remove(0).decode().is_err());
-        assert_eq!(
-            added_id(&redis::Value::BulkString(b"7-2".to_vec())).unwrap(),
-            event_id("7-2").unwrap()
-        );
-        assert!(added_id(&redis::Value::Nil).is_err());
         let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
         let info = redis::Value::Array(vec![
             bulk("length"),

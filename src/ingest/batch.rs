@@ -149,13 +149,24 @@ impl Pipeline {
                 Err(e) => results.push(rejected_line(line, &e)),
             }
         }
-        let rejected = (results.len() - drafts.len()) as u64;
-        let accepted = drafts.len() as u64;
+        let mut rejected = (results.len() - drafts.len()) as u64;
+        let mut accepted = drafts.len() as u64;
         if !drafts.is_empty() {
             let ids = self.bus.append_all(&drafts).await?;
             for (slot, published) in slots.into_iter().zip(ids) {
-                if let LineResult::Accepted { id, .. } = &mut results[slot] {
-                    *id = published.to_string();
+                let LineResult::Accepted { line, id } = &mut results[slot] else {
+                    continue;
+                };
+                match published {
+                    Ok(published) => *id = published.to_string(),
+                    // Its partition's write failed (others' did not): this
+                    // line is not stored, and says so.
+                    Err(e) => {
+                        let line = *line;
+                        results[slot] = rejected_line(line, &e);
+                        accepted -= 1;
+                        rejected += 1;
+                    }
                 }
             }
         }

@@ -94,7 +94,7 @@ pub enum Step {
 pub struct ClusterResume {
     cluster: Arc<SharedStream>,
     filter: EventFilter,
-    /// The stream id after which the next page starts.
+    /// Where the next page starts (after it).
     cursor: String,
     /// Where the ring's part (or the live queue) starts.
     before: EventId,
@@ -125,9 +125,9 @@ impl ClusterResume {
         max_events: usize,
     ) -> Self {
         Self {
+            cursor: cluster.resume_cursor(after),
             cluster,
             filter,
-            cursor: crate::event::wire::stream_id(after),
             before,
             bytes_left: max_bytes,
             events_left: max_events,

@@ -20,6 +20,7 @@ mod jwt;
 mod limits;
 mod metrics;
 mod openapi;
+mod partitions;
 mod persistence;
 mod redis_modes;
 mod registration_bounds;

@@ -158,6 +158,16 @@ async fn two_nodes_on_a_redis_cluster_deliver_resume_and_forward_once() {
 /// waits does not hold up the others): the numbers answered 202, and how
 /// many were answered 503 (each with `Retry-After`).
 async fn publish_until(n: &Process, first: i64, until: Instant) -> (Vec<i64>, usize) {
+    publish_spread(n, first, until, &["mac:112233445566"]).await
+}
+
+/// As [`publish_until`], the events going to `devices` in turn.
+pub(crate) async fn publish_spread(
+    n: &Process,
+    first: i64,
+    until: Instant,
+    devices: &[&str],
+) -> (Vec<i64>, usize) {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     let (mut stored, mut refused) = (Vec::new(), 0);
     let mut pending = FuturesUnordered::new();
@@ -178,9 +188,10 @@ async fn publish_until(n: &Process, first: i64, until: Instant) -> (Vec<i64>, us
     while Instant::now() < until {
         tokio::select! {
             _ = tick.tick() => {
+                let device = devices[(i - first) as usize % devices.len()];
                 pending.push(async move {
                     let r = n
-                        .post_json("/api/events?device=mac:112233445566&type=t", &json!({"n": i}))
+                        .post_json(&format!("/api/events?device={device}&type=t"), &json!({"n": i}))
                         .await;
                     (i, r)
                 });
@@ -197,7 +208,7 @@ async fn publish_until(n: &Process, first: i64, until: Instant) -> (Vec<i64>, us
 
 /// Reads `sub` until every number in `wanted` arrived (each at most once),
 /// allowing `gap` notices; fails after `within`.
-async fn read_all(sub: &mut SseClient, wanted: &[i64], within: Duration) {
+pub(crate) async fn read_all(sub: &mut SseClient, wanted: &[i64], within: Duration) {
     let deadline = Instant::now() + within;
     let mut seen = std::collections::BTreeSet::new();
     let mut dupes = Vec::new();
