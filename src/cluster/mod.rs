@@ -86,6 +86,9 @@ pub enum ClusterError {
     /// be stored or not.
     #[error("it is not known whether Redis stored the events: {0}")]
     OutcomeUnknown(String),
+    /// A node whose settings do not fit the cluster's.
+    #[error("{0}")]
+    Misconfigured(String),
 }
 
 impl From<redis::RedisError> for ClusterError {
@@ -102,6 +105,7 @@ pub(crate) struct ClusterMetrics {
     reader_lag_ms: Gauge,
     reader_lag_entries: Gauge,
     reader_reconnects: Counter,
+    read_bytes: Counter,
     skipped: Counter,
     appends_late: Counter,
     appends_unanswered: Counter,
@@ -121,6 +125,7 @@ impl ClusterMetrics {
             reader_lag_ms: Gauge::default(),
             reader_lag_entries: Gauge::default(),
             reader_reconnects: Counter::default(),
+            read_bytes: Counter::default(),
             skipped: Counter::default(),
             appends_late: Counter::default(),
             appends_unanswered: Counter::default(),
@@ -172,6 +177,11 @@ impl ClusterMetrics {
             m.reader_reconnects.clone(),
         );
         registry.register(
+            "cluster_read_bytes",
+            "Bytes of stream entries (ids and fields) this node's readers read from Redis, over every partition they read",
+            m.read_bytes.clone(),
+        );
+        registry.register(
             "cluster_history_lost",
             "Times this node found the stream had lost entries it had not read (live subscribers were sent a gap)",
             m.history_lost.clone(),
@@ -205,6 +215,30 @@ impl ClusterMetrics {
     }
 }
 
+/// Refuses to start with another `--redis-partitions` than the cluster's
+/// (recorded by the first node, under `<prefix>:partitions`): nodes that
+/// split the stream differently would not see each other's events.
+async fn agree_on_partitions(link: &Link, layout: Layout) -> Result<(), ClusterError> {
+    let key = link.key("partitions");
+    let mut conn = link.commands();
+    let (_, recorded): (Option<String>, String) = redis::pipe()
+        .cmd("SET")
+        .arg(&key)
+        .arg(layout.count())
+        .arg("NX")
+        .cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await?;
+    if recorded == layout.count().to_string() {
+        return Ok(());
+    }
+    Err(ClusterError::Misconfigured(format!(
+        "this cluster splits its stream over {recorded} partitions (Redis key {key}), not --redis-partitions {}: give every node the same number; to change it, stop every node, delete that key, and start them all with the new one (the old streams are then left behind, and resumes from before get a gap)",
+        layout.count()
+    )))
+}
+
 /// A node's part in the cluster: its connection, the shared stream, the
 /// shared idempotency keys, and its name among the members.
 pub struct Cluster {
@@ -235,6 +269,7 @@ impl Cluster {
         let metrics = metrics.register(ClusterMetrics::register);
         let link = Arc::new(Link::connect(config.target, metrics.round_trip.clone()).await?);
         let layout = Layout::new(config.partitions);
+        agree_on_partitions(&link, layout).await?;
         let cluster = Arc::new(Self {
             stream: SharedStream::open(
                 link.clone(),

@@ -525,6 +525,9 @@ impl Partition {
                 .await,
         )?;
         let raw = self.entries(reply)?;
+        self.metrics
+            .read_bytes
+            .inc_by(raw.iter().map(|e| e.size() as u64).sum());
         let full = raw.len() >= count.max(1);
         let cursor = raw.last().map(|e| e.stream_id());
         let entries: Vec<_> = raw.into_iter().filter_map(|e| self.read_back(e)).collect();
@@ -624,6 +627,9 @@ impl Partition {
                     .read
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
                 let busy = entries.len() > 1 && entries.len() < READ_BATCH;
+                self.metrics
+                    .read_bytes
+                    .inc_by(entries.iter().map(|e| e.size() as u64).sum());
                 let read = Read {
                     partition: self.index,
                     entries: entries

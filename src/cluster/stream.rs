@@ -362,6 +362,7 @@ fn spread_error(e: &ClusterError, n: usize) -> Vec<Result<EventId, ClusterError>
                 ClusterError::Unavailable(w) => ClusterError::Unavailable(w.clone()),
                 ClusterError::NotStored(w) => ClusterError::NotStored(w.clone()),
                 ClusterError::OutcomeUnknown(w) => ClusterError::OutcomeUnknown(w.clone()),
+                ClusterError::Misconfigured(w) => ClusterError::Misconfigured(w.clone()),
             })
         })
         .collect()

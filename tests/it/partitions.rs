@@ -368,3 +368,38 @@ async fn a_partitions_failover_loses_nothing_acknowledged_and_the_others_go_on()
     a.stop().await;
     b.stop().await;
 }
+
+/// A node that would split the stream otherwise than the cluster's
+/// first node is refused at start, naming the fix.
+#[tokio::test]
+async fn a_node_with_another_partition_count_is_refused_at_start() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let first = node(&["--redis-url", &url, "--redis-partitions", "3"]);
+    // Refused once it reaches Redis, which is after binding (as every
+    // check that needs the cluster, for now): not with `assert_fatal`.
+    let refused = |args: &[&str], needles: &[&str]| {
+        let r = crate::setup::run(args, &[]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.code().is_some_and(|c| c != 0 && c != 101), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("ratatoskr: cannot start"))
+            .unwrap_or_else(|| panic!("no fatal line: {err}"));
+        for n in needles {
+            assert!(line.contains(n), "{n:?} in {line}");
+        }
+    };
+    refused(
+        &["--redis-url", &url, "--redis-partitions", "2"],
+        &[
+            "over 3 partitions",
+            "not --redis-partitions 2",
+            "same number",
+        ],
+    );
+    refused(&["--redis-url", &url], &["not --redis-partitions 1"]);
+    first.stop().await;
+}
