@@ -135,10 +135,12 @@ impl Layout {
         }
     }
 
-    /// Every id of partition `q`'s future entries is above this, once its
-    /// mark (see `append.rs`) is `mark_ms`: they all have a later millisecond.
-    pub fn floor_after_mark(mark_ms: u64) -> EventId {
-        EventId::from_u64(((mark_ms + 1) << 16) - 1)
+    /// Every id of a partition's entries to come is above this, once its
+    /// primary's clock reads `clock_ms` and its mark (see `append.rs`) is
+    /// `mark_ms`: they all have a millisecond of at least the clock's and
+    /// above the mark.
+    pub fn floor_after(clock_ms: u64, mark_ms: u64) -> EventId {
+        EventId::from_u64((clock_ms.max(mark_ms + 1) << 16).saturating_sub(1))
     }
 
     /// The key `name` of partition `p`: with one partition, the target's
@@ -295,10 +297,13 @@ mod tests {
     }
 
     #[test]
-    fn the_floor_after_a_mark_is_above_every_id_of_that_millisecond() {
+    fn the_floor_is_below_the_clocks_millisecond_and_above_the_marks() {
         let l = Layout::new(16);
-        let f = Layout::floor_after_mark(100);
+        let f = Layout::floor_after(90, 100);
         assert!(l.event_id(15, "100-4095").unwrap() <= f);
         assert!(l.event_id(0, "101-0").unwrap() > f);
+        let f = Layout::floor_after(200, 100);
+        assert!(l.event_id(15, "199-4095").unwrap() <= f);
+        assert!(l.event_id(0, "200-0").unwrap() > f);
     }
 }

@@ -4,10 +4,14 @@
 //! Each partition's reader hands what it reads to this node's merge,
 //! which publishes the lowest id it holds once no partition can still
 //! bring a lower one. A partition can't once it has handed over an entry
-//! above it, or once it has promised (its watermark: [`Partition::watermark`])
-//! that its next entries come after that millisecond. A quiet partition is
-//! asked for that promise only when an event of another one waits for it:
-//! one round trip, and none while every partition is busy.
+//! above it, or once it has promised ([`Partition::promise`]) that its
+//! next entries come after that millisecond: its primary's clock has
+//! passed it, and `*` ids follow that clock. A quiet partition is asked
+//! only when an event of another one waits for it: one read-only round
+//! trip, plus the wait for its clock to reach the next millisecond (up to
+//! 1 ms here, the skew between primaries elsewhere; past 10 ms the
+//! partition's mark is raised instead, which the append script keeps
+//! above). None while every partition is busy.
 //!
 //! So every node publishes the same events in the same order with the
 //! same ids, whatever the partitions' readers' pace: a node's ring, a
@@ -18,12 +22,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::layout::Layout;
-use super::partition::Partition;
+use super::partition::{Partition, Promise, Watermark};
 use crate::event::{EventDraft, EventId};
 use crate::hub::Hub;
 
@@ -42,6 +46,23 @@ pub(super) const QUEUE: usize = 64;
 const WATERMARK_ENTRIES: usize = 1000;
 /// Between two watermark attempts when a partition did not answer.
 const RETRY: Duration = Duration::from_millis(100);
+/// How long the merge lets a partition's reader bring the entries its
+/// promise counted before it reads them itself.
+const PROMISE_WAIT: Duration = Duration::from_millis(500);
+/// How far behind a quiet partition's clock may be before the merge
+/// raises its mark rather than wait for it.
+const MOST_CLOCK_WAIT_MS: u64 = 10;
+
+/// A promise whose entries the reader has not brought yet.
+#[derive(Debug)]
+struct Pending {
+    /// The newest entry then.
+    through: EventId,
+    /// The floor once it is held.
+    floor: EventId,
+    /// When the merge reads them itself.
+    until: Instant,
+}
 
 /// Where one partition stands in the merge.
 #[derive(Debug)]
@@ -54,6 +75,10 @@ struct Lane {
     seen: EventId,
     /// The stream id after which a watermark reads.
     cursor: String,
+    /// A promise waiting for its entries.
+    pending: Option<Pending>,
+    /// The millisecond to raise its mark to at the next ask (0: none).
+    push_ms: u64,
 }
 
 /// A partition's place at the start of the merge.
@@ -101,6 +126,8 @@ impl Merge {
                 held: s.held.into(),
                 floor: s.floor,
                 cursor: s.cursor,
+                pending: None,
+                push_ms: 0,
             })
             .collect();
         Self {
@@ -120,7 +147,11 @@ impl Merge {
                     Some(r) => self.hold(r.partition, r.entries),
                     None => return,
                 },
-                Next::Waits(lowest, quiet) => self.ask(lowest, &quiet).await,
+                Next::Waits(lowest, quiet) => {
+                    if !self.wait_for(lowest, &quiet, &mut reads).await {
+                        return;
+                    }
+                }
             }
             while let Ok(r) = reads.try_recv() {
                 self.hold(r.partition, r.entries);
@@ -139,6 +170,9 @@ impl Merge {
             lane.floor = lane.floor.max(id);
             lane.cursor = layout.stream_id(id);
             lane.held.push_back((id, draft));
+        }
+        if let Some(p) = lane.pending.take_if(|p| lane.seen >= p.through) {
+            lane.floor = lane.floor.max(p.floor);
         }
     }
 
@@ -178,37 +212,117 @@ impl Merge {
         }
     }
 
-    /// Asks the `quiet` partitions for their watermark at `lowest`'s
-    /// millisecond.
-    async fn ask(&mut self, lowest: EventId, quiet: &[usize]) {
-        let asked = quiet.iter().map(|&q| {
-            let part = self.parts[q].clone();
-            let cursor = self.lanes[q].cursor.clone();
+    /// Waits until the `quiet` partitions can no longer bring an entry
+    /// below `lowest`, or for the next read: asks those that have not
+    /// promised, lets the readers bring what was promised, and waits for
+    /// a clock that is behind. False once every reader is gone.
+    async fn wait_for(
+        &mut self,
+        lowest: EventId,
+        quiet: &[usize],
+        reads: &mut mpsc::Receiver<Read>,
+    ) -> bool {
+        let now = Instant::now();
+        let ask: Vec<usize> = quiet
+            .iter()
+            .copied()
+            .filter(|&q| {
+                self.lanes[q]
+                    .pending
+                    .as_ref()
+                    .is_none_or(|p| now >= p.until)
+            })
+            .collect();
+        if ask.is_empty() {
+            // Every one promised: its reader brings the rest.
+            let until = quiet
+                .iter()
+                .filter_map(|&q| self.lanes[q].pending.as_ref().map(|p| p.until))
+                .min()
+                .unwrap_or(now);
+            return match tokio::time::timeout_at(until.into(), reads.recv()).await {
+                Ok(Some(r)) => {
+                    self.hold(r.partition, r.entries);
+                    true
+                }
+                Ok(None) => false,
+                Err(_) => true, // read them ourselves, next
+            };
+        }
+        let asked = ask.iter().map(|&q| {
+            let lane = &mut self.lanes[q];
+            let (part, cursor, push) = (
+                self.parts[q].clone(),
+                lane.cursor.clone(),
+                std::mem::take(&mut lane.push_ms),
+            );
+            // A promise whose entries did not come: read them.
+            let read = lane.pending.take().is_some();
             async move {
-                part.watermark(&cursor, lowest.unix_ms(), WATERMARK_ENTRIES)
-                    .await
+                if read {
+                    part.watermark(&cursor, push, WATERMARK_ENTRIES)
+                        .await
+                        .map(Answer::Read)
+                } else {
+                    part.promise(push).await.map(Answer::Promised)
+                }
             }
         });
-        let answers = futures_util::future::join_all(asked).await;
-        let mut failed = false;
-        for (&q, answer) in quiet.iter().zip(answers) {
-            match answer {
-                Ok(w) => {
+        let answers = futures_util::future::join_all(asked.collect::<Vec<_>>()).await;
+        let (mut failed, mut clock_wait) = (false, 0);
+        for (&q, answer) in ask.iter().zip(answers) {
+            let clock_ms = match answer {
+                Ok(Answer::Read(w)) => {
                     self.hold(q, w.entries);
                     let lane = &mut self.lanes[q];
                     lane.floor = lane.floor.max(w.floor);
                     if let Some(c) = w.cursor {
                         lane.cursor = c;
                     }
+                    w.clock_ms
+                }
+                Ok(Answer::Promised(p)) => {
+                    let lane = &mut self.lanes[q];
+                    match p.newest.filter(|n| *n > lane.seen) {
+                        Some(through) => {
+                            lane.pending = Some(Pending {
+                                through,
+                                floor: p.floor,
+                                until: Instant::now() + PROMISE_WAIT,
+                            });
+                        }
+                        None => lane.floor = lane.floor.max(p.floor),
+                    }
+                    p.clock_ms
                 }
                 Err(e) => {
-                    tracing::debug!(partition = q, error = %e, "a partition's watermark could not be read");
+                    tracing::debug!(partition = q, error = %e, "a partition's promise could not be read");
                     failed = true;
+                    continue;
+                }
+            };
+            let lane = &mut self.lanes[q];
+            if lane.held.is_empty() && lane.pending.is_none() && lane.floor < lowest {
+                // Its clock has not reached the next millisecond yet.
+                let behind = (lowest.unix_ms() + 1).saturating_sub(clock_ms);
+                if behind > MOST_CLOCK_WAIT_MS {
+                    lane.push_ms = lowest.unix_ms();
+                } else {
+                    clock_wait = clock_wait.max(behind);
                 }
             }
         }
         if failed {
             tokio::time::sleep(RETRY).await;
+        } else if clock_wait > 0 {
+            tokio::time::sleep(Duration::from_millis(clock_wait)).await;
         }
+        true
     }
+}
+
+/// What a quiet partition answered.
+enum Answer {
+    Promised(Promise),
+    Read(Watermark),
 }

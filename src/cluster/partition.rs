@@ -103,19 +103,34 @@ end
 return {more, out}
 ";
 
-/// A partition's watermark ([`Partition::watermark`]). KEYS: the stream,
-/// its mark. ARGV: the exclusive start of the entries to return, their
-/// most, and a millisecond the mark must reach (capped at 10 s past
-/// Redis's clock). Raises the mark to Redis's time or that millisecond;
-/// the append script then gives every later entry a millisecond above it.
-/// Returns the mark and the entries after the start.
+/// A partition's watermark ([`Partition::watermark`],
+/// [`Partition::promise`]). KEYS: the stream, its mark. ARGV: the
+/// exclusive start of the entries to return, their most (0: none, the
+/// newest entry's id instead), and a millisecond to raise the mark to
+/// (when Redis's clock is behind it; at most 10 s ahead). Read-only
+/// unless it raises the mark. Returns Redis's time, the mark, and the
+/// entries after the start (or the newest id, "" for none): every later
+/// entry has a millisecond of at least that time and above the mark
+/// (`*` ids follow Redis's clock, and the append script keeps above the
+/// mark).
 const WATERMARK: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local m = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now, math.min(tonumber(ARGV[3]), now + 10000))
-m = string.format('%d', m)
-redis.call('SET', KEYS[2], m)
-return {m, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))}
+local m = tonumber(redis.call('GET', KEYS[2]) or '0')
+local push = math.min(tonumber(ARGV[3]), now + 10000)
+if push > now and push > m then
+  m = push
+  redis.call('SET', KEYS[2], string.format('%d', m))
+end
+local head = {string.format('%d', now), string.format('%d', m)}
+local count = tonumber(ARGV[2])
+if count == 0 then
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  head[3] = top[1] and top[1][1] or ''
+  return head
+end
+head[3] = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', count)
+return head
 ";
 
 static RESUME: std::sync::LazyLock<redis::Script> =
@@ -148,6 +163,19 @@ pub(super) struct Watermark {
     pub cursor: Option<String>,
     /// Every entry not in `entries` is above this.
     pub floor: EventId,
+    /// Redis's time then (Unix ms).
+    pub clock_ms: u64,
+}
+
+/// A partition's promise, from [`Partition::promise`].
+#[derive(Debug)]
+pub(super) struct Promise {
+    /// Its newest entry then.
+    pub newest: Option<EventId>,
+    /// Every entry after `newest` is above this.
+    pub floor: EventId,
+    /// Redis's time then (Unix ms).
+    pub clock_ms: u64,
 }
 
 impl Partition {
@@ -272,7 +300,8 @@ impl Partition {
     /// Whether it still holds everything after `after` (as
     /// [`Partition::holds_after`]), for a split stream: a partition that
     /// has no entry yet but whose mark is there has lost nothing either
-    /// (nothing was ever added, or its entries expired by age).
+    /// (nothing was ever added, or its entries expired by age; a Redis that
+    /// came back empty has no mark until a node starts).
     pub async fn holds_after_split(&self, after: EventId) -> Result<bool, ClusterError> {
         let mut conn = self.link.commands();
         let started = Instant::now();
@@ -503,24 +532,24 @@ impl Partition {
     }
 
     /// Its entries after the stream id `after` (at most `count`), and a
-    /// floor every later entry will be above: the partition's mark is
-    /// raised to Redis's time, or to `at_least_ms` (see [`WATERMARK`]).
+    /// floor every later entry will be above (see [`WATERMARK`]); with
+    /// `push_ms` ahead of Redis's clock, the mark is raised to it first.
     /// How the merge learns that a quiet partition has nothing to come
     /// before an event of another one.
     pub(super) async fn watermark(
         &self,
         after: &str,
-        at_least_ms: u64,
+        push_ms: u64,
         count: usize,
     ) -> Result<Watermark, ClusterError> {
         let started = Instant::now();
-        let (mark, reply): (u64, redis::Value) = self.link.observe(
+        let (clock_ms, mark, reply): (u64, u64, redis::Value) = self.link.observe(
             started,
             MARK.key(&self.name)
                 .key(&self.mark)
                 .arg(format!("({after}"))
                 .arg(count.max(1))
-                .arg(at_least_ms)
+                .arg(push_ms)
                 .invoke_async(&mut self.link.commands())
                 .await,
         )?;
@@ -535,12 +564,55 @@ impl Partition {
         let floor = if full {
             last.unwrap_or_default()
         } else {
-            Layout::floor_after_mark(mark).max(last.unwrap_or_default())
+            Layout::floor_after(clock_ms, mark).max(last.unwrap_or_default())
         };
         Ok(Watermark {
             entries,
             cursor,
             floor,
+            clock_ms,
+        })
+    }
+
+    /// Writes its mark (0) if it has none: a partition with a mark and no
+    /// entries is known to have lost none ([`Partition::holds_after_split`]).
+    pub(super) async fn ensure_mark(&self) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let _: Option<String> = self.link.observe(
+            started,
+            redis::cmd("SET")
+                .arg(&self.mark)
+                .arg(0)
+                .arg("NX")
+                .query_async(&mut self.link.commands())
+                .await,
+        )?;
+        Ok(())
+    }
+
+    /// A promise, lighter than [`Partition::watermark`]: no entry is read
+    /// (the reader brings them); the newest entry's id now, if any, and a
+    /// floor every entry after it will be above, with Redis's clock.
+    pub(super) async fn promise(&self, push_ms: u64) -> Result<Promise, ClusterError> {
+        let started = Instant::now();
+        let (clock_ms, mark, top): (u64, u64, String) = self.link.observe(
+            started,
+            MARK.key(&self.name)
+                .key(&self.mark)
+                .arg("-")
+                .arg(0)
+                .arg(push_ms)
+                .invoke_async(&mut self.link.commands())
+                .await,
+        )?;
+        let newest = (!top.is_empty())
+            .then(|| self.id_of(&top))
+            .transpose()
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        Ok(Promise {
+            newest,
+            floor: Layout::floor_after(clock_ms, mark),
+            clock_ms,
         })
     }
 

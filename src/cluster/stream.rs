@@ -332,6 +332,9 @@ impl SharedStream {
     /// now, and the lowest of their floors, which every entry to come is
     /// above (the entries already there above it are held, to publish).
     async fn split_start(&self, heads: &[String]) -> Result<(Vec<Start>, EventId), ClusterError> {
+        for r in join_all(self.parts.iter().map(|p| p.ensure_mark())).await {
+            r?;
+        }
         let marks = join_all(
             self.parts
                 .iter()
