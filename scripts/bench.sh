@@ -51,7 +51,7 @@ open(sys.argv[1], "w").write('wrk.method = "POST"\nwrk.headers["Content-Type"] =
 PY
 
 # BENCH_SCENARIOS="5 6" make bench runs only those sections.
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8 9} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8 9 10} "
 want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 
 SERVER_PID=""
@@ -325,6 +325,69 @@ for line in sys.stdin:
 ' "$asked" >> "$RESULTS"
     stop_server
   done
+fi
+
+fi
+if want 10; then
+echo "== 10. one node on a three-primary Redis Cluster with --redis-partitions 1, 3 and 6, alternated: ingest, the busiest primary's share of Redis's CPU, and bytes read per event"
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v wrk >/dev/null; then
+  RC_DIR="$PWD/$OUT/redis-cluster"; rm -rf "$RC_DIR"; mkdir -p "$RC_DIR"
+  RC_PORTS=(17001 17002 17003); RC_PIDS=()
+  for port in "${RC_PORTS[@]}"; do
+    taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --logfile "$RC_DIR/$port.log" \
+      --dir "$RC_DIR" --dbfilename "dump-$port.rdb" --cluster-enabled yes \
+      --cluster-config-file "$RC_DIR/nodes-$port.conf" --cluster-node-timeout 1000 >/dev/null & RC_PIDS+=($!)
+  done
+  for port in "${RC_PORTS[@]}"; do
+    for _ in $(seq 1 100); do [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break; sleep 0.05; done
+  done
+  redis-cli --cluster create 127.0.0.1:17001 127.0.0.1:17002 127.0.0.1:17003 --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do
+    ok=1
+    for port in "${RC_PORTS[@]}"; do redis-cli -p "$port" cluster info | grep -q cluster_state:ok || ok=0; done
+    [ $ok = 1 ] && break; sleep 0.1
+  done
+  SEEDS="redis://127.0.0.1:17001,redis://127.0.0.1:17002"
+  # Each request to another of 1,000 devices; each batch line too.
+  printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = '"'"'%s'"'"'\nlocal n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, "/api/events?device=mac:" .. string.format("%%012x", n %% 1000))\nend\n' "$BODY" > "$OUT/post-devices.lua"
+  python3 - "$OUT/batch-devices.lua" "$BODY" <<'PY'
+import sys
+lines = [sys.argv[2][:-1] + ',"device":"mac:%012x"}' % k for k in range(100)]
+open(sys.argv[1], "w").write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-ndjson"\nwrk.body = [[' + "\n".join(lines) + "\n" + ']]\n')
+PY
+  redis_cpu() { for port in "${RC_PORTS[@]}"; do redis-cli -p "$port" info cpu | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%s ", s}'; done; }
+  gw_metric() { curl -fsS "http://127.0.0.1:$GW_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {printf "%d", s}'; }
+  partition_ingest() { # label script events-per-request
+    local cpu0 cpu1 bytes0 bytes1 ev0 ev1 rps
+    cpu0=$(redis_cpu); bytes0=$(gw_metric ratatoskr_cluster_read_bytes); ev0=$(gw_metric ratatoskr_events_ingested)
+    rps=$(timeout 30 taskset -c 1 wrk -t1 -c8 -d6s -s "$2" "http://127.0.0.1:$GW_PORT/api/events" | awk '/Requests\/sec/ {print $2}')
+    sleep 0.5 # the reader catches up
+    cpu1=$(redis_cpu); bytes1=$(gw_metric ratatoskr_cluster_read_bytes); ev1=$(gw_metric ratatoskr_events_ingested)
+    python3 - "$1" "${rps:-0}" "$3" "$cpu0" "$cpu1" "$bytes0" "$bytes1" "$ev0" "$ev1" >> "$RESULTS" <<'PY'
+import json, sys
+label, rps, per = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+cpu = [b - a for a, b in zip(map(float, sys.argv[4].split()), map(float, sys.argv[5].split()))]
+events = int(sys.argv[9]) - int(sys.argv[8])
+read = int(sys.argv[7]) - int(sys.argv[6])
+print(json.dumps({"label": label, "events_per_s": round(rps * per), "events": events,
+                  "busiest_primary_share": round(max(cpu) / sum(cpu), 2) if sum(cpu) else None,
+                  "busiest_primary_cpu_ms_per_1k": round(max(cpu) * 1e6 / events, 1) if events else None,
+                  "read_bytes_per_event": round(read / events) if events else None}))
+PY
+  }
+  for round in 1 2; do
+    for parts in 1 3 6; do
+      extra=(--redis-mode cluster --redis-url "$SEEDS" --redis-partitions "$parts" --redis-prefix "bench$round$parts$RANDOM")
+      start_gateway "${extra[@]}"
+      partition_ingest "partitions-ingest p$parts" "$OUT/post-devices.lua" 1
+      partition_ingest "partitions-ingest-batch100 p$parts" "$OUT/batch-devices.lua" 100
+      stop_server
+    done
+  done
+  for pid in "${RC_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${RC_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+else
+  echo "redis-server, redis-cli or wrk not installed: Redis Cluster scenario skipped" >&2
 fi
 
 fi

@@ -131,3 +131,26 @@ if three:
     print("|---|---|---|---|---|---|")
     for l, r in three:
         print(f"| {l} | {fmt(r['deliveries_per_s'])} | {fmt(r['latency_ms_p99'])} | {r['missing']} | {r['duplicates']} | {r.get('out_of_order', 'n/a')} |")
+
+# Scenario 10: one node on a three-primary Redis Cluster, 1, 3 and 6
+# partitions, alternated (every round's figure shown; the median compared).
+parts = [(r["label"], r) for r in rows if r["label"].startswith("partitions-")]
+if parts:
+    print()
+    print("| Redis Cluster, 3 primaries | partitions | events/s | vs 1 partition | busiest primary's share of Redis CPU | its CPU ms per 1,000 events | bytes read per event |")
+    print("|---|---|---|---|---|---|---|")
+
+    def med(vs):
+        vs = [v for v in vs if v is not None]
+        return sorted(vs)[len(vs) // 2] if vs else None
+
+    for scen in ("partitions-ingest", "partitions-ingest-batch100"):
+        base = med([r["events_per_s"] for l, r in parts if l == f"{scen} p1"])
+        for p in (1, 3, 6):
+            rs = [r for l, r in parts if l == f"{scen} p{p}"]
+            if not rs:
+                continue
+            eps = med([r["events_per_s"] for r in rs])
+            print(f"| {scen} | {p} | {', '.join(fmt(r['events_per_s']) for r in rs)} | {ratio(eps, base)} "
+                  f"| {fmt(med([r['busiest_primary_share'] for r in rs]))} | {fmt(med([r['busiest_primary_cpu_ms_per_1k'] for r in rs]))} "
+                  f"| {fmt(med([r['read_bytes_per_event'] for r in rs]))} |")
