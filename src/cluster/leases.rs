@@ -57,6 +57,9 @@ struct Lease {
     caught_up: Arc<AtomicBool>,
     /// The last checkpoint written.
     written: Option<EventId>,
+    /// Every partition read while this node forwards to it (a
+    /// destination's devices are not tracked).
+    _reading: Option<super::NeedGuard>,
 }
 
 /// Renews the lease only for its holder.
@@ -170,6 +173,12 @@ impl Cluster {
         hub: &Hub,
         leases: &mut Leases,
     ) -> redis::RedisResult<()> {
+        // Every partition read before the lease is taken: a partition
+        // joined later would start after `from` (below), and what came
+        // between would reach neither the replay nor the live route.
+        let Ok(reading) = self.stream.read_for(&[]).await else {
+            return Ok(()); // Redis does not answer: the next round
+        };
         let took: Option<String> = redis::cmd("SET")
             .arg(self.lease_key(&field))
             .arg(&self.node_id)
@@ -196,6 +205,7 @@ impl Cluster {
                 destination: d.clone(),
                 caught_up: caught_up.clone(),
                 written: None,
+                _reading: reading,
             },
         );
         let (me, f) = (self.clone(), forwarding.clone());

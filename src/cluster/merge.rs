@@ -13,6 +13,15 @@
 //! partition's mark is raised instead, which the append script keeps
 //! above). None while every partition is busy.
 //!
+//! A node reads only the partitions its streams and destinations need
+//! ([`super::needs`]): at start every one, then a partition nobody needs
+//! is dropped after a linger, and one that becomes needed joins at a
+//! point `J` that nothing of the partitions read can still come below.
+//! It is read from after `J` (its mark raised past `J` if its clock is
+//! behind), and the hub's ring forgets what it held: it vouches for
+//! nothing up to `J`, so a resume from before reads the stream, which
+//! holds every partition.
+//!
 //! So every node publishes the same events in the same order with the
 //! same ids, whatever the partitions' readers' pace: a node's ring, a
 //! `Last-Event-ID` and a forwarding checkpoint are one position in every
@@ -27,7 +36,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::layout::Layout;
+use super::needs::{Ensure, Needs, LINGER};
 use super::partition::{Partition, Promise, Watermark};
+use super::ClusterError;
 use crate::event::{EventDraft, EventId};
 use crate::hub::Hub;
 
@@ -92,14 +103,29 @@ pub(super) struct Start {
     pub cursor: String,
 }
 
+/// How often the merge looks for partitions nobody needs.
+const NEEDS_EVERY: Duration = Duration::from_secs(1);
+
 /// One node's merge of the partitions.
 pub(super) struct Merge {
     parts: Vec<Arc<Partition>>,
     layout: Layout,
-    lanes: Vec<Lane>,
+    /// The partitions read (`None`: not read now).
+    lanes: Vec<Option<Lane>>,
+    /// Their readers.
+    readers: Vec<Option<tokio::task::JoinHandle<()>>>,
+    /// Since when nothing has needed each (a split stream's only).
+    unneeded_since: Vec<Option<Instant>>,
+    /// What needs which partition (`None`: one partition, always read).
+    needs: Option<Arc<Needs>>,
+    /// Where the readers send what they read.
+    reads_to: mpsc::Sender<Read>,
     hub: Arc<Hub>,
-    /// The last id published.
+    /// The last id published, or the point the partitions read were
+    /// (re)joined at.
     published: EventId,
+    /// When the needs were last looked at.
+    looked: Instant,
 }
 
 enum Next {
@@ -110,42 +136,71 @@ enum Next {
 }
 
 impl Merge {
-    /// A merge of `parts` from `starts`, publishing into `hub` above
-    /// `published`.
+    /// A merge of `parts` from `starts` (every partition read), publishing
+    /// into `hub` above `published`; with `needs`, partitions nobody needs
+    /// are dropped, and needed ones joined.
     pub(super) fn new(
         parts: Vec<Arc<Partition>>,
         starts: Vec<Start>,
         hub: Arc<Hub>,
         published: EventId,
+        needs: Option<Arc<Needs>>,
+        reads_to: mpsc::Sender<Read>,
     ) -> Self {
         let layout = parts[0].layout();
+        let readers = parts
+            .iter()
+            .zip(&starts)
+            .map(|(p, s)| {
+                Some(p.start_reader(hub.clone(), reads_to.clone(), s.cursor.clone(), true))
+            })
+            .collect();
         let lanes = starts
             .into_iter()
-            .map(|s| Lane {
-                seen: s.held.last().map_or(published, |e| e.0),
-                held: s.held.into(),
-                floor: s.floor,
-                cursor: s.cursor,
-                pending: None,
-                push_ms: 0,
+            .map(|s| {
+                Some(Lane {
+                    seen: s.held.last().map_or(published, |e| e.0),
+                    held: s.held.into(),
+                    floor: s.floor,
+                    cursor: s.cursor,
+                    pending: None,
+                    push_ms: 0,
+                })
             })
             .collect();
         Self {
+            unneeded_since: vec![None; parts.len()],
             parts,
             layout,
             lanes,
+            readers,
+            needs,
+            reads_to,
             hub,
             published,
+            looked: Instant::now(),
         }
     }
 
-    /// Runs until every reader is gone.
-    pub(super) async fn run(mut self, mut reads: mpsc::Receiver<Read>) {
+    /// Runs until the node stops.
+    pub(super) async fn run(
+        mut self,
+        mut reads: mpsc::Receiver<Read>,
+        mut ensures: mpsc::UnboundedReceiver<Ensure>,
+    ) {
         loop {
+            while let Ok(e) = ensures.try_recv() {
+                self.ensure(e).await;
+            }
+            self.drop_unneeded();
             match self.publish_ready() {
-                Next::Idle => match reads.recv().await {
-                    Some(r) => self.hold(r.partition, r.entries),
-                    None => return,
+                Next::Idle => tokio::select! {
+                    r = reads.recv() => match r {
+                        Some(r) => self.hold(r.partition, r.entries),
+                        None => return,
+                    },
+                    Some(e) = ensures.recv() => self.ensure(e).await,
+                    () = tokio::time::sleep(NEEDS_EVERY) => {}
                 },
                 Next::Waits(lowest, quiet) => {
                     if !self.wait_for(lowest, &quiet, &mut reads).await {
@@ -159,9 +214,140 @@ impl Merge {
         }
     }
 
+    /// The lane of a partition read.
+    fn lane(&mut self, p: usize) -> &mut Lane {
+        self.lanes[p].as_mut().expect("a partition read")
+    }
+
+    /// Reads `e`'s partitions (joining those not read), then says so; a
+    /// join that Redis does not answer is tried again.
+    async fn ensure(&mut self, e: Ensure) {
+        for &p in &e.partitions {
+            self.unneeded_since[p] = None;
+        }
+        while let Err(err) = self.join(&e.partitions).await {
+            tracing::debug!(error = %err, "partitions could not be joined yet");
+            tokio::time::sleep(RETRY).await;
+        }
+        let _ = e.done.send(());
+    }
+
+    /// Starts reading `wanted`'s partitions not read yet, at a point `J`
+    /// that nothing of the partitions read can still come below (every
+    /// entry held is above it, and every one not held is above its
+    /// lane's floor): so nothing at or below `J` is published from now on.
+    async fn join(&mut self, wanted: &[usize]) -> Result<(), ClusterError> {
+        let joining: Vec<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|&q| self.lanes[q].is_none())
+            .collect();
+        if joining.is_empty() {
+            return Ok(());
+        }
+        let read: Vec<usize> = (0..self.lanes.len())
+            .filter(|&p| self.lanes[p].is_some())
+            .collect();
+        let at = if read.is_empty() {
+            // Nothing read: from the joining partitions' newest entries.
+            let promised = futures_util::future::try_join_all(
+                joining.iter().map(|&q| self.parts[q].promise(0)),
+            )
+            .await?;
+            promised
+                .iter()
+                .map(|p| p.newest.unwrap_or_default().max(p.floor))
+                .fold(self.published, EventId::max)
+        } else {
+            // Fresh promises of the quiet ones, so that `J` is now.
+            let quiet: Vec<usize> = read
+                .iter()
+                .copied()
+                .filter(|&p| self.lanes[p].as_ref().is_some_and(|l| l.held.is_empty()))
+                .collect();
+            let promised =
+                futures_util::future::try_join_all(quiet.iter().map(|&p| self.parts[p].promise(0)))
+                    .await?;
+            for (&p, promise) in quiet.iter().zip(promised) {
+                let lane = self.lane(p);
+                if promise.newest.is_none_or(|n| n <= lane.seen) {
+                    lane.floor = lane.floor.max(promise.floor);
+                }
+            }
+            read.iter()
+                .map(|&p| {
+                    let lane = self.lanes[p].as_ref().expect("read");
+                    lane.held.front().map_or(lane.floor, |e| {
+                        EventId::from_u64(e.0.as_u64().saturating_sub(1))
+                    })
+                })
+                .min()
+                .unwrap_or(self.published)
+                .max(self.published)
+        };
+        // Every entry of theirs to come is above `J`'s millisecond.
+        futures_util::future::try_join_all(
+            joining.iter().map(|&q| self.parts[q].promise(at.unix_ms())),
+        )
+        .await?;
+        for &q in &joining {
+            let cursor = self.layout.after_in(q, at);
+            self.readers[q] = Some(self.parts[q].start_reader(
+                self.hub.clone(),
+                self.reads_to.clone(),
+                cursor.clone(),
+                false,
+            ));
+            self.lanes[q] = Some(Lane {
+                held: VecDeque::new(),
+                floor: at,
+                seen: at,
+                cursor,
+                pending: None,
+                push_ms: 0,
+            });
+        }
+        self.published = at;
+        self.hub.rejoin_above(at);
+        tracing::info!(partitions = ?joining, at = %at, "this node now reads more partitions");
+        Ok(())
+    }
+
+    /// Stops reading the partitions nothing has needed for [`LINGER`].
+    fn drop_unneeded(&mut self) {
+        let Some(needs) = self.needs.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        if now.duration_since(self.looked) < NEEDS_EVERY {
+            return;
+        }
+        self.looked = now;
+        for p in 0..self.lanes.len() {
+            if self.lanes[p].is_none() || needs.is_needed(p) {
+                self.unneeded_since[p] = None;
+                continue;
+            }
+            let since = *self.unneeded_since[p].get_or_insert(now);
+            if now.duration_since(since) >= LINGER {
+                if let Some(r) = self.readers[p].take() {
+                    r.abort();
+                }
+                self.lanes[p] = None;
+                self.unneeded_since[p] = None;
+                tracing::debug!(
+                    partition = p,
+                    "no stream or destination of this node needs this partition: no longer read"
+                );
+            }
+        }
+    }
+
     fn hold(&mut self, p: usize, entries: Vec<(EventId, EventDraft)>) {
         let layout = self.layout;
-        let lane = &mut self.lanes[p];
+        let Some(lane) = self.lanes[p].as_mut() else {
+            return; // a partition no longer read
+        };
         for (id, draft) in entries {
             if id <= lane.seen {
                 continue; // read again (a watermark brought it first)
@@ -183,7 +369,7 @@ impl Merge {
                 .lanes
                 .iter()
                 .enumerate()
-                .filter_map(|(p, l)| l.held.front().map(|e| (p, e.0)))
+                .filter_map(|(p, l)| l.as_ref()?.held.front().map(|e| (p, e.0)))
                 .min_by_key(|&(_, id)| id)
             else {
                 return Next::Idle;
@@ -192,13 +378,14 @@ impl Merge {
                 .lanes
                 .iter()
                 .enumerate()
+                .filter_map(|(q, l)| Some((q, l.as_ref()?)))
                 .filter(|(q, l)| *q != p && l.held.is_empty() && l.floor < lowest)
                 .map(|(q, _)| q)
                 .collect();
             if !quiet.is_empty() {
                 return Next::Waits(lowest, quiet);
             }
-            let (id, draft) = self.lanes[p].held.pop_front().expect("the lowest is held");
+            let (id, draft) = self.lane(p).held.pop_front().expect("the lowest is held");
             if id <= self.published {
                 // A partition broke its promise (its mark was lost with an
                 // emptied Redis, or in a failover before it reached the
@@ -228,8 +415,8 @@ impl Merge {
             .copied()
             .filter(|&q| {
                 self.lanes[q]
-                    .pending
                     .as_ref()
+                    .and_then(|l| l.pending.as_ref())
                     .is_none_or(|p| now >= p.until)
             })
             .collect();
@@ -237,7 +424,7 @@ impl Merge {
             // Every one promised: its reader brings the rest.
             let until = quiet
                 .iter()
-                .filter_map(|&q| self.lanes[q].pending.as_ref().map(|p| p.until))
+                .filter_map(|&q| self.lanes[q].as_ref()?.pending.as_ref().map(|p| p.until))
                 .min()
                 .unwrap_or(now);
             return match tokio::time::timeout_at(until.into(), reads.recv()).await {
@@ -250,7 +437,7 @@ impl Merge {
             };
         }
         let asked = ask.iter().map(|&q| {
-            let lane = &mut self.lanes[q];
+            let lane = self.lanes[q].as_mut().expect("a partition read");
             let (part, cursor, push) = (
                 self.parts[q].clone(),
                 lane.cursor.clone(),
@@ -274,7 +461,7 @@ impl Merge {
             let clock_ms = match answer {
                 Ok(Answer::Read(w)) => {
                     self.hold(q, w.entries);
-                    let lane = &mut self.lanes[q];
+                    let lane = self.lane(q);
                     lane.floor = lane.floor.max(w.floor);
                     if let Some(c) = w.cursor {
                         lane.cursor = c;
@@ -282,7 +469,7 @@ impl Merge {
                     w.clock_ms
                 }
                 Ok(Answer::Promised(p)) => {
-                    let lane = &mut self.lanes[q];
+                    let lane = self.lane(q);
                     match p.newest.filter(|n| *n > lane.seen) {
                         Some(through) => {
                             lane.pending = Some(Pending {
@@ -301,7 +488,7 @@ impl Merge {
                     continue;
                 }
             };
-            let lane = &mut self.lanes[q];
+            let lane = self.lane(q);
             if lane.held.is_empty() && lane.pending.is_none() && lane.floor < lowest {
                 // Its clock has not reached the next millisecond yet.
                 let behind = (lowest.unix_ms() + 1).saturating_sub(clock_ms);

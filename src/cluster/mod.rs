@@ -39,6 +39,7 @@ pub mod leases;
 mod link;
 pub mod members;
 mod merge;
+mod needs;
 mod partition;
 mod stream;
 
@@ -53,6 +54,7 @@ pub use self::append::BUDGET as APPEND_BUDGET;
 pub use self::keys::{KeyRecord, SharedKeys};
 pub use self::layout::{Layout, MAX_PARTITIONS};
 pub use self::link::Link;
+pub use self::needs::{NeedGuard, NotRead};
 pub use self::stream::{ResumePage, SharedStream};
 
 /// Cluster settings, from the configuration.

@@ -107,7 +107,8 @@ return {more, out}
 /// [`Partition::promise`]). KEYS: the stream, its mark. ARGV: the
 /// exclusive start of the entries to return, their most (0: none, the
 /// newest entry's id instead), and a millisecond to raise the mark to
-/// (when Redis's clock is behind it; at most 10 s ahead). Read-only
+/// (when Redis's clock has not passed it; at most 10 s ahead): every
+/// later entry then has a later millisecond. Read-only
 /// unless it raises the mark. Returns Redis's time, the mark, and the
 /// entries after the start (or the newest id, "" for none): every later
 /// entry has a millisecond of at least that time and above the mark
@@ -118,7 +119,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local m = tonumber(redis.call('GET', KEYS[2]) or '0')
 local push = math.min(tonumber(ARGV[3]), now + 10000)
-if push > now and push > m then
+if push >= now and push > m then
   m = push
   redis.call('SET', KEYS[2], string.format('%d', m))
 end
@@ -133,6 +134,25 @@ head[3] = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', count)
 return head
 ";
 
+/// What [`Partition::holds_after_split`] needs. KEYS: the stream, its
+/// mark. Returns the oldest entry's id ("" for none), whether the mark is
+/// there, and whether no entry was ever removed (`entries-added` is the
+/// length).
+const HISTORY_SCRIPT: &str = r"
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local mark = redis.call('EXISTS', KEYS[2])
+if #first == 0 then return {'', mark, 0} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local added, length
+for i = 1, #info, 2 do
+  if info[i] == 'entries-added' then added = info[i + 1] end
+  if info[i] == 'length' then length = info[i + 1] end
+end
+return {first[1][1], mark, (added ~= nil and added == length) and 1 or 0}
+";
+
+static HISTORY: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(HISTORY_SCRIPT));
 static RESUME: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(RESUME_PAGE));
 static MARK: std::sync::LazyLock<redis::Script> =
@@ -298,25 +318,27 @@ impl Partition {
     }
 
     /// Whether it still holds everything after `after` (as
-    /// [`Partition::holds_after`]), for a split stream: a partition that
-    /// has no entry yet but whose mark is there has lost nothing either
-    /// (nothing was ever added, or its entries expired by age; a Redis that
-    /// came back empty has no mark until a node starts).
+    /// [`Partition::holds_after`]), for a split stream, where a partition
+    /// may have received its first entry after `after`: it has lost
+    /// nothing either if no entry was ever removed from it (Redis 7's
+    /// `entries-added` is its length), or if it has no entry and its mark
+    /// is there (nothing was added, or what was expired by age). Either
+    /// needs the mark: a Redis that came back empty has none until a node
+    /// starts.
     pub async fn holds_after_split(&self, after: EventId) -> Result<bool, ClusterError> {
-        let mut conn = self.link.commands();
         let started = Instant::now();
-        let (first, mark): (StreamRangeReply, bool) = self.link.observe(
+        let (oldest, mark, whole): (String, bool, bool) = self.link.observe(
             started,
-            redis::pipe()
-                .xrange_count(&self.name, "-", "+", 1)
-                .exists(&self.mark)
-                .query_async(&mut conn)
+            HISTORY
+                .key(&self.name)
+                .key(&self.mark)
+                .invoke_async(&mut self.link.commands())
                 .await,
         )?;
-        Ok(match first.ids.first() {
-            Some(e) => self.id_of(&e.id).is_ok_and(|oldest| oldest <= after),
-            None => mark,
-        })
+        if oldest.is_empty() {
+            return Ok(mark);
+        }
+        Ok(self.id_of(&oldest).is_ok_and(|o| o <= after) || (mark && whole))
     }
 
     /// One page of a resume: the entries after the stream id `cursor` and
@@ -618,15 +640,19 @@ impl Partition {
 
     /// Runs this partition's reader until the process ends or the merge
     /// is gone: every entry after the stream id `last` goes to `merge`,
-    /// in stream order.
+    /// in stream order. `last` is an entry's id, or (`last_is_entry`
+    /// false) a point between entries: a partition joined by the merge
+    /// starts at one, and has no entry of its own to check the stream
+    /// against ([`Partition::check_history`]) until it has read one.
     pub(super) fn start_reader(
         self: &Arc<Self>,
         hub: Arc<Hub>,
         merge: tokio::sync::mpsc::Sender<Read>,
         last: String,
+        last_is_entry: bool,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move { me.read_forever(hub, merge, last).await })
+        tokio::spawn(async move { me.read_forever(hub, merge, last, last_is_entry).await })
     }
 
     async fn read_forever(
@@ -634,6 +660,7 @@ impl Partition {
         hub: Arc<Hub>,
         merge: tokio::sync::mpsc::Sender<Read>,
         mut last: String,
+        mut last_is_entry: bool,
     ) {
         let mut backoff = Duration::from_millis(100);
         let mut connected_before = false;
@@ -649,7 +676,12 @@ impl Partition {
                     continue;
                 }
             };
-            if let Err(e) = self.check_history(&mut conn, &hub, &last).await {
+            let checked = if last_is_entry {
+                self.check_history(&mut conn, &hub, &last).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = checked {
                 self.disconnected(&e.to_string(), &mut backoff).await;
                 continue;
             }
@@ -692,6 +724,7 @@ impl Partition {
                     continue;
                 };
                 last = newest.stream_id();
+                last_is_entry = true;
                 if let Ok(id) = self.id_of(&last) {
                     self.progress.last.store(id.as_u64(), Ordering::Relaxed);
                 }

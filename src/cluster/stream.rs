@@ -12,6 +12,7 @@ use futures_util::future::join_all;
 use super::keys::KeyRecord;
 use super::layout::Layout;
 use super::merge::{self, Merge, Start};
+use super::needs::{Ensure, NeedGuard, Needs, NotRead};
 use super::partition::Partition;
 use super::{ClusterError, ClusterMetrics, Link};
 use crate::event::{EventDraft, EventId};
@@ -26,6 +27,11 @@ const RANGE_PAGE: usize = 1000;
 pub struct SharedStream {
     layout: Layout,
     parts: Vec<Arc<Partition>>,
+    /// Which partitions this node's streams and destinations need (a
+    /// split stream's only).
+    needs: Option<Arc<Needs>>,
+    /// For the merge, once started.
+    ensures: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Ensure>>>,
     metrics: ClusterMetrics,
 }
 
@@ -61,11 +67,36 @@ impl SharedStream {
                 )
             })
             .collect();
+        let (to_merge, ensures) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             layout,
             parts,
+            needs: layout
+                .is_split()
+                .then(|| Needs::new(layout.count(), to_merge)),
+            ensures: std::sync::Mutex::new(Some(ensures)),
             metrics,
         })
+    }
+
+    /// Has this node read the partitions a stream with `devices` (empty:
+    /// any) may get events of, for as long as the guard lives; `None`
+    /// when the stream is not split (its one partition is always read).
+    pub async fn read_for(
+        &self,
+        devices: &[crate::event::DeviceId],
+    ) -> Result<Option<NeedGuard>, NotRead> {
+        let Some(needs) = self.needs.as_ref() else {
+            return Ok(None);
+        };
+        let mut wanted: Vec<usize> = if devices.is_empty() {
+            (0..self.layout.count()).collect()
+        } else {
+            devices.iter().map(|d| self.layout.of(Some(d))).collect()
+        };
+        wanted.sort_unstable();
+        wanted.dedup();
+        needs.need(wanted).await.map(Some)
     }
 
     /// How it is split.
@@ -321,11 +352,18 @@ impl SharedStream {
         };
         hub.resume_ids_above(from);
         let (reads, queue) = tokio::sync::mpsc::channel(merge::QUEUE);
-        for (p, start) in self.parts.iter().zip(&starts) {
-            p.start_reader(hub.clone(), reads.clone(), start.cursor.clone());
-        }
-        let merge = Merge::new(self.parts.clone(), starts, hub, from);
-        Ok(tokio::spawn(merge.run(queue)))
+        let ensures = crate::sync::lock(&self.ensures)
+            .take()
+            .expect("the readers start once");
+        let merge = Merge::new(
+            self.parts.clone(),
+            starts,
+            hub,
+            from,
+            self.needs.clone(),
+            reads,
+        );
+        Ok(tokio::spawn(merge.run(queue, ensures)))
     }
 
     /// Where a split stream's merge starts: each partition's watermark

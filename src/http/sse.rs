@@ -76,6 +76,15 @@ async fn open(app: &App, asked: Asked, connection: Connection) -> Result<SseBody
         format,
         resume: after,
     } = asked;
+    // A split cluster stream: this node reads the partitions the filter
+    // may get events of before the stream joins the hub.
+    let reading = match app.bus.shared_stream() {
+        Some(stream) => stream
+            .read_for(filter.devices())
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?,
+        None => None,
+    };
     let mut subscription = app.hub.subscribe(filter, after).map_err(refused)?;
     let from_history = match after {
         Some(last) => {
@@ -86,6 +95,7 @@ async fn open(app: &App, asked: Asked, connection: Connection) -> Result<SseBody
     let transfer = connection.transfer;
     let lane = connection.lane(format);
     let mut body = SseBody::new(subscription, format, transfer, &settings(app), after, lane);
+    body.keep_reading(reading);
     if let Some(r) = from_history {
         body.resume_first_from(r);
     }

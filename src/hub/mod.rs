@@ -493,6 +493,17 @@ impl Hub {
         self.passed_up_to(mark);
     }
 
+    /// Goes on above `mark` after the cluster's merge started reading more
+    /// partitions there: nothing at or below it is published any more, and
+    /// the ring, which lacks those partitions' events, vouches for nothing
+    /// up to it (a resume from before reads the shared stream).
+    pub fn rejoin_above(&self, mark: EventId) {
+        let mut seq = self.sequencer();
+        seq.ids.raise_floor(mark);
+        seq.ring.forget_through(mark);
+        self.passed_up_to(mark);
+    }
+
     /// Refills the replay ring with `events` (oldest first, the tail of
     /// the embedded event log) at start, before any subscriber: a client
     /// holding one of their ids resumes across the restart with no `gap`.

@@ -50,6 +50,15 @@ impl ReplayRing {
         self.horizon = self.horizon.max(id);
     }
 
+    /// Drops every event up to `id` and raises the horizon to it: the
+    /// ring vouches for nothing up to there.
+    pub fn forget_through(&mut self, id: EventId) {
+        while self.events.front().is_some_and(|(_, e)| e.event.id <= id) {
+            self.evict_front();
+        }
+        self.raise_horizon(id);
+    }
+
     /// Sets the horizon to `id`, lower or higher: a restart that refilled
     /// the ring from the event log vouches for every id after the first
     /// event it refilled.

@@ -98,6 +98,9 @@ pub struct SseBody {
     finished: bool,
     /// This stream's place under `--max-streams-per-ip` (freed on drop).
     slot: Option<StreamSlot>,
+    /// In a cluster with a split stream: the partitions this stream needs
+    /// this node to read (no longer needed on drop).
+    reading: Option<crate::cluster::NeedGuard>,
     /// What ends the stream's credential; `None` once it has (or when
     /// nothing can).
     lease: Option<LeaseWatch>,
@@ -160,6 +163,7 @@ impl SseBody {
             lane: has_lane,
             partial: 0,
             slot: None,
+            reading: None,
             lease: None,
             finished: false,
         }
@@ -310,6 +314,11 @@ impl SseBody {
     /// Holds the stream's place under `--max-streams-per-ip` until it ends.
     pub fn hold(&mut self, slot: Option<StreamSlot>) {
         self.slot = slot;
+    }
+
+    /// Keeps the partitions it needs read while it lives.
+    pub fn keep_reading(&mut self, reading: Option<crate::cluster::NeedGuard>) {
+        self.reading = reading;
     }
 
     /// Writes the shared stream's part of a resume first; the ring's part

@@ -824,7 +824,7 @@ async fn an_account_changed_on_one_node_scopes_streams_on_another() {
 }
 
 /// A node's unlabelled series, 0 when it has none yet.
-async fn metric(n: &Process, name: &str) -> f64 {
+pub(crate) async fn metric(n: &Process, name: &str) -> f64 {
     series_value(&n.get("/metrics").await.text, name).unwrap_or(0.0)
 }
 

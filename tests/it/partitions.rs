@@ -416,3 +416,85 @@ async fn a_node_with_another_partition_count_is_refused_at_start() {
     refused(&["--redis-url", &url], &["not --redis-partitions 1"]);
     first.stop().await;
 }
+
+/// The partition the docs say a device goes to: 64-bit FNV-1a of its id,
+/// modulo the partitions.
+fn partition_of(device: &str, partitions: u64) -> u64 {
+    let h = device.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h % partitions
+}
+
+/// A node whose only stream is filtered to one device reads that
+/// device's partition alone (once the others linger out), and a stream
+/// that needs every partition joins them there and then, with a resume
+/// from before that gets every missed event once.
+#[tokio::test]
+async fn a_node_reads_only_the_partitions_its_streams_need() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let args = ["--redis-url", &url, "--redis-partitions", "3"];
+    // Three devices in each partition.
+    let mut devices: Vec<String> = Vec::new();
+    for p in 0..3 {
+        devices.extend(
+            (0..)
+                .map(device)
+                .filter(|d| partition_of(d, 3) == p)
+                .take(3),
+        );
+    }
+    let (a, b) = (node(&args), node(&args));
+    let mut all_b = b.subscribe("/events").await;
+    let mine = &devices[0];
+    let mut only_mine = a.subscribe(&format!("/events?device={mine}")).await;
+    // The partitions A's stream does not need linger, then go.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let read = "ratatoskr_cluster_read_bytes_total";
+    let (a0, b0) = (
+        crate::cluster::metric(&a, read).await,
+        crate::cluster::metric(&b, read).await,
+    );
+    for i in 0..36i64 {
+        post(&b, &devices[i as usize % 9], i).await;
+    }
+    let seen = take(&mut all_b, 36).await;
+    let mine_n: Vec<i64> = (0..36).filter(|i| i % 9 == 0).collect();
+    let got: Vec<i64> = take(&mut only_mine, mine_n.len())
+        .await
+        .iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(got, mine_n);
+    let (a1, b1) = (
+        crate::cluster::metric(&a, read).await,
+        crate::cluster::metric(&b, read).await,
+    );
+    let (by_a, by_b) = (a1 - a0, b1 - b0);
+    assert!(by_b > 0.0, "B read the events");
+    assert!(
+        by_a * 2.0 < by_b,
+        "A read one partition of three: {by_a} bytes against B's {by_b}"
+    );
+    // A stream of every device on A, resuming from before: A joins the
+    // other partitions, and the resume reads the stream.
+    let mut all_a = a
+        .subscribe_with("/events", &[("Last-Event-ID", &seen[4].0)])
+        .await;
+    assert_eq!(take(&mut all_a, 31).await, seen[5..].to_vec());
+    for i in 36..42i64 {
+        post(&b, &devices[i as usize % 9], i).await;
+    }
+    let next = take(&mut all_b, 6).await;
+    assert_eq!(
+        take(&mut all_a, 6).await,
+        next,
+        "then live, in the same order"
+    );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
