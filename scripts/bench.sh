@@ -385,6 +385,12 @@ PY
       partition_ingest "partitions-ingest p$parts" "$OUT/post-devices.lua" 1
       partition_ingest "partitions-ingest-batch100 p$parts" "$OUT/batch-devices.lua" 100
       kill $RC_SUB 2>/dev/null || true; wait $RC_SUB 2>/dev/null || true
+      # Then one stream of one device only: once the partitions it does not
+      # need have lingered out (10 s), the node reads its device's alone.
+      curl -sN "http://127.0.0.1:$GW_PORT/events?device=mac:000000000000" >/dev/null & RC_SUB=$!
+      sleep 12
+      partition_ingest "partitions-ingest-one-device p$parts" "$OUT/post-devices.lua" 1
+      kill $RC_SUB 2>/dev/null || true; wait $RC_SUB 2>/dev/null || true
       stop_server
     done
   done

@@ -144,7 +144,7 @@ if parts:
         vs = [v for v in vs if v is not None]
         return sorted(vs)[len(vs) // 2] if vs else None
 
-    for scen in ("partitions-ingest", "partitions-ingest-batch100"):
+    for scen in ("partitions-ingest", "partitions-ingest-batch100", "partitions-ingest-one-device"):
         base = med([r["events_per_s"] for l, r in parts if l == f"{scen} p1"])
         for p in (1, 3, 6):
             rs = [r for l, r in parts if l == f"{scen} p{p}"]

@@ -37,19 +37,10 @@ use tokio::sync::mpsc;
 
 use super::layout::Layout;
 use super::needs::{Ensure, Needs, LINGER};
-use super::partition::{Partition, Promise, Watermark};
+use super::partition::{Partition, Promise, Read, Watermark};
 use super::ClusterError;
 use crate::event::{EventDraft, EventId};
 use crate::hub::Hub;
-
-/// What a partition's reader read, in stream order.
-#[derive(Debug)]
-pub(super) struct Read {
-    /// Whose.
-    pub partition: usize,
-    /// The entries that decoded.
-    pub entries: Vec<(EventId, EventDraft)>,
-}
 
 /// Reads that may wait for the merge before the readers wait too.
 pub(super) const QUEUE: usize = 64;

@@ -15,7 +15,6 @@ use super::append;
 use super::keys::KeyRecord;
 use super::layout::Layout;
 use super::link::RESPONSE_TIMEOUT;
-use super::merge::Read;
 use super::{ClusterError, ClusterMetrics, Link};
 use crate::event::{wire, EventDraft, EventId};
 use crate::hub::Hub;
@@ -157,6 +156,15 @@ static RESUME: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(RESUME_PAGE));
 static MARK: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(WATERMARK));
+
+/// What a partition's reader read, in stream order.
+#[derive(Debug)]
+pub(super) struct Read {
+    /// Whose.
+    pub partition: usize,
+    /// The entries that decoded.
+    pub entries: Vec<(EventId, EventDraft)>,
+}
 
 /// One page of a resume, from [`Partition::resume_page`].
 #[derive(Debug)]
