@@ -75,8 +75,12 @@ struct Lane {
     floor: EventId,
     /// The newest id held or published (a reread is not held twice).
     seen: EventId,
-    /// The stream id after which a watermark reads.
+    /// The stream id after which a watermark reads, as last set (at the
+    /// start, the join, or by a watermark's reply)...
     cursor: String,
+    /// ...unless entries held since are past it: then after `seen`
+    /// (formatted only when a watermark reads, not per entry).
+    cursor_passed: bool,
     /// A promise waiting for its entries.
     pending: Option<Pending>,
     /// The millisecond to raise its mark to at the next ask (0: none).
@@ -154,6 +158,7 @@ impl Merge {
                     held: s.held.into(),
                     floor: s.floor,
                     cursor: s.cursor,
+                    cursor_passed: false,
                     pending: None,
                     push_ms: 0,
                 })
@@ -294,6 +299,7 @@ impl Merge {
                 floor: at,
                 seen: at,
                 cursor,
+                cursor_passed: false,
                 pending: None,
                 push_ms: 0,
             });
@@ -335,7 +341,6 @@ impl Merge {
     }
 
     fn hold(&mut self, p: usize, entries: Vec<(EventId, EventDraft)>) {
-        let layout = self.layout;
         let Some(lane) = self.lanes[p].as_mut() else {
             return; // a partition no longer read
         };
@@ -345,7 +350,7 @@ impl Merge {
             }
             lane.seen = id;
             lane.floor = lane.floor.max(id);
-            lane.cursor = layout.stream_id(id);
+            lane.cursor_passed = true;
             lane.held.push_back((id, draft));
         }
         if let Some(p) = lane.pending.take_if(|p| lane.seen >= p.through) {
@@ -429,11 +434,12 @@ impl Merge {
         }
         let asked = ask.iter().map(|&q| {
             let lane = self.lanes[q].as_mut().expect("a partition read");
-            let (part, cursor, push) = (
-                self.parts[q].clone(),
-                lane.cursor.clone(),
-                std::mem::take(&mut lane.push_ms),
-            );
+            let cursor = if lane.cursor_passed {
+                self.layout.stream_id(lane.seen)
+            } else {
+                lane.cursor.clone()
+            };
+            let (part, push) = (self.parts[q].clone(), std::mem::take(&mut lane.push_ms));
             // A promise whose entries did not come: read them.
             let read = lane.pending.take().is_some();
             async move {
@@ -456,6 +462,7 @@ impl Merge {
                     lane.floor = lane.floor.max(w.floor);
                     if let Some(c) = w.cursor {
                         lane.cursor = c;
+                        lane.cursor_passed = false;
                     }
                     w.clock_ms
                 }
