@@ -75,7 +75,7 @@ pub struct ClusterConfig {
 }
 
 /// Why a cluster operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
     /// Redis did not answer, or refused.
     #[error("Redis is unavailable: {0}")]

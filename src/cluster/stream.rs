@@ -138,7 +138,7 @@ impl SharedStream {
         if !self.layout.is_split() {
             return match self.parts[0].append(drafts, None, gives_up).await {
                 Ok(ids) => ids.into_iter().map(Ok).collect(),
-                Err(e) => spread_error(&e, drafts.len()),
+                Err(e) => vec![Err(e); drafts.len()],
             };
         }
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.layout.count()];
@@ -163,8 +163,8 @@ impl SharedStream {
                     }
                 }
                 Err(e) => {
-                    for (&i, e) in g.iter().zip(spread_error(&e, g.len())) {
-                        out[i] = Some(e);
+                    for &i in g {
+                        out[i] = Some(Err(e.clone()));
                     }
                 }
             }
@@ -393,18 +393,4 @@ impl SharedStream {
             .collect();
         Ok((starts, from))
     }
-}
-
-/// One append's error, for each of `n` events it held.
-fn spread_error(e: &ClusterError, n: usize) -> Vec<Result<EventId, ClusterError>> {
-    (0..n)
-        .map(|_| {
-            Err(match e {
-                ClusterError::Unavailable(w) => ClusterError::Unavailable(w.clone()),
-                ClusterError::NotStored(w) => ClusterError::NotStored(w.clone()),
-                ClusterError::OutcomeUnknown(w) => ClusterError::OutcomeUnknown(w.clone()),
-                ClusterError::Misconfigured(w) => ClusterError::Misconfigured(w.clone()),
-            })
-        })
-        .collect()
 }
