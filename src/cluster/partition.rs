@@ -133,14 +133,15 @@ head[3] = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', count)
 return head
 ";
 
-/// What [`Partition::holds_after_split`] needs. KEYS: the stream, its
-/// mark. Returns the oldest entry's id ("" for none), whether the mark is
-/// there, and whether no entry was ever removed (`entries-added` is the
-/// length).
+/// What [`Partition::holds_after`] needs. KEYS: the stream, its mark.
+/// Returns the oldest entry's id ("" for none), whether the mark is there,
+/// and, if it is, whether no entry was ever removed (`entries-added` is
+/// the length).
 const HISTORY_SCRIPT: &str = r"
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 local mark = redis.call('EXISTS', KEYS[2])
 if #first == 0 then return {'', mark, 0} end
+if mark == 0 then return {first[1][1], 0, 0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local added, length
 for i = 1, #info, 2 do
@@ -309,31 +310,16 @@ impl Partition {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Whether the stream still holds everything after `after`: false when
-    /// trimming or a Redis restart lost some of them (the client's last
-    /// event, or an older one, is no longer its oldest entry).
+    /// Whether it still holds everything after `after`: true when its
+    /// oldest entry is the client's last event or an older one (else
+    /// trimming or a Redis restart may have lost some). A partition of a
+    /// split stream may have received its first entry after `after`: it
+    /// has lost nothing either if no entry was ever removed from it (Redis
+    /// 7's `entries-added` is its length), or if it has no entry and its
+    /// mark is there (nothing was added, or what was expired by age).
+    /// Either needs the mark, which only a split stream writes: a Redis
+    /// that came back empty has none until a node starts.
     pub async fn holds_after(&self, after: EventId) -> Result<bool, ClusterError> {
-        let mut conn = self.link.commands();
-        let started = Instant::now();
-        let first: StreamRangeReply = self
-            .link
-            .observe(started, conn.xrange_count(&self.name, "-", "+", 1).await)?;
-        Ok(first
-            .ids
-            .first()
-            .and_then(|e| self.id_of(&e.id).ok())
-            .is_some_and(|oldest| oldest <= after))
-    }
-
-    /// Whether it still holds everything after `after` (as
-    /// [`Partition::holds_after`]), for a split stream, where a partition
-    /// may have received its first entry after `after`: it has lost
-    /// nothing either if no entry was ever removed from it (Redis 7's
-    /// `entries-added` is its length), or if it has no entry and its mark
-    /// is there (nothing was added, or what was expired by age). Either
-    /// needs the mark: a Redis that came back empty has none until a node
-    /// starts.
-    pub async fn holds_after_split(&self, after: EventId) -> Result<bool, ClusterError> {
         let started = Instant::now();
         let (oldest, mark, whole): (String, bool, bool) = self.link.observe(
             started,
@@ -605,7 +591,7 @@ impl Partition {
     }
 
     /// Writes its mark (0) if it has none: a partition with a mark and no
-    /// entries is known to have lost none ([`Partition::holds_after_split`]).
+    /// entries is known to have lost none ([`Partition::holds_after`]).
     pub(super) async fn ensure_mark(&self) -> Result<(), ClusterError> {
         let started = Instant::now();
         let _: Option<String> = self.link.observe(

@@ -185,10 +185,7 @@ impl SharedStream {
     /// the client's last event, or an older one, is no longer its oldest
     /// entry).
     pub async fn holds_after(&self, after: EventId) -> Result<bool, ClusterError> {
-        if !self.layout.is_split() {
-            return self.parts[0].holds_after(after).await;
-        }
-        let held = join_all(self.parts.iter().map(|p| p.holds_after_split(after))).await;
+        let held = join_all(self.parts.iter().map(|p| p.holds_after(after))).await;
         let mut all = true;
         for h in held {
             all &= h?;
