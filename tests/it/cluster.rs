@@ -868,15 +868,7 @@ async fn a_registration_made_on_one_node_forwards_once_for_events_posted_anywher
         .iter()
         .all(|r| r.header("x-webpa-signature").starts_with("sha1=")));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut ns: Vec<i64> = rx
-        .received("/c")
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<Value>(&r.body).unwrap()["n"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let mut ns = rx.numbers("/c");
     ns.sort();
     assert_eq!(
         ns,
@@ -1084,16 +1076,7 @@ async fn another_node_takes_over_forwarding_when_the_forwarder_dies() {
     assert!(took <= Duration::from_secs(10), "takeover in {took:?}");
     // Every event arrives at least once: the survivor replays what came
     // after the dead node's last checkpoint.
-    let ns = |rx: &crate::support::receiver::Receiver| -> Vec<i64> {
-        rx.received("/t")
-            .iter()
-            .map(|r| {
-                serde_json::from_slice::<Value>(&r.body).unwrap()["n"]
-                    .as_i64()
-                    .unwrap()
-            })
-            .collect()
-    };
+    let ns = |rx: &crate::support::receiver::Receiver| rx.numbers("/t");
     let started = Instant::now();
     loop {
         let mut got = ns(&rx);

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::cluster::take;
 use crate::support::client::Api;
@@ -233,15 +233,7 @@ async fn three_partitions_on_a_redis_cluster_keep_one_order_and_resume_on_any_no
     }
     rx.wait_for("/p", 6, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let forwarded: Vec<i64> = rx
-        .received("/p")
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<Value>(&r.body).unwrap()["n"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let forwarded = rx.numbers("/p");
     assert_eq!(
         forwarded,
         (200..206).collect::<Vec<_>>(),

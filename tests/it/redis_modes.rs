@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::cluster::take;
 use crate::support::client::Api;
@@ -107,15 +107,7 @@ async fn two_nodes_on_a_redis_cluster_deliver_resume_and_forward_once() {
     }
     rx.wait_for("/c", 5, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let got: Vec<i64> = rx
-        .received("/c")
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<Value>(&r.body).unwrap()["n"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let got = rx.numbers("/c");
     assert_eq!(got, (100..105).collect::<Vec<_>>(), "once each, in order");
 
     // Both nodes list each other.

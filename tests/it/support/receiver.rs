@@ -137,6 +137,19 @@ impl Receiver {
         self.inner.delays.lock().unwrap().insert(path.into(), d);
     }
 
+    /// The `n` field of each JSON body posted to `path` so far, in order
+    /// (the tests number their events so).
+    pub fn numbers(&self, path: &str) -> Vec<i64> {
+        self.received(path)
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["n"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
     /// Requests to `path` so far.
     pub fn received(&self, path: &str) -> Vec<Received> {
         self.inner
